@@ -1,0 +1,61 @@
+# pytorch-researcher: developer entry points (GNU make). `make help` lists the targets.
+
+PY          ?= python3.11
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+GOAL        ?= small CNN for the digits data reaching 90% accuracy
+DATASET     ?= digits
+TARGET      ?= 0.90
+ITERATIONS  ?= 4
+SEEDS       ?= 2
+PYTEST_ARGS ?=
+# Docker Compose: the v2 plugin where it exists, else docker-compose 1.29 (Debian's).
+# Evaluated only when used.
+COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+                       elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
+
+export TORCH_SPEC
+
+.DEFAULT_GOAL := help
+.PHONY: help venv images test run clean
+
+help:
+	@echo "Targets:"
+	@echo "  venv    create $(VENV) ($(PY)), install $(TORCH_SPEC), then -e '.[test]'"
+	@echo "  images  build the base image, the wheelhouse and the sandbox image (scripts/build-images.sh)"
+	@echo "  test    venv + images, then $(VENV)/bin/pytest -q \$$(PYTEST_ARGS)"
+	@echo "  run     venv + images, then researcher run \"\$$(GOAL)\" (DATASET, TARGET, ITERATIONS, SEEDS)"
+	@echo "  clean   remove build/ and $(VENV)"
+	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
+	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
+
+venv: $(VENV)/.installed
+
+# Reinstalls whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; set PY=/path/to/python3.11" >&2; exit 1; }
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install '$(TORCH_SPEC)'
+	$(VENV)/bin/python -m pip install -e '.[test]'
+	@touch $@
+
+images:
+	@docker info >/dev/null 2>&1 || { \
+	  echo "error: the Docker engine does not answer (docker info)." >&2; \
+	  echo "  Install it:  apt-get update && apt-get install -y docker.io docker-compose debootstrap" >&2; \
+	  echo "  Start it:    setsid dockerd >/var/log/dockerd.log 2>&1 &   (then wait for 'docker info')" >&2; \
+	  echo "  See /work/shared/ENVIRONMENT.md; .ci/run does both." >&2; \
+	  exit 1; }
+	bash scripts/build-images.sh
+
+# pytest's own exit status is kept in build/pytest.rc (make itself exits 2 on any failure).
+test: venv images
+	@mkdir -p build; rm -f build/pytest.rc
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; echo $$rc > build/pytest.rc; exit $$rc
+
+run: venv images
+	$(VENV)/bin/researcher run "$(GOAL)" --dataset $(DATASET) --target-accuracy $(TARGET) \
+	  --max-iterations $(ITERATIONS) --num-seeds $(SEEDS)
+
+clean:
+	rm -rf build $(VENV)

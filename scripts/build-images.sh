@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Build the container images pytorch-researcher needs:
+#   1. a base image with Python 3.11 (python:3.11-slim when it can be had, otherwise a local
+#      Debian bookworm twin made with debootstrap + docker import: no registry needed);
+#   2. a wheelhouse build/wheels (torch + numpy for cp311 manylinux x86_64), filled by the
+#      host's pip, because pip inside `docker build` cannot reach (or trust) the index;
+#   3. the sandbox image pytorch-researcher/sandbox:latest from sandbox-image/Dockerfile.
+# Idempotent: every step is skipped when its result already exists and is up to date.
+#
+# Environment:
+#   BASE_IMAGE     base image to build on (default: python:3.11-slim if present or pullable,
+#                  else pytorch-researcher/base:bookworm, made locally)
+#   TORCH_SPEC     pip requirement for torch (default torch==2.13.0, a 190 MB CPU wheel)
+#   SANDBOX_IMAGE  tag of the sandbox image (default pytorch-researcher/sandbox:latest)
+#   DEBIAN_MIRROR  mirror for debootstrap (default: the one apt is configured with)
+#   PULL           0 to never try `docker pull` (default 1); PULL_TIMEOUT seconds (default 60)
+#   PIP            pip command for the download (default: .venv's pip, else python3.11/python3)
+#   FORCE          1 to redo every step
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+FORCE="${FORCE:-0}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+SANDBOX_IMAGE="${SANDBOX_IMAGE:-pytorch-researcher/sandbox:latest}"
+TWIN_IMAGE="pytorch-researcher/base:bookworm"
+SLIM_IMAGE="python:3.11-slim"
+PULL="${PULL:-1}"
+PULL_TIMEOUT="${PULL_TIMEOUT:-60}"
+BUILD_DIR="$ROOT/build"
+WHEELS_DIR="$BUILD_DIR/wheels"
+WHEELS_STAMP="$WHEELS_DIR/.complete"
+CONTEXT_DIR="$BUILD_DIR/sandbox-context"
+HASH_LABEL="org.pytorch-researcher.hash"
+# Bump when this script changes what goes into the sandbox image.
+RECIPE_REV=1
+
+log()  { printf '==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die()  { printf 'build-images: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+T_ALL=$(date +%s)
+step_start() { T_STEP=$(date +%s); log "$*"; }
+step_end()   { info "$* ($(( $(date +%s) - T_STEP ))s)"; }
+
+docker info >/dev/null 2>&1 || die "the Docker engine does not answer (docker info). Install it with
+  apt-get update && apt-get install -y docker.io docker-compose
+and start it with
+  setsid dockerd >/var/log/dockerd.log 2>&1 &
+(see /work/shared/ENVIRONMENT.md or .ci/run)."
+
+mkdir -p "$BUILD_DIR"
+
+# --------------------------------------------------------------------------------------------
+# 1. Base image
+# --------------------------------------------------------------------------------------------
+
+# The Debian mirror apt is configured with (deb822 first, then one-line format).
+debian_mirror() {
+    local m=""
+    if [ -r /etc/apt/sources.list.d/debian.sources ]; then
+        m=$(awk '
+            function flush() { if (uris != "" && suites ~ /(^| )bookworm( |$)/ && found == "") found = uris; uris = ""; suites = "" }
+            /^[[:space:]]*#/ { next }
+            /^[[:space:]]*$/ { flush(); next }
+            tolower($1) == "uris:"   { uris = $2 }
+            tolower($1) == "suites:" { $1 = ""; suites = $0 " " }
+            END { flush(); print found }
+        ' /etc/apt/sources.list.d/debian.sources)
+    fi
+    if [ -z "$m" ] && [ -r /etc/apt/sources.list ]; then
+        m=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/ && $i ~ /:\/\//) { if ($(i+1) == "bookworm") { print $i; exit } } }' /etc/apt/sources.list)
+    fi
+    printf '%s\n' "${m:-http://deb.debian.org/debian}"
+}
+
+ROOTFS="$BUILD_DIR/rootfs-bookworm"
+cleanup_rootfs() {
+    local d
+    [ -e "$ROOTFS" ] || return 0
+    for d in dev/pts dev proc sys; do
+        if mountpoint -q "$ROOTFS/$d" 2>/dev/null; then as_root umount -l "$ROOTFS/$d" || true; fi
+    done
+    # --one-file-system: never descend into anything still mounted under the rootfs.
+    as_root rm -rf --one-file-system "$ROOTFS"
+}
+
+make_twin() {
+    local rootfs="$ROOTFS" mirror
+    mirror="${DEBIAN_MIRROR:-$(debian_mirror)}"
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        info "installing debootstrap with apt-get"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
+    fi
+    cleanup_rootfs
+    trap cleanup_rootfs EXIT
+    info "debootstrap bookworm from $mirror into ${rootfs#"$ROOT"/}"
+    as_root debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        bookworm "$rootfs" "$mirror" >"$BUILD_DIR/debootstrap.log" 2>&1 \
+        || { tail -n 30 "$BUILD_DIR/debootstrap.log" >&2; die "debootstrap failed (log: build/debootstrap.log)"; }
+    as_root rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/var/log/bootstrap.log "$rootfs"/debootstrap
+    [ -x "$rootfs/usr/bin/python3" ] || die "debootstrap produced no /usr/bin/python3"
+    info "importing as $TWIN_IMAGE"
+    as_root tar --numeric-owner -C "$rootfs" -c . | docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'CMD ["/usr/bin/python3"]' \
+        --change 'LABEL org.pytorch-researcher.role=base' \
+        --message "debootstrap --variant=minbase bookworm ($mirror)" \
+        - "$TWIN_IMAGE" >/dev/null
+    cleanup_rootfs
+    trap - EXIT
+}
+
+step_start "[1/3] base image"
+if [ -n "${BASE_IMAGE:-}" ]; then
+    if image_exists "$BASE_IMAGE"; then
+        step_end "using BASE_IMAGE=$BASE_IMAGE (present)"
+    elif [ "$BASE_IMAGE" = "$TWIN_IMAGE" ]; then
+        make_twin
+        step_end "built $TWIN_IMAGE"
+    else
+        timeout "$PULL_TIMEOUT" docker pull -q "$BASE_IMAGE" >/dev/null \
+            || die "BASE_IMAGE=$BASE_IMAGE is not present and cannot be pulled"
+        step_end "pulled BASE_IMAGE=$BASE_IMAGE"
+    fi
+elif image_exists "$SLIM_IMAGE"; then
+    BASE_IMAGE="$SLIM_IMAGE"
+    step_end "using $SLIM_IMAGE (present)"
+elif [ "$PULL" = 1 ] && timeout "$PULL_TIMEOUT" docker pull -q "$SLIM_IMAGE" >/dev/null 2>&1; then
+    BASE_IMAGE="$SLIM_IMAGE"
+    step_end "pulled $SLIM_IMAGE"
+else
+    BASE_IMAGE="$TWIN_IMAGE"
+    if image_exists "$TWIN_IMAGE" && [ "$FORCE" != 1 ]; then
+        step_end "no registry image; using local twin $TWIN_IMAGE (present, skipped)"
+    else
+        make_twin
+        step_end "no registry image; built local twin $TWIN_IMAGE"
+    fi
+fi
+BASE_ID=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")
+
+# --------------------------------------------------------------------------------------------
+# 2. Wheelhouse
+# --------------------------------------------------------------------------------------------
+
+pip_cmd() {
+    if [ -n "${PIP:-}" ]; then echo "$PIP"
+    elif [ -x "$ROOT/.venv/bin/python" ] && "$ROOT/.venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        echo "$ROOT/.venv/bin/python -m pip"
+    elif command -v python3.11 >/dev/null 2>&1; then echo "python3.11 -m pip"
+    else echo "python3 -m pip"
+    fi
+}
+
+WHEELS_WANT="$TORCH_SPEC numpy cp311 manylinux_2_28_x86_64"
+step_start "[2/3] wheelhouse build/wheels ($TORCH_SPEC numpy)"
+if [ "$FORCE" != 1 ] && [ -f "$WHEELS_STAMP" ] && [ "$(cat "$WHEELS_STAMP")" = "$WHEELS_WANT" ]; then
+    step_end "present, skipped ($(ls "$WHEELS_DIR"/*.whl | wc -l) wheels)"
+else
+    PIP_RUN=$(pip_cmd)
+    tmp="$WHEELS_DIR.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    info "$PIP_RUN download ..."
+    # shellcheck disable=SC2086
+    $PIP_RUN download --quiet --disable-pip-version-check \
+        --only-binary=:all: --platform manylinux_2_28_x86_64 \
+        --python-version 3.11 --implementation cp --abi cp311 \
+        -d "$tmp" "$TORCH_SPEC" numpy 2> >(grep -v "^WARNING: Location '" >&2) \
+        || die "pip download of $TORCH_SPEC numpy failed"
+    ls "$tmp"/torch-*.whl >/dev/null 2>&1 || die "no torch wheel was downloaded"
+    printf '%s\n' "$WHEELS_WANT" >"$tmp/.complete"
+    rm -rf "$WHEELS_DIR"
+    mv "$tmp" "$WHEELS_DIR"
+    step_end "downloaded $(ls "$WHEELS_DIR"/*.whl | wc -l) wheels, $(du -sh "$WHEELS_DIR" | cut -f1)"
+fi
+
+# --------------------------------------------------------------------------------------------
+# 3. Sandbox image
+# --------------------------------------------------------------------------------------------
+
+HARNESS_DIR="sandbox-image/harness"
+[ -f sandbox-image/Dockerfile ] || die "sandbox-image/Dockerfile is missing"
+[ -d "$HARNESS_DIR" ] || die "$HARNESS_DIR is missing"
+
+# Stage the small part of the build context first (Dockerfile + harness, never the repo's .venv
+# or .git) and hash exactly what was staged, so the label always matches what gets built.
+rm -rf "$CONTEXT_DIR"
+mkdir -p "$CONTEXT_DIR"
+cp sandbox-image/Dockerfile "$CONTEXT_DIR/Dockerfile"
+tar -C sandbox-image --exclude=__pycache__ --exclude='*.pyc' -cf - harness | tar -C "$CONTEXT_DIR" -xf -
+
+want_hash=$(
+    {
+        echo "recipe=$RECIPE_REV"
+        echo "base=$BASE_IMAGE $BASE_ID"
+        echo "wheels=$WHEELS_WANT"
+        cd "$CONTEXT_DIR"
+        sha256sum Dockerfile
+        find harness -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+    } | sha256sum | cut -c1-32
+)
+
+step_start "[3/3] sandbox image $SANDBOX_IMAGE"
+have_hash=""
+if image_exists "$SANDBOX_IMAGE"; then
+    have_hash=$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$SANDBOX_IMAGE" 2>/dev/null || true)
+fi
+if [ "$FORCE" != 1 ] && [ "$have_hash" = "$want_hash" ]; then
+    rm -rf "$CONTEXT_DIR"
+    step_end "up to date (hash $want_hash), skipped"
+else
+    if [ -n "$have_hash" ]; then info "inputs changed (hash $have_hash -> $want_hash), rebuilding"; fi
+    old_id=$(docker image inspect -f '{{.Id}}' "$SANDBOX_IMAGE" 2>/dev/null || true)
+    # Hard links when possible: the wheelhouse is 200+ MB.
+    cp -al "$WHEELS_DIR" "$CONTEXT_DIR/wheels" 2>/dev/null || cp -a "$WHEELS_DIR" "$CONTEXT_DIR/wheels"
+    rm -f "$CONTEXT_DIR/wheels/.complete"
+    build_args=(--force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$HASH_LABEL=$want_hash" -t "$SANDBOX_IMAGE")
+    [ "$FORCE" = 1 ] && build_args+=(--no-cache)
+    info "docker build (base $BASE_IMAGE), log: build/sandbox-build.log"
+    if ! DOCKER_BUILDKIT=0 docker build "${build_args[@]}" "$CONTEXT_DIR" >"$BUILD_DIR/sandbox-build.log" 2>&1; then
+        tail -n 40 "$BUILD_DIR/sandbox-build.log" >&2
+        die "docker build failed (log: build/sandbox-build.log)"
+    fi
+    rm -rf "$CONTEXT_DIR"
+    new_id=$(docker image inspect -f '{{.Id}}' "$SANDBOX_IMAGE")
+    if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true   # still used by a container: keep it
+    fi
+    version=$(docker run --rm --network none --read-only "$SANDBOX_IMAGE") \
+        || die "the new sandbox image does not import torch"
+    size=$(docker image inspect -f '{{.Size}}' "$SANDBOX_IMAGE")
+    step_end "built: torch $version, $(( size / 1000000 )) MB"
+fi
+
+log "all images ready in $(( $(date +%s) - T_ALL ))s: sandbox=$SANDBOX_IMAGE base=$BASE_IMAGE"

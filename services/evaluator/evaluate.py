@@ -1,0 +1,78 @@
+"""One seed of a quick evaluation of generated code: train in the container, score outside.
+
+The container gets (x_train, y_train, x_val) and returns class probabilities for x_val; the
+labels of the validation split never leave this process, so generated code cannot forge its score.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import numpy as np
+from sklearn import metrics as skm
+
+from services.sandbox.validate import outcome_to_result
+from shared.datasets import load_dataset, split
+from shared.errors import UnknownDatasetError
+from shared.messages import EpochStats, EvalJob, SeedResult
+
+
+def score(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Every metric from the evaluator's own labels and the container's predictions."""
+    pred = probs.argmax(axis=1)
+    labels = list(range(num_classes))
+    clipped = np.clip(probs, 1e-7, 1.0)
+    return {
+        "val_accuracy": float(skm.accuracy_score(y_true, pred)),
+        "val_f1_macro": float(skm.f1_score(y_true, pred, average="macro", labels=labels, zero_division=0)),
+        "val_precision_macro": float(skm.precision_score(y_true, pred, average="macro", labels=labels, zero_division=0)),
+        "val_recall_macro": float(skm.recall_score(y_true, pred, average="macro", labels=labels, zero_division=0)),
+        "val_loss": float(skm.log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels)),
+    }
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fraction: float = 0.2,
+                 evaluator: str = "") -> SeedResult:
+    started = time.monotonic()
+    base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator)
+    try:
+        ds = load_dataset(job.dataset)
+    except UnknownDatasetError as exc:
+        return SeedResult(ok=False, error=str(exc), **base)
+    data = split(ds, job.seed, val_fraction, job.subset_size)
+    container_job = {
+        "mode": "train", "source": job.source, "class_name": job.class_name, "seed": job.seed,
+        "hparams": {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr,
+                    "optimizer": job.optimizer, "weight_decay": job.weight_decay},
+    }
+    blob = _npz(x_train=data.x_train, y_train=data.y_train, x_val=data.x_val)
+    outcome = runner.run(container_job, blob, timeout_s, job_id=job.job_id)
+    elapsed = lambda: round(time.monotonic() - started, 3)  # noqa: E731
+    result = (outcome.report or {}).get("result")
+    if not (outcome.report or {}).get("harness_completed") or not isinstance(result, dict) or not result.get("ok"):
+        if isinstance(result, dict) and result.get("error"):
+            error = result["error"]
+        else:
+            error = outcome_to_result(outcome, timeout_s, memory).error or "training failed"
+        return SeedResult(ok=False, error=f"training failed: {error}", duration_s=elapsed(), **base)
+    try:
+        shape = tuple(int(d) for d in result["probs_shape"])
+        probs = np.frombuffer(base64.b64decode(result["probs_b64"]), dtype=np.float32).reshape(shape)
+    except (KeyError, ValueError, TypeError) as exc:
+        return SeedResult(ok=False, error=f"the harness returned unreadable predictions: {exc}", duration_s=elapsed(), **base)
+    if shape != (len(data.y_val), ds.num_classes) or not np.isfinite(probs).all():
+        return SeedResult(ok=False, duration_s=elapsed(), **base,
+                          error=f"predictions of shape {shape} (or non-finite) for {len(data.y_val)} samples and {ds.num_classes} classes")
+    curve = [EpochStats(epoch=int(p["epoch"]), train_loss=float(p["train_loss"]), train_accuracy=float(p["train_accuracy"]))
+             for p in result.get("curve", [])]
+    return SeedResult(ok=True, metrics=score(data.y_val, probs, ds.num_classes), learning_curve=curve,
+                      train_time_s=float(result.get("train_time_s", 0.0)), device=str(result.get("device", "cpu")),
+                      duration_s=elapsed(), **base)

@@ -1,0 +1,241 @@
+"""Drives each run as a persisted state machine: every step reads the registry, does one thing,
+writes the new state. A planner that crashes and starts again continues from the last write."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import msgspec
+import structlog
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+
+from services.planner.decide import decide, iteration_score, summarise
+from services.planner.search import DatasetFacts, SearchBounds, propose
+from shared import subjects
+from shared.bus import decode, encode, publish_event
+from shared.config import Config
+from shared.datasets import load_dataset
+from shared.errors import MessageError, UnknownDatasetError
+from shared.log import bind_run
+from shared.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, EvalJob, Event, Goal,
+                             SeedResult, ValidateRequest, ValidationResult)
+from shared.registry import IterationRecord, Registry, RunRecord
+
+log = structlog.get_logger()
+replace = msgspec.structs.replace
+
+
+class Planner:
+    def __init__(self, nc, js, registry: Registry, config: Config) -> None:
+        self.nc, self.js, self.registry, self.config = nc, js, registry, config
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    # ---- inputs ----
+    async def on_goal(self, goal: Goal) -> None:
+        bind_run(goal.run_id)
+        record = RunRecord(run_id=goal.run_id, goal=goal)
+        try:
+            record.dataset_facts = load_dataset(goal.dataset).facts()
+        except UnknownDatasetError as exc:
+            record.status, record.error, record.finished_at = "failed", str(exc), time.time()
+        if await self.registry.create_run(record):
+            log.info("run_created", goal=goal.goal, dataset=goal.dataset, status=record.status)
+            await self.event(goal.run_id, "run_started", f"run started: {goal.goal!r} on {goal.dataset}")
+            if record.status == "failed":
+                await self.event(goal.run_id, "run_finished", f"run failed: {record.error}", data={"status": "failed"})
+        self.ensure_driving(goal.run_id)
+
+    async def on_result(self, result: SeedResult) -> None:
+        bind_run(result.run_id, iteration=result.iteration, seed=result.seed)
+        await self.registry.put_seed_result(result)
+        outcome = f"val_accuracy {result.metrics.get('val_accuracy', 0):.4f}" if result.ok else f"failed: {result.error}"
+        await self.event(result.run_id, "seed_done", f"seed {result.seed} {outcome}", result.iteration,
+                         {"seed": result.seed, "ok": result.ok, "metrics": result.metrics})
+        self._wake.setdefault(result.run_id, asyncio.Event()).set()
+
+    async def resume_all(self) -> int:
+        running = [r for r in await self.registry.list_runs() if r.status == "running"]
+        for run in running:
+            self.ensure_driving(run.run_id)
+        return len(running)
+
+    def ensure_driving(self, run_id: str) -> None:
+        task = self._tasks.get(run_id)
+        if task is None or task.done():
+            self._tasks[run_id] = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # ---- the state machine ----
+    async def _drive(self, run_id: str) -> None:
+        bind_run(run_id)
+        while True:
+            run = await self.registry.get_run(run_id)
+            if run is None or run.status in TERMINAL_STATUSES:
+                return
+            try:
+                await self._step(run)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a fault of the machinery: record it, end the run, keep serving
+                log.exception("run_failed")
+                await self.registry.update_run(run_id, lambda r: replace(
+                    r, status="failed", error=f"planner error: {type(exc).__name__}: {exc}", finished_at=time.time()))
+                await self.event(run_id, "run_finished", f"run failed: planner error: {exc}", data={"status": "failed"})
+                return
+
+    async def _step(self, run: RunRecord) -> None:
+        n = run.current_iteration
+        it = await self.registry.get_iteration(run.run_id, n) if n else None
+        if it is None or it.state == "decided":
+            await self._propose(run)
+        elif it.state == "proposed":
+            await self._assemble(run, it)
+        elif it.state == "assembled":
+            await self._validate(run, it)
+        elif it.state == "validated":
+            await self._dispatch(run, it)
+        elif it.state == "evaluating":
+            await self._collect(run, it)
+        else:  # evaluated or rejected
+            await self._decide(run, it)
+
+    async def _propose(self, run: RunRecord) -> None:
+        n = run.current_iteration + 1
+        history = await self.registry.iterations(run.run_id, run.current_iteration)
+        facts = self._facts(run)
+        seed = int(hashlib.sha256(run.run_id.encode()).hexdigest()[:8], 16)
+        trials = [(h.search_params, (h.evaluation or {}).get("aggregated", {}).get("val_accuracy", {}).get("mean"))
+                  for h in history if h.search_params]
+        bounds = SearchBounds(min_epochs=self.config.planner.min_epochs,
+                              max_epochs=min(self.config.planner.max_epochs, run.goal.max_epochs))
+        proposal = await asyncio.to_thread(propose, facts, trials, seed=seed, bounds=bounds)
+        record = IterationRecord(run_id=run.run_id, iteration=n, model_config=proposal.model_config,
+                                 search_params=proposal.params, seeds=list(range(run.goal.num_seeds)))
+        await self.registry.put_iteration(record)
+        await self.registry.update_run(run.run_id, lambda r: replace(r, current_iteration=n))
+        await self.event(run.run_id, "proposed", f"iteration {n}: proposed {_describe(proposal.model_config)}", n,
+                         {"model_config": proposal.model_config})
+
+    async def _request(self, subject: str, payload: bytes, reply_type, run: RunRecord, it: IterationRecord):
+        """-> the decoded reply, or None after a failed attempt (retried later, up to step_retries)."""
+        try:
+            msg = await self.nc.request(subject, payload, timeout=self.config.planner.step_timeout_s)
+            return decode(msg.data, reply_type, subject)
+        except (NatsTimeoutError, NoRespondersError, MessageError, asyncio.TimeoutError) as exc:
+            attempts = it.attempts + 1
+            error = f"{subject} did not answer usefully after {attempts} attempts: {type(exc).__name__}: {exc}"
+            if attempts >= self.config.planner.step_retries:
+                await self._reject(run, it, ValidationResult(ok=False, reason="service_unavailable", error=error))
+            else:
+                await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, attempts=attempts))
+                await asyncio.sleep(min(10.0, 2.0 ** attempts))
+            log.warning("step_failed", subject=subject, attempts=attempts, error=str(exc))
+            return None
+
+    async def _assemble(self, run: RunRecord, it: IterationRecord) -> None:
+        request = AssembleRequest(run_id=run.run_id, iteration=it.iteration, model_config=it.model_config)
+        reply = await self._request(subjects.ASSEMBLE_SUBJECT, encode(request), AssembleReply, run, it)
+        if reply is None:
+            return
+        if not reply.ok:
+            await self._reject(run, it, ValidationResult(ok=False, reason="config", error=f"model_config cannot be built: {reply.error}"))
+            return
+        name = await self.registry.put_artifact(f"{run.run_id}/it{it.iteration:04d}/model_code.py", reply.source.encode())
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
+            r, state="assembled", class_name=reply.class_name, code_artifact=name, attempts=0))
+        await self.event(run.run_id, "assembled", f"iteration {it.iteration}: assembled {reply.class_name}", it.iteration)
+
+    async def _validate(self, run: RunRecord, it: IterationRecord) -> None:
+        source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
+        facts = run.dataset_facts
+        request = ValidateRequest(run_id=run.run_id, iteration=it.iteration, source=source, class_name=it.class_name,
+                                  input_shape=[2, *facts["input_shape"]], expected_output_shape=[2, facts["num_classes"]])
+        result = await self._request(subjects.VALIDATE_SUBJECT, encode(request), ValidationResult, run, it)
+        if result is None:
+            return
+        if not result.ok:
+            await self._reject(run, it, result)
+            return
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
+            r, state="validated", validation=result, attempts=0))
+        await self.event(run.run_id, "validated", f"iteration {it.iteration}: valid, {result.param_count:,} parameters, "
+                         f"output {tuple(result.output_shape or [])}", it.iteration, {"param_count": result.param_count})
+
+    async def _dispatch(self, run: RunRecord, it: IterationRecord) -> None:
+        source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
+        cfg = it.model_config
+        for seed in it.seeds:
+            job = EvalJob(job_id=f"{run.run_id}.it{it.iteration:04d}.seed{seed}", run_id=run.run_id,
+                          iteration=it.iteration, seed=seed, dataset=run.goal.dataset, class_name=it.class_name,
+                          source=source, epochs=int(cfg.get("epochs", 10)), batch_size=int(cfg.get("batch_size", 64)),
+                          lr=float(cfg.get("lr", 1e-3)), optimizer=str(cfg.get("optimizer", "adam")),
+                          weight_decay=float(cfg.get("weight_decay", 0.0)), subset_size=run.goal.subset_size)
+            # the job id is the message id: a re-dispatch after a crash is dropped as a duplicate
+            await self.js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="evaluating", started_at=time.time()))
+        await self.event(run.run_id, "evaluating", f"iteration {it.iteration}: {len(it.seeds)} seed jobs queued", it.iteration)
+
+    async def _collect(self, run: RunRecord, it: IterationRecord) -> None:
+        wake = self._wake.setdefault(run.run_id, asyncio.Event())
+        results = await self.registry.seed_results(run.run_id, it.iteration, it.seeds)
+        overdue = time.time() - it.started_at > self.config.planner.eval_timeout_s
+        if len(results) < len(it.seeds) and not overdue:
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=5.0)  # a result, or poll the registry again
+            except asyncio.TimeoutError:
+                pass
+            return
+        evaluation = summarise(results, it.seeds)
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="evaluated", evaluation=evaluation))
+        acc = evaluation["aggregated"].get("val_accuracy") or {}
+        await self.event(run.run_id, "evaluated", f"iteration {it.iteration}: val_accuracy mean "
+                         f"{acc.get('mean', float('nan')):.4f} over {acc.get('n', 0)} seeds", it.iteration,
+                         {"val_accuracy": acc})
+
+    async def _reject(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="rejected", validation=result))
+        await self.event(run.run_id, "rejected", f"iteration {it.iteration}: rejected: {result.error}", it.iteration,
+                         {"reason": result.reason, "error": result.error})
+
+    async def _decide(self, run: RunRecord, it: IterationRecord) -> None:
+        history = await self.registry.iterations(run.run_id, it.iteration)
+        decision, best_it, best_score = decide(run.goal, history)
+        now = time.time()
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
+            r, state="decided", decision=decision, finished_at=now))
+        status = decision.status or "running"
+        await self.registry.update_run(run.run_id, lambda r: replace(
+            r, status=status, best_iteration=best_it, best_score=best_score,
+            finished_at=now if decision.status else None))
+        await self.event(run.run_id, "decided", f"iteration {it.iteration}: {decision.action}: {decision.reasoning}",
+                         it.iteration, {"action": decision.action, "score": iteration_score(it, run.goal.goal_statistic)})
+        if decision.status:
+            await self.event(run.run_id, "run_finished", f"run finished: {status}", data={"status": status})
+
+    # ---- helpers ----
+    def _facts(self, run: RunRecord) -> DatasetFacts:
+        f = run.dataset_facts
+        n_train = int(f["num_samples"] * (1 - self.config.evaluator.val_fraction))
+        if run.goal.subset_size:
+            n_train = min(n_train, int(run.goal.subset_size * (1 - self.config.evaluator.val_fraction)))
+        return DatasetFacts(name=f["name"], kind=f["kind"], input_shape=tuple(f["input_shape"]),
+                            num_classes=int(f["num_classes"]), num_train=n_train)
+
+    async def event(self, run_id: str, kind: str, message: str, iteration: int | None = None, data: dict | None = None) -> None:
+        log.info("event", kind=kind, message=message, iteration=iteration)
+        await publish_event(self.nc, Event(run_id=run_id, kind=kind, message=message, iteration=iteration, data=data or {}))
+
+
+def _describe(config: dict) -> str:
+    kinds = [layer.get("type", "?") for layer in config.get("layers", []) if isinstance(layer, dict)]
+    convs, linears = kinds.count("Conv2d"), kinds.count("Linear")
+    return (f"{config.get('class_name', 'model')} ({convs} conv, {linears} linear, {config.get('optimizer')} "
+            f"lr={config.get('lr', 0):.2g}, {config.get('epochs')} epochs)")

@@ -1,0 +1,94 @@
+"""Planner service: consumes goals and per-seed results, drives every run to its report."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import structlog
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from services.planner.loop import Planner
+from shared import subjects
+from shared.bus import connect, decode, ensure_streams, stop_event
+from shared.config import Config, load_config
+from shared.errors import MessageError
+from shared.log import configure_logging
+from shared.messages import Goal, SeedResult
+from shared.registry import Registry
+
+log = structlog.get_logger()
+RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_goal(goal: Goal) -> None:
+    problems = []
+    if not RUN_ID.match(goal.run_id):
+        problems.append("run_id must be 1-64 letters, digits, '-' or '_'")
+    if not 0.0 < goal.target_accuracy <= 1.0:
+        problems.append("target_accuracy must be in (0, 1]")
+    if goal.max_iterations < 1 or goal.num_seeds < 1 or goal.patience < 1:
+        problems.append("max_iterations, num_seeds and patience must be at least 1")
+    if problems:
+        raise MessageError("Goal", "; ".join(problems), subjects.GOALS_SUBJECT)
+
+
+async def consume(js, stream: str, subject: str, durable: str, handle, stop: asyncio.Event, ack_wait: float = 60.0) -> None:
+    """Pull messages one by one; a handler that raises leaves the message for redelivery."""
+    psub = await js.pull_subscribe(subject, durable=durable, stream=stream,
+                                   config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=5))
+    while not stop.is_set():
+        try:
+            msgs = await psub.fetch(8, timeout=1.0)
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            continue
+        except Exception as exc:  # reconnecting
+            log.warning("fetch_failed", stream=stream, error=str(exc))
+            await asyncio.sleep(1.0)
+            continue
+        for msg in msgs:
+            try:
+                await handle(msg)
+                await msg.ack()
+            except MessageError as exc:
+                log.warning("rejected_message", error=str(exc))
+                await msg.term()
+            except Exception:
+                log.exception("handler_failed", stream=stream)
+                await msg.nak(delay=2)
+
+
+async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
+    config = config or load_config()
+    configure_logging("planner", config.log_level)
+    nc = nc or await connect(config.nats_url, "planner")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    planner = Planner(nc, js, await Registry.open(js), config)
+    stop = stop or stop_event()
+
+    async def on_goal(msg) -> None:
+        goal = decode(msg.data, Goal, msg.subject)
+        check_goal(goal)
+        await planner.on_goal(goal)
+
+    async def on_result(msg) -> None:
+        await planner.on_result(decode(msg.data, SeedResult, msg.subject))
+
+    resumed = await planner.resume_all()
+    log.info("planner_ready", resumed_runs=resumed)
+    await asyncio.gather(
+        consume(js, subjects.GOALS_STREAM, subjects.GOALS_SUBJECT, subjects.GOALS_CONSUMER, on_goal, stop),
+        consume(js, subjects.RESULTS_STREAM, f"{subjects.RESULTS_SUBJECT_PREFIX}.>", subjects.RESULTS_CONSUMER, on_result, stop),
+    )
+    await planner.stop()
+    await nc.drain()
+
+
+def run() -> None:
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,242 @@
+"""The built-in planner's search space: Optuna TPE over small CNNs and MLPs.
+
+Used when no LLM is configured. Pure logic, no I/O, and stateless: the planner may crash
+and resume with its history in the registry, so every call to ``propose`` rebuilds the study
+from that history (``add_trial`` per past trial) and asks for one new trial.
+
+Why a fixed parameter set: ``create_trial`` needs the distributions of every past trial, and
+a define-by-run space (ask block 3's settings only when there are 3 blocks) would give each
+trial its own set. Instead every parameter is asked every time, including those the chosen
+architecture ignores (``hidden_3`` of a 1-layer MLP), so one distributions dict fits all
+trials of a run. The ignored values are harmless to TPE: they just carry no signal.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import optuna
+from optuna.distributions import (BaseDistribution, CategoricalDistribution,
+                                  FloatDistribution, IntDistribution)
+from optuna.samplers import TPESampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+N_STARTUP_TRIALS = 5  # random trials (including the default) before TPE models the history
+MAX_CONV_BLOCKS = 3
+MAX_POOLED_SIDE = 4  # the CNN head sees at most 4x4 positions (AdaptiveAvgPool2d above that)
+FAILED_SCORE = 0.0  # what a failed trial tells the sampler, so it learns to avoid the region
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    name: str
+    kind: Literal["image", "tabular"]
+    input_shape: tuple[int, ...]  # without batch: (C, H, W) for image, (F,) for tabular
+    num_classes: int
+    num_train: int
+
+
+@dataclass(frozen=True)
+class SearchBounds:
+    min_epochs: int = 5
+    max_epochs: int = 20
+    batch_sizes: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    params: dict[str, Any]  # JSON-serialisable; store it in the history as is
+    model_config: dict[str, Any]  # seed format, ready for the assembler
+    history_used: int = 0  # past trials given to the sampler (ones outside the space are skipped)
+
+
+# ---- the space ----
+
+def _check(facts: DatasetFacts, bounds: SearchBounds) -> None:
+    if facts.kind == "image" and len(facts.input_shape) != 3:
+        raise ValueError(f"image data needs input_shape (C, H, W), got {facts.input_shape}; "
+                         "use kind='tabular' for flat features")
+    if facts.kind == "tabular" and len(facts.input_shape) != 1:
+        raise ValueError(f"tabular data needs input_shape (F,), got {facts.input_shape}; "
+                         "use kind='image' for (C, H, W)")
+    if facts.kind not in ("image", "tabular"):
+        raise ValueError(f"unknown data kind {facts.kind!r}; known: image, tabular")
+    if facts.num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {facts.num_classes}")
+    if not 1 <= bounds.min_epochs <= bounds.max_epochs:
+        raise ValueError(f"need 1 <= min_epochs <= max_epochs, got {bounds.min_epochs}, "
+                         f"{bounds.max_epochs}")
+    if not bounds.batch_sizes or min(bounds.batch_sizes) < 1:
+        raise ValueError(f"batch_sizes must be positive ints, got {bounds.batch_sizes}")
+
+
+def _batch_sizes(facts: DatasetFacts, bounds: SearchBounds) -> list[int]:
+    # A batch larger than the training set is the whole set; keep at least the smallest.
+    fit = sorted(b for b in set(bounds.batch_sizes) if b <= facts.num_train)
+    return fit or [min(bounds.batch_sizes)]
+
+
+def search_space(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()
+                 ) -> dict[str, BaseDistribution]:
+    """The fixed distributions of a run, in a stable order (see the module docstring)."""
+    _check(facts, bounds)
+    space: dict[str, BaseDistribution] = {}
+    if facts.kind == "image":
+        space |= {
+            "n_blocks": IntDistribution(1, MAX_CONV_BLOCKS),
+            "base_channels": CategoricalDistribution([8, 16, 32, 64]),  # doubles per block
+            "kernel_size": CategoricalDistribution([3, 5]),
+            "dense_units": CategoricalDistribution([0, 64, 128, 256]),  # 0: no hidden layer
+        }
+    else:
+        space |= {
+            "n_layers": IntDistribution(1, 3),
+            **{f"hidden_{i}": CategoricalDistribution([32, 64, 128, 256]) for i in (1, 2, 3)},
+        }
+    space |= {
+        "batch_norm": CategoricalDistribution([False, True]),
+        "activation": CategoricalDistribution(["ReLU", "GELU", "SiLU"]),
+        "dropout": FloatDistribution(0.0, 0.5),
+        "optimizer": CategoricalDistribution(["adam", "adamw", "sgd"]),
+        "lr": FloatDistribution(1e-4, 3e-2, log=True),
+        "use_weight_decay": CategoricalDistribution([False, True]),  # False: weight_decay 0
+        "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+        "epochs": IntDistribution(bounds.min_epochs, bounds.max_epochs),
+        "batch_size": CategoricalDistribution(_batch_sizes(facts, bounds)),
+    }
+    return space
+
+
+def default_params(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()) -> dict[str, Any]:
+    """A known-good first trial: easy data (digits, breast cancer) reach high accuracy with it."""
+    sizes = _batch_sizes(facts, bounds)
+    shared = {
+        "dropout": 0.1, "optimizer": "adam", "lr": 1e-3, "use_weight_decay": False,
+        "weight_decay": 1e-4, "activation": "ReLU",
+        "epochs": min(max(10, bounds.min_epochs), bounds.max_epochs),
+        "batch_size": 64 if 64 in sizes else sizes[0],
+    }
+    if facts.kind == "image":
+        return {"n_blocks": 2, "base_channels": 32, "kernel_size": 3, "dense_units": 128,
+                "batch_norm": True, **shared}
+    # No BatchNorm1d by default: a last training batch of one sample would make it raise.
+    return {"n_layers": 2, "hidden_1": 128, "hidden_2": 64, "hidden_3": 64,
+            "batch_norm": False, **shared}
+
+
+# ---- params -> model_config ----
+
+def _cnn_layers(facts: DatasetFacts, p: dict[str, Any]) -> list[dict[str, Any]]:
+    _, h, w = facts.input_shape
+    k, act = p["kernel_size"], p["activation"]
+    layers: list[dict[str, Any]] = []
+    channels = p["base_channels"]
+    for _ in range(p["n_blocks"]):
+        # same-padding keeps (H, W); in_channels is left to the assembler to infer.
+        layers.append({"type": "Conv2d", "out_channels": channels, "kernel_size": k,
+                       "padding": k // 2})
+        if p["batch_norm"]:
+            layers.append({"type": "BatchNorm2d"})
+        layers.append({"type": act})
+        if min(h, w) >= 2:  # halve only while a side stays >= 1: 8x8 allows 3 halvings
+            layers.append({"type": "MaxPool2d", "kernel_size": 2})
+            h, w = h // 2, w // 2
+        channels *= 2
+    if max(h, w) > MAX_POOLED_SIDE:  # keep the dense head small on large images
+        h, w = min(h, MAX_POOLED_SIDE), min(w, MAX_POOLED_SIDE)
+        layers.append({"type": "AdaptiveAvgPool2d", "output_size": [h, w]})
+    layers.append({"type": "Flatten"})
+    if p["dense_units"]:
+        layers += _dropout(p) + [{"type": "Linear", "out_features": p["dense_units"]},
+                                 {"type": act}]
+    return layers + _dropout(p) + [{"type": "Linear", "out_features": facts.num_classes}]
+
+
+def _mlp_layers(facts: DatasetFacts, p: dict[str, Any]) -> list[dict[str, Any]]:
+    layers: list[dict[str, Any]] = []
+    for i in range(1, p["n_layers"] + 1):
+        layers.append({"type": "Linear", "out_features": p[f"hidden_{i}"]})
+        if p["batch_norm"]:
+            layers.append({"type": "BatchNorm1d"})
+        layers += [{"type": p["activation"]}] + _dropout(p)
+    return layers + [{"type": "Linear", "out_features": facts.num_classes}]
+
+
+def _dropout(p: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"type": "Dropout", "p": round(p["dropout"], 4)}] if p["dropout"] > 0 else []
+
+
+def to_model_config(facts: DatasetFacts, params: dict[str, Any]) -> dict[str, Any]:
+    """The seed-format model_config of one point of the space."""
+    image = facts.kind == "image"
+    layers = _cnn_layers(facts, params) if image else _mlp_layers(facts, params)
+    return {
+        "class_name": "SearchCNN" if image else "SearchMLP",
+        "input_shape": list(facts.input_shape),
+        "num_classes": facts.num_classes,
+        "layers": layers,
+        "optimizer": params["optimizer"],
+        "lr": params["lr"],
+        "weight_decay": params["weight_decay"] if params["use_weight_decay"] else 0.0,
+        "epochs": params["epochs"],
+        "batch_size": params["batch_size"],
+    }
+
+
+# ---- the study ----
+
+def _sampler_seed(seed: int, n_history: int) -> int:
+    # Mixed with the history length: a fresh sampler with the run's seed alone would draw
+    # the same "random" startup trial on every call.
+    return (seed * 1_000_003 + n_history) % 2**32
+
+
+def rebuild_study(facts: DatasetFacts, history: Sequence[tuple[dict, float | None]], *,
+                  seed: int, bounds: SearchBounds = SearchBounds()) -> tuple[optuna.Study, int]:
+    """A fresh in-memory study holding the history; returns it and how many trials it took.
+
+    A past trial whose params do not fit this space (bounds changed on resume, a trial
+    proposed by something else) is skipped rather than failing the whole run.
+    """
+    space = search_space(facts, bounds)
+    with warnings.catch_warnings():  # multivariate TPE is "experimental" in optuna < 4
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = TPESampler(seed=_sampler_seed(seed, len(history)),
+                             n_startup_trials=N_STARTUP_TRIALS, multivariate=True)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    used = 0
+    for params, score in history:
+        value = FAILED_SCORE if score is None or not math.isfinite(score) else float(score)
+        if set(params) != set(space):
+            continue
+        try:
+            study.add_trial(optuna.trial.create_trial(
+                params=dict(params), distributions=space, value=value))
+        except ValueError:  # a value outside its distribution
+            continue
+        used += 1
+    return study, used
+
+
+def propose(facts: DatasetFacts, history: Sequence[tuple[dict, float | None]], *, seed: int,
+            bounds: SearchBounds = SearchBounds()) -> Proposal:
+    """The next configuration to evaluate; the same inputs give the same proposal.
+
+    ``history`` holds ``(params, score)`` of past trials in order: params as returned in
+    ``Proposal.params``, score the mean validation accuracy, None for a failed trial.
+    """
+    study, used = rebuild_study(facts, history, seed=seed, bounds=bounds)
+    if used == 0:
+        study.enqueue_trial(default_params(facts, bounds))
+    space = search_space(facts, bounds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        trial = study.ask(space)
+    params = {name: trial.params[name] for name in space}  # in the space's order
+    return Proposal(params=params, model_config=to_model_config(facts, params),
+                    history_used=used)

@@ -1,0 +1,71 @@
+"""Sandbox service: answers validation requests by running the code in locked-down containers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import structlog
+
+from services.sandbox.validate import validate
+from shared import subjects
+from shared.bus import connect, decode, encode, stop_event
+from shared.config import Config, load_config
+from shared.containers import ContainerRunner, Limits
+from shared.errors import MessageError
+from shared.log import bind_run, configure_logging
+from shared.messages import ErrorReply, ValidateRequest
+
+log = structlog.get_logger()
+
+
+def sandbox_limits(config: Config) -> Limits:
+    s = config.sandbox
+    return Limits(image=s.image, memory=s.memory, cpus=s.cpus, pids=s.pids, tmpfs_size=s.tmpfs_size,
+                  tmpfs_inodes=s.tmpfs_inodes, nofile=s.nofile, fsize_bytes=s.fsize_bytes,
+                  max_output_bytes=s.max_output_bytes, runtime=s.runtime)
+
+
+async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
+    config = config or load_config()
+    configure_logging("sandbox", config.log_level)
+    runner = ContainerRunner(sandbox_limits(config), owner="sandbox")
+    removed = runner.remove_strays()
+    log.info("sandbox_ready", image=config.sandbox.image, strays_removed=removed)
+    nc = nc or await connect(config.nats_url, "sandbox")
+    slots = asyncio.Semaphore(config.sandbox.concurrency)
+    tasks: set[asyncio.Task] = set()
+
+    async def answer(msg) -> None:
+        async with slots:
+            try:
+                request = decode(msg.data, ValidateRequest, msg.subject)
+            except MessageError as exc:
+                log.warning("rejected_message", error=str(exc))
+                await msg.respond(encode(ErrorReply(error=str(exc))))
+                return
+            bind_run(request.run_id, iteration=request.iteration)
+            result = await asyncio.to_thread(
+                validate, request, runner, config.sandbox.validate_timeout_s, config.sandbox.memory)
+            log.info("validated", ok=result.ok, reason=result.reason, duration_s=result.duration_s)
+            await msg.respond(encode(result))
+
+    async def on_message(msg) -> None:  # one task per request, bounded by `slots`
+        task = asyncio.create_task(answer(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    sub = await nc.subscribe(subjects.VALIDATE_SUBJECT, queue=subjects.SANDBOX_QUEUE, cb=on_message)
+    await (stop or stop_event()).wait()
+    await sub.unsubscribe()
+    if tasks:
+        await asyncio.wait(tasks)  # finish the validations in flight before leaving
+    await nc.drain()
+
+
+def run() -> None:
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    run()

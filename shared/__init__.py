@@ -1,0 +1,1 @@
+"""The library every service imports: messages, names, bus, config, logging, registry, containers."""

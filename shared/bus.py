@@ -1,0 +1,127 @@
+"""NATS and JetStream helpers: connect, declare streams and buckets, decode at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TypeVar
+
+import msgspec
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from shared import subjects
+from shared.errors import MessageError
+from shared.messages import Event
+
+T = TypeVar("T")
+log = structlog.get_logger()
+
+_decoders: dict[type, msgspec.json.Decoder] = {}
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes, type_: type[T], subject: str = "") -> T:
+    """Decode strictly into `type_`; a malformed message raises MessageError naming the path."""
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    try:
+        return decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MessageError(type_.__name__, str(exc), subject) from exc
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect with endless reconnects, so a restarting nats-server does not stop a service."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats_reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, *, max_deliver: int = 3) -> None:
+    """Declare the streams every service relies on; idempotent, safe from any replica."""
+    declared = [
+        StreamConfig(name=subjects.GOALS_STREAM, subjects=[subjects.GOALS_SUBJECT], storage=StorageType.FILE,
+                     retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0),
+        StreamConfig(name=subjects.EVAL_STREAM, subjects=[subjects.EVAL_SUBJECT], storage=StorageType.FILE,
+                     retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0),
+        StreamConfig(name=subjects.RESULTS_STREAM, subjects=[f"{subjects.RESULTS_SUBJECT_PREFIX}.>"],
+                     storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0),
+        StreamConfig(name="DEAD", subjects=[f"{subjects.DEAD_LETTER_SUBJECT}.>"], storage=StorageType.FILE,
+                     max_msgs=100_000, discard=DiscardPolicy.OLD),
+    ]
+    for config in declared:
+        try:
+            await js.add_stream(config)
+        except Exception:  # exists with other settings: keep what a running stack has
+            try:
+                await js.stream_info(config.name)
+            except NotFoundError:
+                raise
+
+
+async def key_value(js: JetStreamContext, bucket: str):
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        from nats.js.api import KeyValueConfig
+
+        try:
+            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE))
+        except Exception:  # created by another replica meanwhile
+            return await js.key_value(bucket)
+
+
+async def object_store(js: JetStreamContext, bucket: str):
+    try:
+        return await js.object_store(bucket)
+    except (BucketNotFoundError, NotFoundError):
+        from nats.js.api import ObjectStoreConfig
+
+        try:
+            return await js.create_object_store(bucket, ObjectStoreConfig(storage=StorageType.FILE))
+        except Exception:
+            return await js.object_store(bucket)
+
+
+async def publish_event(nc: NATS, event: Event) -> None:
+    """Progress for live followers; best effort, the registry holds the record."""
+    try:
+        await nc.publish(subjects.events_subject(event.run_id), encode(event))
+    except Exception as exc:  # a lost progress line must never fail the work
+        log.warning("event_not_published", error=str(exc), kind=event.kind)
+
+
+def stop_event() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT, for a main() that drains on shutdown."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,105 @@
+"""Typed configuration: defaults here, one YAML file over them, environment variables over that.
+
+The file is `$RESEARCHER_CONFIG` (or `config/researcher.yaml` when it exists). Any key can be
+overridden as `RESEARCHER_<SECTION>__<KEY>` (e.g. `RESEARCHER_SANDBOX__MEMORY=4g`); `NATS_URL`
+overrides `nats_url`. Unknown keys are rejected with the path to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from shared.errors import ConfigFileError
+
+DEFAULT_FILE = Path("config/researcher.yaml")
+
+
+class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    step_timeout_s: float = 180.0  # one assemble or validate request, seconds
+    step_retries: int = 3  # attempts of a step before the iteration is recorded as failed
+    eval_timeout_s: float = 1800.0  # all seeds of one iteration, seconds
+    min_epochs: int = 5  # bounds of the built-in search's epochs
+    max_epochs: int = 20
+
+
+class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    image: str = "pytorch-researcher/sandbox:latest"
+    runtime: str | None = None  # OCI runtime; "runsc" where gVisor is installed
+    memory: str = "2g"  # memory cap, swap equal to it
+    cpus: float = 1.0
+    pids: int = 128
+    tmpfs_size: str = "64m"  # the only writable path, /tmp
+    tmpfs_inodes: int = 4096
+    nofile: int = 256  # open files
+    fsize_bytes: int = 64 * 1024 * 1024  # largest file the code may write
+    validate_timeout_s: float = 60.0  # hard wall clock, start to exit
+    max_output_bytes: int = 65536  # stdout/stderr of the code kept, the rest dropped
+    concurrency: int = 2  # validations at once per sandbox service
+
+
+class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    memory: str = "4g"
+    cpus: float = 2.0
+    gpus: str = "auto"  # auto: pass GPUs through when the engine has the nvidia runtime; none; all
+    train_timeout_s: float = 1800.0  # one seed, seconds
+    ack_wait_s: float = 60.0  # JetStream ack wait; long jobs send in-progress heartbeats
+    max_deliver: int = 3  # deliveries before a job goes to the dead-letter subject
+    data_dir: str = "~/.cache/pytorch-researcher/data"
+    val_fraction: float = 0.2
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    log_level: str = "info"
+    planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
+    sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
+    evaluator: EvaluatorConfig = msgspec.field(default_factory=EvaluatorConfig)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "NATS_URL" in environ:
+        out["nats_url"] = environ["NATS_URL"]
+    for key, value in environ.items():
+        if not key.startswith("RESEARCHER_") or key == "RESEARCHER_CONFIG":
+            continue
+        path = key[len("RESEARCHER_") :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = None if value.lower() in ("", "null", "none") else value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    environ = dict(os.environ) if environ is None else environ
+    chosen = path or environ.get("RESEARCHER_CONFIG") or (DEFAULT_FILE if DEFAULT_FILE.exists() else None)
+    raw: dict[str, Any] = {}
+    if chosen:
+        try:
+            raw = yaml.safe_load(Path(chosen).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigFileError(str(chosen), str(exc)) from exc
+        if not isinstance(raw, dict):
+            raise ConfigFileError(str(chosen), "the top level must be a mapping of keys to values")
+    merged = _merge(raw, _env_overrides(environ))
+    try:
+        # strict=False lets environment strings become numbers and booleans
+        return msgspec.convert(merged, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigFileError(str(chosen or "environment"), f"{exc}; see shared/config.py for every key") from exc

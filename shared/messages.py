@@ -1,0 +1,134 @@
+"""Every cross-service message, as msgspec Structs decoded strictly at the edge.
+
+Schema evolution: only add fields with defaults; never change a field's type.
+`model_config` travels as a plain JSON object (the seed format of the assembler) because
+it is data a planner or an LLM writes, validated by the assembler, not by the schema.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import msgspec
+
+RunStatus = Literal["running", "goal_achieved", "no_progress", "max_iterations", "failed"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"goal_achieved", "no_progress", "max_iterations", "failed"})
+GoalStatistic = Literal["mean", "ci_lower"]
+
+
+class Goal(msgspec.Struct, frozen=True, kw_only=True):
+    """A researcher's goal, published on GOALS_SUBJECT."""
+
+    run_id: str
+    goal: str
+    dataset: str = "digits"
+    target_accuracy: float = 0.9
+    max_iterations: int = 5
+    num_seeds: int = 2
+    patience: int = 3  # iterations without a better best before `no_progress`
+    goal_statistic: GoalStatistic = "mean"
+    subset_size: int | None = None  # samples drawn from the data set; None = all
+    max_epochs: int = 20
+    submitted_at: float = 0.0
+
+
+# ---- assembler ----
+class AssembleRequest(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    iteration: int
+    model_config: dict[str, Any]
+
+
+class AssembleReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    class_name: str = ""
+    source: str = ""
+    error: str | None = None
+    assembler: str = "deterministic"
+
+
+# ---- sandbox ----
+class ValidateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str = ""
+    iteration: int = 0
+    source: str
+    class_name: str
+    input_shape: list[int]  # including the batch dimension: (B, C, H, W) or (B, F)
+    expected_output_shape: list[int] | None = None  # including the batch dimension
+
+
+class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What the sandbox measured. A rejected model is a result with ok=False and a reason."""
+
+    ok: bool
+    error: str | None = None
+    reason: str | None = None  # a short machine-readable kind: syntax, class_not_found, exception, timeout, oom, ...
+    output_shape: list[int] | None = None
+    param_count: int | None = None
+    trainable_params: int | None = None
+    layers: list[dict[str, Any]] = []
+    exception_type: str | None = None
+    output_tail: str = ""
+    duration_s: float = 0.0
+    timed_out: bool = False
+    oom_killed: bool = False
+
+
+# ---- evaluation ----
+class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One seed of one iteration's quick evaluation; job_id is the dedupe key."""
+
+    job_id: str
+    run_id: str
+    iteration: int
+    seed: int
+    dataset: str
+    class_name: str
+    source: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    subset_size: int | None = None
+
+
+class EpochStats(msgspec.Struct, frozen=True, kw_only=True):
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+
+
+class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-seed result; every metric computed by the evaluator, outside the container."""
+
+    job_id: str
+    run_id: str
+    iteration: int
+    seed: int
+    ok: bool
+    error: str | None = None
+    metrics: dict[str, float] = {}
+    learning_curve: list[EpochStats] = []
+    train_time_s: float = 0.0
+    duration_s: float = 0.0
+    evaluator: str = ""
+    device: str = "cpu"
+
+
+# ---- progress events ----
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    kind: str  # run_started, proposed, assembled, validated, evaluating, seed_done, evaluated, decided, run_finished, error
+    message: str
+    iteration: int | None = None
+    data: dict[str, Any] = {}
+    ts: float = msgspec.field(default_factory=time.time)
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a request that could not be decoded."""
+
+    ok: bool = False
+    error: str

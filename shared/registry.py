@@ -1,0 +1,180 @@
+"""The registry: run and iteration records in JetStream KV, artifacts in the object store.
+
+Every replica on every machine sees the same history. Updates go through the KV revision
+(compare-and-set), so two writers never silently overwrite each other.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Literal, TypeVar
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import (
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
+
+from shared import subjects
+from shared.bus import key_value, object_store
+from shared.messages import Goal, RunStatus, SeedResult, ValidationResult
+
+IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "rejected", "decided"]
+R = TypeVar("R", bound=msgspec.Struct)
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    action: Literal["iterate", "goal_achieved", "stop"]
+    reasoning: str
+    status: RunStatus | None = None  # the run status this decision ends with, if it ends the run
+
+
+class RunRecord(msgspec.Struct, kw_only=True):
+    run_id: str
+    goal: Goal
+    status: RunStatus = "running"
+    error: str | None = None
+    current_iteration: int = 0  # 0 = none started yet
+    best_iteration: int | None = None
+    best_score: float | None = None  # the goal statistic of the best iteration
+    dataset_facts: dict[str, Any] = {}
+    created_at: float = msgspec.field(default_factory=time.time)
+    finished_at: float | None = None
+
+
+class IterationRecord(msgspec.Struct, kw_only=True):
+    run_id: str
+    iteration: int
+    state: IterationState = "proposed"
+    proposer: str = "builtin"
+    model_config: dict[str, Any] = {}
+    search_params: dict[str, Any] | None = None
+    class_name: str = ""
+    code_artifact: str | None = None  # object name in ARTIFACTS_BUCKET
+    validation: ValidationResult | None = None
+    seeds: list[int] = []
+    evaluation: dict[str, Any] | None = None
+    decision: Decision | None = None
+    attempts: int = 0  # failed tries of the current step
+    started_at: float = msgspec.field(default_factory=time.time)
+    finished_at: float | None = None
+
+
+class ConflictError(Exception):
+    """A compare-and-set lost too many times in a row."""
+
+
+def iteration_key(run_id: str, iteration: int) -> str:
+    return f"{run_id}.it{iteration:04d}"
+
+
+def seed_key(run_id: str, iteration: int, seed: int) -> str:
+    return f"{iteration_key(run_id, iteration)}.seed{seed}"
+
+
+class Registry:
+    def __init__(self, js: JetStreamContext, runs, iterations, artifacts) -> None:
+        self.js, self._runs, self._iterations, self._artifacts = js, runs, iterations, artifacts
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> "Registry":
+        return cls(
+            js,
+            await key_value(js, subjects.RUNS_BUCKET),
+            await key_value(js, subjects.ITERATIONS_BUCKET),
+            await object_store(js, subjects.ARTIFACTS_BUCKET),
+        )
+
+    # ---- generic record access ----
+    async def _get(self, kv, key: str, type_: type[R]) -> tuple[R, int] | None:
+        try:
+            entry = await kv.get(key)
+        except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+            return None
+        if entry.value is None:
+            return None
+        return msgspec.json.decode(entry.value, type=type_), entry.revision
+
+    async def _update(self, kv, key: str, type_: type[R], change: Callable[[R], R]) -> R:
+        for _ in range(20):
+            current = await self._get(kv, key, type_)
+            if current is None:
+                raise KeyError(key)
+            record, revision = current
+            updated = change(record)
+            try:
+                await kv.update(key, msgspec.json.encode(updated), last=revision)
+                return updated
+            except KeyWrongLastSequenceError:
+                continue
+        raise ConflictError(f"{key}: too many concurrent updates")
+
+    # ---- runs ----
+    async def create_run(self, record: RunRecord) -> bool:
+        """False when the run already exists (a redelivered goal)."""
+        try:
+            await self._runs.create(record.run_id, msgspec.json.encode(record))
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        found = await self._get(self._runs, run_id, RunRecord)
+        return found[0] if found else None
+
+    async def update_run(self, run_id: str, change: Callable[[RunRecord], RunRecord]) -> RunRecord:
+        return await self._update(self._runs, run_id, RunRecord, change)
+
+    async def list_runs(self) -> list[RunRecord]:
+        try:
+            keys = await self._runs.keys()
+        except NoKeysError:
+            return []
+        runs = [await self.get_run(key) for key in keys]
+        return sorted((r for r in runs if r), key=lambda r: r.created_at)
+
+    # ---- iterations ----
+    async def put_iteration(self, record: IterationRecord) -> None:
+        await self._iterations.put(iteration_key(record.run_id, record.iteration), msgspec.json.encode(record))
+
+    async def get_iteration(self, run_id: str, iteration: int) -> IterationRecord | None:
+        found = await self._get(self._iterations, iteration_key(run_id, iteration), IterationRecord)
+        return found[0] if found else None
+
+    async def update_iteration(
+        self, run_id: str, iteration: int, change: Callable[[IterationRecord], IterationRecord]
+    ) -> IterationRecord:
+        return await self._update(self._iterations, iteration_key(run_id, iteration), IterationRecord, change)
+
+    async def iterations(self, run_id: str, count: int) -> list[IterationRecord]:
+        found = [await self.get_iteration(run_id, i) for i in range(1, count + 1)]
+        return [record for record in found if record]
+
+    # ---- seed results (one key each: a redelivered result overwrites itself, never counts twice) ----
+    async def put_seed_result(self, result: SeedResult) -> None:
+        await self._iterations.put(seed_key(result.run_id, result.iteration, result.seed), msgspec.json.encode(result))
+
+    async def seed_results(self, run_id: str, iteration: int, seeds: list[int]) -> dict[int, SeedResult]:
+        out: dict[int, SeedResult] = {}
+        for seed in seeds:
+            found = await self._get(self._iterations, seed_key(run_id, iteration, seed), SeedResult)
+            if found:
+                out[seed] = found[0]
+        return out
+
+    # ---- artifacts ----
+    async def put_artifact(self, name: str, data: bytes) -> str:
+        await self._artifacts.put(name, data)
+        return name
+
+    async def get_artifact(self, name: str) -> bytes | None:
+        try:
+            result = await self._artifacts.get(name)
+        except (ObjectNotFoundError, NotFoundError):
+            return None
+        return result.data

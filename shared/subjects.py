@@ -1,0 +1,44 @@
+"""Every subject, stream, consumer and bucket name, in one place.
+
+Publishers, subscribers and tests import these; nothing else spells a subject.
+"""
+
+# ---- goals: researcher -> planner (JetStream, work must not be lost) ----
+GOALS_STREAM = "GOALS"
+GOALS_SUBJECT = "research.goals"
+GOALS_CONSUMER = "planner"
+
+# ---- request/reply work (core NATS; the planner retries from its persisted state) ----
+ASSEMBLE_SUBJECT = "research.assemble"
+VALIDATE_SUBJECT = "research.sandbox.validate"
+ASSEMBLER_QUEUE = "assemblers"
+SANDBOX_QUEUE = "sandboxes"
+
+# ---- evaluation jobs: planner -> evaluators (JetStream work queue, one job per seed) ----
+EVAL_STREAM = "EVAL"
+EVAL_SUBJECT = "research.eval.jobs"
+EVAL_CONSUMER = "evaluators"
+
+# ---- per-seed results: evaluators -> planner (JetStream) ----
+RESULTS_STREAM = "RESULTS"
+RESULTS_SUBJECT_PREFIX = "research.results"
+RESULTS_CONSUMER = "planner-results"
+
+# ---- dead letters: jobs that exhausted their deliveries ----
+DEAD_LETTER_SUBJECT = "research.dead"
+
+# ---- progress events, one subject per run (core NATS, for live followers) ----
+EVENTS_PREFIX = "research.events"
+
+# ---- registry (JetStream KV + object store) ----
+RUNS_BUCKET = "research_runs"
+ITERATIONS_BUCKET = "research_iterations"
+ARTIFACTS_BUCKET = "research_artifacts"
+
+
+def results_subject(run_id: str) -> str:
+    return f"{RESULTS_SUBJECT_PREFIX}.{run_id}"
+
+
+def events_subject(run_id: str) -> str:
+    return f"{EVENTS_PREFIX}.{run_id}"
