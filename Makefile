@@ -44,7 +44,7 @@ images:
 	  echo "error: the Docker engine does not answer (docker info)." >&2; \
 	  echo "  Install it:  apt-get update && apt-get install -y docker.io docker-compose debootstrap" >&2; \
 	  echo "  Start it:    setsid dockerd >/var/log/dockerd.log 2>&1 &   (then wait for 'docker info')" >&2; \
-	  echo "  See /work/shared/ENVIRONMENT.md; .ci/run does both." >&2; \
+	  echo "  (.ci/run does both.)" >&2; \
 	  exit 1; }
 	bash scripts/build-images.sh
 

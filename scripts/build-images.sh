@@ -54,7 +54,7 @@ docker info >/dev/null 2>&1 || die "the Docker engine does not answer (docker in
   apt-get update && apt-get install -y docker.io docker-compose
 and start it with
   setsid dockerd >/var/log/dockerd.log 2>&1 &
-(see /work/shared/ENVIRONMENT.md or .ci/run)."
+(.ci/run does both)."
 
 mkdir -p "$BUILD_DIR"
 
@@ -109,6 +109,8 @@ make_twin() {
     as_root rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
         "$rootfs"/var/log/bootstrap.log "$rootfs"/debootstrap
     [ -x "$rootfs/usr/bin/python3" ] || die "debootstrap produced no /usr/bin/python3"
+    local old_id
+    old_id=$(docker image inspect -f '{{.Id}}' "$TWIN_IMAGE" 2>/dev/null || true)
     info "importing as $TWIN_IMAGE"
     as_root tar --numeric-owner -C "$rootfs" -c . | docker import \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -117,6 +119,9 @@ make_twin() {
         --change 'LABEL org.pytorch-researcher.role=base' \
         --message "debootstrap --variant=minbase bookworm ($mirror)" \
         - "$TWIN_IMAGE" >/dev/null
+    if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$TWIN_IMAGE")" ]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true   # still the parent of a sandbox image
+    fi
     cleanup_rootfs
     trap - EXIT
 }
@@ -238,6 +243,11 @@ else
     if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
         docker image rm "$old_id" >/dev/null 2>&1 || true   # still used by a container: keep it
     fi
+    # The builder stage stays as an untagged image: the cache that makes a harness-only change
+    # a 3 s rebuild. Keep the newest one, drop older ones.
+    docker images -q --no-trunc --filter dangling=true \
+        --filter label=org.pytorch-researcher.role=sandbox-builder | tail -n +2 \
+        | xargs -r docker image rm >/dev/null 2>&1 || true
     version=$(docker run --rm --network none --read-only "$SANDBOX_IMAGE") \
         || die "the new sandbox image does not import torch"
     size=$(docker image inspect -f '{{.Size}}' "$SANDBOX_IMAGE")

@@ -69,6 +69,8 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         if not key.startswith("RESEARCHER_") or key == "RESEARCHER_CONFIG":
             continue
         path = key[len("RESEARCHER_") :].lower().split("__")
+        if len(path) == 1 and path[0] not in Config.__struct_fields__:
+            continue  # not a setting (RESEARCHER_REPLICA names a replica, say)
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -9,8 +9,9 @@ import numpy as np
 from scipy import stats
 
 
-def aggregate(values: Sequence[float], confidence: float = 0.95) -> dict:
-    """`ci_95` is None with fewer than two values: one seed says nothing about the spread."""
+def aggregate(values: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """`ci_95` is None with fewer than two values: one seed says nothing about the spread.
+    `bounds` clips the interval to a metric's range (accuracy cannot exceed 1)."""
     arr = np.asarray(list(values), dtype=float)
     n = int(arr.size)
     if n == 0:
@@ -21,6 +22,8 @@ def aggregate(values: Sequence[float], confidence: float = 0.95) -> dict:
     if n > 1:
         half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
         ci = [mean - half, mean + half]
+        if bounds is not None:
+            ci = [max(bounds[0], ci[0]), min(bounds[1], ci[1])]
     return {"mean": mean, "std": std, "ci_95": ci, "values": [float(v) for v in arr],
             "min": float(arr.min()), "max": float(arr.max()), "n": n, "confidence_level": confidence}
 

@@ -105,7 +105,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
             continue
         for msg in msgs:
             await handle(msg, js, runner, config, name)  # a stop waits for this job to finish
-    await nc.drain()
+    await nc.close()  # every fetched message was handled above; drain would wait on the pull subscriptions
 
 
 def run() -> None:

@@ -11,7 +11,8 @@ def summarise(results: dict[int, SeedResult], seeds: list[int]) -> dict:
     """Aggregate every metric over the seeds that succeeded; failed or missing seeds are listed."""
     ok = {s: r for s, r in results.items() if r.ok}
     names = sorted({name for r in ok.values() for name in r.metrics})
-    aggregated = {name: aggregate([r.metrics[name] for r in ok.values() if name in r.metrics]) for name in names}
+    aggregated = {name: aggregate([r.metrics[name] for r in ok.values() if name in r.metrics],
+                                  bounds=None if name.endswith("loss") else (0.0, 1.0)) for name in names}
     failed = [{"seed": s, "error": results[s].error if s in results else "no result arrived in time"}
               for s in seeds if s not in ok]
     best_seed = max(ok, key=lambda s: ok[s].metrics.get("val_accuracy", 0.0)) if ok else None

@@ -83,7 +83,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         consume(js, subjects.RESULTS_STREAM, f"{subjects.RESULTS_SUBJECT_PREFIX}.>", subjects.RESULTS_CONSUMER, on_result, stop),
     )
     await planner.stop()
-    await nc.drain()
+    await nc.close()  # every fetched message was handled above; drain would wait on the pull subscriptions
 
 
 def run() -> None:

@@ -1,0 +1,1 @@
+"""The researcher's command line: run goals, follow them, read reports, export artifacts."""

@@ -1,0 +1,205 @@
+"""`researcher` (run, submit, report, export) and `research-agent --goal ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+from tqdm import tqdm
+
+from researcher.stack import LocalStack
+from shared import subjects
+from shared.bus import connect, decode, encode, ensure_streams
+from shared.datasets import known_datasets, load_dataset
+from shared.errors import UnknownDatasetError
+from shared.log import configure_logging
+from shared.messages import TERMINAL_STATUSES, Event, Goal
+from shared.registry import Registry
+from shared.report import export_run, format_report, load_report
+
+
+def _goal_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(known_datasets())}")
+    p.add_argument("--target-accuracy", type=float, default=0.9)
+    p.add_argument("--max-iterations", type=int, default=5)
+    p.add_argument("--num-seeds", type=int, default=2)
+    p.add_argument("--patience", type=int, default=3, help="iterations without a better best before stopping")
+    p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean",
+                   help="judge the goal on the mean over seeds or the lower bound of its 95%% interval")
+    p.add_argument("--subset-size", type=int, default=None)
+    p.add_argument("--max-epochs", type=int, default=20)
+
+
+def _nats_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nats-url", default=os.environ.get("NATS_URL"), help="a running stack (default: $NATS_URL)")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="researcher", description="An autonomous ML research agent for PyTorch.")
+    sub = root.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one goal to its report (an embedded stack when no NATS URL is given)")
+    run.add_argument("goal")
+    _goal_args(run)
+    _nats_arg(run)
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--log-dir", type=Path, default=None, help="service logs of the embedded stack")
+    submit = sub.add_parser("submit", help="publish a goal to a running stack and print its run id")
+    submit.add_argument("goal")
+    _goal_args(submit)
+    _nats_arg(submit)
+    report = sub.add_parser("report", help="print a run's report")
+    report.add_argument("run_id")
+    report.add_argument("--json", action="store_true")
+    _nats_arg(report)
+    export = sub.add_parser("export", help="write a run's configs, code and results to a directory")
+    export.add_argument("run_id")
+    export.add_argument("directory", type=Path)
+    _nats_arg(export)
+    return root
+
+
+def make_goal(args: argparse.Namespace) -> Goal:
+    return Goal(run_id=uuid.uuid4().hex[:16], goal=args.goal, dataset=args.dataset,
+                target_accuracy=args.target_accuracy, max_iterations=args.max_iterations,
+                num_seeds=args.num_seeds, patience=args.patience, goal_statistic=args.goal_statistic,
+                subset_size=args.subset_size, max_epochs=args.max_epochs, submitted_at=time.time())
+
+
+async def publish_goal(nc, goal: Goal) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
+
+
+async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> dict:
+    """Show events and a progress bar over iterations until the run is terminal; -> its report."""
+    registry = await Registry.open(nc.jetstream())
+    bar = tqdm(total=goal.max_iterations, desc="iterations", unit="it", file=sys.stderr, disable=quiet, leave=False)
+
+    async def on_event(msg) -> None:
+        event = decode(msg.data, Event, msg.subject)
+        if event.kind == "decided":
+            bar.update(1)
+        bar.write(f"[{time.strftime('%H:%M:%S')}] {event.message}", file=sys.stderr)
+
+    sub = await nc.subscribe(subjects.events_subject(goal.run_id), cb=on_event)
+    try:
+        while True:  # the registry decides, the events only show progress
+            run = await registry.get_run(goal.run_id)
+            if run is not None and run.status in TERMINAL_STATUSES:
+                break
+            await asyncio.sleep(poll_s)
+    finally:
+        await sub.unsubscribe()
+        bar.close()
+    return await load_report(registry, goal.run_id)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    goal = make_goal(args)
+    with ExitStack() as stack:
+        url = args.nats_url
+        if not url:
+            print("starting an embedded stack (nats-server + planner, assembler, sandbox, evaluator)...", file=sys.stderr)
+            local = stack.enter_context(LocalStack(log_dir=args.log_dir))
+            url = local.url
+            print(f"service logs: {local.log_dir}", file=sys.stderr)
+        nc = await connect(url, "researcher-cli")
+        try:
+            await publish_goal(nc, goal)
+            print(f"run {goal.run_id} submitted", file=sys.stderr)
+            report = await follow(nc, goal)
+        finally:
+            await nc.close()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 1 if report["status"] == "failed" else 0
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    goal = make_goal(args)
+    nc = await connect(_need_url(args), "researcher-cli")
+    try:
+        await publish_goal(nc, goal)
+    finally:
+        await nc.close()
+    print(goal.run_id)
+    return 0
+
+
+async def _report(args: argparse.Namespace) -> int:
+    nc = await connect(_need_url(args), "researcher-cli")
+    try:
+        report = await load_report(await Registry.open(nc.jetstream()), args.run_id)
+    finally:
+        await nc.close()
+    if report is None:
+        print(f"no run {args.run_id!r} in the registry at {args.nats_url}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    nc = await connect(_need_url(args), "researcher-cli")
+    try:
+        out = await export_run(await Registry.open(nc.jetstream()), args.run_id, args.directory)
+    except KeyError:
+        print(f"no run {args.run_id!r} in the registry at {args.nats_url}", file=sys.stderr)
+        return 1
+    finally:
+        await nc.close()
+    print(f"exported run {args.run_id} to {out}")
+    return 0
+
+
+def _need_url(args: argparse.Namespace) -> str:
+    if not args.nats_url:
+        raise SystemExit("this command needs a running stack: pass --nats-url or set NATS_URL (e.g. nats://localhost:4222)")
+    return args.nats_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure_logging("cli", "error", stream=sys.stderr)  # stdout carries the report alone
+    if getattr(args, "dataset", None):
+        try:
+            load_dataset(args.dataset)  # fail at once, before any stack starts
+        except UnknownDatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    handler = {"run": _run, "submit": _submit, "report": _report, "export": _export}[args.command]
+    return asyncio.run(handler(args))
+
+
+def research_agent_main(argv: list[str] | None = None) -> int:
+    """The spec's name: `research-agent --goal "..." [--dataset ...]` is `researcher run`."""
+    p = argparse.ArgumentParser(prog="research-agent", description="Run one research goal to its report.")
+    p.add_argument("--goal", required=True)
+    _goal_args(p)
+    _nats_arg(p)
+    p.add_argument("--json", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    if rest:
+        p.error(f"unrecognised arguments: {' '.join(rest)}")
+    forwarded = ["run", args.goal, "--dataset", args.dataset, "--target-accuracy", str(args.target_accuracy),
+                 "--max-iterations", str(args.max_iterations), "--num-seeds", str(args.num_seeds),
+                 "--patience", str(args.patience), "--goal-statistic", args.goal_statistic,
+                 "--max-epochs", str(args.max_epochs)]
+    if args.subset_size:
+        forwarded += ["--subset-size", str(args.subset_size)]
+    if args.nats_url:
+        forwarded += ["--nats-url", args.nats_url]
+    if args.json:
+        forwarded.append("--json")
+    return main(forwarded)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

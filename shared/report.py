@@ -1,0 +1,146 @@
+"""The run report, built from the registry alone, and the export layout researchers know."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from shared.registry import IterationRecord, Registry, RunRecord
+
+
+def _validation(it: IterationRecord) -> dict[str, Any]:
+    v = it.validation
+    if v is None:
+        return {"ok": None, "error": None, "reason": None, "output_shape": None, "param_count": None}
+    return {"ok": v.ok, "error": v.error, "reason": v.reason, "output_shape": v.output_shape,
+            "param_count": v.param_count, "trainable_params": v.trainable_params, "duration_s": v.duration_s,
+            "layers": v.layers, "output_tail": v.output_tail}
+
+
+def iteration_report(it: IterationRecord) -> dict[str, Any]:
+    return {
+        "iteration": it.iteration,
+        "state": it.state,
+        "proposer": it.proposer,
+        "model_config": it.model_config,
+        "class_name": it.class_name,
+        "validation": _validation(it),
+        "evaluation": it.evaluation,
+        "decision": msgspec.to_builtins(it.decision) if it.decision else None,
+        "started_at": it.started_at,
+        "finished_at": it.finished_at,
+    }
+
+
+def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any]:
+    items = [iteration_report(it) for it in iterations]
+    best = None
+    if run.best_iteration is not None:
+        chosen = next(i for i in items if i["iteration"] == run.best_iteration)
+        best = {"iteration": run.best_iteration, "score": run.best_score,
+                "goal_statistic": run.goal.goal_statistic,
+                "val_accuracy": ((chosen["evaluation"] or {}).get("aggregated") or {}).get("val_accuracy"),
+                "model_config": chosen["model_config"], "param_count": chosen["validation"]["param_count"]}
+    return {
+        "run_id": run.run_id,
+        "goal": run.goal.goal,
+        "dataset": run.goal.dataset,
+        "dataset_facts": run.dataset_facts,
+        "target_accuracy": run.goal.target_accuracy,
+        "goal_statistic": run.goal.goal_statistic,
+        "status": run.status,
+        "error": run.error,
+        "settings": msgspec.to_builtins(run.goal),
+        "iterations": items,
+        "best": best,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "wall_time_s": round(run.finished_at - run.created_at, 1) if run.finished_at else None,
+    }
+
+
+async def load_report(registry: Registry, run_id: str) -> dict[str, Any] | None:
+    run = await registry.get_run(run_id)
+    if run is None:
+        return None
+    return build_report(run, await registry.iterations(run_id, run.current_iteration))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A human reading of the report for a terminal."""
+    lines = [f"run {report['run_id']}: {report['goal']!r} on {report['dataset']}",
+             f"status: {report['status']}" + (f" ({report['error']})" if report.get("error") else ""),
+             f"target: {report['target_accuracy']:.4f} on the {report['goal_statistic']} of validation accuracy", ""]
+    for it in report["iterations"]:
+        v, e = it["validation"], it["evaluation"] or {}
+        acc = (e.get("aggregated") or {}).get("val_accuracy") or {}
+        if v["ok"] is False:
+            outcome = f"rejected: {v['error']}"
+        elif acc.get("n"):
+            ci = acc.get("ci_95")
+            ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+            outcome = f"val_accuracy {acc['mean']:.4f} ± {acc['std']:.4f}{ci_text} over {acc['n']} seeds"
+        else:
+            outcome = it["state"]
+        params = f"{v['param_count']:,} params, " if v.get("param_count") else ""
+        lines.append(f"  #{it['iteration']} {it['class_name'] or it['model_config'].get('class_name', '?')}: {params}{outcome}")
+        if it["decision"]:
+            lines.append(f"      -> {it['decision']['action']}: {it['decision']['reasoning']}")
+    if report["best"]:
+        lines += ["", f"best: iteration {report['best']['iteration']} ({report['goal_statistic']} {report['best']['score']:.4f})"]
+    if report.get("wall_time_s") is not None:
+        lines.append(f"wall time: {report['wall_time_s']} s")
+    return "\n".join(lines)
+
+
+async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
+    """registry.json, configs/models/, src/models/, experiments/<run_id>/{model_config.yaml,
+    model_code.py, summary.json, results.json} (the best iteration), with every iteration beside it."""
+    report = await load_report(registry, run_id)
+    if report is None:
+        raise KeyError(run_id)
+    run = await registry.get_run(run_id)
+    iterations = await registry.iterations(run_id, run.current_iteration)
+    for sub in ("configs/models", "src/models", f"experiments/{run_id}"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    entries = []
+    best_iteration = report["best"]["iteration"] if report["best"] else None
+    for it in iterations:
+        stem = f"{run_id}_it{it.iteration:02d}_{it.class_name or 'model'}"
+        code = (await registry.get_artifact(it.code_artifact)) if it.code_artifact else None
+        (out / "configs/models" / f"{stem}.yaml").write_text(yaml.safe_dump(it.model_config, sort_keys=False))
+        if code:
+            (out / "src/models" / f"{stem}.py").write_bytes(code)
+        folder = out / "experiments" / run_id / f"iteration_{it.iteration:02d}"
+        _write_experiment(folder, it, code, run_id)
+        if it.iteration == best_iteration:  # the experiment's top level holds its best model
+            _write_experiment(out / "experiments" / run_id, it, code, run_id)
+        entries.append({"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
+                        "config": f"configs/models/{stem}.yaml", "code": f"src/models/{stem}.py" if code else None,
+                        "valid": it.validation.ok if it.validation else None,
+                        "val_accuracy": (((it.evaluation or {}).get("aggregated") or {}).get("val_accuracy") or {}).get("mean")})
+    registry_file = out / "registry.json"
+    existing = json.loads(registry_file.read_text()) if registry_file.exists() else {"models": [], "runs": []}
+    existing["models"] = [m for m in existing.get("models", []) if m.get("run_id") != run_id] + entries
+    existing["runs"] = [r for r in existing.get("runs", []) if r.get("run_id") != run_id] + [
+        {k: report[k] for k in ("run_id", "goal", "dataset", "status", "best", "created_at", "finished_at")}]
+    registry_file.write_text(json.dumps(existing, indent=2))
+    (out / "experiments" / run_id / "report.json").write_text(json.dumps(report, indent=2))
+    return out
+
+
+def _write_experiment(folder: Path, it: IterationRecord, code: bytes | None, run_id: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_config.yaml").write_text(yaml.safe_dump(it.model_config, sort_keys=False))
+    if code:
+        (folder / "model_code.py").write_bytes(code)
+    summary = {"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
+               "validation": _validation(it)}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    results = {"run_id": run_id, "iteration": it.iteration, "evaluation": it.evaluation,
+               "decision": msgspec.to_builtins(it.decision) if it.decision else None}
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
