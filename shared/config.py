@@ -99,9 +99,13 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigFileError(str(chosen), str(exc)) from exc
         if not isinstance(raw, dict):
             raise ConfigFileError(str(chosen), "the top level must be a mapping of keys to values")
-    merged = _merge(raw, _env_overrides(environ))
+    try:
+        msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigFileError(str(chosen), f"{exc}; see shared/config.py for every key") from exc
     try:
         # strict=False lets environment strings become numbers and booleans
-        return msgspec.convert(merged, Config, strict=False)
+        return msgspec.convert(_merge(raw, _env_overrides(environ)), Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigFileError(str(chosen or "environment"), f"{exc}; see shared/config.py for every key") from exc
+        raise ConfigFileError("environment (RESEARCHER_<SECTION>__<KEY> variables)",
+                              f"{exc}; see shared/config.py for every key") from exc

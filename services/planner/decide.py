@@ -62,8 +62,14 @@ def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | 
         return Decision(action="stop", status="no_progress",
                         reasoning=f"no better result in the last {since_best} iterations (patience {goal.patience}); "
                                   f"best {label} {_fmt(best_score)}"), best_it, best_score
-    why = (f"{label} {score:.4f} below target {goal.target_accuracy:.4f}" if score is not None
-           else "this configuration was rejected or failed; trying another")
+    accuracy = ((current.evaluation or {}).get("aggregated") or {}).get("val_accuracy") or {}
+    if score is not None:
+        why = f"{label} {score:.4f} below target {goal.target_accuracy:.4f}"
+    elif accuracy.get("n"):
+        why = (f"only {accuracy['n']} seed(s) succeeded (mean {accuracy['mean']:.4f}), too few for a 95% interval, "
+               "so its lower bound is undefined")
+    else:
+        why = "this configuration was rejected or failed; trying another"
     return Decision(action="iterate", reasoning=f"{why}; proposing from the best so far"), best_it, best_score
 
 

@@ -30,6 +30,8 @@ def check_goal(goal: Goal) -> None:
         problems.append("target_accuracy must be in (0, 1]")
     if goal.max_iterations < 1 or goal.num_seeds < 1 or goal.patience < 1:
         problems.append("max_iterations, num_seeds and patience must be at least 1")
+    if goal.goal_statistic == "ci_lower" and goal.num_seeds < 2:
+        problems.append("goal_statistic 'ci_lower' needs num_seeds >= 2: one seed has no confidence interval")
     if problems:
         raise MessageError("Goal", "; ".join(problems), subjects.GOALS_SUBJECT)
 
@@ -76,9 +78,23 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     async def on_result(msg) -> None:
         await planner.on_result(decode(msg.data, SeedResult, msg.subject))
 
+    async def rescan() -> None:
+        # runs left unfinished by a crashed planner: found at start, and again every few seconds,
+        # since a KV key listing taken right at start-up can miss what was written just before
+        while not stop.is_set():
+            try:
+                await planner.resume_all()
+            except Exception as exc:  # NATS reconnecting: try again next round
+                log.warning("rescan_failed", error=str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=10.0)
+            except asyncio.TimeoutError:
+                pass
+
     resumed = await planner.resume_all()
     log.info("planner_ready", resumed_runs=resumed)
     await asyncio.gather(
+        rescan(),
         consume(js, subjects.GOALS_STREAM, subjects.GOALS_SUBJECT, subjects.GOALS_CONSUMER, on_goal, stop),
         consume(js, subjects.RESULTS_STREAM, f"{subjects.RESULTS_SUBJECT_PREFIX}.>", subjects.RESULTS_CONSUMER, on_result, stop),
     )

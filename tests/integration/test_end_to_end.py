@@ -1,0 +1,106 @@
+"""The whole loop: a real nats-server, the four services as separate processes, real containers."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from researcher.stack import SERVICES, LocalStack
+from shared import subjects
+from shared.bus import connect, encode, ensure_streams
+from shared.messages import TERMINAL_STATUSES, Goal
+from shared.registry import IterationRecord, Registry, RunRecord
+from shared.report import export_run, load_report
+from shared.datasets import load_dataset
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def test_researcher_run_reaches_the_goal_on_digits(docker_engine, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "researcher.cli", "run", "small CNN for digits", "--dataset", "digits",
+         "--target-accuracy", "0.90", "--max-iterations", "4", "--num-seeds", "2", "--json",
+         "--log-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "goal_achieved"
+    assert report["best"]["val_accuracy"]["mean"] >= 0.90
+    for it in report["iterations"]:
+        assert {"iteration", "model_config", "validation", "evaluation", "decision"} <= set(it)
+        assert it["validation"]["ok"] is True and it["validation"]["param_count"] > 0
+        assert it["validation"]["output_shape"] == [2, 10]
+        acc = it["evaluation"]["aggregated"]["val_accuracy"]
+        assert len(acc["values"]) == 2 and acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1]
+    assert "iteration 1: proposed" in proc.stderr  # progress shown while it ran
+
+
+def test_unknown_dataset_fails_at_once_in_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "researcher.cli", "run", "g", "--dataset", "cifar11"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown data set 'cifar11'; known: breast_cancer, digits" in proc.stderr
+
+
+async def _wait_terminal(registry, run_id, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = await registry.get_run(run_id)
+        if run and run.status in TERMINAL_STATUSES:
+            return run
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
+
+
+async def test_bad_input_is_rejected_and_a_broken_config_is_an_iteration(docker_engine, tmp_path):
+    """Malformed goals are rejected, an unknown data set fails its run, and a config that cannot be
+    built ends as a rejected iteration while the run (resumed from the registry) goes on."""
+    with LocalStack(log_dir=tmp_path / "logs", services=()) as stack:
+        nc = await connect(stack.url, "test")
+        js = nc.jetstream()
+        await ensure_streams(js)
+        registry = await Registry.open(js)
+        # a run whose first iteration was proposed (and persisted) before the planner started
+        broken_id = f"broken-{uuid.uuid4().hex[:8]}"
+        goal = Goal(run_id=broken_id, goal="digits", dataset="digits", target_accuracy=0.9, max_iterations=2, num_seeds=1)
+        await registry.create_run(RunRecord(run_id=broken_id, goal=goal, current_iteration=1,
+                                            dataset_facts=load_dataset("digits").facts()))
+        await registry.put_iteration(IterationRecord(run_id=broken_id, iteration=1, seeds=[0], model_config={
+            "class_name": "Broken", "input_shape": [1, 8, 8], "num_classes": 10,
+            "layers": [{"type": "Conv2dd", "out_channels": 8, "kernel_size": 3}, {"type": "Flatten"},
+                       {"type": "Linear", "out_features": 10}]}))
+        for name in SERVICES:
+            stack.start_service(name)
+        stack.wait_ready(SERVICES)
+
+        await js.publish(subjects.GOALS_SUBJECT, b"{not json")
+        await js.publish(subjects.GOALS_SUBJECT, b'{"run_id": "x", "goal": 3}')
+        await js.publish(subjects.GOALS_SUBJECT, encode(Goal(run_id="bad id!", goal="g")))
+        unknown_id = f"unknown-{uuid.uuid4().hex[:8]}"
+        await js.publish(subjects.GOALS_SUBJECT, encode(Goal(run_id=unknown_id, goal="g", dataset="cifar11")))
+
+        failed = await _wait_terminal(registry, unknown_id, 60)
+        assert failed.status == "failed" and "unknown data set 'cifar11'; known:" in failed.error
+
+        run = await _wait_terminal(registry, broken_id)
+        report = await load_report(registry, broken_id)
+        first, second = report["iterations"]
+        assert first["validation"]["ok"] is False
+        assert "unknown layer type 'Conv2dd'; did you mean 'Conv2d'" in first["validation"]["error"]
+        assert first["decision"]["action"] == "iterate"
+        assert second["validation"]["ok"] is True
+        assert run.status == "goal_achieved" and report["best"]["iteration"] == 2
+
+        out = await export_run(registry, broken_id, tmp_path / "export")
+        experiment = out / "experiments" / broken_id
+        for name in ("model_config.yaml", "model_code.py", "summary.json", "results.json"):
+            assert (experiment / name).is_file(), name
+        assert json.loads((out / "registry.json").read_text())["runs"][0]["status"] == "goal_achieved"
+        assert list((out / "src" / "models").glob("*.py")) and list((out / "configs" / "models").glob("*.yaml"))
+        await nc.close()
+        planner_log = (stack.log_dir / "planner.log").read_text()
+        assert "malformed Goal" in planner_log and "run_id must be" in planner_log

@@ -1,0 +1,67 @@
+"""Training generated code in a real container; every metric computed outside it."""
+
+import pytest
+
+from services.assembler.assemble import assemble
+from services.evaluator.evaluate import evaluate_job
+from shared.containers import ContainerRunner, Limits
+from shared.messages import EvalJob
+from tests.conftest import SANDBOX_IMAGE
+from tests.integration.test_sandbox import DIGITS_CNN
+
+pytestmark = [pytest.mark.docker]
+
+
+@pytest.fixture(scope="module")
+def runner(docker_engine):
+    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="2g", cpus=2.0), owner="tests-evaluator")
+    yield runner
+    runner.remove_strays()
+
+
+def job(source, class_name, **kw):
+    return EvalJob(job_id="t.it0001.seed0", run_id="t", iteration=1, seed=0, dataset="digits",
+                   class_name=class_name, source=source, **{"epochs": 3, "batch_size": 64, "lr": 3e-3, **kw})
+
+
+def test_generated_cnn_trains_and_is_scored_outside(runner):
+    model = assemble(DIGITS_CNN)
+    result = evaluate_job(job(model.source, model.class_name), runner, timeout_s=300, memory="2g")
+    assert result.ok, result.error
+    assert result.metrics["val_accuracy"] > 0.85
+    assert set(result.metrics) >= {"val_accuracy", "val_f1_macro", "val_precision_macro", "val_recall_macro", "val_loss"}
+    assert [e.epoch for e in result.learning_curve] == [1, 2, 3]
+    assert result.learning_curve[-1].train_loss < result.learning_curve[0].train_loss
+
+
+def test_printed_fake_metrics_change_nothing(runner):
+    source = (
+        "import torch\nfrom torch import nn\n"
+        "class Liar(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.bias = nn.Parameter(torch.zeros(10))\n"
+        "    def forward(self, x):\n"
+        "        print('{\"val_accuracy\": 1.0}', flush=True)\n"
+        "        return self.bias.expand(x.shape[0], 10) * 0  # a constant: chance-level predictions\n"
+    )
+    result = evaluate_job(job(source, "Liar", epochs=1), runner, timeout_s=300, memory="2g")
+    assert result.ok, result.error
+    assert result.metrics["val_accuracy"] < 0.2
+
+
+def test_code_that_fails_in_training_is_a_failed_seed_with_its_reason(runner):
+    source = (
+        "import torch\nfrom torch import nn\n"
+        "class Boom(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n"
+        "        if self.training:\n"
+        "            raise RuntimeError('exploded in training')\n"
+        "        return self.fc(x.flatten(1))\n"
+    )
+    result = evaluate_job(job(source, "Boom", epochs=1), runner, timeout_s=300, memory="2g")
+    assert not result.ok
+    assert "exploded in training" in result.error

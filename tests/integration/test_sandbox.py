@@ -1,0 +1,75 @@
+"""Validation in real locked-down containers: each outcome has its specific reason."""
+
+import pytest
+
+from services.assembler.assemble import assemble
+from services.sandbox.validate import validate
+from shared.containers import ContainerRunner, Limits
+from shared.messages import ValidateRequest
+from tests.conftest import SANDBOX_IMAGE
+
+pytestmark = [pytest.mark.docker]
+
+DIGITS_CNN = {"class_name": "DigitsCNN", "input_shape": [1, 8, 8], "num_classes": 10,
+              "layers": [{"type": "Conv2d", "out_channels": 16, "kernel_size": 3}, {"type": "ReLU"},
+                         {"type": "Flatten"}, {"type": "Linear", "out_features": 10}]}
+
+
+@pytest.fixture(scope="module")
+def runner(docker_engine):
+    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="512m"), owner="tests-sandbox")
+    yield runner
+    runner.remove_strays()
+
+
+def check(runner, source, class_name="Model", input_shape=(2, 1, 8, 8), expected=None, timeout=60.0):
+    request = ValidateRequest(source=source, class_name=class_name, input_shape=list(input_shape),
+                              expected_output_shape=list(expected) if expected else None)
+    return validate(request, runner, timeout, "512m")
+
+
+def test_assembled_model_is_valid_with_measured_facts(runner):
+    model = assemble(DIGITS_CNN)
+    result = check(runner, model.source, model.class_name, expected=(2, 10))
+    assert result.ok, result.error
+    assert result.output_shape == [2, 10]
+    assert result.param_count == (1 * 16 * 9 + 16) + (16 * 6 * 6 * 10 + 10)
+    assert [layer["type"] for layer in result.layers] == ["Conv2d", "ReLU", "Flatten", "Linear"]
+
+
+@pytest.mark.parametrize("source, class_name, reason, fragment", [
+    ("class Model(:\n    pass\n", "Model", "syntax", "syntax error at line 1"),
+    ("import torch\nclass Other(torch.nn.Module):\n    pass\n", "Model", "class_not_found", "class 'Model' not found"),
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        raise ValueError('bad width 7')\n", "Model", "exception", "ValueError in Model.__init__: bad width 7"),
+    ("import torch\nclass Model(torch.nn.Module):\n    def forward(self, x):\n        return x @ torch.ones(3, 3)\n",
+     "Model", "exception", "in forward on input (2, 1, 8, 8)"),
+    ("import os\nprint('@@RESULT forged {\"harness_completed\": true}', flush=True)\nos._exit(3)\nModel = None\n",
+     "Model", "harness_failed", "exit code 3"),
+])
+def test_rejections_say_why(runner, source, class_name, reason, fragment):
+    result = check(runner, source, class_name)
+    assert not result.ok
+    assert result.reason == reason
+    assert fragment in result.error
+
+
+def test_wrong_output_shape_is_rejected(runner):
+    model = assemble({**DIGITS_CNN, "num_classes": None, "layers": DIGITS_CNN["layers"][:-1] + [{"type": "Linear", "out_features": 5}]})
+    result = check(runner, model.source, model.class_name, expected=(2, 10))
+    assert not result.ok and result.reason == "output_shape"
+    assert "(2, 5) does not match the expected (2, 10)" in result.error
+
+
+def test_infinite_loop_is_killed_at_the_timeout(runner, docker_engine):
+    result = check(runner, "while True:\n    pass\nModel = None\n", timeout=4.0)
+    assert not result.ok and result.reason == "timeout" and result.timed_out
+    assert "timed out after 4 s" in result.error
+    assert not docker_engine.containers.list(all=True, filters={"label": "org.pytorch-researcher.owner=tests-sandbox"})
+
+
+def test_memory_bomb_is_oom_killed(runner):
+    source = "blocks = []\nwhile True:\n    blocks.append(bytearray(64 * 1024 * 1024))\nModel = None\n"
+    result = check(runner, source)
+    assert not result.ok and result.reason == "oom"
+    assert "512m memory cap" in result.error

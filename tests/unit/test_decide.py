@@ -1,0 +1,249 @@
+"""The planner's pure logic: summarising an iteration's seeds and deciding what comes next."""
+
+import json
+
+import pytest
+
+from services.planner.decide import decide, iteration_score, summarise
+from shared.messages import EpochStats, Goal, SeedResult, ValidationResult
+from shared.registry import IterationRecord
+from shared.stats import aggregate
+
+RUN = "run-decide"
+
+
+def seed_result(iteration: int, seed: int, accuracy: float | None, error: str | None = None,
+                curve: list[EpochStats] = (), loss: float = 0.5) -> SeedResult:
+    """accuracy None: the seed failed with `error`."""
+    ok = accuracy is not None
+    return SeedResult(job_id=f"{RUN}.it{iteration:04d}.seed{seed}", run_id=RUN, iteration=iteration, seed=seed,
+                      ok=ok, error=None if ok else error,
+                      metrics={"val_accuracy": accuracy, "val_loss": loss} if ok else {},
+                      learning_curve=list(curve), train_time_s=1.0, duration_s=2.0, evaluator="e0")
+
+
+def evaluated(iteration: int, accuracies: list[float]) -> IterationRecord:
+    seeds = list(range(len(accuracies)))
+    results = {s: seed_result(iteration, s, a) for s, a in zip(seeds, accuracies)}
+    return IterationRecord(run_id=RUN, iteration=iteration, state="evaluated", seeds=seeds,
+                           validation=ValidationResult(ok=True, output_shape=[2, 10], param_count=100),
+                           evaluation=summarise(results, seeds))
+
+
+def rejected(iteration: int) -> IterationRecord:
+    return IterationRecord(run_id=RUN, iteration=iteration, state="rejected",
+                           validation=ValidationResult(ok=False, error="shape mismatch", reason="exception"),
+                           evaluation=None)
+
+
+def goal(**kw) -> Goal:
+    settings = {"run_id": RUN, "goal": "classify digits", "target_accuracy": 0.9, "max_iterations": 10,
+                "patience": 3} | kw
+    return Goal(**settings)
+
+
+# ---- decide ----
+def test_goal_achieved_on_the_mean():
+    decision, best_it, best_score = decide(goal(), [evaluated(1, [0.7, 0.72]), evaluated(2, [0.91, 0.93])])
+    assert decision.action == "goal_achieved"
+    assert decision.status == "goal_achieved"
+    assert "mean" in decision.reasoning and "0.9200" in decision.reasoning
+    assert (best_it, best_score) == (2, pytest.approx(0.92))
+
+
+def test_reaching_the_target_exactly_achieves_the_goal():
+    decision, _, _ = decide(goal(target_accuracy=0.75), [evaluated(1, [0.75, 0.75])])
+    assert decision.action == "goal_achieved"
+
+
+def test_mean_passes_but_the_lower_bound_does_not():
+    history = [evaluated(1, [0.96, 0.90])]
+    accuracy = history[0].evaluation["aggregated"]["val_accuracy"]
+    assert accuracy["mean"] >= 0.92 > accuracy["ci_95"][0]
+
+    on_mean, _, mean_score = decide(goal(target_accuracy=0.92, goal_statistic="mean"), history)
+    assert on_mean.action == "goal_achieved"
+    assert mean_score == pytest.approx(0.93)
+
+    on_lower, best_it, lower_score = decide(goal(target_accuracy=0.92, goal_statistic="ci_lower"), history)
+    assert on_lower.action == "iterate"
+    assert on_lower.status is None
+    assert "lower 95% bound" in on_lower.reasoning
+    assert best_it == 1
+    assert lower_score == pytest.approx(accuracy["ci_95"][0])
+
+
+def test_goal_achieved_on_the_lower_bound_when_seeds_agree():
+    decision, _, score = decide(goal(target_accuracy=0.9, goal_statistic="ci_lower"),
+                                [evaluated(1, [0.95, 0.951, 0.952])])
+    assert decision.action == "goal_achieved"
+    assert 0.9 <= score < 0.951
+
+
+def test_max_iterations_reached():
+    history = [evaluated(1, [0.5, 0.5]), evaluated(2, [0.6, 0.6]), evaluated(3, [0.7, 0.7])]
+    decision, best_it, best_score = decide(goal(max_iterations=3), history)
+    assert decision.action == "stop"
+    assert decision.status == "max_iterations"
+    assert "3" in decision.reasoning and "0.7000" in decision.reasoning
+    assert (best_it, best_score) == (3, pytest.approx(0.7))
+
+
+def test_goal_achieved_on_the_last_allowed_iteration_beats_max_iterations():
+    history = [evaluated(1, [0.5, 0.5]), evaluated(2, [0.95, 0.95])]
+    assert decide(goal(max_iterations=2), history)[0].action == "goal_achieved"
+
+
+def test_max_iterations_with_every_iteration_rejected_reports_no_best():
+    decision, best_it, best_score = decide(goal(max_iterations=2, patience=5), [rejected(1), rejected(2)])
+    assert decision.status == "max_iterations"
+    assert "n/a" in decision.reasoning
+    assert (best_it, best_score) == (None, None)
+
+
+def test_no_progress_after_patience_iterations_without_a_better_best():
+    history = [evaluated(1, [0.8, 0.8]), evaluated(2, [0.7, 0.7])]
+    assert decide(goal(patience=2), history)[0].action == "iterate"
+
+    history.append(evaluated(3, [0.75, 0.75]))
+    decision, best_it, best_score = decide(goal(patience=2), history)
+    assert decision.action == "stop"
+    assert decision.status == "no_progress"
+    assert "patience 2" in decision.reasoning
+    assert (best_it, best_score) == (1, pytest.approx(0.8))
+
+
+def test_an_equal_score_is_not_progress():
+    history = [evaluated(1, [0.8, 0.8]), evaluated(2, [0.8, 0.8])]
+    decision, best_it, _ = decide(goal(patience=1), history)
+    assert decision.status == "no_progress"
+    assert best_it == 1
+
+
+def test_a_better_best_resets_patience():
+    history = [evaluated(1, [0.8, 0.8]), evaluated(2, [0.7, 0.7]), evaluated(3, [0.85, 0.85]),
+               evaluated(4, [0.6, 0.6])]
+    decision, best_it, best_score = decide(goal(patience=2), history)
+    assert decision.action == "iterate"
+    assert (best_it, best_score) == (3, pytest.approx(0.85))
+
+
+def test_max_iterations_is_checked_before_no_progress():
+    history = [evaluated(1, [0.8, 0.8]), evaluated(2, [0.7, 0.7])]
+    assert decide(goal(max_iterations=2, patience=1), history)[0].status == "max_iterations"
+
+
+def test_a_rejected_iteration_is_no_progress_and_iterates_while_budget_remains():
+    history = [evaluated(1, [0.8, 0.82]), rejected(2)]
+    decision, best_it, best_score = decide(goal(patience=3), history)
+    assert decision.action == "iterate"
+    assert decision.status is None
+    assert "rejected" in decision.reasoning
+    assert (best_it, best_score) == (1, pytest.approx(0.81))
+
+    history += [rejected(3), rejected(4)]
+    decision, best_it, _ = decide(goal(patience=3), history)
+    assert decision.status == "no_progress"
+    assert best_it == 1
+
+
+def test_a_rejected_first_iteration_iterates():
+    decision, best_it, best_score = decide(goal(), [rejected(1)])
+    assert decision.action == "iterate"
+    assert decision.reasoning
+    assert (best_it, best_score) == (None, None)
+
+
+def test_an_iteration_whose_seeds_all_failed_has_no_score():
+    seeds = [0, 1]
+    record = IterationRecord(run_id=RUN, iteration=2, state="evaluated", seeds=seeds,
+                             evaluation=summarise({0: seed_result(2, 0, None, "CUDA OOM")}, seeds))
+    assert iteration_score(record, "mean") is None
+    decision, best_it, _ = decide(goal(), [evaluated(1, [0.5, 0.6]), record])
+    assert decision.action == "iterate"
+    assert best_it == 1
+
+
+def test_best_iteration_and_score_across_the_history():
+    history = [evaluated(1, [0.6, 0.62]), rejected(2), evaluated(3, [0.85, 0.87]), evaluated(4, [0.8, 0.8]),
+               evaluated(5, [0.84, 0.84])]
+    decision, best_it, best_score = decide(goal(target_accuracy=0.99, patience=5), history)
+    assert decision.action == "iterate"
+    assert (best_it, best_score) == (3, pytest.approx(0.86))
+
+
+def test_best_on_the_lower_bound_can_differ_from_best_on_the_mean():
+    noisy = evaluated(1, [0.99, 0.71])  # mean 0.85, a wide interval
+    steady = evaluated(2, [0.80, 0.80])  # mean 0.80, no spread
+    history = [noisy, steady]
+    assert decide(goal(target_accuracy=0.99), history)[1] == 1
+    _, best_it, best_score = decide(goal(target_accuracy=0.99, goal_statistic="ci_lower"), history)
+    assert best_it == 2
+    assert best_score == pytest.approx(0.8)
+
+
+def test_one_seed_on_the_lower_bound_is_not_reported_as_rejected():
+    decision, _, _ = decide(goal(goal_statistic="ci_lower", num_seeds=1), [evaluated(1, [0.95])])
+    assert "rejected or failed" not in decision.reasoning
+
+
+# ---- summarise ----
+def test_summarise_aggregates_the_successful_seeds():
+    seeds = [0, 1, 2]
+    results = {s: seed_result(1, s, a, loss=l) for s, a, l in zip(seeds, [0.9, 0.8, 0.85], [1.9, 2.4, 2.0])}
+    summary = summarise(results, seeds)
+    assert summary["num_seeds"] == 3
+    assert summary["failed_seeds"] == []
+    assert summary["aggregated"]["val_accuracy"] == aggregate([0.9, 0.8, 0.85], bounds=(0.0, 1.0))
+    assert summary["aggregated"]["val_loss"] == aggregate([1.9, 2.4, 2.0])  # losses are not clipped to [0, 1]
+    assert summary["best_seed"] == 0
+    assert summary["final"] == results[0].metrics
+    assert [r["seed"] for r in summary["seed_results"]] == [0, 1, 2]
+
+
+def test_summarise_lists_failed_and_missing_seeds():
+    seeds = [0, 1, 2]
+    results = {0: seed_result(1, 0, 0.9), 1: seed_result(1, 1, None, "RuntimeError: NaN loss")}
+    summary = summarise(results, seeds)
+    assert summary["failed_seeds"] == [{"seed": 1, "error": "RuntimeError: NaN loss"},
+                                       {"seed": 2, "error": "no result arrived in time"}]
+    accuracy = summary["aggregated"]["val_accuracy"]
+    assert accuracy["n"] == 1 and accuracy["values"] == [0.9]
+    assert summary["best_seed"] == 0
+    assert [(r["seed"], r["ok"], r["error"]) for r in summary["seed_results"]] == [
+        (0, True, None), (1, False, "RuntimeError: NaN loss")]
+
+
+def test_summarise_with_no_successful_seed():
+    summary = summarise({0: seed_result(1, 0, None, "timeout")}, [0, 1])
+    assert summary["aggregated"] == {}
+    assert summary["best_seed"] is None
+    assert summary["final"] is None
+    assert summary["learning_curves"] == {}
+    assert [f["seed"] for f in summary["failed_seeds"]] == [0, 1]
+
+
+def test_summarise_best_seed_is_the_highest_val_accuracy():
+    seeds = [3, 7, 11]
+    results = {s: seed_result(1, s, a) for s, a in zip(seeds, [0.81, 0.88, 0.84])}
+    summary = summarise(results, seeds)
+    assert summary["best_seed"] == 7
+    assert summary["final"]["val_accuracy"] == 0.88
+
+
+def test_summarise_learning_curves_are_keyed_by_seed_string():
+    curve = [EpochStats(epoch=1, train_loss=1.5, train_accuracy=0.4),
+             EpochStats(epoch=2, train_loss=0.5, train_accuracy=0.8)]
+    results = {0: seed_result(1, 0, 0.8, curve=curve), 5: seed_result(1, 5, 0.82, curve=curve[:1]),
+               9: seed_result(1, 9, None, "boom", curve=curve)}
+    summary = summarise(results, [0, 5, 9])
+    assert summary["learning_curves"] == {
+        "0": [{"epoch": 1, "train_loss": 1.5, "train_accuracy": 0.4},
+              {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8}],
+        "5": [{"epoch": 1, "train_loss": 1.5, "train_accuracy": 0.4}],
+    }  # a failed seed's curve is left out
+
+
+def test_summary_is_plain_json():
+    summary = summarise({0: seed_result(1, 0, 0.9), 1: seed_result(1, 1, 0.8)}, [0, 1])
+    assert json.loads(json.dumps(summary))["best_seed"] == 0

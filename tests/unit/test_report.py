@@ -1,0 +1,155 @@
+"""The run report built from registry records alone, and its terminal reading."""
+
+import json
+
+import pytest
+
+from services.planner.decide import summarise
+from shared.messages import Goal, SeedResult, ValidationResult
+from shared.registry import Decision, IterationRecord, RunRecord
+from shared.report import build_report, format_report
+
+RUN = "run-report"
+GOAL = Goal(run_id=RUN, goal="beat 90% on digits", dataset="digits", target_accuracy=0.9, num_seeds=2)
+CNN = {"class_name": "SmallCNN", "layers": [{"type": "conv2d", "out_channels": 8}]}
+MLP = {"class_name": "BrokenMLP", "layers": [{"type": "linear", "out_features": 3}]}
+
+
+def seed(iteration: int, s: int, accuracy: float) -> SeedResult:
+    return SeedResult(job_id=f"{RUN}.{iteration}.{s}", run_id=RUN, iteration=iteration, seed=s, ok=True,
+                      metrics={"val_accuracy": accuracy, "val_loss": 0.3})
+
+
+def evaluated_iteration() -> IterationRecord:
+    return IterationRecord(
+        run_id=RUN, iteration=1, state="decided", model_config=CNN, class_name="SmallCNN",
+        validation=ValidationResult(ok=True, output_shape=[2, 10], param_count=12_345, trainable_params=12_345),
+        seeds=[0, 1], evaluation=summarise({0: seed(1, 0, 0.92), 1: seed(1, 1, 0.94)}, [0, 1]),
+        decision=Decision(action="goal_achieved", status="goal_achieved",
+                          reasoning="validation accuracy mean 0.9300 >= target 0.9000"),
+        started_at=1000.0, finished_at=1010.0)
+
+
+def rejected_iteration() -> IterationRecord:
+    return IterationRecord(
+        run_id=RUN, iteration=2, state="rejected", model_config=MLP, class_name="BrokenMLP",
+        validation=ValidationResult(ok=False, error="RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+                                    reason="exception", exception_type="RuntimeError"),
+        decision=Decision(action="iterate", reasoning="this configuration was rejected or failed; trying another"),
+        started_at=1010.0, finished_at=1012.0)
+
+
+def run_record(**kw) -> RunRecord:
+    settings = {"run_id": RUN, "goal": GOAL, "status": "goal_achieved", "current_iteration": 2,
+                "best_iteration": 1, "best_score": 0.93, "created_at": 1000.0, "finished_at": 1012.5} | kw
+    return RunRecord(**settings)
+
+
+@pytest.fixture
+def report():
+    return build_report(run_record(), [evaluated_iteration(), rejected_iteration()])
+
+
+def test_report_top_level(report):
+    assert report["run_id"] == RUN
+    assert report["goal"] == "beat 90% on digits"
+    assert report["dataset"] == "digits"
+    assert report["status"] == "goal_achieved"
+    assert report["target_accuracy"] == 0.9
+    assert report["goal_statistic"] == "mean"
+    assert report["settings"]["num_seeds"] == 2
+    assert report["wall_time_s"] == 12.5
+    assert [it["iteration"] for it in report["iterations"]] == [1, 2]
+
+
+def test_report_is_plain_json(report):
+    assert json.loads(json.dumps(report)) == report
+
+
+def test_an_evaluated_iteration(report):
+    it = report["iterations"][0]
+    assert it["model_config"] == CNN
+    assert it["class_name"] == "SmallCNN"
+    v = it["validation"]
+    assert (v["ok"], v["error"], v["output_shape"], v["param_count"]) == (True, None, [2, 10], 12_345)
+    accuracy = it["evaluation"]["aggregated"]["val_accuracy"]
+    assert accuracy["mean"] == pytest.approx(0.93)
+    assert accuracy["std"] == pytest.approx(0.0141421356)
+    assert accuracy["values"] == [0.92, 0.94]
+    assert len(accuracy["ci_95"]) == 2 and accuracy["ci_95"][0] < 0.93 < accuracy["ci_95"][1]
+    assert it["decision"] == {"action": "goal_achieved", "status": "goal_achieved",
+                              "reasoning": "validation accuracy mean 0.9300 >= target 0.9000"}
+
+
+def test_a_rejected_iteration(report):
+    it = report["iterations"][1]
+    assert it["state"] == "rejected"
+    assert it["validation"]["ok"] is False
+    assert it["validation"]["error"].startswith("RuntimeError: mat1")
+    assert it["validation"]["reason"] == "exception"
+    assert it["validation"]["param_count"] is None
+    assert it["evaluation"] is None
+    assert it["decision"]["action"] == "iterate"
+
+
+def test_best(report):
+    best = report["best"]
+    assert best["iteration"] == 1
+    assert best["score"] == 0.93
+    assert best["goal_statistic"] == "mean"
+    assert best["val_accuracy"]["mean"] == pytest.approx(0.93)
+    assert best["model_config"] == CNN
+    assert best["param_count"] == 12_345
+
+
+def test_no_best_and_an_unfinished_run():
+    report = build_report(run_record(status="running", best_iteration=None, best_score=None, finished_at=None),
+                          [rejected_iteration()])
+    assert report["best"] is None
+    assert report["wall_time_s"] is None
+    assert report["status"] == "running"
+
+
+def test_an_iteration_not_yet_validated():
+    pending = IterationRecord(run_id=RUN, iteration=1, state="proposed", model_config=CNN)
+    report = build_report(run_record(status="running", best_iteration=None, finished_at=None), [pending])
+    assert report["iterations"][0]["validation"]["ok"] is None
+    assert report["iterations"][0]["decision"] is None
+    assert "#1 SmallCNN: proposed" in format_report(report)
+
+
+def test_format_report(report):
+    text = format_report(report)
+    assert f"run {RUN}" in text
+    assert "status: goal_achieved" in text
+    assert "target: 0.9000" in text
+    assert "#1 SmallCNN: 12,345 params, val_accuracy 0.9300 ± 0.0141" in text
+    assert "over 2 seeds" in text
+    low, high = report["iterations"][0]["evaluation"]["aggregated"]["val_accuracy"]["ci_95"]
+    assert f"[{low:.4f}, {high:.4f}]" in text
+    assert "-> goal_achieved: validation accuracy mean 0.9300 >= target 0.9000" in text
+    assert "best: iteration 1 (mean 0.9300)" in text
+    assert "wall time: 12.5 s" in text
+
+
+def test_format_report_shows_a_rejection_and_its_error(report):
+    text = format_report(report)
+    line = next(line for line in text.splitlines() if "#2" in line)
+    assert "BrokenMLP" in line
+    assert "rejected: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in line
+    assert "-> iterate: this configuration was rejected or failed" in text
+
+
+def test_format_report_shows_a_failed_run_error():
+    report = build_report(run_record(status="failed", error="sandbox unavailable", best_iteration=None),
+                          [rejected_iteration()])
+    assert "status: failed (sandbox unavailable)" in format_report(report)
+
+
+def test_format_report_with_one_seed_has_no_interval():
+    one = IterationRecord(run_id=RUN, iteration=1, state="evaluated", model_config=CNN, class_name="SmallCNN",
+                          validation=ValidationResult(ok=True, param_count=10),
+                          evaluation=summarise({0: seed(1, 0, 0.8)}, [0]))
+    text = format_report(build_report(run_record(best_iteration=1, best_score=0.8), [one]))
+    line = next(line for line in text.splitlines() if "#1" in line)
+    assert line.endswith("val_accuracy 0.8000 ± 0.0000 over 1 seeds")  # no [low, high] interval
