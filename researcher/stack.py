@@ -28,6 +28,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_nats_server(port: int, store_dir: str, log) -> subprocess.Popen:
+    """A nats-server with JetStream on 127.0.0.1:port, returned once it accepts connections."""
+    proc = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store_dir],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"nats-server did not start on port {port}")
+
+
 class LocalStack:
     """Context manager; `url` is the NATS URL, `log_dir` holds one log file per process."""
 
@@ -51,16 +67,7 @@ class LocalStack:
 
     def start_nats(self, port: int) -> None:
         log = open(self.log_dir / "nats-server.log", "ab")
-        self.procs["nats"] = subprocess.Popen(
-            [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", self._store.name],
-            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"nats-server did not start; see {self.log_dir / 'nats-server.log'}")
+        self.procs["nats"] = start_nats_server(port, self._store.name, log)
 
     def start_service(self, name: str, replica: str | None = None) -> subprocess.Popen:
         key = replica or name

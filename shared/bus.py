@@ -40,6 +40,18 @@ def decode(data: bytes, type_: type[T], subject: str = "") -> T:
         raise MessageError(type_.__name__, str(exc), subject) from exc
 
 
+async def decode_request(msg, type_: type[T]) -> T | None:
+    """Decode a request at the edge; a malformed one is answered with an ErrorReply and logged."""
+    from shared.messages import ErrorReply
+
+    try:
+        return decode(msg.data, type_, msg.subject)
+    except MessageError as exc:
+        log.warning("rejected_message", error=str(exc))
+        await msg.respond(encode(ErrorReply(error=str(exc))))
+        return None
+
+
 async def connect(url: str, name: str) -> NATS:
     """Connect with endless reconnects, so a restarting nats-server does not stop a service."""
 

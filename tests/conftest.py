@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import tempfile
-import time
 
 import docker
 import pytest
 
-from researcher.stack import find_nats_server, free_port
+from researcher.stack import free_port, start_nats_server
 from shared.bus import connect
 
 SANDBOX_IMAGE = "pytorch-researcher/sandbox:latest"
@@ -21,15 +19,8 @@ def nats_url():
     """A fresh nats-server per test: no state leaks between tests."""
     port = free_port()
     store = tempfile.TemporaryDirectory(prefix="test-js-")
-    proc = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store.name],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_nats_server(port, store.name, subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
         yield f"nats://127.0.0.1:{port}"
     finally:
         proc.terminate()

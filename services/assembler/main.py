@@ -8,11 +8,10 @@ import structlog
 
 from services.assembler.assemble import ConfigError, assemble
 from shared import subjects
-from shared.bus import connect, decode, encode, stop_event
+from shared.bus import connect, decode_request, encode, stop_event
 from shared.config import Config, load_config
-from shared.errors import MessageError
 from shared.log import bind_run, configure_logging
-from shared.messages import AssembleReply, AssembleRequest, ErrorReply
+from shared.messages import AssembleReply, AssembleRequest
 
 log = structlog.get_logger()
 
@@ -31,11 +30,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     nc = nc or await connect(config.nats_url, "assembler")
 
     async def on_message(msg) -> None:
-        try:
-            request = decode(msg.data, AssembleRequest, msg.subject)
-        except MessageError as exc:
-            log.warning("rejected_message", error=str(exc))
-            await msg.respond(encode(ErrorReply(error=str(exc))))
+        request = await decode_request(msg, AssembleRequest)
+        if request is None:
             return
         bind_run(request.run_id, iteration=request.iteration)
         reply = await asyncio.to_thread(assemble_reply, request)

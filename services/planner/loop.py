@@ -85,9 +85,10 @@ class Planner:
                 raise
             except Exception as exc:  # a fault of the machinery: record it, end the run, keep serving
                 log.exception("run_failed")
+                error = f"planner error: {type(exc).__name__}: {exc}"
                 await self.registry.update_run(run_id, lambda r: replace(
-                    r, status="failed", error=f"planner error: {type(exc).__name__}: {exc}", finished_at=time.time()))
-                await self.event(run_id, "run_finished", f"run failed: planner error: {exc}", data={"status": "failed"})
+                    r, status="failed", error=error, finished_at=time.time()))
+                await self.event(run_id, "run_finished", f"run failed: {error}", data={"status": "failed"})
                 return
 
     async def _step(self, run: RunRecord) -> None:

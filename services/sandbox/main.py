@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import structlog
 
 from services.sandbox.validate import validate
 from shared import subjects
-from shared.bus import connect, decode, encode, stop_event
+from shared.bus import connect, decode_request, encode, stop_event
 from shared.config import Config, load_config
 from shared.containers import ContainerRunner, Limits
-from shared.errors import MessageError
 from shared.log import bind_run, configure_logging
-from shared.messages import ErrorReply, ValidateRequest
+from shared.messages import ValidateRequest
 
 log = structlog.get_logger()
 
@@ -38,11 +36,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
 
     async def answer(msg) -> None:
         async with slots:
-            try:
-                request = decode(msg.data, ValidateRequest, msg.subject)
-            except MessageError as exc:
-                log.warning("rejected_message", error=str(exc))
-                await msg.respond(encode(ErrorReply(error=str(exc))))
+            request = await decode_request(msg, ValidateRequest)
+            if request is None:
                 return
             bind_run(request.run_id, iteration=request.iteration)
             result = await asyncio.to_thread(
