@@ -17,7 +17,7 @@ from tqdm import tqdm
 from researcher.stack import LocalStack
 from shared import subjects
 from shared.bus import connect, decode, encode, ensure_streams
-from shared.datasets import known_datasets, load_dataset
+from shared.datasets import dataset_key, known_datasets
 from shared.errors import UnknownDatasetError
 from shared.log import configure_logging
 from shared.messages import TERMINAL_STATUSES, Event, Goal
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("cli", "error", stream=sys.stderr)  # stdout carries the report alone
     if getattr(args, "dataset", None):
         try:
-            load_dataset(args.dataset)  # fail at once, before any stack starts
+            dataset_key(args.dataset)  # fail at once, before any stack starts
         except UnknownDatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

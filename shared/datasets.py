@@ -80,10 +80,16 @@ def known_datasets() -> list[str]:
     return sorted(LOADERS)
 
 
-def load_dataset(name: str) -> Dataset:
+def dataset_key(name: str) -> str:
+    """The registered name for `name` (case and spaces ignored); UnknownDatasetError otherwise."""
     key = name.strip().lower()
     if key not in LOADERS:
         raise UnknownDatasetError(name, known_datasets())
+    return key
+
+
+def load_dataset(name: str) -> Dataset:
+    key = dataset_key(name)
     if key not in _cache:
         _cache[key] = LOADERS[key]()
     return _cache[key]

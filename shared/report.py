@@ -100,11 +100,11 @@ def format_report(report: dict[str, Any]) -> str:
 async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
     """registry.json, configs/models/, src/models/, experiments/<run_id>/{model_config.yaml,
     model_code.py, summary.json, results.json} (the best iteration), with every iteration beside it."""
-    report = await load_report(registry, run_id)
-    if report is None:
-        raise KeyError(run_id)
     run = await registry.get_run(run_id)
+    if run is None:
+        raise KeyError(run_id)
     iterations = await registry.iterations(run_id, run.current_iteration)
+    report = build_report(run, iterations)
     for sub in ("configs/models", "src/models", f"experiments/{run_id}"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     entries = []

@@ -4,6 +4,7 @@ scores on the trusted side, publishes the result, then acks. Replicas share the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 
@@ -82,8 +83,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     config = config or load_config()
     configure_logging("evaluator", config.log_level)
     name = replica_name()
-    probe = ContainerRunner(eval_limits(config, False), owner=f"evaluator-{name}")
-    runner = ContainerRunner(eval_limits(config, _want_gpus(config.evaluator.gpus, probe.client)), owner=f"evaluator-{name}")
+    runner = ContainerRunner(eval_limits(config, False), owner=f"evaluator-{name}")
+    runner.limits = dataclasses.replace(runner.limits, gpus=_want_gpus(config.evaluator.gpus, runner.client))
     removed = runner.remove_strays()
     nc = nc or await connect(config.nats_url, f"evaluator-{name}")
     js = nc.jetstream()

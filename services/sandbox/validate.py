@@ -9,6 +9,8 @@ import ast
 import time
 from typing import Protocol
 
+import msgspec
+
 from shared.containers import RunOutcome
 from shared.messages import ValidateRequest, ValidationResult
 
@@ -82,10 +84,7 @@ def validate(request: ValidateRequest, runner: Runner, timeout_s: float, memory:
     result = outcome_to_result(outcome, timeout_s, memory)
     expected = request.expected_output_shape
     if result.ok and expected is not None and list(result.output_shape or []) != list(expected):
-        return ValidationResult(
-            ok=False, reason="output_shape",
-            error=f"output shape {tuple(result.output_shape or [])} does not match the expected {tuple(expected)}",
-            output_shape=result.output_shape, param_count=result.param_count,
-            trainable_params=result.trainable_params, layers=result.layers,
-            duration_s=round(time.monotonic() - started, 3), output_tail=result.output_tail)
+        return msgspec.structs.replace(
+            result, ok=False, reason="output_shape", duration_s=round(time.monotonic() - started, 3),
+            error=f"output shape {tuple(result.output_shape or [])} does not match the expected {tuple(expected)}")
     return result
