@@ -38,8 +38,18 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nofile: int = 256  # open files
     fsize_bytes: int = 64 * 1024 * 1024  # largest file the code may write
     validate_timeout_s: float = 60.0  # hard wall clock, start to exit
-    max_output_bytes: int = 65536  # stdout/stderr of the code kept, the rest dropped
+    max_output_bytes: int = 65536  # tail of the code's stdout/stderr kept for the report
+    max_total_output_bytes: int = 64 * 1024 * 1024  # past this the code is killed: "output too large"
     concurrency: int = 2  # validations at once per sandbox service
+    pool_size: int = 2  # warm containers (torch imported) waiting for a validation; 0 = cold starts
+    pool_max_idle_s: float = 600.0  # a warm container older than this is replaced
+    precheck: str = "reject"  # reject | flag: what the AST pre-check does with dangerous constructs
+
+    def __post_init__(self) -> None:
+        if self.precheck not in ("reject", "flag"):
+            raise ValueError(f"sandbox.precheck must be 'reject' or 'flag', not {self.precheck!r}")
+        if self.pool_size < 0 or self.concurrency < 1:
+            raise ValueError("sandbox.pool_size must be >= 0 and sandbox.concurrency >= 1")
 
 
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

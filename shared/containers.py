@@ -8,9 +8,12 @@ is believed; whatever the generated code prints is kept as a capped tail for the
 from __future__ import annotations
 
 import json
+import queue
 import secrets
+import select
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +27,12 @@ from shared.errors import SandboxUnavailableError
 
 OWNER_LABEL = "org.pytorch-researcher.owner"
 JOB_LABEL = "org.pytorch-researcher.job"
+EXPIRES_LABEL = "org.pytorch-researcher.expires"  # unix time after which any service may remove it
 HARNESS_CMD = ["/opt/venv/bin/python", "-I", "/opt/harness/supervisor.py"]
 SANDBOX_UID = "10001:10001"
 MAX_STDOUT_BYTES = 768 * 1024 * 1024  # the result line carries predictions
+READY_LINE = b"@@READY\n"
+START_TIMEOUT_S = 120.0  # create, start and import torch
 log = structlog.get_logger()
 
 
@@ -40,7 +46,8 @@ class Limits:
     tmpfs_inodes: int = 4096
     nofile: int = 256
     fsize_bytes: int = 64 * 1024 * 1024
-    max_output_bytes: int = 65536
+    max_output_bytes: int = 65536  # tail of the code's stdout+stderr kept for the report
+    max_total_output_bytes: int = 64 * 1024 * 1024  # past this the code's processes are killed
     runtime: str | None = None
     gpus: bool = False
 
@@ -55,6 +62,7 @@ class RunOutcome:
     oom_killed: bool
     duration_s: float
     stderr_tail: str = ""
+    pooled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,25 +77,175 @@ def _docker() -> docker.DockerClient:
         ) from exc
 
 
+class _Attached:
+    """A started container and its attach stream: stdin in, docker's multiplexed stdout/stderr out."""
+
+    def __init__(self, container, sock, started_at: float, cap: int) -> None:
+        self.container, self.raw, self.started_at, self.cap = container, sock._sock, started_at, cap
+        self._sock = sock  # keeps the response object (and so the connection) alive
+        self.buffer, self.stdout, self.stderr = bytearray(), bytearray(), bytearray()
+
+    def read(self, deadline: float, until: bytes | None = None) -> bool:
+        """Demultiplex frames until `until` is in stdout (or EOF when None). False at the deadline."""
+        while True:
+            if until is not None and until in self.stdout:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.raw.settimeout(remaining)
+            try:
+                chunk = self.raw.recv(1 << 20)
+            except (socket.timeout, TimeoutError):
+                return False
+            if not chunk:
+                return until is None
+            self.buffer += chunk
+            while len(self.buffer) >= 8:
+                kind, size = self.buffer[0], struct.unpack(">I", self.buffer[4:8])[0]
+                if len(self.buffer) < 8 + size:
+                    break
+                payload = bytes(self.buffer[8 : 8 + size])
+                del self.buffer[: 8 + size]
+                if kind == 1 and len(self.stdout) < MAX_STDOUT_BYTES:
+                    self.stdout += payload
+                elif kind == 2:
+                    self.stderr += payload
+                    if len(self.stderr) > 2 * self.cap:
+                        del self.stderr[: len(self.stderr) - self.cap]
+
+    def alive(self) -> bool:
+        """A waiting container has nothing to say: readable means it ended (EOF) or broke."""
+        readable, _, _ = select.select([self.raw], [], [], 0)
+        return not readable
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except OSError:
+            pass
+
+
 class ContainerRunner:
-    def __init__(self, limits: Limits, owner: str) -> None:
+    """Runs harness jobs in single-use locked-down containers, optionally from a warm pool.
+
+    A pooled container has been created, started and has imported torch; it waits for its job
+    on stdin and is removed after that one job, whatever happened. Thread-safe: `run` may be
+    called from several threads at once (the sandbox service's concurrency limit bounds them).
+    """
+
+    def __init__(self, limits: Limits, owner: str, *, pool_size: int = 0, max_idle_s: float = 600.0,
+                 max_job_s: float = 3600.0) -> None:
         self.limits, self.owner = limits, owner
+        self.pool_size, self.max_idle_s, self.max_job_s = pool_size, max_idle_s, max_job_s
         self.client = _docker()
         try:
             self.client.images.get(limits.image)
         except ImageNotFound as exc:
             raise SandboxUnavailableError(f"image {limits.image!r} not found; build it with `make images`") from exc
+        self._pool: queue.Queue[_Attached] = queue.Queue()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._filler: threading.Thread | None = None
 
+    # ---- housekeeping ----
     def remove_strays(self) -> int:
-        """Remove containers a crashed run of this owner left behind."""
-        strays = self.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={self.owner}"})
-        for container in strays:
+        """Remove what a crashed run of this owner left behind, and any project container past its expiry."""
+        mine = self.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={self.owner}"})
+        now, expired = time.time(), []
+        for container in self.client.containers.list(all=True, filters={"label": OWNER_LABEL}):
             try:
-                container.remove(force=True)
-            except (NotFound, APIError):
-                pass
-        return len(strays)
+                if container not in mine and float(container.labels.get(EXPIRES_LABEL, "inf")) < now:
+                    expired.append(container)
+            except ValueError:
+                continue
+        for container in mine + expired:
+            _remove(container)
+        return len(mine) + len(expired)
 
+    def start_pool(self) -> None:
+        """Start keeping `pool_size` warm containers (no-op for a pool size of 0)."""
+        if self.pool_size > 0 and self._filler is None:
+            self._filler = threading.Thread(target=self._fill, name=f"pool-{self.owner}", daemon=True)
+            self._filler.start()
+
+    def close(self) -> None:
+        """Stop refilling and remove the warm containers."""
+        self._stop.set()
+        self._wake.set()
+        if self._filler is not None:
+            self._filler.join(timeout=START_TIMEOUT_S)
+        while True:
+            try:
+                warm = self._pool.get_nowait()
+            except queue.Empty:
+                break
+            warm.close()
+            _remove(warm.container)
+
+    def warm_count(self) -> int:
+        return self._pool.qsize()
+
+    def wait_warm(self, count: int | None = None, timeout_s: float = START_TIMEOUT_S) -> bool:
+        """Block until the pool holds `count` (default: pool_size) warm containers."""
+        deadline = time.monotonic() + timeout_s
+        while self._pool.qsize() < (self.pool_size if count is None else count):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _fill(self) -> None:
+        last_sweep = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() - last_sweep > 60:
+                self._recycle_idle()
+                last_sweep = time.monotonic()
+            if self._pool.qsize() < self.pool_size:
+                try:
+                    warm = self._start("pool")
+                except SandboxUnavailableError as exc:
+                    log.warning("pool_start_failed", error=str(exc))
+                    self._stop.wait(5.0)
+                    continue
+                if self._stop.is_set():
+                    warm.close()
+                    _remove(warm.container)
+                    break
+                self._pool.put(warm)
+                continue
+            self._wake.wait(timeout=5.0)
+            self._wake.clear()
+
+    def _recycle_idle(self) -> None:
+        keep = []
+        while True:
+            try:
+                warm = self._pool.get_nowait()
+            except queue.Empty:
+                break
+            if time.monotonic() - warm.started_at > self.max_idle_s or not warm.alive():
+                warm.close()
+                _remove(warm.container)
+            else:
+                keep.append(warm)
+        for warm in keep:
+            self._pool.put(warm)
+
+    def _take(self) -> _Attached | None:
+        while True:
+            try:
+                warm = self._pool.get_nowait()
+            except queue.Empty:
+                return None
+            finally:
+                self._wake.set()  # the filler starts a replacement now
+            if warm.alive() and time.monotonic() - warm.started_at <= self.max_idle_s:
+                return warm
+            warm.close()
+            _remove(warm.container)
+
+    # ---- one container ----
     def _create(self, job_id: str, threads: int):
         lim = self.limits
         kwargs: dict[str, Any] = {}
@@ -95,6 +253,7 @@ class ContainerRunner:
             kwargs["runtime"] = lim.runtime
         if lim.gpus:
             kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        expires = int(time.time() + START_TIMEOUT_S + self.max_idle_s + self.max_job_s + 60)
         return self.client.containers.create(
             lim.image,
             command=HARNESS_CMD,
@@ -117,85 +276,84 @@ class ContainerRunner:
                 Ulimit(name="core", soft=0, hard=0),
             ],
             environment={"HOME": "/tmp", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
-            labels={OWNER_LABEL: self.owner, JOB_LABEL: job_id},
+            labels={OWNER_LABEL: self.owner, JOB_LABEL: job_id, EXPIRES_LABEL: str(expires)},
             log_config=LogConfig(type="none"),
             hostname="sandbox",
             working_dir="/tmp",
             **kwargs,
         )
 
-    def run(self, job: dict[str, Any], blob: bytes, timeout_s: float, job_id: str = "") -> RunOutcome:
-        """Blocking: start a container, hand it the job, read its result, remove it. Always removes."""
+    def _start(self, job_id: str) -> _Attached:
+        """Create, attach and start a container, and wait until its harness has imported torch."""
         started = time.monotonic()
-        deadline = started + timeout_s
-        nonce = secrets.token_hex(16)
-        threads = max(1, int(self.limits.cpus))
-        job = {**job, "threads": threads}
         try:
-            container = self._create(job_id or nonce[:12], threads)
+            container = self._create(job_id, max(1, int(self.limits.cpus)))
         except (APIError, DockerException) as exc:
             raise SandboxUnavailableError(f"cannot create a container: {exc}") from exc
-        timed_out, stdout, stderr = False, bytearray(), bytearray()
         try:
             sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            raw = sock._sock
             container.start()
-            header = {"nonce": nonce, "job": job, "blob_len": len(blob), "max_output_bytes": self.limits.max_output_bytes}
-            raw.settimeout(max(0.1, deadline - time.monotonic()))
+            warm = _Attached(container, sock, started, self.limits.max_output_bytes)
+            if not warm.read(started + START_TIMEOUT_S, until=READY_LINE):
+                tail = bytes(warm.stderr[-2000:]).decode("utf-8", "replace")
+                raise SandboxUnavailableError(f"the sandbox harness did not start within {START_TIMEOUT_S:g} s: {tail}")
+            return warm
+        except BaseException as exc:
+            _remove(container)
+            if isinstance(exc, SandboxUnavailableError):
+                raise
+            if isinstance(exc, (APIError, DockerException, OSError)):
+                raise SandboxUnavailableError(f"cannot start a container: {exc}") from exc
+            raise
+
+    def run(self, job: dict[str, Any], blob: bytes, timeout_s: float, job_id: str = "") -> RunOutcome:
+        """Blocking: hand the job to a warm (or a freshly started) container, read its result,
+        remove it. The hard timeout counts from the hand-over; the container is always removed."""
+        began = time.monotonic()
+        nonce = secrets.token_hex(16)
+        warm = self._take()
+        pooled = warm is not None
+        if warm is None:
+            warm = self._start(job_id or nonce[:12])
+        log.debug("container_job", job_id=job_id, container=warm.container.short_id, pooled=pooled)
+        deadline = time.monotonic() + timeout_s
+        job = {**job, "threads": max(1, int(self.limits.cpus))}
+        timed_out = False
+        try:
+            header = {"nonce": nonce, "job": job, "blob_len": len(blob),
+                      "max_output_bytes": self.limits.max_output_bytes,
+                      "max_total_output_bytes": self.limits.max_total_output_bytes}
+            warm.raw.settimeout(max(0.1, deadline - time.monotonic()))
             try:
-                raw.sendall(json.dumps(header).encode() + b"\n" + blob)
-                timed_out = not _read_frames(raw, deadline, stdout, stderr, self.limits.max_output_bytes)
+                warm.raw.sendall(json.dumps(header).encode() + b"\n" + blob)
+                timed_out = not warm.read(deadline)
             except (socket.timeout, TimeoutError):
                 timed_out = True
             except OSError:  # the container closed its stdin early (died): read what is left below
                 pass
             finally:
-                raw.close()
+                warm.close()
             if timed_out:
-                _kill(container)
-            exit_code, oom = _final_state(container)
+                _kill(warm.container)
+            exit_code, oom = _final_state(warm.container)
         finally:
-            try:
-                container.remove(force=True)
-            except (NotFound, APIError):
-                pass
+            _remove(warm.container)
         return RunOutcome(
-            report=_find_result(stdout, nonce),
+            report=_find_result(warm.stdout, nonce),
             exit_code=exit_code,
             timed_out=timed_out,
             oom_killed=oom,
-            duration_s=time.monotonic() - started,
-            stderr_tail=bytes(stderr[-self.limits.max_output_bytes :]).decode("utf-8", "replace"),
+            duration_s=time.monotonic() - began,
+            stderr_tail=bytes(warm.stderr[-self.limits.max_output_bytes :]).decode("utf-8", "replace"),
+            pooled=pooled,
         )
 
 
-def _read_frames(raw: socket.socket, deadline: float, stdout: bytearray, stderr: bytearray, cap: int) -> bool:
-    """Demultiplex docker's attach stream until EOF. False when the deadline passed first."""
-    buffer = bytearray()
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        raw.settimeout(remaining)
-        try:
-            chunk = raw.recv(1 << 20)
-        except (socket.timeout, TimeoutError):
-            return False
-        if not chunk:
-            return True
-        buffer += chunk
-        while len(buffer) >= 8:
-            kind, size = buffer[0], struct.unpack(">I", buffer[4:8])[0]
-            if len(buffer) < 8 + size:
-                break
-            payload = bytes(buffer[8 : 8 + size])
-            del buffer[: 8 + size]
-            if kind == 1 and len(stdout) < MAX_STDOUT_BYTES:
-                stdout += payload
-            elif kind == 2:
-                stderr += payload
-                if len(stderr) > 2 * cap:
-                    del stderr[: len(stderr) - cap]
+def _remove(container) -> None:
+    try:
+        container.remove(force=True)
+    except (NotFound, APIError):
+        pass
 
 
 def _kill(container) -> None:

@@ -63,7 +63,8 @@ class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):
 
     ok: bool
     error: str | None = None
-    reason: str | None = None  # a short machine-readable kind: syntax, class_not_found, exception, timeout, oom, ...
+    reason: str | None = None  # syntax, class_not_found, not_a_module, flagged, exception, bad_output,
+    # output_shape, timeout, oom, pids, output_too_large, exited, harness_failed
     output_shape: list[int] | None = None
     param_count: int | None = None
     trainable_params: int | None = None
@@ -73,6 +74,7 @@ class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float = 0.0
     timed_out: bool = False
     oom_killed: bool = False
+    flags: list[str] = []  # the pre-check's findings (dangerous constructs, each with its line)
 
 
 # ---- evaluation ----

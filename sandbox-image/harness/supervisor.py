@@ -1,39 +1,83 @@
-"""Trusted half of the in-container harness. It never imports or runs generated code.
+"""Trusted half of the in-container harness. It never imports torch or runs generated code.
 
-Container stdout belongs to this process alone: the worker (which runs the generated code)
-gets pipes for its output and for its result, so nothing the code prints can pose as the
-harness's result. Protocol on stdin: one JSON header line {"nonce", "job", "blob_len",
-"max_output_bytes"}, then blob_len bytes of data (npz). On stdout: "@@READY" once the worker has
-imported torch, then a single "@@RESULT <nonce> <json>" line before exit.
+Container stdout belongs to this process alone: the worker gets pipes for its output and for
+its result, and the generated code runs in a child of the worker that holds neither the result
+pipe nor this process's stdout, so nothing the code prints or writes can pose as a result.
+
+Protocol on stdin: one JSON header line {"nonce", "job", "blob_len", "max_output_bytes",
+"max_total_output_bytes"}, then blob_len bytes of data (npz). On stdout: "@@READY" once the
+worker has imported torch (a pooled container waits here for its job), then one
+"@@RESULT <nonce> <json>" line before exit. The report adds what only a trusted process can
+see: the worker's exit status, and this container's cgroup counters (OOM kills, pids-cap hits).
 """
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 MAX_RESULT_BYTES = 512 * 1024 * 1024  # predictions of a large validation split, base64
+PR_SET_DUMPABLE = 4
+
+# cgroup v2 (one file per counter) first, then v1's per-controller mounts.
+OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+PIDS_COUNTERS = ("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events")
 
 
-def _drain_tail(stream, cap, sink):
-    """Keep the last `cap` bytes of the worker's stdout+stderr; count what was dropped."""
-    buf, dropped = bytearray(), 0
-    for chunk in iter(lambda: stream.read1(65536), b""):
-        buf += chunk
-        if len(buf) > cap:
-            dropped += len(buf) - cap
-            del buf[: len(buf) - cap]
-    sink["tail"], sink["dropped"] = bytes(buf), dropped
+def not_dumpable():
+    """No ptrace and no /proc/<pid>/mem or fd access from processes of the same uid (the code's)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
-def _read_all(fd, cap, sink):
+def cgroup_counter(paths, key):
+    for path in paths:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class OutputTap:
+    """Keeps the last `cap` bytes of the worker's stdout+stderr; past `limit` bytes in all it
+    kills the worker's process group (the generated code included) and says so."""
+
+    def __init__(self, stream, pgid):
+        self.stream, self.pgid = stream, pgid
+        self.cap, self.limit = 65536, 64 * 1024 * 1024
+        self.tail, self.total, self.too_large = bytearray(), 0, False
+
+    def run(self):
+        for chunk in iter(lambda: self.stream.read1(65536), b""):
+            self.total += len(chunk)
+            self.tail += chunk
+            if len(self.tail) > self.cap:
+                del self.tail[: len(self.tail) - self.cap]
+            if self.total > self.limit and not self.too_large:
+                self.too_large = True
+                try:
+                    os.killpg(self.pgid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def read_result(fd, sink):
     chunks, size = [], 0
     with os.fdopen(fd, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             size += len(chunk)
-            if size > cap:
+            if size > MAX_RESULT_BYTES:
                 sink["overflow"] = True
                 break
             chunks.append(chunk)
@@ -41,6 +85,7 @@ def _read_all(fd, cap, sink):
 
 
 def main():
+    not_dumpable()
     out = sys.stdout
     result_r, result_w = os.pipe()
     ready_r, ready_w = os.pipe()
@@ -51,23 +96,28 @@ def main():
         stderr=subprocess.STDOUT,
         pass_fds=(result_w, ready_w),
         close_fds=True,
+        start_new_session=True,  # its own process group, so an output flood can be cut at once
     )
     os.close(result_w)
     os.close(ready_w)
+    # Every thread this process needs starts now, before any generated code runs: a fork bomb
+    # that fills the pids cap later cannot stop the harness from reading and reporting.
+    tap, result = OutputTap(worker.stdout, worker.pid), {}
+    threads = [threading.Thread(target=tap.run, daemon=True),
+               threading.Thread(target=read_result, args=(result_r, result), daemon=True)]
+    for thread in threads:
+        thread.start()
     with os.fdopen(ready_r, "rb") as ready:
         if ready.read(1) == b"R":
             out.write("@@READY\n")
             out.flush()
+    oom_before = cgroup_counter(OOM_COUNTERS, "oom_kill") or 0
+    pids_before = cgroup_counter(PIDS_COUNTERS, "max") or 0
 
     header = json.loads(sys.stdin.buffer.readline())
     blob = sys.stdin.buffer.read(int(header.get("blob_len", 0)))
-    cap = int(header.get("max_output_bytes", 65536))
-
-    output, result = {}, {}
-    drain = threading.Thread(target=_drain_tail, args=(worker.stdout, cap, output), daemon=True)
-    collect = threading.Thread(target=_read_all, args=(result_r, MAX_RESULT_BYTES, result), daemon=True)
-    drain.start()
-    collect.start()
+    tap.cap = int(header.get("max_output_bytes", tap.cap))
+    tap.limit = int(header.get("max_total_output_bytes", tap.limit))
     try:
         worker.stdin.write(json.dumps(header["job"]).encode() + b"\n")
         worker.stdin.write(len(blob).to_bytes(8, "big") + blob)
@@ -75,8 +125,8 @@ def main():
     except BrokenPipeError:  # the worker died before reading its job
         pass
     code = worker.wait()
-    collect.join()
-    drain.join(timeout=5)
+    threads[1].join()
+    threads[0].join(timeout=0.5)  # a background process the code left may hold the pipe open
 
     parsed, harness_completed = None, False
     if not result.get("overflow") and result.get("data"):
@@ -85,16 +135,26 @@ def main():
             harness_completed = isinstance(parsed, dict) and parsed.get("harness") == "done"
         except ValueError:
             parsed = None
+    oom_after = cgroup_counter(OOM_COUNTERS, "oom_kill")
+    pids_after = cgroup_counter(PIDS_COUNTERS, "max")
     report = {
         "harness_completed": harness_completed,
-        "result": parsed if harness_completed else None,
+        "result": parsed.get("result") if harness_completed else None,
+        "process": parsed.get("process") if harness_completed else None,
         "exit_code": code,
         "result_overflow": bool(result.get("overflow")),
-        "output_tail": output.get("tail", b"").decode("utf-8", "replace"),
-        "output_dropped_bytes": output.get("dropped", 0),
+        "output_too_large": tap.too_large,
+        "output_bytes": tap.total,
+        "output_tail": bytes(tap.tail).decode("utf-8", "replace"),
+        "oom_kills": None if oom_after is None else oom_after - oom_before,
+        "pids_cap_hits": None if pids_after is None else pids_after - pids_before,
     }
     out.write("@@RESULT " + header["nonce"] + " " + json.dumps(report) + "\n")
     out.flush()
+    try:  # whatever the code left running goes with the container; end it now anyway
+        os.killpg(worker.pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

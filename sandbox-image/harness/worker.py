@@ -1,19 +1,34 @@
 """Untrusted half of the in-container harness: loads generated code and measures or trains it.
 
-Runs as its own process under the supervisor. Imports torch first and signals readiness, so a
-pre-started container pays the import before its job arrives. Writes one JSON result to the
-result fd; a failure of the generated code is a result (reason, exception, message), not a crash.
+Two processes. The worker (this file's top level) imports torch and signals readiness, so a
+pre-started container pays the import before its job arrives; it never runs generated code.
+For each job it forks a model process that drops the result pipe, runs the code, measures or
+trains it, and reports over a pipe of its own; the worker then writes the one result the
+supervisor reads, with how the model process ended (exit code, signal, the stage it reached).
+The generated code therefore cannot write to the result pipe, and the trusted processes are
+not dumpable, so it cannot ptrace them or open their file descriptors either.
 """
 
+import base64
+import ctypes
 import io
 import json
 import os
+import select
+import signal
 import sys
 import time
 import traceback
 
 RESULT_FD, READY_FD = int(sys.argv[1]), int(sys.argv[2])
 CODE_FILENAME = "model_code.py"
+MAX_REPORT_BYTES = 512 * 1024 * 1024
+PR_SET_DUMPABLE = 4
+
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -21,15 +36,6 @@ from torch import nn  # noqa: E402
 
 os.write(READY_FD, b"R")
 os.close(READY_FD)
-
-
-def _finish(payload):
-    payload["harness"] = "done"
-    data = json.dumps(payload).encode()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(RESULT_FD, view):]
-    os.close(RESULT_FD)
 
 
 def _fail(reason, error, exc=None):
@@ -50,7 +56,7 @@ def _read_job():
     return job, blob
 
 
-def _load_model(job):
+def _load_model(job, stage):
     """-> (model, None) or (None, failure payload)."""
     source = job["source"]
     try:
@@ -58,6 +64,7 @@ def _load_model(job):
     except SyntaxError as exc:
         return None, _fail("syntax", f"syntax error at line {exc.lineno}: {exc.msg}", None)
     namespace = {"__name__": "model_code"}
+    stage("import")
     try:
         exec(code, namespace)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from the code included
@@ -69,6 +76,7 @@ def _load_model(job):
         return None, _fail("class_not_found", f"class {job['class_name']!r} not found{hint}")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         return None, _fail("not_a_module", f"{job['class_name']!r} is not a torch.nn.Module subclass")
+    stage("init")
     try:
         return cls(), None
     except BaseException as exc:
@@ -86,11 +94,12 @@ def _layers(model, limit=200):
     return rows
 
 
-def validate(job):
-    model, failure = _load_model(job)
+def validate(job, stage):
+    model, failure = _load_model(job, stage)
     if failure:
         return failure
     torch.manual_seed(0)
+    stage("forward")
     try:
         model.eval()
         with torch.no_grad():
@@ -101,9 +110,9 @@ def validate(job):
         return _fail("bad_output", f"forward returned {type(output).__name__}, expected a tensor")
     return {
         "ok": True,
-        "output_shape": list(output.shape),
-        "param_count": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "output_shape": [int(d) for d in output.shape],
+        "param_count": int(sum(p.numel() for p in model.parameters())),
+        "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         "layers": _layers(model),
     }
 
@@ -116,15 +125,16 @@ def _optimizer(name, params, lr, weight_decay):
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def train(job, blob):
+def train(job, blob, stage):
     """Train on (X_train, y_train); return class probabilities for X_val. No labels for X_val here."""
     arrays = np.load(io.BytesIO(blob), allow_pickle=False)
     seed = int(job["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
-    model, failure = _load_model(job)
+    model, failure = _load_model(job, stage)
     if failure:
         return failure
+    stage("train")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x_train = torch.from_numpy(arrays["x_train"]).to(device, non_blocking=True)
     y_train = torch.from_numpy(arrays["y_train"]).to(device, non_blocking=True)
@@ -156,6 +166,7 @@ def train(job, blob):
             if not np.isfinite(loss_value):
                 return _fail("diverged", f"training loss became {loss_value} at epoch {epoch}")
             curve.append({"epoch": epoch, "train_loss": loss_value, "train_accuracy": float(correct) / n})
+        stage("predict")
         model.eval()
         with torch.no_grad():
             probs = torch.cat([torch.softmax(model(x_val[s:s + 1024]).float(), 1)
@@ -163,16 +174,103 @@ def train(job, blob):
     except BaseException as exc:
         return _fail("exception", f"{type(exc).__name__} during training: {exc}", exc)
     probs = probs.cpu().numpy().astype(np.float32)
-    import base64
     return {"ok": True, "probs_b64": base64.b64encode(probs.tobytes()).decode(), "probs_shape": list(probs.shape),
             "curve": curve, "train_time_s": time.perf_counter() - started, "device": str(device)}
 
 
+def model_process(job, blob, report_w, token):
+    """The forked child: the only process that runs generated code. Never returns."""
+    os.close(RESULT_FD)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+    def send(message):
+        data = json.dumps(message).encode() + b"\n"
+        view = memoryview(data)
+        while view:
+            view = view[os.write(report_w, view):]
+
+    try:
+        torch.set_num_threads(max(1, int(job.get("threads", 1))))
+        stage = lambda name: send({"stage": name})  # noqa: E731
+        result = validate(job, stage) if job["mode"] == "validate" else train(job, blob, stage)
+        send({"final": result, "token": token})
+    except BaseException as exc:  # noqa: BLE001 - a harness failure is still a report
+        try:
+            send({"final": _fail("harness", f"{type(exc).__name__} in the harness: {exc}"), "token": token})
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(0)
+
+
+def collect(pid, fd):
+    """Read the model process's reports until it exits. -> (raw bytes, wait status, overflow)."""
+    buf, status, overflow = bytearray(), None, False
+    while status is None:
+        readable, _, _ = select.select([fd], [], [], 0.05)
+        if readable:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > MAX_REPORT_BYTES:
+                overflow = True
+                os.kill(pid, signal.SIGKILL)
+                break
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = wait_status
+            os.set_blocking(fd, False)  # take what it wrote before it ended; processes it left may hold the pipe
+            while len(buf) <= MAX_REPORT_BYTES:
+                try:
+                    chunk = os.read(fd, 1 << 20)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    return bytes(buf), status, overflow
+
+
+def interpret(raw, status, overflow, token):
+    stage, final = "start", None
+    for line in raw.split(b"\n"):
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(message, dict):
+            continue
+        if isinstance(message.get("stage"), str) and final is None:
+            stage = message["stage"][:32]
+        if final is None and message.get("token") == token and isinstance(message.get("final"), dict):
+            final = message["final"]
+    process = {"stage": stage, "report_overflow": overflow,
+               "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+               "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+    return final, process
+
+
 def main():
     job, blob = _read_job()
-    torch.set_num_threads(max(1, int(job.get("threads", 1))))
-    result = validate(job) if job["mode"] == "validate" else train(job, blob)
-    _finish(result)
+    token = os.urandom(16).hex()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        model_process(job, blob, report_w, token)
+    os.close(report_w)
+    raw, status, overflow = collect(pid, report_r)
+    final, process = interpret(raw, status, overflow, token)
+    data = json.dumps({"harness": "done", "result": final, "process": process}).encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(RESULT_FD, view):]
+    os.close(RESULT_FD)
+    os._exit(0)  # skip the interpreter's teardown of torch: it costs ~0.4 s of every validation
 
 
 main()

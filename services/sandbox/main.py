@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import structlog
 
@@ -21,15 +23,35 @@ def sandbox_limits(config: Config) -> Limits:
     s = config.sandbox
     return Limits(image=s.image, memory=s.memory, cpus=s.cpus, pids=s.pids, tmpfs_size=s.tmpfs_size,
                   tmpfs_inodes=s.tmpfs_inodes, nofile=s.nofile, fsize_bytes=s.fsize_bytes,
-                  max_output_bytes=s.max_output_bytes, runtime=s.runtime)
+                  max_output_bytes=s.max_output_bytes, max_total_output_bytes=s.max_total_output_bytes,
+                  runtime=s.runtime)
+
+
+def replica_name() -> str:
+    return os.environ.get("RESEARCHER_REPLICA") or socket.gethostname()
+
+
+def make_runner(config: Config, owner: str) -> ContainerRunner:
+    s = config.sandbox
+    return ContainerRunner(sandbox_limits(config), owner=owner, pool_size=s.pool_size,
+                           max_idle_s=s.pool_max_idle_s, max_job_s=s.validate_timeout_s)
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
     config = config or load_config()
     configure_logging("sandbox", config.log_level)
-    runner = ContainerRunner(sandbox_limits(config), owner="sandbox")
+    runner = make_runner(config, owner=f"sandbox-{replica_name()}")
     removed = runner.remove_strays()
-    log.info("sandbox_ready", image=config.sandbox.image, strays_removed=removed)
+    runner.start_pool()
+    log.info("sandbox_ready", image=config.sandbox.image, strays_removed=removed, pool_size=config.sandbox.pool_size,
+             concurrency=config.sandbox.concurrency, precheck=config.sandbox.precheck)
+    try:
+        await serve(runner, config, nc, stop)
+    finally:
+        await asyncio.to_thread(runner.close)
+
+
+async def serve(runner: ContainerRunner, config: Config, nc, stop: asyncio.Event | None) -> None:
     nc = nc or await connect(config.nats_url, "sandbox")
     slots = asyncio.Semaphore(config.sandbox.concurrency)
     tasks: set[asyncio.Task] = set()
@@ -41,8 +63,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
                 return
             bind_run(request.run_id, iteration=request.iteration)
             result = await asyncio.to_thread(
-                validate, request, runner, config.sandbox.validate_timeout_s, config.sandbox.memory)
-            log.info("validated", ok=result.ok, reason=result.reason, duration_s=result.duration_s)
+                validate, request, runner, config.sandbox.validate_timeout_s, config.sandbox.memory, config.sandbox.precheck)
+            log.info("validated", ok=result.ok, reason=result.reason, duration_s=result.duration_s, flags=len(result.flags))
             await msg.respond(encode(result))
 
     async def on_message(msg) -> None:  # one task per request, bounded by `slots`

@@ -6,13 +6,41 @@ No I/O here but through the injected runner, so tests call it with plain structs
 from __future__ import annotations
 
 import ast
+import signal
 import time
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
 from shared.containers import RunOutcome
 from shared.messages import ValidateRequest, ValidationResult
+
+PrecheckPolicy = Literal["reject", "flag"]
+
+# Modules a model has no business importing, and why a reader should care.
+RISKY_MODULES = {
+    "os": "operating-system access", "sys": "interpreter internals", "subprocess": "runs programs",
+    "socket": "network access", "ssl": "network access", "http": "network access", "urllib": "network access",
+    "requests": "network access", "ftplib": "network access", "smtplib": "network access",
+    "ctypes": "native code", "cffi": "native code", "mmap": "raw memory", "shutil": "file-system changes",
+    "signal": "signal handling", "resource": "process limits", "pty": "terminals", "fcntl": "file descriptors",
+    "multiprocessing": "starts processes", "threading": "starts threads", "_thread": "starts threads",
+    "importlib": "dynamic imports", "builtins": "interpreter internals", "pickle": "arbitrary code on load",
+    "marshal": "code objects", "gc": "interpreter internals", "inspect": "interpreter internals",
+    "code": "interactive interpreter", "pathlib": "file-system access", "tempfile": "file-system access",
+    "glob": "file-system access", "io": "file access",
+}
+RISKY_CALLS = {
+    "eval": "evaluates a string as code", "exec": "executes a string as code", "compile": "compiles code",
+    "__import__": "dynamic import", "open": "opens files", "breakpoint": "debugger", "input": "reads stdin",
+    "globals": "interpreter internals", "vars": "interpreter internals", "memoryview": "raw memory",
+}
+RISKY_ATTRIBUTES = {
+    "__subclasses__": "sandbox-escape idiom", "__globals__": "sandbox-escape idiom", "__builtins__": "interpreter internals",
+    "__code__": "code objects", "__mro__": "sandbox-escape idiom", "__bases__": "sandbox-escape idiom",
+    "__loader__": "dynamic imports", "system": "runs a shell command", "popen": "runs a program",
+    "load_library": "loads native code", "hub": "downloads code (torch.hub)", "cpp_extension": "compiles native code",
+}
 
 
 class Runner(Protocol):
@@ -21,67 +49,120 @@ class Runner(Protocol):
     def run(self, job: dict, blob: bytes, timeout_s: float, job_id: str = "") -> RunOutcome: ...
 
 
-def precheck(source: str, class_name: str) -> ValidationResult | None:
-    """A first filter only (containment never relies on it): reject what cannot be a model."""
+def flag_constructs(tree: ast.AST) -> list[str]:
+    """Constructs a model does not need, each with its line and a reason. A first filter only:
+    code written to get past it (imports built from strings, say) is contained by the container."""
+    flags: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in names:
+                root = name.split(".")[0]
+                if root in RISKY_MODULES:
+                    flags.append(f"line {node.lineno}: imports {name!r} ({RISKY_MODULES[root]})")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in RISKY_CALLS:
+            flags.append(f"line {node.lineno}: calls {node.func.id}() ({RISKY_CALLS[node.func.id]})")
+        elif isinstance(node, ast.Attribute) and node.attr in RISKY_ATTRIBUTES:
+            flags.append(f"line {node.lineno}: uses .{node.attr} ({RISKY_ATTRIBUTES[node.attr]})")
+        elif isinstance(node, ast.Name) and node.id == "__builtins__":
+            flags.append(f"line {node.lineno}: uses __builtins__ (interpreter internals)")
+    return flags
+
+
+def precheck(source: str, class_name: str, policy: PrecheckPolicy = "reject") -> tuple[ValidationResult | None, list[str]]:
+    """-> (a rejection or None, the flags). Rejects what cannot be a model; with policy
+    "reject" also code that uses constructs a model has no business with."""
     try:
         tree = ast.parse(source, filename="model_code.py")
     except SyntaxError as exc:
-        return ValidationResult(ok=False, reason="syntax", error=f"syntax error at line {exc.lineno}: {exc.msg}")
+        return ValidationResult(ok=False, reason="syntax", error=f"syntax error at line {exc.lineno}: {exc.msg}"), []
     defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     assigned = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
     if class_name not in defined | assigned:
         hint = f"; classes defined: {', '.join(sorted(defined))}" if defined else "; the code defines no class"
-        return ValidationResult(ok=False, reason="class_not_found", error=f"class {class_name!r} not found{hint}")
-    return None
+        return ValidationResult(ok=False, reason="class_not_found", error=f"class {class_name!r} not found{hint}"), []
+    flags = flag_constructs(tree)
+    if flags and policy == "reject":
+        return ValidationResult(ok=False, reason="flagged", flags=flags,
+                                error="the pre-check rejected constructs a model does not need: " + "; ".join(flags[:5])), flags
+    return None, flags
 
 
-def outcome_to_result(outcome: RunOutcome, timeout_s: float, memory: str) -> ValidationResult:
-    """Believe only the harness: a model is valid when the supervisor's report says its harness completed."""
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def outcome_to_result(outcome: RunOutcome, timeout_s: float, memory: str, pids: int | None = None) -> ValidationResult:
+    """Believe only the harness: a model is valid when the supervisor reports that the harness
+    completed and the model process delivered its measurement. Causes the trusted side can see
+    (timeout, OOM kill, pids cap, output flood) come before whatever the code said."""
     report = outcome.report or {}
     tail = (report.get("output_tail") or outcome.stderr_tail or "")[-4000:]
     common = dict(duration_s=round(outcome.duration_s, 3), output_tail=tail,
-                  timed_out=outcome.timed_out, oom_killed=outcome.oom_killed)
+                  timed_out=outcome.timed_out, oom_killed=outcome.oom_killed or bool(report.get("oom_kills")))
+    result = report.get("result") if report.get("harness_completed") else None
+    process = report.get("process") or {}
+    stage = process.get("stage") or "start"
     if outcome.timed_out:
-        return ValidationResult(ok=False, reason="timeout", error=f"timed out after {timeout_s:g} s; the container was killed", **common)
-    if outcome.oom_killed:
-        return ValidationResult(ok=False, reason="oom", error=f"out of memory: killed at the {memory} memory cap", **common)
+        return ValidationResult(ok=False, reason="timeout", error=f"timed out after {timeout_s:g} s (during {stage}); "
+                                "the container was killed", **common)
+    if common["oom_killed"]:
+        return ValidationResult(ok=False, reason="oom", error=f"out of memory: killed at the {memory} memory cap (during {stage})", **common)
     if not report:
-        return ValidationResult(ok=False, reason="harness_failed",
-                                error=f"the harness gave no result (container exit code {outcome.exit_code})", **common)
-    result = report.get("result")
-    if not report.get("harness_completed") or not isinstance(result, dict):
+        return ValidationResult(ok=False, reason="harness_failed", error="the harness gave no result (container exit code "
+                                f"{outcome.exit_code}); the code may have killed the harness's processes", **common)
+    if report.get("output_too_large"):
+        return ValidationResult(ok=False, reason="output_too_large", error=f"the code wrote more than "
+                                f"{report.get('output_bytes', 0) // 1024} KiB to stdout/stderr; its processes were killed", **common)
+    if not report.get("harness_completed"):
         code = report.get("exit_code")
-        if report.get("result_overflow"):
-            error = "the code wrote too much to the harness's result channel"
-        elif isinstance(code, int) and code < 0:
-            error = f"the model's process was killed by signal {-code} before the harness finished"
-        else:
-            error = f"the model's code ended the process (exit code {code}) before the harness finished"
-        if "Resource temporarily unavailable" in tail or "can't start new thread" in tail:
-            return ValidationResult(ok=False, reason="pids", error="too many processes or threads: hit the pids cap", **common)
+        error = ("the harness's result was too large" if report.get("result_overflow")
+                 else f"the harness's worker ended with exit code {code} before it reported; the code may have killed it")
         return ValidationResult(ok=False, reason="harness_failed", error=error, **common)
+    cap = f" of {pids}" if pids else ""
+    if report.get("pids_cap_hits") and not (isinstance(result, dict) and result.get("ok")):
+        detail = f" ({result.get('error')})" if isinstance(result, dict) and result.get("error") else ""
+        return ValidationResult(ok=False, reason="pids", error=f"too many processes or threads: hit the pids cap{cap} "
+                                f"during {stage}{detail}", **common)
+    if not isinstance(result, dict):
+        if process.get("report_overflow"):
+            error = "the model process wrote too much to the harness's report channel"
+        elif process.get("signal"):
+            error = f"the model's process was killed by {_signal_name(int(process['signal']))} during {stage}"
+        else:
+            error = f"the model's code ended its process (exit code {process.get('exit_code')}) during {stage}, before the harness finished"
+        return ValidationResult(ok=False, reason="exited", error=error, **common)
     if not result.get("ok"):
-        return ValidationResult(ok=False, reason=result.get("reason") or "exception", error=result.get("error"),
+        return ValidationResult(ok=False, reason=str(result.get("reason") or "exception"), error=str(result.get("error")),
                                 exception_type=result.get("exception_type"), **common)
-    return ValidationResult(
-        ok=True,
-        output_shape=[int(d) for d in result["output_shape"]],
-        param_count=int(result["param_count"]),
-        trainable_params=int(result["trainable_params"]),
-        layers=list(result.get("layers") or [])[:200],
-        **common,
-    )
+    try:
+        return ValidationResult(
+            ok=True,
+            output_shape=[int(d) for d in result["output_shape"]],
+            param_count=int(result["param_count"]),
+            trainable_params=int(result["trainable_params"]),
+            layers=[dict(layer) for layer in (result.get("layers") or [])[:200]],
+            **common,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        return ValidationResult(ok=False, reason="harness_failed", error=f"the model process's report is malformed: {exc!r}", **common)
 
 
-def validate(request: ValidateRequest, runner: Runner, timeout_s: float, memory: str) -> ValidationResult:
+def validate(request: ValidateRequest, runner: Runner, timeout_s: float, memory: str,
+             policy: PrecheckPolicy = "reject") -> ValidationResult:
     started = time.monotonic()
-    rejected = precheck(request.source, request.class_name)
+    rejected, flags = precheck(request.source, request.class_name, policy)
     if rejected is not None:
-        return rejected
+        return msgspec.structs.replace(rejected, duration_s=round(time.monotonic() - started, 3))
     job = {"mode": "validate", "source": request.source, "class_name": request.class_name,
            "input_shape": list(request.input_shape)}
     outcome = runner.run(job, b"", timeout_s, job_id=f"{request.run_id}-{request.iteration}-validate")
-    result = outcome_to_result(outcome, timeout_s, memory)
+    result = outcome_to_result(outcome, timeout_s, memory, getattr(runner.limits, "pids", None))
+    if flags:
+        result = msgspec.structs.replace(result, flags=flags)
     expected = request.expected_output_shape
     if result.ok and expected is not None and list(result.output_shape or []) != list(expected):
         return msgspec.structs.replace(

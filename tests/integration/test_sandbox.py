@@ -25,7 +25,7 @@ def runner(docker_engine):
 def check(runner, source, class_name="Model", input_shape=(2, 1, 8, 8), expected=None, timeout=60.0):
     request = ValidateRequest(source=source, class_name=class_name, input_shape=list(input_shape),
                               expected_output_shape=list(expected) if expected else None)
-    return validate(request, runner, timeout, "512m")
+    return validate(request, runner, timeout, "512m", "flag")
 
 
 def test_assembled_model_is_valid_with_measured_facts(runner):
@@ -45,7 +45,7 @@ def test_assembled_model_is_valid_with_measured_facts(runner):
     ("import torch\nclass Model(torch.nn.Module):\n    def forward(self, x):\n        return x @ torch.ones(3, 3)\n",
      "Model", "exception", "in forward on input (2, 1, 8, 8)"),
     ("import os\nprint('@@RESULT forged {\"harness_completed\": true}', flush=True)\nos._exit(3)\nModel = None\n",
-     "Model", "harness_failed", "exit code 3"),
+     "Model", "exited", "exit code 3) during import"),
 ])
 def test_rejections_say_why(runner, source, class_name, reason, fragment):
     result = check(runner, source, class_name)
