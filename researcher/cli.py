@@ -1,4 +1,4 @@
-"""`researcher` (run, submit, report, export) and `research-agent --goal ...`."""
+"""`researcher` (run, submit, report, export, validate) and `research-agent --goal ...`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from researcher import validate_cmd
 from researcher.stack import LocalStack
 from shared import subjects
 from shared.bus import connect, decode, encode, ensure_streams
@@ -62,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("run_id")
     export.add_argument("directory", type=Path)
     _nats_arg(export)
+    validate_cmd.add_parser(sub)
     return root
 
 
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         except UnknownDatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "validate":
+        return validate_cmd.run(args)
     handler = {"run": _run, "submit": _submit, "report": _report, "export": _export}[args.command]
     return asyncio.run(handler(args))
 
