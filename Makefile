@@ -17,7 +17,7 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images test run clean
+.PHONY: help venv images test run clean bench-sandbox
 
 help:
 	@echo "Targets:"
@@ -26,6 +26,7 @@ help:
 	@echo "  test    venv + images, then $(VENV)/bin/pytest -q \$$(PYTEST_ARGS)"
 	@echo "  run     venv + images, then researcher run \"\$$(GOAL)\" (DATASET, TARGET, ITERATIONS, SEEDS)"
 	@echo "  clean   remove build/ and $(VENV)"
+	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
 	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222)"
 	@echo "  down    $(COMPOSE) down (the JetStream volume stays)"
@@ -64,6 +65,10 @@ run: venv images
 
 clean:
 	rm -rf build $(VENV)
+
+BENCH_ARGS ?=
+bench-sandbox: venv images
+	$(VENV)/bin/python -m benchmarks.bench_sandbox $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 # The compose stack (compose.yaml): nats + planner, assembler, sandbox, evaluator, all from
