@@ -71,7 +71,8 @@ class LocalStack:
 
     def start_service(self, name: str, replica: str | None = None) -> subprocess.Popen:
         key = replica or name
-        env = {**os.environ, **self.extra_env, "NATS_URL": self.url, "RESEARCHER_REPLICA": key}
+        # Unique per stack: a second stack on this machine must not take this one's containers for strays.
+        env = {**os.environ, **self.extra_env, "NATS_URL": self.url, "RESEARCHER_REPLICA": f"{key}-{os.getpid()}"}
         log = open(self.log_dir / f"{key}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.main"], stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[key] = proc

@@ -8,6 +8,7 @@ overrides `nats_url`. Unknown keys are rejected with the path to fix.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     evaluator: EvaluatorConfig = msgspec.field(default_factory=EvaluatorConfig)
+
+
+def replica_name() -> str:
+    """This service instance's name: RESEARCHER_REPLICA, else the host name (a container's id in compose).
+    Containers a service starts carry it in their owner label, so a restart removes its strays."""
+    return os.environ.get("RESEARCHER_REPLICA") or socket.gethostname()
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

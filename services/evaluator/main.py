@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import socket
 
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -15,17 +13,13 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from services.evaluator.evaluate import evaluate_job
 from shared import subjects
 from shared.bus import connect, decode, encode, ensure_streams, stop_event
-from shared.config import Config, load_config
+from shared.config import Config, load_config, replica_name
 from shared.containers import ContainerRunner, Limits
 from shared.errors import MessageError, SandboxUnavailableError
 from shared.log import bind_run, configure_logging
 from shared.messages import EvalJob
 
 log = structlog.get_logger()
-
-
-def replica_name() -> str:
-    return os.environ.get("RESEARCHER_REPLICA") or socket.gethostname()
 
 
 def eval_limits(config: Config, gpus: bool) -> Limits:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 
 import structlog
 
 from services.sandbox.validate import validate
 from shared import subjects
 from shared.bus import connect, decode_request, encode, stop_event
-from shared.config import Config, load_config
+from shared.config import Config, load_config, replica_name
 from shared.containers import ContainerRunner, Limits
 from shared.log import bind_run, configure_logging
 from shared.messages import ValidateRequest
@@ -25,10 +23,6 @@ def sandbox_limits(config: Config) -> Limits:
                   tmpfs_inodes=s.tmpfs_inodes, nofile=s.nofile, fsize_bytes=s.fsize_bytes,
                   max_output_bytes=s.max_output_bytes, max_total_output_bytes=s.max_total_output_bytes,
                   runtime=s.runtime)
-
-
-def replica_name() -> str:
-    return os.environ.get("RESEARCHER_REPLICA") or socket.gethostname()
 
 
 def make_runner(config: Config, owner: str) -> ContainerRunner:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from services.sandbox import main as sandbox_main
-from shared.config import load_config
+from shared.config import load_config, replica_name
 
 pytestmark = [pytest.mark.docker]
 
@@ -93,5 +93,5 @@ async def test_with_a_stack_the_sandbox_service_answers(docker_engine, model_fil
     finally:
         stop.set()
         await asyncio.wait_for(service, 120)
-    owner = f"org.pytorch-researcher.owner=sandbox-{sandbox_main.replica_name()}"
+    owner = f"org.pytorch-researcher.owner=sandbox-{replica_name()}"
     assert not docker_engine.containers.list(all=True, filters={"label": owner})  # the pool went with it
