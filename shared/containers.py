@@ -63,6 +63,7 @@ class RunOutcome:
     duration_s: float
     stderr_tail: str = ""
     pooled: bool = False
+    stage: str = "start"  # the last stage the harness saw the code reach (import, init, forward, ...)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -346,6 +347,7 @@ class ContainerRunner:
             duration_s=time.monotonic() - began,
             stderr_tail=bytes(warm.stderr[-self.limits.max_output_bytes :]).decode("utf-8", "replace"),
             pooled=pooled,
+            stage=_last_stage(warm.stdout, nonce),
         )
 
 
@@ -370,6 +372,14 @@ def _final_state(container) -> tuple[int | None, bool]:
         return status.get("StatusCode"), bool(container.attrs["State"].get("OOMKilled"))
     except Exception:  # the engine lost it: report what we know
         return None, False
+
+
+def _last_stage(stdout: bytes | bytearray, nonce: str) -> str:
+    marker = f"@@STAGE {nonce} ".encode()
+    at = bytes(stdout).rfind(marker)
+    if at < 0:
+        return "start"
+    return bytes(stdout[at + len(marker) :]).split(b"\n", 1)[0].decode("ascii", "replace")[:32]
 
 
 def _find_result(stdout: bytes | bytearray, nonce: str) -> dict[str, Any] | None:

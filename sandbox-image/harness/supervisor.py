@@ -6,8 +6,9 @@ pipe nor this process's stdout, so nothing the code prints or writes can pose as
 
 Protocol on stdin: one JSON header line {"nonce", "job", "blob_len", "max_output_bytes",
 "max_total_output_bytes"}, then blob_len bytes of data (npz). On stdout: "@@READY" once the
-worker has imported torch (a pooled container waits here for its job), then one
-"@@RESULT <nonce> <json>" line before exit. The report adds what only a trusted process can
+worker has imported torch (a pooled container waits here for its job), "@@STAGE <nonce> <name>"
+as the code reaches import, init, forward, train, predict, then one "@@RESULT <nonce> <json>"
+line before exit. The report adds what only a trusted process can
 see: the worker's exit status, and this container's cgroup counters (OOM kills, pids-cap hits).
 """
 
@@ -72,21 +73,43 @@ class OutputTap:
                     pass
 
 
-def read_result(fd, sink):
-    chunks, size = [], 0
+class Output:
+    """This process's stdout, shared by the main thread and the result reader."""
+
+    def __init__(self, stream):
+        self.stream, self.lock, self.nonce = stream, threading.Lock(), None
+
+    def line(self, text):
+        with self.lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+def read_result(fd, sink, out):
+    """The worker's result channel: {"stage": ...} lines as the model process reaches each stage
+    (passed on at once as "@@STAGE <nonce> <stage>", so a timeout can say where the code was),
+    then one final JSON line."""
+    size = 0
     with os.fdopen(fd, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            size += len(chunk)
+        for line in stream:
+            size += len(line)
             if size > MAX_RESULT_BYTES:
                 sink["overflow"] = True
                 break
-            chunks.append(chunk)
-    sink["data"] = b"".join(chunks)
+            if line.startswith(b'{"stage": '):
+                try:
+                    stage = json.loads(line)["stage"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if out.nonce and isinstance(stage, str) and stage.isalpha():
+                    out.line(f"@@STAGE {out.nonce} {stage}")
+                continue
+            sink["data"] = line
 
 
 def main():
     not_dumpable()
-    out = sys.stdout
+    out = Output(sys.stdout)
     result_r, result_w = os.pipe()
     ready_r, ready_w = os.pipe()
     worker = subprocess.Popen(
@@ -104,17 +127,17 @@ def main():
     # that fills the pids cap later cannot stop the harness from reading and reporting.
     tap, result = OutputTap(worker.stdout, worker.pid), {}
     threads = [threading.Thread(target=tap.run, daemon=True),
-               threading.Thread(target=read_result, args=(result_r, result), daemon=True)]
+               threading.Thread(target=read_result, args=(result_r, result, out), daemon=True)]
     for thread in threads:
         thread.start()
     with os.fdopen(ready_r, "rb") as ready:
         if ready.read(1) == b"R":
-            out.write("@@READY\n")
-            out.flush()
+            out.line("@@READY")
     oom_before = cgroup_counter(OOM_COUNTERS, "oom_kill") or 0
     pids_before = cgroup_counter(PIDS_COUNTERS, "max") or 0
 
     header = json.loads(sys.stdin.buffer.readline())
+    out.nonce = header["nonce"]
     blob = sys.stdin.buffer.read(int(header.get("blob_len", 0)))
     tap.cap = int(header.get("max_output_bytes", tap.cap))
     tap.limit = int(header.get("max_total_output_bytes", tap.limit))
@@ -149,8 +172,7 @@ def main():
         "oom_kills": None if oom_after is None else oom_after - oom_before,
         "pids_cap_hits": None if pids_after is None else pids_after - pids_before,
     }
-    out.write("@@RESULT " + header["nonce"] + " " + json.dumps(report) + "\n")
-    out.flush()
+    out.line("@@RESULT " + header["nonce"] + " " + json.dumps(report))
     try:  # whatever the code left running goes with the container; end it now anyway
         os.killpg(worker.pid, signal.SIGKILL)
     except OSError:

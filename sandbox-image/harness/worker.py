@@ -201,12 +201,29 @@ def model_process(job, blob, report_w, token):
             send({"final": _fail("harness", f"{type(exc).__name__} in the harness: {exc}"), "token": token})
         except BaseException:  # noqa: BLE001
             pass
+    for stream in (sys.stdout, sys.stderr):  # os._exit skips the flush of what the code printed
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
     os._exit(0)
 
 
+STAGES = ("import", "init", "forward", "train", "predict")
+
+
+def _write_result_line(message):
+    data = json.dumps(message).encode() + b"\n"
+    view = memoryview(data)
+    while view:
+        view = view[os.write(RESULT_FD, view):]
+
+
 def collect(pid, fd):
-    """Read the model process's reports until it exits. -> (raw bytes, wait status, overflow)."""
-    buf, status, overflow = bytearray(), None, False
+    """Read the model process's reports until it exits, passing each stage it reaches on to the
+    supervisor as it happens (so a timeout can say where the code was). -> (raw bytes, wait
+    status, overflow)."""
+    buf, status, overflow, scanned = bytearray(), None, False, 0
     while status is None:
         readable, _, _ = select.select([fd], [], [], 0.05)
         if readable:
@@ -214,6 +231,12 @@ def collect(pid, fd):
             if not chunk:
                 break
             buf += chunk
+            while (end := buf.find(b"\n", scanned)) >= 0:
+                line, scanned = bytes(buf[scanned:end]), end + 1
+                if len(line) < 64 and line.startswith(b'{"stage": "'):
+                    name = line[11:-2].decode("ascii", "replace")
+                    if name in STAGES:
+                        _write_result_line({"stage": name})
             if len(buf) > MAX_REPORT_BYTES:
                 overflow = True
                 os.kill(pid, signal.SIGKILL)
@@ -265,10 +288,7 @@ def main():
     os.close(report_w)
     raw, status, overflow = collect(pid, report_r)
     final, process = interpret(raw, status, overflow, token)
-    data = json.dumps({"harness": "done", "result": final, "process": process}).encode()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(RESULT_FD, view):]
+    _write_result_line({"harness": "done", "result": final, "process": process})
     os.close(RESULT_FD)
     os._exit(0)  # skip the interpreter's teardown of torch: it costs ~0.4 s of every validation
 

@@ -105,7 +105,7 @@ def outcome_to_result(outcome: RunOutcome, timeout_s: float, memory: str, pids: 
                   timed_out=outcome.timed_out, oom_killed=outcome.oom_killed or bool(report.get("oom_kills")))
     result = report.get("result") if report.get("harness_completed") else None
     process = report.get("process") or {}
-    stage = process.get("stage") or "start"
+    stage = process.get("stage") if process.get("stage") not in (None, "start") else outcome.stage
     if outcome.timed_out:
         return ValidationResult(ok=False, reason="timeout", error=f"timed out after {timeout_s:g} s (during {stage}); "
                                 "the container was killed", **common)
