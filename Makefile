@@ -17,7 +17,7 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images test run clean bench-sandbox
+.PHONY: help venv images test run clean bench-sandbox bench-eval
 
 help:
 	@echo "Targets:"
@@ -27,6 +27,7 @@ help:
 	@echo "  run     venv + images, then researcher run \"\$$(GOAL)\" (DATASET, TARGET, ITERATIONS, SEEDS)"
 	@echo "  clean   remove build/ and $(VENV)"
 	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
+	@echo "  bench-eval     training samples/s of the engine against a plain PyTorch loop, and the ratio"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
 	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222)"
 	@echo "  down    $(COMPOSE) down (the JetStream volume stays)"
@@ -69,6 +70,9 @@ clean:
 BENCH_ARGS ?=
 bench-sandbox: venv images
 	$(VENV)/bin/python -m benchmarks.bench_sandbox $(BENCH_ARGS)
+
+bench-eval: venv
+	$(VENV)/bin/python -m benchmarks.bench_eval $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 # The compose stack (compose.yaml): nats + planner, assembler, sandbox, evaluator, all from

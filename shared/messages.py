@@ -100,6 +100,9 @@ class EpochStats(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int
     train_loss: float
     train_accuracy: float
+    val_loss: float | None = None  # computed by the evaluator from the epoch's predictions
+    val_accuracy: float | None = None
+    grad_norm: float | None = None  # mean gradient norm over the epoch's steps, when tracked
 
 
 class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +117,7 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     metrics: dict[str, float] = {}
     learning_curve: list[EpochStats] = []
     train_time_s: float = 0.0
+    samples_per_s: float = 0.0
     duration_s: float = 0.0
     evaluator: str = ""
     device: str = "cpu"

@@ -17,7 +17,6 @@ import os
 import select
 import signal
 import sys
-import time
 import traceback
 
 RESULT_FD, READY_FD = int(sys.argv[1]), int(sys.argv[2])
@@ -33,6 +32,9 @@ except (OSError, AttributeError):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the harness's folder out
+from trainloop import TrainSettings, train_model  # noqa: E402  (shared/trainloop.py, copied by the build)
 
 os.write(READY_FD, b"R")
 os.close(READY_FD)
@@ -117,65 +119,38 @@ def validate(job, stage):
     }
 
 
-def _optimizer(name, params, lr, weight_decay):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+def _b64(array):
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
 
 
 def train(job, blob, stage):
-    """Train on (X_train, y_train); return class probabilities for X_val. No labels for X_val here."""
+    """Train on (x_train, y_train); return class probabilities for x_val (after every epoch when
+    learning curves are tracked). There are no labels for x_val in here."""
     arrays = np.load(io.BytesIO(blob), allow_pickle=False)
     seed = int(job["seed"])
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    torch.manual_seed(seed)  # the model's initialisation is part of the seed
     model, failure = _load_model(job, stage)
     if failure:
         return failure
     stage("train")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    x_train = torch.from_numpy(arrays["x_train"]).to(device, non_blocking=True)
-    y_train = torch.from_numpy(arrays["y_train"]).to(device, non_blocking=True)
-    x_val = torch.from_numpy(arrays["x_val"]).to(device, non_blocking=True)
     hp = job["hparams"]
-    batch, n = int(hp["batch_size"]), x_train.shape[0]
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    curve, started = [], time.perf_counter()
+    settings = TrainSettings(epochs=int(hp["epochs"]), batch_size=int(hp["batch_size"]), lr=float(hp["lr"]),
+                             optimizer=str(hp["optimizer"]), weight_decay=float(hp["weight_decay"]), seed=seed,
+                             track_val_each_epoch=bool(job.get("track_learning_curves", True)),
+                             track_gradient_norms=bool(job.get("track_gradient_norms", False)),
+                             compile=bool(job.get("compile", False)))
     try:
-        model = model.to(device)
-        optimizer = _optimizer(hp["optimizer"], model.parameters(), float(hp["lr"]), float(hp["weight_decay"]))
-        loss_fn = nn.CrossEntropyLoss()
-        for epoch in range(1, int(hp["epochs"]) + 1):
-            model.train()
-            order = torch.randperm(n, generator=generator).to(device)
-            total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-            for start in range(0, n, batch):
-                idx = order[start:start + batch]
-                if idx.numel() < 2 and n > 1:  # a lone sample breaks BatchNorm in training mode
-                    continue
-                logits = model(x_train[idx])
-                loss = loss_fn(logits, y_train[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.detach() * idx.numel()
-                correct += (logits.detach().argmax(1) == y_train[idx]).sum()
-            loss_value = float(total_loss) / n
-            if not np.isfinite(loss_value):
-                return _fail("diverged", f"training loss became {loss_value} at epoch {epoch}")
-            curve.append({"epoch": epoch, "train_loss": loss_value, "train_accuracy": float(correct) / n})
-        stage("predict")
-        model.eval()
-        with torch.no_grad():
-            probs = torch.cat([torch.softmax(model(x_val[s:s + 1024]).float(), 1)
-                               for s in range(0, x_val.shape[0], 1024)])
+        out = train_model(model, arrays["x_train"], arrays["y_train"], arrays["x_val"], settings)
     except BaseException as exc:
         return _fail("exception", f"{type(exc).__name__} during training: {exc}", exc)
-    probs = probs.cpu().numpy().astype(np.float32)
-    return {"ok": True, "probs_b64": base64.b64encode(probs.tobytes()).decode(), "probs_shape": list(probs.shape),
-            "curve": curve, "train_time_s": time.perf_counter() - started, "device": str(device)}
+    if out.failure:
+        return {"ok": False, **out.failure}
+    result = {"ok": True, "probs_b64": _b64(out.val_probs), "probs_shape": list(out.val_probs.shape), "curve": out.curve,
+              "train_time_s": out.train_time_s, "samples_per_s": out.samples_per_s, "device": out.device}
+    if out.val_probs_per_epoch:
+        epochs = np.stack(out.val_probs_per_epoch).astype(np.float16)
+        result.update(epoch_probs_b64=_b64(epochs), epoch_probs_shape=list(epochs.shape))
+    return result
 
 
 def model_process(job, blob, report_w, token):

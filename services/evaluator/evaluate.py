@@ -71,8 +71,35 @@ def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fra
     if shape != (len(data.y_val), ds.num_classes) or not np.isfinite(probs).all():
         return SeedResult(ok=False, duration_s=elapsed(), **base,
                           error=f"predictions of shape {shape} (or non-finite) for {len(data.y_val)} samples and {ds.num_classes} classes")
-    curve = [EpochStats(epoch=int(p["epoch"]), train_loss=float(p["train_loss"]), train_accuracy=float(p["train_accuracy"]))
-             for p in result.get("curve", [])]
+    try:
+        curve = learning_curve(result, data.y_val, ds.num_classes)
+    except (KeyError, ValueError, TypeError) as exc:
+        return SeedResult(ok=False, error=f"the harness returned an unreadable learning curve: {exc}", duration_s=elapsed(), **base)
     return SeedResult(ok=True, metrics=score(data.y_val, probs, ds.num_classes), learning_curve=curve,
-                      train_time_s=float(result.get("train_time_s", 0.0)), device=str(result.get("device", "cpu")),
-                      duration_s=elapsed(), **base)
+                      train_time_s=float(result.get("train_time_s", 0.0)), samples_per_s=float(result.get("samples_per_s", 0.0)),
+                      device=str(result.get("device", "cpu")), duration_s=elapsed(), **base)
+
+
+def learning_curve(result: dict, y_val: np.ndarray, num_classes: int) -> list[EpochStats]:
+    """The container's training curve, with validation loss and accuracy per epoch computed here
+    from the epoch's predictions (the container never has the validation labels)."""
+    points = result.get("curve", [])
+    per_epoch = None
+    if result.get("epoch_probs_b64"):
+        shape = tuple(int(d) for d in result["epoch_probs_shape"])
+        per_epoch = np.frombuffer(base64.b64decode(result["epoch_probs_b64"]), dtype=np.float16).reshape(shape)
+        if shape[0] != len(points) or shape[1:] != (len(y_val), num_classes):
+            raise ValueError(f"per-epoch predictions of shape {shape} for {len(points)} epochs")
+    labels = list(range(num_classes))
+    curve = []
+    for i, p in enumerate(points):
+        extra: dict[str, float] = {}
+        if per_epoch is not None:
+            probs = np.clip(per_epoch[i].astype(np.float64), 1e-7, 1.0)
+            extra["val_loss"] = float(skm.log_loss(y_val, probs / probs.sum(1, keepdims=True), labels=labels))
+            extra["val_accuracy"] = float(skm.accuracy_score(y_val, probs.argmax(1)))
+        if p.get("grad_norm") is not None:
+            extra["grad_norm"] = float(p["grad_norm"])
+        curve.append(EpochStats(epoch=int(p["epoch"]), train_loss=float(p["train_loss"]),
+                                train_accuracy=float(p["train_accuracy"]), **extra))
+    return curve

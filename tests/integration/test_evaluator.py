@@ -32,6 +32,10 @@ def test_generated_cnn_trains_and_is_scored_outside(runner):
     assert set(result.metrics) >= {"val_accuracy", "val_f1_macro", "val_precision_macro", "val_recall_macro", "val_loss"}
     assert [e.epoch for e in result.learning_curve] == [1, 2, 3]
     assert result.learning_curve[-1].train_loss < result.learning_curve[0].train_loss
+    # validation curves computed outside from per-epoch predictions; the last epoch's agrees with the final score
+    assert all(e.val_loss is not None and e.val_accuracy is not None for e in result.learning_curve)
+    assert abs(result.learning_curve[-1].val_accuracy - result.metrics["val_accuracy"]) < 0.01
+    assert result.samples_per_s > 0
 
 
 def test_printed_fake_metrics_change_nothing(runner):

@@ -1,0 +1,54 @@
+"""The engine's training loop, in-process on the CPU."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from shared.trainloop import TrainSettings, train_model
+
+
+def data(n=240, features=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    y = (x[:, :classes].argmax(1)).astype(np.int64)
+    return x, y
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_it_learns_and_returns_probabilities_for_every_epoch():
+    x, y = data()
+    out = train_model(mlp(), x[:200], y[:200], x[200:], TrainSettings(epochs=20, batch_size=32, lr=0.02, track_gradient_norms=True))
+    assert out.failure is None
+    assert [p["epoch"] for p in out.curve] == list(range(1, 21))
+    assert out.curve[-1]["train_loss"] < out.curve[0]["train_loss"]
+    assert all(p["grad_norm"] > 0 for p in out.curve)
+    assert out.val_probs.shape == (40, 3) and np.allclose(out.val_probs.sum(1), 1, atol=1e-5)
+    assert len(out.val_probs_per_epoch) == 20 and np.array_equal(out.val_probs_per_epoch[-1], out.val_probs)
+    assert (out.val_probs.argmax(1) == y[200:]).mean() > 0.8
+    assert out.samples_per_s > 0 and out.device == "cpu"
+
+
+def test_the_same_seed_gives_the_same_run():
+    x, y = data()
+    settings = TrainSettings(epochs=3, batch_size=16, seed=7)
+    a = train_model(mlp(), x, y, x[:10], settings)
+    b = train_model(mlp(), x, y, x[:10], settings)
+    assert a.curve == b.curve and np.array_equal(a.val_probs, b.val_probs)
+
+
+def test_divergence_is_a_failure_not_a_crash():
+    x, y = data()
+    x[0, 0] = np.inf
+    out = train_model(mlp(), x, y, x[:10], TrainSettings(epochs=2, batch_size=300))
+    assert out.failure == {"reason": "diverged", "error": "training loss became nan at epoch 1"}
+
+
+def test_an_unknown_optimizer_is_named():
+    x, y = data()
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        train_model(mlp(), x, y, x[:10], TrainSettings(optimizer="lion"))
