@@ -114,7 +114,8 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     seed: int
     ok: bool
     error: str | None = None
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | None] = {}  # scalars (None where not computable, e.g. AUC with a class absent)
+    details: dict[str, Any] = {}  # per-class metrics, confusion matrices, top confusions, class balance
     learning_curve: list[EpochStats] = []
     train_time_s: float = 0.0
     samples_per_s: float = 0.0

@@ -116,9 +116,11 @@ async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
         if code:
             (out / "src/models" / f"{stem}.py").write_bytes(code)
         folder = out / "experiments" / run_id / f"iteration_{it.iteration:02d}"
-        _write_experiment(folder, it, code, run_id)
+        plots = {filename: await registry.get_artifact(name)
+                 for filename, name in ((it.evaluation or {}).get("plots") or {}).items()}
+        _write_experiment(folder, it, code, run_id, plots)
         if it.iteration == best_iteration:  # the experiment's top level holds its best model
-            _write_experiment(out / "experiments" / run_id, it, code, run_id)
+            _write_experiment(out / "experiments" / run_id, it, code, run_id, plots)
         entries.append({"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
                         "config": f"configs/models/{stem}.yaml", "code": f"src/models/{stem}.py" if code else None,
                         "valid": it.validation.ok if it.validation else None,
@@ -133,8 +135,12 @@ async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
     return out
 
 
-def _write_experiment(folder: Path, it: IterationRecord, code: bytes | None, run_id: str) -> None:
+def _write_experiment(folder: Path, it: IterationRecord, code: bytes | None, run_id: str,
+                      plots: dict[str, bytes | None]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    for filename, png in plots.items():  # confusion_matrix.png, learning_curves.png beside results.json
+        if png:
+            (folder / filename).write_bytes(png)
     (folder / "model_config.yaml").write_text(yaml.safe_dump(it.model_config, sort_keys=False))
     if code:
         (folder / "model_code.py").write_bytes(code)

@@ -11,26 +11,21 @@ import io
 import time
 
 import numpy as np
-from sklearn import metrics as skm
 
 from services.sandbox.validate import outcome_to_result
 from shared.datasets import load_dataset, split
 from shared.errors import UnknownDatasetError
 from shared.messages import EpochStats, EvalJob, SeedResult
+from shared.metrics import SCALAR_METRICS, compute_metrics
+from shared.quick_eval import epoch_curve
 
 
-def score(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Every metric from the evaluator's own labels and the container's predictions."""
-    pred = probs.argmax(axis=1)
-    labels = list(range(num_classes))
-    clipped = np.clip(probs, 1e-7, 1.0)
-    return {
-        "val_accuracy": float(skm.accuracy_score(y_true, pred)),
-        "val_f1_macro": float(skm.f1_score(y_true, pred, average="macro", labels=labels, zero_division=0)),
-        "val_precision_macro": float(skm.precision_score(y_true, pred, average="macro", labels=labels, zero_division=0)),
-        "val_recall_macro": float(skm.recall_score(y_true, pred, average="macro", labels=labels, zero_division=0)),
-        "val_loss": float(skm.log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels)),
-    }
+def score(y_true: np.ndarray, probs: np.ndarray, class_names) -> tuple[dict[str, float | None], dict]:
+    """Every metric from the evaluator's own labels and the container's predictions:
+    -> (scalar metrics, details: per-class metrics, confusion matrices, class balance)."""
+    everything = compute_metrics(y_true, probs, class_names)
+    scalars = {name: everything.get(name) for name in SCALAR_METRICS}
+    return scalars, {k: v for k, v in everything.items() if k not in scalars}
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
@@ -75,31 +70,16 @@ def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fra
         curve = learning_curve(result, data.y_val, ds.num_classes)
     except (KeyError, ValueError, TypeError) as exc:
         return SeedResult(ok=False, error=f"the harness returned an unreadable learning curve: {exc}", duration_s=elapsed(), **base)
-    return SeedResult(ok=True, metrics=score(data.y_val, probs, ds.num_classes), learning_curve=curve,
+    metrics, details = score(data.y_val, probs, ds.class_names)
+    return SeedResult(ok=True, metrics=metrics, details=details, learning_curve=curve,
                       train_time_s=float(result.get("train_time_s", 0.0)), samples_per_s=float(result.get("samples_per_s", 0.0)),
                       device=str(result.get("device", "cpu")), duration_s=elapsed(), **base)
 
 
 def learning_curve(result: dict, y_val: np.ndarray, num_classes: int) -> list[EpochStats]:
-    """The container's training curve, with validation loss and accuracy per epoch computed here
-    from the epoch's predictions (the container never has the validation labels)."""
-    points = result.get("curve", [])
+    """The container's training curve, with validation loss and accuracy per epoch computed here."""
     per_epoch = None
     if result.get("epoch_probs_b64"):
         shape = tuple(int(d) for d in result["epoch_probs_shape"])
         per_epoch = np.frombuffer(base64.b64decode(result["epoch_probs_b64"]), dtype=np.float16).reshape(shape)
-        if shape[0] != len(points) or shape[1:] != (len(y_val), num_classes):
-            raise ValueError(f"per-epoch predictions of shape {shape} for {len(points)} epochs")
-    labels = list(range(num_classes))
-    curve = []
-    for i, p in enumerate(points):
-        extra: dict[str, float] = {}
-        if per_epoch is not None:
-            probs = np.clip(per_epoch[i].astype(np.float64), 1e-7, 1.0)
-            extra["val_loss"] = float(skm.log_loss(y_val, probs / probs.sum(1, keepdims=True), labels=labels))
-            extra["val_accuracy"] = float(skm.accuracy_score(y_val, probs.argmax(1)))
-        if p.get("grad_norm") is not None:
-            extra["grad_norm"] = float(p["grad_norm"])
-        curve.append(EpochStats(epoch=int(p["epoch"]), train_loss=float(p["train_loss"]),
-                                train_accuracy=float(p["train_accuracy"]), **extra))
-    return curve
+    return [EpochStats(**row) for row in epoch_curve(result.get("curve", []), per_epoch, y_val, num_classes)]

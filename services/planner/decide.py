@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
+
+from shared.dynamics import analyse_learning
 from shared.messages import Goal, SeedResult
 from shared.registry import Decision, IterationRecord
 from shared.stats import aggregate, goal_statistic
@@ -10,25 +13,27 @@ from shared.stats import aggregate, goal_statistic
 def summarise(results: dict[int, SeedResult], seeds: list[int]) -> dict:
     """Aggregate every metric over the seeds that succeeded; failed or missing seeds are listed."""
     ok = {s: r for s, r in results.items() if r.ok}
-    names = sorted({name for r in ok.values() for name in r.metrics})
-    aggregated = {name: aggregate([r.metrics[name] for r in ok.values() if name in r.metrics],
+    names = sorted({name for r in ok.values() for name, value in r.metrics.items() if value is not None})
+    aggregated = {name: aggregate([r.metrics[name] for r in ok.values() if r.metrics.get(name) is not None],
                                   bounds=None if name.endswith("loss") else (0.0, 1.0)) for name in names}
     failed = [{"seed": s, "error": results[s].error if s in results else "no result arrived in time"}
               for s in seeds if s not in ok]
-    best_seed = max(ok, key=lambda s: ok[s].metrics.get("val_accuracy", 0.0)) if ok else None
+    best_seed = max(ok, key=lambda s: ok[s].metrics.get("val_accuracy") or 0.0) if ok else None
+    curves = {str(s): [{k: v for k, v in msgspec.to_builtins(e).items() if v is not None} for e in r.learning_curve]
+              for s, r in sorted(ok.items())}
     return {
         "num_seeds": len(seeds),
         "aggregated": aggregated,
         "failed_seeds": failed,
         "best_seed": best_seed,
-        "final": ok[best_seed].metrics if best_seed is not None else None,
+        "final": {**ok[best_seed].metrics, **ok[best_seed].details} if best_seed is not None else None,
         "seed_results": [
             {"seed": s, "ok": r.ok, "error": r.error, "metrics": r.metrics, "train_time_s": r.train_time_s,
-             "duration_s": r.duration_s, "evaluator": r.evaluator, "device": r.device}
+             "samples_per_s": r.samples_per_s, "duration_s": r.duration_s, "evaluator": r.evaluator, "device": r.device,
+             "dynamics": analyse_learning(curves[str(s)]) if r.ok and curves.get(str(s)) else None}
             for s, r in sorted(results.items())
         ],
-        "learning_curves": {str(s): [{"epoch": e.epoch, "train_loss": e.train_loss, "train_accuracy": e.train_accuracy}
-                                     for e in r.learning_curve] for s, r in sorted(ok.items())},
+        "learning_curves": curves,
     }
 
 

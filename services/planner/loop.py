@@ -12,6 +12,7 @@ import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from services.planner.decide import decide, iteration_score, summarise
+from shared.plots import confusion_matrix_png, learning_curves_png
 from services.planner.search import DatasetFacts, SearchBounds, propose
 from shared import subjects
 from shared.bus import decode, encode, publish_event
@@ -195,11 +196,33 @@ class Planner:
                 pass
             return
         evaluation = summarise(results, it.seeds)
+        evaluation["plots"] = await self._store_plots(run, it, evaluation)
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="evaluated", evaluation=evaluation))
         acc = evaluation["aggregated"].get("val_accuracy") or {}
         await self.event(run.run_id, "evaluated", f"iteration {it.iteration}: val_accuracy mean "
                          f"{acc.get('mean', float('nan')):.4f} over {acc.get('n', 0)} seeds", it.iteration,
                          {"val_accuracy": acc})
+
+    async def _store_plots(self, run: RunRecord, it: IterationRecord, evaluation: dict) -> dict[str, str]:
+        """Confusion matrix (best seed) and learning curves (every seed) as PNG artifacts; -> their names.
+        Plots are a view of the results: one that cannot be drawn is logged, never fails the run."""
+        final, curves = evaluation.get("final") or {}, [c for c in evaluation["learning_curves"].values() if c]
+        title = f"{run.run_id} iteration {it.iteration} ({it.class_name or 'model'})"
+        wanted = {}
+        if final.get("confusion_matrix"):
+            names = [row["class"] for row in final.get("per_class", [])] or [str(i) for i in range(len(final["confusion_matrix"]))]
+            wanted["confusion_matrix.png"] = lambda: confusion_matrix_png(final["confusion_matrix"], names, title=title)
+        if curves:
+            wanted["learning_curves.png"] = lambda: learning_curves_png(curves, title=title)
+        stored = {}
+        for filename, render in wanted.items():
+            try:
+                png = await asyncio.to_thread(render)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("plot_failed", plot=filename, error=str(exc))
+                continue
+            stored[filename] = await self.registry.put_artifact(f"{run.run_id}/it{it.iteration:04d}/{filename}", png)
+        return stored
 
     async def _reject(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="rejected", validation=result))

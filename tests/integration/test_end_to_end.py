@@ -99,6 +99,14 @@ async def test_bad_input_is_rejected_and_a_broken_config_is_an_iteration(docker_
         experiment = out / "experiments" / broken_id
         for name in ("model_config.yaml", "model_code.py", "summary.json", "results.json"):
             assert (experiment / name).is_file(), name
+        for name in ("confusion_matrix.png", "learning_curves.png"):  # plots stored as artifacts, exported beside
+            assert (experiment / name).read_bytes().startswith(b"\x89PNG"), name
+        evaluation = json.loads((experiment / "results.json").read_text())["evaluation"]
+        assert {"val_f1_weighted", "val_roc_auc", "val_pr_auc", "val_balanced_accuracy"} <= set(evaluation["aggregated"])
+        assert len(evaluation["final"]["per_class"]) == 10 and len(evaluation["final"]["confusion_matrix"]) == 10
+        assert evaluation["final"]["auc_kind"] == "ovr"
+        assert {"val_loss", "val_accuracy"} <= set(evaluation["learning_curves"]["0"][0])
+        assert evaluation["seed_results"][0]["dynamics"]["convergence"]["status"] in ("converged", "still_improving", "unstable")
         assert json.loads((out / "registry.json").read_text())["runs"][0]["status"] == "goal_achieved"
         assert list((out / "src" / "models").glob("*.py")) and list((out / "configs" / "models").glob("*.yaml"))
         await nc.close()

@@ -1,0 +1,111 @@
+"""PNG figures for reports: a confusion matrix and learning curves over seeds.
+
+Built with the object-oriented `matplotlib.figure.Figure` API: it needs no GUI backend and is
+never registered with pyplot, so a figure is freed once its bytes are written (services render
+many figures over their lifetime without memory growth).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 100  # pixels per inch: figure sizes below are in inches
+ANNOTATE_MAX_CLASSES = 20  # beyond this, numbers in the cells are unreadable
+TICK_LABELS_MAX_CLASSES = 40  # beyond this, class names on the axes overlap
+CURVES_SIZE = (11.0, 4.2)  # inches, two side-by-side panels
+TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def confusion_matrix_size(n_classes: int) -> tuple[float, float]:
+    """Figure size in inches: grows with the class count so cells stay legible, within 4 to 16."""
+    side = min(max(0.5 * n_classes + 2.5, 4.0), 16.0)
+    return side + 1.0, side  # the extra width holds the colour bar
+
+
+def confusion_matrix_png(matrix: Sequence[Sequence[float]], class_names: Sequence[str], *,
+                         normalized: bool = False, title: str = "") -> bytes:
+    """A heat map of a (C, C) matrix, rows = true class; cells annotated up to 20 classes."""
+    cm = np.asarray(matrix, dtype=np.float64)
+    n = len(class_names)
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {cm.shape} for {n} class names; expected ({n}, {n})")
+    fig = Figure(figsize=confusion_matrix_size(n), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues", vmin=0.0, vmax=1.0 if normalized else max(float(cm.max()), 1.0))
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or ("confusion matrix (row-normalised)" if normalized else "confusion matrix"))
+    if n <= TICK_LABELS_MAX_CLASSES:
+        ax.set_xticks(range(n), [str(c) for c in class_names], rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n), [str(c) for c in class_names])
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if n <= ANNOTATE_MAX_CLASSES:
+        threshold = image.norm.vmax / 2  # white text on dark cells
+        for (t, p), value in np.ndenumerate(cm):
+            text = f"{value:.2f}" if normalized else f"{int(round(value))}"
+            ax.text(p, t, text, ha="center", va="center", fontsize=8,
+                    color="white" if value > threshold else "black")
+    return _png(fig)
+
+
+def _series(curve: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Epochs and values of one key; absent or non-finite values are dropped so lines stay drawable."""
+    points = [(int(e["epoch"]), float(e[key])) for e in curve
+              if e.get(key) is not None and math.isfinite(float(e[key]))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _mean_series(curves: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
+    """Mean over the seeds that reached each epoch (seeds may stop at different epochs)."""
+    by_epoch: dict[int, list[float]] = {}
+    for curve in curves:
+        for epoch, value in zip(*_series(curve, key)):
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
+
+
+def learning_curves_png(curves: list[list[dict]], *, title: str = "") -> bytes:
+    """Loss and accuracy against epoch, train and validation, one thin line per seed and the
+    mean across seeds in bold when there are several."""
+    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    several = len(curves) > 1
+    for ax, quantity in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        drawn = False
+        for split, color in (("train", TRAIN_COLOR), ("val", VAL_COLOR)):
+            key = f"{split}_{quantity}"
+            for i, curve in enumerate(curves):
+                epochs, values = _series(curve, key)
+                if epochs:
+                    ax.plot(epochs, values, color=color, linewidth=0.8 if several else 1.6,
+                            alpha=0.35 if several else 1.0, label=None if several or i else split)
+                    drawn = True
+            if several:
+                epochs, values = _mean_series(curves, key)
+                if epochs:
+                    ax.plot(epochs, values, color=color, linewidth=2.5, label=f"{split} (mean of {len(curves)} seeds)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(quantity)
+        ax.set_title(quantity)
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {quantity} recorded", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
+    return _png(fig)

@@ -1,0 +1,204 @@
+"""The evaluation engine as a library: `quick_evaluate_once(model, config)` on a researcher's own
+(trusted) model, in-process, multi-seed, with the full metric suite.
+
+The same pieces serve generated models: `shared.trainloop` trains (here in-process, there inside
+the locked-down container), and `build_seed_report` turns predictions into metrics, learning
+dynamics and curves on the trusted side in both cases.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sklearn import metrics as skm
+from torch import nn
+
+from shared.datasets import load_dataset, split
+from shared.dynamics import analyse_learning
+from shared.metrics import SCALAR_METRICS, compute_metrics
+from shared.stats import aggregate, goal_statistic
+from shared.trainloop import TrainSettings, pick_device, train_model
+
+BOUNDED = {"val_loss": None}  # every other tracked metric lies in [0, 1]
+
+
+@dataclass
+class QuickEvalConfig:
+    dataset_name: str = "digits"
+    subset_size: int | None = None  # a stratified subset drawn from each seed; None = all
+    batch_size: int = 64
+    epochs: int = 10
+    num_seeds: int = 3
+    random_seed: int = 0  # seeds are random_seed, random_seed + 1, ...
+    target_accuracy: float | None = None
+    goal_statistic: str = "mean"  # mean | ci_lower: what goal_achieved is judged on
+    metrics_to_track: tuple[str, ...] = ("val_accuracy", "val_f1_macro", "val_f1_weighted", "val_precision_macro",
+                                         "val_recall_macro", "val_roc_auc", "val_pr_auc", "val_loss")
+    compute_confusion_matrix: bool = True
+    compute_per_class_metrics: bool = True
+    compute_auc_scores: bool = True
+    track_learning_curves: bool = True
+    track_gradient_norms: bool = False
+    compute_confidence_intervals: bool = True
+    confidence_level: float = 0.95
+    detailed_report: bool = True
+    save_confusion_matrix_plot: bool = False  # PNG into output_dir
+    export_learning_curves: bool = False  # JSON and PNG into output_dir
+    output_dir: str | None = None
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    val_fraction: float = 0.2
+    device: str = "auto"
+    compile: bool = False
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics_to_track if m not in SCALAR_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; choose from {list(SCALAR_METRICS)}")
+        if self.goal_statistic not in ("mean", "ci_lower"):
+            raise ValueError(f"goal_statistic must be 'mean' or 'ci_lower', not {self.goal_statistic!r}")
+        if self.num_seeds < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("num_seeds, epochs and batch_size must be at least 1")
+        if not 0 < self.confidence_level < 1:
+            raise ValueError("confidence_level must lie strictly between 0 and 1")
+
+
+def epoch_curve(points: Sequence[dict], per_epoch_probs: Sequence[np.ndarray] | np.ndarray | None,
+                y_val: np.ndarray, num_classes: int) -> list[dict[str, float]]:
+    """The training curve with validation loss and accuracy per epoch, computed here from the
+    epoch's predictions (a container that trained the model never has the validation labels)."""
+    if per_epoch_probs is not None and len(per_epoch_probs) != len(points):
+        raise ValueError(f"predictions for {len(per_epoch_probs)} epochs, a curve of {len(points)}")
+    labels = list(range(num_classes))
+    curve = []
+    for i, point in enumerate(points):
+        row = {"epoch": int(point["epoch"]), "train_loss": float(point["train_loss"]),
+               "train_accuracy": float(point["train_accuracy"])}
+        if point.get("grad_norm") is not None:
+            row["grad_norm"] = float(point["grad_norm"])
+        if per_epoch_probs is not None:
+            probs = np.clip(np.asarray(per_epoch_probs[i], dtype=np.float64), 1e-7, 1.0)
+            if probs.shape != (len(y_val), num_classes):
+                raise ValueError(f"epoch {row['epoch']}: predictions of shape {probs.shape} for {len(y_val)} samples")
+            row["val_loss"] = float(skm.log_loss(y_val, probs / probs.sum(1, keepdims=True), labels=labels))
+            row["val_accuracy"] = float(skm.accuracy_score(y_val, probs.argmax(1)))
+        curve.append(row)
+    return curve
+
+
+def build_seed_report(seed: int, y_val: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                      curve: list[dict], config: QuickEvalConfig) -> dict[str, Any]:
+    """Every metric of one seed from its predictions, plus its learning dynamics."""
+    metrics = compute_metrics(y_val, probs, class_names, per_class=config.compute_per_class_metrics,
+                              confusion=config.compute_confusion_matrix, auc=config.compute_auc_scores)
+    report = {"seed": seed, "ok": True, "metrics": {k: metrics.get(k) for k in SCALAR_METRICS}, "details": metrics}
+    if config.track_learning_curves:
+        report["learning_curve"] = curve
+        report["dynamics"] = analyse_learning(curve)
+    return report
+
+
+def _reinitialise(model: nn.Module, seed: int) -> nn.Module:
+    """A fresh initialisation per seed: the seed covers the weights, not only the data order."""
+    fresh = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in fresh.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return fresh
+
+
+def summarise(seed_results: list[dict], config: QuickEvalConfig) -> dict[str, Any]:
+    """Aggregate over the seeds that succeeded; a failed seed is reported, never dropped silently."""
+    good = [r for r in seed_results if r.get("ok")]
+    aggregated = {}
+    for name in config.metrics_to_track:
+        values = [r["metrics"][name] for r in good if r["metrics"].get(name) is not None]
+        summary = aggregate(values, config.confidence_level, None if name in BOUNDED else (0.0, 1.0))
+        if not config.compute_confidence_intervals:
+            summary["ci_95"] = None
+        aggregated[name] = summary
+    best = max(good, key=lambda r: r["metrics"]["val_accuracy"], default=None)
+    statistic = goal_statistic(aggregated.get("val_accuracy", {}), config.goal_statistic) if good else None
+    return {
+        "aggregated": aggregated,
+        "best_seed": best["seed"] if best else None,
+        "final": ({**best["metrics"], **{k: v for k, v in best["details"].items() if k not in best["metrics"]}}
+                  if best else None),
+        "goal_statistic": config.goal_statistic,
+        "goal_value": statistic,
+        "goal_achieved": bool(config.target_accuracy is not None and statistic is not None
+                              and statistic >= config.target_accuracy),
+        "failed_seeds": [{"seed": r["seed"], "error": r.get("error")} for r in seed_results if not r.get("ok")],
+    }
+
+
+def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None) -> dict[str, Any]:
+    """Train and evaluate a trusted `model` over `config.num_seeds` seeds in this process."""
+    config = config or QuickEvalConfig()
+    dataset = load_dataset(config.dataset_name, data_dir=config.data_dir)
+    device = pick_device(config.device)
+    seed_results = []
+    started = time.perf_counter()
+    for i in range(config.num_seeds):
+        seed = config.random_seed + i
+        data = split(dataset, seed, config.val_fraction, config.subset_size)
+        settings = TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                                 optimizer=config.optimizer, weight_decay=config.weight_decay, seed=seed,
+                                 track_val_each_epoch=config.track_learning_curves,
+                                 track_gradient_norms=config.track_gradient_norms, compile=config.compile)
+        out = train_model(_reinitialise(model, seed), data.x_train, data.y_train, data.x_val, settings, device)
+        if out.failure:
+            seed_results.append({"seed": seed, "ok": False, "error": out.failure["error"], "learning_curve": out.curve})
+            continue
+        curve = epoch_curve(out.curve, out.val_probs_per_epoch or None, data.y_val, dataset.num_classes)
+        result = build_seed_report(seed, data.y_val, out.val_probs, dataset.class_names, curve, config)
+        result.update(train_time_s=out.train_time_s, samples_per_s=out.samples_per_s, device=out.device)
+        seed_results.append(result)
+    outcome = {
+        "config": asdict(config),
+        "model_name": type(model).__name__,
+        "dataset": dataset.facts(),
+        "num_seeds": config.num_seeds,
+        "seed_results": seed_results if config.detailed_report else [
+            {k: v for k, v in r.items() if k != "details"} for r in seed_results],
+        **summarise(seed_results, config),
+        "total_time_s": time.perf_counter() - started,
+    }
+    if config.track_learning_curves:
+        outcome["learning_curves"] = {r["seed"]: r.get("learning_curve", []) for r in seed_results}
+    if config.output_dir and (config.save_confusion_matrix_plot or config.export_learning_curves):
+        outcome["artifacts"] = write_artifacts(outcome, Path(config.output_dir), config)
+    return outcome
+
+
+def write_artifacts(outcome: dict, directory: Path, config: QuickEvalConfig) -> list[str]:
+    """Plots (PNG) and curves (JSON) beside each other; -> the paths written."""
+    from shared.plots import confusion_matrix_png, learning_curves_png  # matplotlib only when asked
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    final = outcome.get("final") or {}
+    names = outcome["dataset"]["class_names"]
+    if config.save_confusion_matrix_plot and final.get("confusion_matrix"):
+        path = directory / "confusion_matrix.png"
+        path.write_bytes(confusion_matrix_png(final["confusion_matrix"], names,
+                                              title=f"{outcome['model_name']}, seed {outcome['best_seed']}"))
+        written.append(str(path))
+    curves = [c for c in (outcome.get("learning_curves") or {}).values() if c]
+    if config.export_learning_curves and curves:
+        (directory / "learning_curves.json").write_text(json.dumps(outcome["learning_curves"], indent=2))
+        (directory / "learning_curves.png").write_bytes(learning_curves_png(curves, title=outcome["model_name"]))
+        written += [str(directory / "learning_curves.json"), str(directory / "learning_curves.png")]
+    return written
+
