@@ -270,7 +270,11 @@ class ContainerRunner:
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
             user=SANDBOX_UID,
-            init=True,  # an init that reaps zombies and forwards signals
+            # No docker-init: it would run as the sandbox uid and be dumpable, so the code could
+            # open /proc/1/fd/1 (container stdout, past the output cap) and ptrace it. The
+            # supervisor is PID 1 instead: non-dumpable, immune to the code's signals, and its
+            # exit ends every process the code left behind.
+            init=False,
             ulimits=[
                 Ulimit(name="nofile", soft=lim.nofile, hard=lim.nofile),
                 Ulimit(name="fsize", soft=lim.fsize_bytes, hard=lim.fsize_bytes),

@@ -1,5 +1,9 @@
 """Trusted half of the in-container harness. It never imports torch or runs generated code.
 
+It is the container's PID 1 (no docker-init: that would run as the sandbox uid, dumpable, so
+the code could ptrace it or write to /proc/1/fd/1 past the output cap). As PID 1 it reaps every
+orphan, gets only the signals it handles, and its exit ends whatever the code left running.
+
 Container stdout belongs to this process alone: the worker gets pipes for its output and for
 its result, and the generated code runs in a child of the worker that holds neither the result
 pipe nor this process's stdout, so nothing the code prints or writes can pose as a result.
@@ -85,6 +89,27 @@ class Output:
             self.stream.flush()
 
 
+class Reaper:
+    """PID 1's duty: reap every child, so processes the code orphans do not linger as zombies
+    holding pids under the cap. The worker's own exit status is kept (Popen.wait is not used)."""
+
+    def __init__(self, worker_pid):
+        self.worker_pid, self.code, self.done = worker_pid, None, threading.Event()
+
+    def run(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:  # no children right now
+                self.done.wait(0.05)
+                continue
+            except InterruptedError:
+                continue
+            if pid == self.worker_pid:
+                self.code = os.waitstatus_to_exitcode(status)
+                self.done.set()
+
+
 def read_result(fd, sink, out):
     """The worker's result channel: {"stage": ...} lines as the model process reaches each stage
     (passed on at once as "@@STAGE <nonce> <stage>", so a timeout can say where the code was),
@@ -123,11 +148,16 @@ def main():
     )
     os.close(result_w)
     os.close(ready_w)
+    # As PID 1 this process gets only the signals it handles; Python's SIGINT handler is the one
+    # it has, so drop it (after starting the worker, which keeps the default): the code cannot
+    # stop the report with os.kill(1, SIGINT).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Every thread this process needs starts now, before any generated code runs: a fork bomb
     # that fills the pids cap later cannot stop the harness from reading and reporting.
-    tap, result = OutputTap(worker.stdout, worker.pid), {}
+    tap, result, reaper = OutputTap(worker.stdout, worker.pid), {}, Reaper(worker.pid)
     threads = [threading.Thread(target=tap.run, daemon=True),
-               threading.Thread(target=read_result, args=(result_r, result, out), daemon=True)]
+               threading.Thread(target=read_result, args=(result_r, result, out), daemon=True),
+               threading.Thread(target=reaper.run, daemon=True)]
     for thread in threads:
         thread.start()
     with os.fdopen(ready_r, "rb") as ready:
@@ -147,7 +177,8 @@ def main():
         worker.stdin.close()
     except BrokenPipeError:  # the worker died before reading its job
         pass
-    code = worker.wait()
+    reaper.done.wait()
+    code = reaper.code
     threads[1].join()
     threads[0].join(timeout=0.5)  # a background process the code left may hold the pipe open
 
