@@ -1,4 +1,4 @@
-"""`researcher` (run, submit, report, export, validate) and `research-agent --goal ...`."""
+"""`researcher` (run, submit, report, export, validate, evaluate) and `research-agent --goal ...`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from researcher import validate_cmd
+from researcher import evaluate_cmd, validate_cmd
 from researcher.stack import LocalStack
 from shared import subjects
 from shared.bus import connect, decode, encode, ensure_streams
@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("directory", type=Path)
     _nats_arg(export)
     validate_cmd.add_parser(sub)
+    evaluate_cmd.add_parser(sub)
     return root
 
 
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "validate":
         return validate_cmd.run(args)
+    if args.command == "evaluate":
+        return evaluate_cmd.run_evaluate(args)
     handler = {"run": _run, "submit": _submit, "report": _report, "export": _export}[args.command]
     return asyncio.run(handler(args))
 

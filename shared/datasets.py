@@ -1,4 +1,14 @@
-"""Data sets: the embedded ones shipped in scikit-learn, and synthetic data for smoke tests.
+"""Data sets: torchvision's image data sets read from a data directory in their on-disk formats,
+tabular data from CSV files, the embedded ones shipped in scikit-learn, and synthetic data for
+smoke tests.
+
+The image data sets are read from exactly the files and folders torchvision's loaders use
+(`cifar-10-batches-py/`, `cifar-100-python/`, `MNIST/raw/`, `FashionMNIST/raw/`,
+`train_32x32.mat`), so a data directory torchvision downloaded into works as it is. They are
+read here rather than through torchvision itself: the only torchvision wheel for this
+project's torch (2.13, CPU) is a CUDA build whose compiled ops fail to load, which makes
+`import torchvision` fail. Only the training split of each is used; the product draws its own
+stratified train/validation split from each seed.
 
 Everything is loaded on the trusted side; the evaluation container receives the training
 split and the validation inputs only, never the validation labels.
@@ -6,14 +16,21 @@ split and the validation inputs only, never the validation labels.
 
 from __future__ import annotations
 
+import csv
+import gzip
+import os
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
-from shared.errors import UnknownDatasetError
+from shared.errors import DatasetError, DatasetNotFoundError, UnknownDatasetError
+
+DEFAULT_DATA_DIR = "~/.cache/pytorch-researcher/data"
 
 
 @dataclass(frozen=True)
@@ -66,33 +83,184 @@ def _synthetic() -> Dataset:
     return Dataset("synthetic", "tabular", x.astype(np.float32), y.astype(np.int64), ("0", "1", "2"))
 
 
-LOADERS: dict[str, Callable[[], Dataset]] = {
-    "digits": _digits,
-    "breast_cancer": _sklearn_tabular("breast_cancer", skd.load_breast_cancer),
-    "wine": _sklearn_tabular("wine", skd.load_wine),
-    "iris": _sklearn_tabular("iris", skd.load_iris),
-    "synthetic": _synthetic,
+# ---- torchvision's on-disk formats ----
+MNIST_CLASSES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
+                 "8 - eight", "9 - nine")
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+SOURCES = {
+    "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there",
+    "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there",
+    "mnist": "torchvision.datasets.MNIST(DIR, download=True) on a machine with internet access writes them",
+    "fashion_mnist": "torchvision.datasets.FashionMNIST(DIR, download=True) on a machine with internet access writes them",
+    "svhn": "download train_32x32.mat from http://ufldl.stanford.edu/housenumbers/",
 }
-_cache: dict[str, Dataset] = {}
+
+
+def _images(name: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> Dataset:
+    """uint8 (N, C, H, W) -> float32 in [0, 1]."""
+    return Dataset(name, "image", (x.astype(np.float32) / 255.0), y.astype(np.int64), classes)
+
+
+def _unpickle(path: Path) -> dict:
+    """A CIFAR pickle: Python 2's (str keys once decoded as latin1, as torchvision reads them) or
+    a re-pickled one with bytes keys; names come back as str either way."""
+    with open(path, "rb") as handle:
+        raw = pickle.load(handle, encoding="latin1")
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: not a CIFAR batch (a {type(raw).__name__}, expected a dict)")
+    text = lambda v: v.decode("latin1") if isinstance(v, bytes) else v  # noqa: E731
+    return {text(k): ([text(n) for n in v] if isinstance(v, list) else v) for k, v in raw.items()}
+
+
+def _cifar10(root: Path) -> Dataset:
+    folder = root / "cifar-10-batches-py"
+    batches = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [str(p) for p in batches + [folder / "batches.meta"] if not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError("cifar10", missing[:2] + (["..."] if len(missing) > 2 else []), SOURCES["cifar10"])
+    parts = [_unpickle(p) for p in batches]
+    x = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
+    y = np.concatenate([np.asarray(p["labels"]) for p in parts])
+    return _images("cifar10", x, y, tuple(_unpickle(folder / "batches.meta")["label_names"]))
+
+
+def _cifar100(root: Path) -> Dataset:
+    folder = root / "cifar-100-python"
+    train, meta = folder / "train", folder / "meta"
+    missing = [str(p) for p in (train, meta) if not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError("cifar100", missing, SOURCES["cifar100"])
+    part = _unpickle(train)
+    x = np.asarray(part["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return _images("cifar100", x, np.asarray(part["fine_labels"]), tuple(_unpickle(meta)["fine_label_names"]))
+
+
+def _idx(path: Path, magic: int) -> np.ndarray:
+    """An IDX file (MNIST's format), plain or gzipped: big-endian magic, dimensions, uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DatasetError(f"{path}: not an IDX file of the expected kind (magic {found}, expected {magic})")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _mnist_like(name: str, folder_name: str, classes: tuple[str, ...]) -> Callable[[Path], Dataset]:
+    def load(root: Path) -> Dataset:
+        raw = root / folder_name / "raw"
+        files = {}
+        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+            found = [p for p in (raw / stem, raw / f"{stem}.gz") if p.is_file()]
+            if not found:
+                raise DatasetNotFoundError(name, [str(raw / stem) + "[.gz]"], SOURCES[name])
+            files[stem] = found[0]
+        x = _idx(files["train-images-idx3-ubyte"], 2051)
+        y = _idx(files["train-labels-idx1-ubyte"], 2049)
+        return _images(name, x[:, None, :, :], y, classes)
+    return load
+
+
+def _svhn(root: Path) -> Dataset:
+    path = root / "train_32x32.mat"
+    if not path.is_file():
+        raise DatasetNotFoundError("svhn", [str(path)], SOURCES["svhn"])
+    from scipy.io import loadmat  # scipy comes with scikit-learn
+
+    mat = loadmat(path)
+    x = np.transpose(mat["X"], (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W), as torchvision does
+    y = mat["y"].astype(np.int64).squeeze(1)
+    y[y == 10] = 0  # SVHN labels the digit 0 as 10
+    return _images("svhn", x, y, tuple(str(d) for d in range(10)))
+
+
+# ---- CSV ----
+def _csv(spec: str) -> Dataset:
+    """`csv:PATH:TARGET`: numeric feature columns, and a target column whose distinct values are the classes."""
+    _, path_text, target = _parse_csv_name(spec)
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise DatasetNotFoundError(spec, [str(path)], "give the path of a CSV file with a header row")
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        raise DatasetError(f"{path}: needs a header row and at least one data row")
+    header, body = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    if target not in header:
+        raise DatasetError(f"{path}: no target column {target!r}; columns: {', '.join(header)}")
+    t = header.index(target)
+    features = [i for i in range(len(header)) if i != t]
+    x = np.empty((len(body), len(features)), dtype=np.float32)
+    for r, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DatasetError(f"{path} line {r}: {len(row)} fields, the header has {len(header)}")
+        for j, i in enumerate(features):
+            try:
+                x[r - 2, j] = float(row[i])
+            except ValueError:
+                raise DatasetError(f"{path} line {r}: column {header[i]!r} is not numeric ({row[i]!r}); "
+                                   "encode it as numbers first") from None
+    labels = [row[t].strip() for row in body]
+    try:
+        classes = sorted(set(labels), key=float)
+    except ValueError:
+        classes = sorted(set(labels))
+    index = {c: k for k, c in enumerate(classes)}
+    return Dataset(spec, "tabular", x, np.array([index[v] for v in labels], dtype=np.int64), tuple(classes))
+
+
+def _parse_csv_name(name: str) -> tuple[str, str, str]:
+    parts = name.split(":")
+    if len(parts) < 3 or not parts[-1] or not ":".join(parts[1:-1]):
+        raise UnknownDatasetError(name, known_datasets())
+    return "csv", ":".join(parts[1:-1]), parts[-1]
+
+
+LOADERS: dict[str, Callable[[Path], Dataset]] = {
+    "digits": lambda root: _digits(),
+    "breast_cancer": lambda root: _sklearn_tabular("breast_cancer", skd.load_breast_cancer)(),
+    "wine": lambda root: _sklearn_tabular("wine", skd.load_wine)(),
+    "iris": lambda root: _sklearn_tabular("iris", skd.load_iris)(),
+    "synthetic": lambda root: _synthetic(),
+    "cifar10": _cifar10,
+    "cifar100": _cifar100,
+    "mnist": _mnist_like("mnist", "MNIST", MNIST_CLASSES),
+    "fashion_mnist": _mnist_like("fashion_mnist", "FashionMNIST", FASHION_CLASSES),
+    "svhn": _svhn,
+}
+ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fashionmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist"}
+_cache: dict[tuple[str, str], Dataset] = {}
 
 
 def known_datasets() -> list[str]:
-    return sorted(LOADERS)
+    return sorted(LOADERS) + ["csv:PATH:TARGET"]
 
 
 def dataset_key(name: str) -> str:
-    """The registered name for `name` (case and spaces ignored); UnknownDatasetError otherwise."""
+    """The registered name for `name` (case and spaces ignored; `csv:PATH:TARGET` as given);
+    UnknownDatasetError otherwise. Loads nothing."""
+    if name.strip().lower().startswith("csv:"):
+        _parse_csv_name(name.strip())
+        return name.strip()
     key = name.strip().lower()
+    key = ALIASES.get(key, key)
     if key not in LOADERS:
         raise UnknownDatasetError(name, known_datasets())
     return key
 
 
-def load_dataset(name: str) -> Dataset:
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """The data set called `name`; torchvision's are read from `data_dir` (default
+    ~/.cache/pytorch-researcher/data). Nothing is ever downloaded: a missing data set raises
+    DatasetNotFoundError saying which files are expected where and how to get them."""
     key = dataset_key(name)
-    if key not in _cache:
-        _cache[key] = LOADERS[key]()
-    return _cache[key]
+    root = Path(data_dir or DEFAULT_DATA_DIR).expanduser()
+    if (key, str(root)) not in _cache:
+        _cache[(key, str(root))] = _csv(key) if key.startswith("csv:") else LOADERS[key](root)
+    return _cache[(key, str(root))]
 
 
 def split(ds: Dataset, seed: int, val_fraction: float = 0.2, subset_size: int | None = None) -> Split:

@@ -16,7 +16,17 @@ class MessageError(ResearcherError):
         super().__init__(f"malformed {type_name}{where}: {detail}")
 
 
-class UnknownDatasetError(ResearcherError):
+class DatasetError(ResearcherError):
+    """A data set that cannot be had: an unknown name, missing files, a malformed file."""
+
+
+class DatasetNotFoundError(DatasetError):
+    def __init__(self, name: str, expected: list[str], how: str) -> None:
+        self.name, self.expected = name, expected
+        super().__init__(f"data set {name!r} not found: expected {' and '.join(expected)}; {how}")
+
+
+class UnknownDatasetError(DatasetError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name, self.known = name, known
         super().__init__(f"unknown data set {name!r}; known: {', '.join(known)}")

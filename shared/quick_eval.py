@@ -26,7 +26,7 @@ from shared.metrics import SCALAR_METRICS, compute_metrics
 from shared.stats import aggregate, goal_statistic
 from shared.trainloop import TrainSettings, pick_device, train_model
 
-BOUNDED = {"val_loss": None}  # every other tracked metric lies in [0, 1]
+LOSS_BOUNDS = (0.0, float("inf"))  # a loss is never negative; every other tracked metric lies in [0, 1]
 
 
 @dataclass
@@ -124,7 +124,7 @@ def summarise(seed_results: list[dict], config: QuickEvalConfig) -> dict[str, An
     aggregated = {}
     for name in config.metrics_to_track:
         values = [r["metrics"][name] for r in good if r["metrics"].get(name) is not None]
-        summary = aggregate(values, config.confidence_level, None if name in BOUNDED else (0.0, 1.0))
+        summary = aggregate(values, config.confidence_level, LOSS_BOUNDS if name.endswith("loss") else (0.0, 1.0))
         if not config.compute_confidence_intervals:
             summary["ci_95"] = None
         aggregated[name] = summary

@@ -14,7 +14,7 @@ import numpy as np
 
 from services.sandbox.validate import outcome_to_result
 from shared.datasets import load_dataset, split
-from shared.errors import UnknownDatasetError
+from shared.errors import DatasetError
 from shared.messages import EpochStats, EvalJob, SeedResult
 from shared.metrics import SCALAR_METRICS, compute_metrics
 from shared.quick_eval import epoch_curve
@@ -35,12 +35,12 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fraction: float = 0.2,
-                 evaluator: str = "") -> SeedResult:
+                 evaluator: str = "", data_dir: str | None = None) -> SeedResult:
     started = time.monotonic()
     base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator)
     try:
-        ds = load_dataset(job.dataset)
-    except UnknownDatasetError as exc:
+        ds = load_dataset(job.dataset, data_dir=data_dir)
+    except DatasetError as exc:
         return SeedResult(ok=False, error=str(exc), **base)
     data = split(ds, job.seed, val_fraction, job.subset_size)
     container_job = {

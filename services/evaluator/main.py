@@ -60,7 +60,8 @@ async def handle(msg, js, runner: ContainerRunner, config: Config, name: str) ->
     try:
         result = await asyncio.to_thread(
             evaluate_job, job, runner, timeout_s=config.evaluator.train_timeout_s,
-            memory=config.evaluator.memory, val_fraction=config.evaluator.val_fraction, evaluator=name)
+            memory=config.evaluator.memory, val_fraction=config.evaluator.val_fraction, evaluator=name,
+            data_dir=config.evaluator.data_dir)
     except SandboxUnavailableError as exc:
         log.error("sandbox_unavailable", error=str(exc))
         await msg.nak(delay=10)  # another replica (or this one, later) takes it

@@ -18,7 +18,7 @@ from shared import subjects
 from shared.bus import decode, encode, publish_event
 from shared.config import Config
 from shared.datasets import load_dataset
-from shared.errors import MessageError, UnknownDatasetError
+from shared.errors import DatasetError, MessageError
 from shared.log import bind_run
 from shared.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, EvalJob, Event, Goal,
                              SeedResult, ValidateRequest, ValidationResult)
@@ -39,8 +39,8 @@ class Planner:
         bind_run(goal.run_id)
         record = RunRecord(run_id=goal.run_id, goal=goal)
         try:
-            record.dataset_facts = load_dataset(goal.dataset).facts()
-        except UnknownDatasetError as exc:
+            record.dataset_facts = load_dataset(goal.dataset, data_dir=self.config.evaluator.data_dir).facts()
+        except DatasetError as exc:
             record.status, record.error, record.finished_at = "failed", str(exc), time.time()
         if await self.registry.create_run(record):
             log.info("run_created", goal=goal.goal, dataset=goal.dataset, status=record.status)

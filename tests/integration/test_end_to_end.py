@@ -43,7 +43,7 @@ def test_unknown_dataset_fails_at_once_in_the_cli():
     proc = subprocess.run([sys.executable, "-m", "researcher.cli", "run", "g", "--dataset", "cifar11"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "unknown data set 'cifar11'; known: breast_cancer, digits" in proc.stderr
+    assert "unknown data set 'cifar11'; known: breast_cancer, cifar10" in proc.stderr
 
 
 async def _wait_terminal(registry, run_id, timeout=300.0):

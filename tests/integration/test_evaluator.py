@@ -69,3 +69,38 @@ def test_code_that_fails_in_training_is_a_failed_seed_with_its_reason(runner):
     result = evaluate_job(job(source, "Boom", epochs=1), runner, timeout_s=300, memory="2g")
     assert not result.ok
     assert "exploded in training" in result.error
+
+
+def test_a_model_searching_its_container_for_the_labels_finds_none(runner):
+    """Everything the container holds: the arrays in its memory and the files it can read."""
+    source = (
+        "import gc, os\nimport numpy as np\nimport torch\n"
+        "found = set()\n"
+        "for obj in gc.get_objects():\n"
+        "    if type(obj).__name__ == 'NpzFile':\n"
+        "        found.update(obj.files)\n"
+        "for top in ('/tmp', '/opt/harness', '/home', '/root', '/srv', '/mnt', '/var'):\n"
+        "    for folder, _, files in os.walk(top):\n"
+        "        found.update(f for f in files if 'val' in f or f.endswith(('.npy', '.npz', '.csv')))\n"
+        "raise RuntimeError('found: ' + ','.join(sorted(found)))\n"
+    )
+    result = evaluate_job(job(source, "Model", epochs=1), runner, timeout_s=300, memory="2g")
+    assert not result.ok
+    assert "found: x_train,x_val,y_train" in result.error  # the validation inputs, never their labels
+    assert "y_val" not in result.error
+
+
+def test_researcher_evaluate_trains_a_file_in_containers(docker_engine, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "net.py"
+    path.write_text(assemble(DIGITS_CNN).source)
+    proc = subprocess.run([sys.executable, "-m", "researcher.cli", "evaluate", str(path), "--class-name", "DigitsCNN",
+                           "--dataset", "digits", "--epochs", "2", "--num-seeds", "2", "--subset-size", "600", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluation = json.loads(proc.stdout)
+    assert evaluation["aggregated"]["val_accuracy"]["n"] == 2 and evaluation["failed_seeds"] == []
+    assert len(evaluation["final"]["confusion_matrix"]) == 10 and evaluation["seed_results"][0]["dynamics"]["insights"]

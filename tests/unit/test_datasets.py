@@ -47,12 +47,13 @@ def test_names_ignore_case_and_surrounding_space():
 
 
 def test_synthetic_is_the_same_every_time():
-    again = LOADERS["synthetic"]()
+    again = LOADERS["synthetic"](None)
     np.testing.assert_array_equal(again.x, load_dataset("synthetic").x)
 
 
 def test_known_datasets():
-    assert known_datasets() == ["breast_cancer", "digits", "iris", "synthetic", "wine"]
+    assert known_datasets() == ["breast_cancer", "cifar10", "cifar100", "digits", "fashion_mnist", "iris", "mnist",
+                                "svhn", "synthetic", "wine", "csv:PATH:TARGET"]
 
 
 def test_unknown_name_lists_the_known_names():

@@ -1,0 +1,182 @@
+"""`researcher evaluate FILE` (generated-code path: locked-down containers, scored outside) and
+`quick-evaluator` (the engine as a library, in-process, on a trusted model)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from services.evaluator.evaluate import evaluate_job
+from services.evaluator.main import _want_gpus, eval_limits
+from services.planner.decide import summarise
+from shared.config import load_config
+from shared.containers import ContainerRunner
+from shared.datasets import load_dataset
+from shared.errors import ConfigFileError, DatasetError, SandboxUnavailableError
+from shared.messages import EvalJob
+from shared.quick_eval import QuickEvalConfig, quick_evaluate_once
+from shared.stats import goal_statistic
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="train and score one model file the way the evaluator service does",
+                       description="Train one model file in the locked-down container, one container per seed, and "
+                                   "score its predictions outside. Exit 0: evaluated; 1: every seed failed; 2: usage.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--class-name", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--num-seeds", type=int, default=3)
+    p.add_argument("--subset-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    p.add_argument("--target-accuracy", type=float, default=None)
+    p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean")
+    p.add_argument("--json", action="store_true")
+
+
+def format_evaluation(evaluation: dict, title: str) -> str:
+    lines = [title]
+    for name, s in evaluation["aggregated"].items():
+        if s.get("mean") is None:
+            continue
+        ci = f"  95% CI [{s['ci_95'][0]:.4f}, {s['ci_95'][1]:.4f}]" if s.get("ci_95") else ""
+        lines.append(f"  {name:<24} {s['mean']:.4f} ± {s['std']:.4f}{ci}  (n={s['n']})")
+    for failed in evaluation.get("failed_seeds", []):
+        lines.append(f"  seed {failed['seed']} failed: {failed['error']}")
+    final = evaluation.get("final") or {}
+    for c in final.get("top_confusions", [])[:3]:
+        lines.append(f"  confuses {c['true']} as {c['predicted']}: {c['count']} times ({c['rate']:.0%})")
+    if (final.get("class_balance") or {}).get("note"):
+        lines.append(f"  {final['class_balance']['note']}")
+    for r in evaluation.get("seed_results", []):
+        for insight in ((r.get("dynamics") or {}).get("insights") or [])[:2]:
+            lines.append(f"  seed {r['seed']}: {insight}")
+    if evaluation.get("goal_achieved") is not None:
+        lines.append(f"  goal achieved: {evaluation['goal_achieved']} ({evaluation['goal_statistic']} = "
+                     f"{evaluation['goal_value'] if evaluation['goal_value'] is None else round(evaluation['goal_value'], 4)})")
+    return "\n".join(lines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config()
+        source = args.file.read_text(encoding="utf-8")
+        load_dataset(args.dataset, data_dir=config.evaluator.data_dir)
+    except (OSError, UnicodeDecodeError, DatasetError, ConfigFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        runner = ContainerRunner(eval_limits(config, False), owner=f"cli-evaluate-{time.time_ns()}")
+        runner.limits = dataclasses.replace(runner.limits, gpus=_want_gpus(config.evaluator.gpus, runner.client))
+    except SandboxUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    seeds = list(range(args.num_seeds))
+    results = {}
+    for seed in tqdm(seeds, desc="seeds", unit="seed", file=sys.stderr, leave=False):
+        job = EvalJob(job_id=f"cli-{seed}", run_id="cli", iteration=0, seed=seed, dataset=args.dataset,
+                      class_name=args.class_name, source=source, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, optimizer=args.optimizer, subset_size=args.subset_size)
+        results[seed] = evaluate_job(job, runner, timeout_s=config.evaluator.train_timeout_s, memory=config.evaluator.memory,
+                                     val_fraction=config.evaluator.val_fraction, data_dir=config.evaluator.data_dir)
+    runner.remove_strays()
+    evaluation = summarise(results, seeds)
+    value = goal_statistic(evaluation["aggregated"].get("val_accuracy") or {}, args.goal_statistic)
+    evaluation.update(goal_statistic=args.goal_statistic, goal_value=value,
+                      goal_achieved=None if args.target_accuracy is None else bool(value is not None and value >= args.target_accuracy))
+    if args.json:
+        print(json.dumps(evaluation, indent=2))
+    else:
+        print(format_evaluation(evaluation, f"{args.class_name} on {args.dataset}, {args.num_seeds} seeds (in containers)"))
+    return 0 if any(r.ok for r in results.values()) else 1
+
+
+# ---- quick-evaluator: the library on a trusted model ----
+def reference_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A small, sensible baseline: a two-block CNN for images, a two-layer MLP for tables."""
+    if len(input_shape) == 3:
+        channels, height, width = input_shape
+        pooled = (height // 4) * (width // 4)
+        return nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(64 * pooled, 128), nn.ReLU(), nn.Dropout(0.1),
+                             nn.Linear(128, num_classes))
+    features = int(np.prod(input_shape))
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                         nn.Linear(64, num_classes))
+
+
+def load_trusted_model(path: Path, class_name: str) -> nn.Module:
+    """Your own model file, imported in this process: only for code you trust (generated code
+    belongs in `researcher evaluate`, which runs it in the sandbox)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{path} defines no nn.Module class {class_name!r}")
+    return cls()
+
+
+def quick_evaluator_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="quick-evaluator", description="Multi-seed quick evaluation of a trusted model, "
+                                "in-process (a built-in baseline unless --model-file is given).")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--model-file", type=Path, default=None, help="your own (trusted) model file")
+    p.add_argument("--class-name", default=None)
+    p.add_argument("--num-seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--subset-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--target-accuracy", type=float, default=None)
+    p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="where torchvision data sets live (default: evaluator.data_dir)")
+    p.add_argument("--output-dir", type=Path, default=None, help="write the confusion matrix and learning curves here")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="every metric, per-class table and training insights")
+    args = p.parse_args(argv)
+    if args.model_file and not args.class_name:
+        p.error("--model-file needs --class-name")
+    try:
+        data_dir = args.data_dir or load_config().evaluator.data_dir
+        dataset = load_dataset(args.dataset, data_dir=data_dir)
+        model = (load_trusted_model(args.model_file, args.class_name) if args.model_file
+                 else reference_model(dataset.input_shape, dataset.num_classes))
+        config = QuickEvalConfig(dataset_name=args.dataset, num_seeds=args.num_seeds, epochs=args.epochs,
+                                 batch_size=args.batch_size, subset_size=args.subset_size, lr=args.lr,
+                                 target_accuracy=args.target_accuracy, goal_statistic=args.goal_statistic,
+                                 device=args.device, data_dir=data_dir,
+                                 output_dir=str(args.output_dir) if args.output_dir else None,
+                                 save_confusion_matrix_plot=bool(args.output_dir), export_learning_curves=bool(args.output_dir))
+    except (OSError, ValueError, DatasetError, ConfigFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = quick_evaluate_once(model, config)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(format_evaluation(result, f"{result['model_name']} on {args.dataset}, {args.num_seeds} seeds "
+                                    f"(best seed {result['best_seed']}, {result['total_time_s']:.1f} s)"))
+    if args.verbose and result.get("final"):
+        print("  per class:       precision  recall     f1  specificity  support")
+        for row in result["final"].get("per_class", []):
+            print(f"    {row['class']:<14} {row['precision']:.3f}   {row['recall']:.3f}  {row['f1']:.3f}    "
+                  f"{row['specificity']:.3f}    {row['support']}")
+        for path in result.get("artifacts", []):
+            print(f"  wrote {path}")
+    return 0

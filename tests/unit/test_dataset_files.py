@@ -1,0 +1,140 @@
+"""torchvision's on-disk formats and CSV files, written small and read through the product's loaders."""
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+from scipy.io import savemat
+
+from shared.datasets import FASHION_CLASSES, MNIST_CLASSES, dataset_key, load_dataset
+from shared.errors import DatasetError, DatasetNotFoundError, UnknownDatasetError
+
+RNG = np.random.default_rng(0)
+
+
+def write_cifar10(root, per_batch=8):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = []
+    for i in range(1, 6):
+        data = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch_labels = [int(v) for v in RNG.integers(0, 10, per_batch)]
+        labels += batch_labels
+        with open(folder / f"data_batch_{i}", "wb") as f:  # as the originals: Python 2 pickles with bytes keys
+            pickle.dump({b"batch_label": b"training batch", b"labels": batch_labels, b"data": data,
+                         b"filenames": [b"x.png"] * per_batch}, f, protocol=2)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in names], b"num_cases_per_batch": per_batch}, f, protocol=2)
+    return labels, names
+
+
+def write_idx(path, array, magic, compress=False):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (gzip.open if compress else open)(path, "wb").write(data)
+
+
+def test_cifar10_reads_the_python_pickles(tmp_path):
+    labels, names = write_cifar10(tmp_path)
+    ds = load_dataset("cifar10", data_dir=tmp_path)
+    assert ds.x.shape == (40, 3, 32, 32) and ds.x.dtype == np.float32
+    assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0
+    assert ds.y.tolist() == labels and list(ds.class_names) == names and ds.kind == "image"
+
+
+def test_cifar100_reads_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    data = RNG.integers(0, 256, (12, 3072), dtype=np.uint8)
+    fine = [int(v) for v in RNG.integers(0, 100, 12)]
+    with open(folder / "train", "wb") as f:
+        pickle.dump({b"data": data, b"fine_labels": fine, b"coarse_labels": [0] * 12}, f, protocol=2)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)], b"coarse_label_names": []}, f, protocol=2)
+    ds = load_dataset("CIFAR-100", data_dir=tmp_path)
+    assert ds.x.shape == (12, 3, 32, 32) and ds.num_classes == 100 and ds.y.tolist() == fine
+    np.testing.assert_allclose(ds.x[0].reshape(-1), data[0] / 255.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, folder, classes, compress", [
+    ("mnist", "MNIST", MNIST_CLASSES, False),
+    ("fashion_mnist", "FashionMNIST", FASHION_CLASSES, True),
+])
+def test_mnist_like_reads_idx_files(tmp_path, name, folder, classes, compress):
+    images = RNG.integers(0, 256, (15, 28, 28))
+    labels = RNG.integers(0, 10, 15)
+    suffix = ".gz" if compress else ""
+    write_idx(tmp_path / folder / "raw" / f"train-images-idx3-ubyte{suffix}", images, 2051, compress)
+    write_idx(tmp_path / folder / "raw" / f"train-labels-idx1-ubyte{suffix}", labels, 2049, compress)
+    ds = load_dataset(name, data_dir=tmp_path)
+    assert ds.x.shape == (15, 1, 28, 28) and ds.y.tolist() == labels.tolist() and ds.class_names == classes
+    np.testing.assert_allclose(ds.x[3, 0], images[3] / 255.0, rtol=1e-6)
+
+
+def test_a_swapped_idx_file_is_named(tmp_path):
+    write_idx(tmp_path / "MNIST/raw/train-images-idx3-ubyte", RNG.integers(0, 10, 5), 2049)
+    write_idx(tmp_path / "MNIST/raw/train-labels-idx1-ubyte", RNG.integers(0, 10, 5), 2049)
+    with pytest.raises(DatasetError, match="not an IDX file of the expected kind"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_svhn_reads_the_mat_file_with_ten_meaning_zero(tmp_path):
+    x = RNG.integers(0, 256, (32, 32, 3, 6), dtype=np.uint8)
+    y = np.array([[10], [1], [2], [10], [9], [5]], dtype=np.uint8)
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
+    ds = load_dataset("svhn", data_dir=tmp_path)
+    assert ds.x.shape == (6, 3, 32, 32) and ds.y.tolist() == [0, 1, 2, 0, 9, 5]
+    np.testing.assert_allclose(ds.x[2, 1], x[:, :, 1, 2] / 255.0, rtol=1e-6)  # channel 1 of image 2, H x W
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("cifar10", "cifar-10-batches-py/data_batch_1"),
+    ("cifar100", "cifar-100-python/train"),
+    ("mnist", "MNIST/raw/train-images-idx3-ubyte[.gz]"),
+    ("fashionmnist", "FashionMNIST/raw/train-images-idx3-ubyte[.gz]"),
+    ("svhn", "train_32x32.mat"),
+])
+def test_a_missing_data_set_says_where_and_how(tmp_path, name, fragment):
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_dataset(name, data_dir=tmp_path / "empty")
+    message = str(caught.value)
+    assert str(tmp_path / "empty") in message and fragment in message
+    assert "download" in message
+
+
+def test_csv_with_a_string_target(tmp_path):
+    path = tmp_path / "flowers.csv"
+    path.write_text("a,b,kind\n1,2,rose\n3.5,4,tulip\n5,6,rose\n\n")
+    ds = load_dataset(f"csv:{path}:kind")
+    assert ds.kind == "tabular" and ds.x.tolist() == [[1, 2], [3.5, 4], [5, 6]]
+    assert ds.class_names == ("rose", "tulip") and ds.y.tolist() == [0, 1, 0]
+
+
+def test_csv_with_a_numeric_target_orders_classes_numerically(tmp_path):
+    path = tmp_path / "n.csv"
+    path.write_text("label,x\n10,1\n2,2\n10,3\n")
+    ds = load_dataset(f"csv:{path}:label")
+    assert ds.class_names == ("2", "10") and ds.y.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("content, target, message", [
+    ("a,b\n1,2\n", "kind", "no target column 'kind'; columns: a, b"),
+    ("a,colour,kind\n1,red,x\n", "kind", "line 2: column 'colour' is not numeric ('red')"),
+    ("a,kind\n1\n", "kind", "line 2: 1 fields, the header has 2"),
+])
+def test_csv_errors_are_specific(tmp_path, content, target, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(f"csv:{path}:{target}")
+
+
+def test_names_are_checked_without_loading():
+    assert dataset_key("Fashion-MNIST") == "fashion_mnist" and dataset_key("csv:/x/y.csv:t") == "csv:/x/y.csv:t"
+    with pytest.raises(UnknownDatasetError):
+        dataset_key("csv:/only/a/path.csv")
+    with pytest.raises(DatasetNotFoundError, match="CSV file"):
+        load_dataset("csv:/no/such/file.csv:t")

@@ -1,0 +1,74 @@
+"""The engine as a library: QuickEvalConfig and quick_evaluate_once on trusted models, in-process."""
+
+import json
+
+import pytest
+from torch import nn
+
+from researcher.evaluate_cmd import reference_model
+from shared.metrics import SCALAR_METRICS
+from shared.quick_eval import QuickEvalConfig, quick_evaluate_once, summarise
+
+
+def seed(seed_no, accuracy, ok=True):
+    metrics = {name: accuracy for name in SCALAR_METRICS}
+    return {"seed": seed_no, "ok": ok, "metrics": metrics, "details": {"per_class": []}, "error": None if ok else "boom"}
+
+
+def test_the_goal_follows_the_statistic_asked_for_never_one_lucky_seed():
+    seeds = [seed(0, 0.95), seed(1, 0.80), seed(2, 0.90)]  # mean 0.883; t lower bound ~0.70; best seed 0.95
+    on_mean = summarise(seeds, QuickEvalConfig(target_accuracy=0.88, goal_statistic="mean"))
+    on_lower = summarise(seeds, QuickEvalConfig(target_accuracy=0.88, goal_statistic="ci_lower"))
+    assert on_mean["goal_achieved"] is True and on_lower["goal_achieved"] is False
+    assert on_lower["goal_value"] < 0.88 < on_mean["goal_value"]
+    assert summarise(seeds, QuickEvalConfig(target_accuracy=0.94))["goal_achieved"] is False  # best seed alone passes
+    assert on_mean["best_seed"] == 0
+
+
+def test_a_failed_seed_is_reported_not_dropped():
+    out = summarise([seed(0, 0.9), seed(1, 0.0, ok=False)], QuickEvalConfig())
+    assert out["failed_seeds"] == [{"seed": 1, "error": "boom"}]
+    assert out["aggregated"]["val_accuracy"]["n"] == 1
+
+
+def test_config_errors_are_specific():
+    with pytest.raises(ValueError, match="unknown metrics"):
+        QuickEvalConfig(metrics_to_track=("val_accurcy",))
+    with pytest.raises(ValueError, match="goal_statistic"):
+        QuickEvalConfig(goal_statistic="median")
+
+
+def test_quick_evaluate_once_on_digits_has_the_spec_structure(tmp_path):
+    config = QuickEvalConfig(dataset_name="digits", epochs=4, num_seeds=2, subset_size=600, target_accuracy=0.5,
+                             track_gradient_norms=True, save_confusion_matrix_plot=True, export_learning_curves=True,
+                             output_dir=str(tmp_path))
+    result = quick_evaluate_once(reference_model((1, 8, 8), 10), config)
+    assert {"config", "model_name", "num_seeds", "seed_results", "aggregated", "final", "best_seed", "goal_achieved",
+            "learning_curves"} <= set(result)
+    acc = result["aggregated"]["val_accuracy"]
+    assert {"mean", "std", "ci_95", "values", "min", "max"} <= set(acc) and len(acc["values"]) == 2
+    assert acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1] and result["goal_achieved"] is True
+    assert len(result["final"]["per_class"]) == 10 and result["final"]["auc_kind"] == "ovr"
+    curve = result["learning_curves"][0]
+    assert len(curve) == 4 and {"val_loss", "val_accuracy", "grad_norm"} <= set(curve[0])
+    assert result["seed_results"][0]["dynamics"]["insights"]
+    assert acc["values"][0] != acc["values"][1]  # each seed its own initialisation and split
+    for name in ("confusion_matrix.png", "learning_curves.png", "learning_curves.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    json.dumps(result)  # plain data all the way down
+
+
+def test_breast_cancer_gets_binary_auc():
+    model = nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 2))
+    result = quick_evaluate_once(model, QuickEvalConfig(dataset_name="breast_cancer", epochs=5, num_seeds=2))
+    assert result["final"]["auc_kind"] == "binary" and result["aggregated"]["val_roc_auc"]["mean"] > 0.9
+
+
+def test_quick_evaluator_cli_prints_json(capsys):
+    from researcher.evaluate_cmd import quick_evaluator_main
+
+    assert quick_evaluator_main(["--dataset", "iris", "--num-seeds", "2", "--epochs", "3", "--target-accuracy", "0.5",
+                                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_seeds"] == 2 and result["dataset"]["name"] == "iris" and "goal_achieved" in result
+    assert quick_evaluator_main(["--dataset", "cifar11"]) == 2
