@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
     p.add_argument("--target-accuracy", type=float, default=None)
     p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean")
+    p.add_argument("--augment", action="store_true", help="random crop and flip of image batches")
     p.add_argument("--json", action="store_true")
 
 
@@ -87,7 +88,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for seed in tqdm(seeds, desc="seeds", unit="seed", file=sys.stderr, leave=False):
         job = EvalJob(job_id=f"cli-{seed}", run_id="cli", iteration=0, seed=seed, dataset=args.dataset,
                       class_name=args.class_name, source=source, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, optimizer=args.optimizer, subset_size=args.subset_size)
+                      lr=args.lr, optimizer=args.optimizer, subset_size=args.subset_size,
+                      augment=args.augment)
         results[seed] = evaluate_job(job, runner, timeout_s=config.evaluator.train_timeout_s, memory=config.evaluator.memory,
                                      val_fraction=config.evaluator.val_fraction, data_dir=config.evaluator.data_dir)
     runner.remove_strays()
@@ -145,8 +147,10 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-accuracy", type=float, default=None)
     p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean")
     p.add_argument("--device", default="auto")
+    p.add_argument("--augment", action="store_true", help="random crop and flip of image batches")
     p.add_argument("--data-dir", default=None, help="where torchvision data sets live (default: evaluator.data_dir)")
     p.add_argument("--output-dir", type=Path, default=None, help="write the confusion matrix and learning curves here")
+    p.add_argument("--download", action="store_true", help="fetch a missing torchvision data set (needs torchvision and internet)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--verbose", action="store_true", help="every metric, per-class table and training insights")
     args = p.parse_args(argv)
@@ -154,13 +158,13 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
         p.error("--model-file needs --class-name")
     try:
         data_dir = args.data_dir or load_config().evaluator.data_dir
-        dataset = load_dataset(args.dataset, data_dir=data_dir)
+        dataset = load_dataset(args.dataset, data_dir=data_dir, download_missing=args.download)
         model = (load_trusted_model(args.model_file, args.class_name) if args.model_file
                  else reference_model(dataset.input_shape, dataset.num_classes))
         config = QuickEvalConfig(dataset_name=args.dataset, num_seeds=args.num_seeds, epochs=args.epochs,
                                  batch_size=args.batch_size, subset_size=args.subset_size, lr=args.lr,
                                  target_accuracy=args.target_accuracy, goal_statistic=args.goal_statistic,
-                                 device=args.device, data_dir=data_dir,
+                                 device=args.device, data_dir=data_dir, augment=args.augment,
                                  output_dir=str(args.output_dir) if args.output_dir else None,
                                  save_confusion_matrix_plot=bool(args.output_dir), export_learning_curves=bool(args.output_dir))
     except (OSError, ValueError, DatasetError, ConfigFileError) as exc:

@@ -252,12 +252,37 @@ def dataset_key(name: str) -> str:
     return key
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+TORCHVISION_CLASSES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST",
+                       "svhn": "SVHN"}
+
+
+def download(key: str, root: Path) -> None:
+    """Fetch a torchvision data set into `root` with torchvision's own downloader (only when asked:
+    it needs torchvision installed and internet access, which the machines this is built on lack)."""
+    try:
+        import torchvision.datasets as tvd
+    except Exception as exc:  # noqa: BLE001 - a broken torchvision raises RuntimeError, not ImportError
+        raise DatasetError(f"downloading {key!r} needs torchvision matching your torch ({exc}); "
+                           f"or put the files in {root} yourself: {SOURCES[key]}") from exc
+    cls = getattr(tvd, TORCHVISION_CLASSES[key])
+    try:
+        cls(str(root), split="train", download=True) if key == "svhn" else cls(str(root), train=True, download=True)
+    except Exception as exc:  # noqa: BLE001 - no network, a checksum mismatch, a full disk
+        raise DatasetError(f"downloading {key!r} into {root} failed: {exc}") from exc
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, download_missing: bool = False) -> Dataset:
     """The data set called `name`; torchvision's are read from `data_dir` (default
-    ~/.cache/pytorch-researcher/data). Nothing is ever downloaded: a missing data set raises
-    DatasetNotFoundError saying which files are expected where and how to get them."""
+    ~/.cache/pytorch-researcher/data). Nothing is downloaded unless `download_missing` is set: a
+    missing data set raises DatasetNotFoundError saying which files are expected where and how
+    to get them."""
     key = dataset_key(name)
     root = Path(data_dir or DEFAULT_DATA_DIR).expanduser()
+    if download_missing and key in TORCHVISION_CLASSES:
+        try:
+            LOADERS[key](root)
+        except DatasetNotFoundError:
+            download(key, root)
     if (key, str(root)) not in _cache:
         _cache[(key, str(root))] = _csv(key) if key.startswith("csv:") else LOADERS[key](root)
     return _cache[(key, str(root))]

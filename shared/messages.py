@@ -94,6 +94,7 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     optimizer: str = "adam"
     weight_decay: float = 0.0
     subset_size: int | None = None
+    augment: bool = False  # random crop and flip of image batches during training
 
 
 class EpochStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -58,6 +58,7 @@ class QuickEvalConfig:
     val_fraction: float = 0.2
     device: str = "auto"
     compile: bool = False
+    augment: bool = False  # random crop and flip of image batches during training
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -156,7 +157,8 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
         settings = TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                  optimizer=config.optimizer, weight_decay=config.weight_decay, seed=seed,
                                  track_val_each_epoch=config.track_learning_curves,
-                                 track_gradient_norms=config.track_gradient_norms, compile=config.compile)
+                                 track_gradient_norms=config.track_gradient_norms, compile=config.compile,
+                                 augment=config.augment)
         out = train_model(_reinitialise(model, seed), data.x_train, data.y_train, data.x_val, settings, device)
         if out.failure:
             seed_results.append({"seed": seed, "ok": False, "error": out.failure["error"], "learning_curve": out.curve})

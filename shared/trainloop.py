@@ -39,6 +39,7 @@ class TrainSettings:
     mixed_precision: bool = True  # bf16 autocast where the device supports it (CUDA)
     channels_last: bool = True  # for 4-D inputs on CUDA
     compile: bool = False  # torch.compile the model first (worth it for long runs only)
+    augment: bool = False  # image batches: random crop (4-pixel padding) and horizontal flip, on the device
 
 
 @dataclass
@@ -66,6 +67,17 @@ def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; use adam, adamw or sgd")
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The standard light augmentation for small images, drawn from the seed's generator: a random
+    crop of the zero-padded batch (one offset per batch) and a horizontal flip of a random half."""
+    n, _, h, w = x.shape
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    out = padded[:, :, dy:dy + h, dx:dx + w]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def _predict(model: nn.Module, x: torch.Tensor, autocast) -> np.ndarray:
@@ -118,6 +130,8 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
             if idx.numel() < 2 and n > 1:  # a lone sample breaks BatchNorm in training mode
                 continue
             xb, yb = x_tr[idx], y_tr[idx]
+            if settings.augment and xb.dim() == 4:
+                xb = augment_batch(xb, generator)
             with autocast():
                 logits = model(xb)
                 loss = loss_fn(logits.float(), yb)

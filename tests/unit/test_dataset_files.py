@@ -138,3 +138,11 @@ def test_names_are_checked_without_loading():
         dataset_key("csv:/only/a/path.csv")
     with pytest.raises(DatasetNotFoundError, match="CSV file"):
         load_dataset("csv:/no/such/file.csv:t")
+
+
+def test_download_is_only_attempted_when_asked_and_says_why_it_cannot(tmp_path):
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("mnist", data_dir=tmp_path)
+    with pytest.raises(DatasetError, match="downloading 'mnist'") as caught:
+        load_dataset("mnist", data_dir=tmp_path, download_missing=True)
+    assert str(tmp_path) in str(caught.value)  # torchvision is absent or cannot reach the internet here

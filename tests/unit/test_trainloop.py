@@ -52,3 +52,17 @@ def test_an_unknown_optimizer_is_named():
     x, y = data()
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
         train_model(mlp(), x, y, x[:10], TrainSettings(optimizer="lion"))
+
+
+def test_augmentation_crops_and_flips_reproducibly():
+    from shared.trainloop import augment_batch
+
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
+    a = augment_batch(x, torch.Generator().manual_seed(3), pad=2)
+    b = augment_batch(x, torch.Generator().manual_seed(3), pad=2)
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)  # this seed shifts and flips
+    images = torch.randn(16, 3, 8, 8)
+    out = train_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3)), images,
+                      torch.randint(0, 3, (16,)), images[:4], TrainSettings(epochs=2, batch_size=8, augment=True))
+    assert out.failure is None and len(out.curve) == 2
