@@ -6,9 +6,12 @@ The image data sets are read from exactly the files and folders torchvision's lo
 (`cifar-10-batches-py/`, `cifar-100-python/`, `MNIST/raw/`, `FashionMNIST/raw/`,
 `train_32x32.mat`), so a data directory torchvision downloaded into works as it is. They are
 read here rather than through torchvision itself: the only torchvision wheel for this
-project's torch (2.13, CPU) is a CUDA build whose compiled ops fail to load, which makes
-`import torchvision` fail. Only the training split of each is used; the product draws its own
-stratified train/validation split from each seed.
+project's torch (torchvision 0.28.0 for torch 2.13.0+cpu) is a CUDA build whose `_C.so` needs
+libtorch_cuda.so, so `import torchvision` fails with "operator torchvision::nms does not exist"
+(pytorch/vision#9085). The readers follow torchvision's (`datasets/cifar.py`, `mnist.py`,
+`svhn.py`): same files, same pickle decoding, same axis order and class names. Only the
+training split of each is used; the product draws its own stratified train/validation split
+from each seed.
 
 Everything is loaded on the trusted side; the evaluation container receives the training
 split and the validation inputs only, never the validation labels.
@@ -88,13 +91,21 @@ MNIST_CLASSES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 -
                  "8 - eight", "9 - nine")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
-SOURCES = {
-    "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there",
-    "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there",
-    "mnist": "torchvision.datasets.MNIST(DIR, download=True) on a machine with internet access writes them",
-    "fashion_mnist": "torchvision.datasets.FashionMNIST(DIR, download=True) on a machine with internet access writes them",
-    "svhn": "download train_32x32.mat from http://ufldl.stanford.edu/housenumbers/",
+SOURCES = {  # how to get the files by hand; {root} is the data directory
+    "cifar10": "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into {root}",
+    "cifar100": "download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into {root}",
+    "mnist": "download train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz from "
+             "https://ossci-datasets.s3.amazonaws.com/mnist/ into {root}/MNIST/raw",
+    "fashion_mnist": "download train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz from "
+                     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ into {root}/FashionMNIST/raw",
+    "svhn": "download train_32x32.mat from http://ufldl.stanford.edu/housenumbers/ into {root}",
 }
+DOWNLOAD_HINT = ("; or, where this machine reaches the internet and torchvision matching torch is installed, "
+                 "pass download_missing=True (quick-evaluator --download)")
+
+
+def _not_found(name: str, root: Path, expected: list[str]) -> DatasetNotFoundError:
+    return DatasetNotFoundError(name, expected, SOURCES[name].format(root=root) + DOWNLOAD_HINT)
 
 
 def _images(name: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> Dataset:
@@ -105,8 +116,11 @@ def _images(name: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -
 def _unpickle(path: Path) -> dict:
     """A CIFAR pickle: Python 2's (str keys once decoded as latin1, as torchvision reads them) or
     a re-pickled one with bytes keys; names come back as str either way."""
-    with open(path, "rb") as handle:
-        raw = pickle.load(handle, encoding="latin1")
+    try:
+        with open(path, "rb") as handle:
+            raw = pickle.load(handle, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable CIFAR pickle ({exc}); extract the archive again") from exc
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: not a CIFAR batch (a {type(raw).__name__}, expected a dict)")
     text = lambda v: v.decode("latin1") if isinstance(v, bytes) else v  # noqa: E731
@@ -118,7 +132,7 @@ def _cifar10(root: Path) -> Dataset:
     batches = [folder / f"data_batch_{i}" for i in range(1, 6)]
     missing = [str(p) for p in batches + [folder / "batches.meta"] if not p.is_file()]
     if missing:
-        raise DatasetNotFoundError("cifar10", missing[:2] + (["..."] if len(missing) > 2 else []), SOURCES["cifar10"])
+        raise _not_found("cifar10", root, missing[:2] + (["..."] if len(missing) > 2 else []))
     parts = [_unpickle(p) for p in batches]
     x = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
     y = np.concatenate([np.asarray(p["labels"]) for p in parts])
@@ -130,7 +144,7 @@ def _cifar100(root: Path) -> Dataset:
     train, meta = folder / "train", folder / "meta"
     missing = [str(p) for p in (train, meta) if not p.is_file()]
     if missing:
-        raise DatasetNotFoundError("cifar100", missing, SOURCES["cifar100"])
+        raise _not_found("cifar100", root, missing)
     part = _unpickle(train)
     x = np.asarray(part["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
     return _images("cifar100", x, np.asarray(part["fine_labels"]), tuple(_unpickle(meta)["fine_label_names"]))
@@ -146,6 +160,9 @@ def _idx(path: Path, magic: int) -> np.ndarray:
         raise DatasetError(f"{path}: not an IDX file of the expected kind (magic {found}, expected {magic})")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if len(data) - 4 - 4 * ndim != int(np.prod(dims)):
+        raise DatasetError(f"{path}: {len(data) - 4 - 4 * ndim} bytes of data, its header says {dims}; "
+                           "the file is truncated, download it again")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -156,10 +173,12 @@ def _mnist_like(name: str, folder_name: str, classes: tuple[str, ...]) -> Callab
         for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
             found = [p for p in (raw / stem, raw / f"{stem}.gz") if p.is_file()]
             if not found:
-                raise DatasetNotFoundError(name, [str(raw / stem) + "[.gz]"], SOURCES[name])
+                raise _not_found(name, root, [str(raw / stem) + "[.gz]"])
             files[stem] = found[0]
         x = _idx(files["train-images-idx3-ubyte"], 2051)
         y = _idx(files["train-labels-idx1-ubyte"], 2049)
+        if len(x) != len(y):
+            raise DatasetError(f"{raw}: {len(x)} images but {len(y)} labels; the two files are from different sets")
         return _images(name, x[:, None, :, :], y, classes)
     return load
 
@@ -167,7 +186,7 @@ def _mnist_like(name: str, folder_name: str, classes: tuple[str, ...]) -> Callab
 def _svhn(root: Path) -> Dataset:
     path = root / "train_32x32.mat"
     if not path.is_file():
-        raise DatasetNotFoundError("svhn", [str(path)], SOURCES["svhn"])
+        raise _not_found("svhn", root, [str(path)])
     from scipy.io import loadmat  # scipy comes with scikit-learn
 
     mat = loadmat(path)
@@ -184,26 +203,32 @@ def _csv(spec: str) -> Dataset:
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise DatasetNotFoundError(spec, [str(path)], "give the path of a CSV file with a header row")
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
+        reader = csv.reader(handle)
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]  # (line, cells)
     if len(rows) < 2:
         raise DatasetError(f"{path}: needs a header row and at least one data row")
-    header, body = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    header, body = [h.strip() for h in rows[0][1]], rows[1:]
     if target not in header:
         raise DatasetError(f"{path}: no target column {target!r}; columns: {', '.join(header)}")
     t = header.index(target)
     features = [i for i in range(len(header)) if i != t]
     x = np.empty((len(body), len(features)), dtype=np.float32)
-    for r, row in enumerate(body, start=2):
+    for n, (line, row) in enumerate(body):
         if len(row) != len(header):
-            raise DatasetError(f"{path} line {r}: {len(row)} fields, the header has {len(header)}")
+            raise DatasetError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+        if not row[t].strip():
+            raise DatasetError(f"{path} line {line}: the target {target!r} is empty")
         for j, i in enumerate(features):
+            if not row[i].strip():
+                raise DatasetError(f"{path} line {line}: column {header[i]!r} is empty; "
+                                   "fill or drop missing values first")
             try:
-                x[r - 2, j] = float(row[i])
+                x[n, j] = float(row[i])
             except ValueError:
-                raise DatasetError(f"{path} line {r}: column {header[i]!r} is not numeric ({row[i]!r}); "
+                raise DatasetError(f"{path} line {line}: column {header[i]!r} is not numeric ({row[i]!r}); "
                                    "encode it as numbers first") from None
-    labels = [row[t].strip() for row in body]
+    labels = [row[t].strip() for _, row in body]
     try:
         classes = sorted(set(labels), key=float)
     except ValueError:
@@ -278,14 +303,21 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, down
     to get them."""
     key = dataset_key(name)
     root = Path(data_dir or DEFAULT_DATA_DIR).expanduser()
-    if download_missing and key in TORCHVISION_CLASSES:
-        try:
-            LOADERS[key](root)
-        except DatasetNotFoundError:
-            download(key, root)
     if (key, str(root)) not in _cache:
-        _cache[(key, str(root))] = _csv(key) if key.startswith("csv:") else LOADERS[key](root)
+        _cache[(key, str(root))] = _load(key, root, download_missing)
     return _cache[(key, str(root))]
+
+
+def _load(key: str, root: Path, download_missing: bool) -> Dataset:
+    if key.startswith("csv:"):
+        return _csv(key)
+    try:
+        return LOADERS[key](root)
+    except DatasetNotFoundError:
+        if not (download_missing and key in TORCHVISION_CLASSES):
+            raise
+    download(key, root)
+    return LOADERS[key](root)
 
 
 def split(ds: Dataset, seed: int, val_fraction: float = 0.2, subset_size: int | None = None) -> Split:

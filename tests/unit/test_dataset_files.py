@@ -2,6 +2,7 @@
 
 import gzip
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -13,7 +14,47 @@ from shared.errors import DatasetError, DatasetNotFoundError, UnknownDatasetErro
 RNG = np.random.default_rng(0)
 
 
-def write_cifar10(root, per_batch=8):
+class Py2Pickler(pickle._Pickler):
+    """Writes what Python 2's cPickle wrote for the CIFAR files: bytes as Python 2 `str` (SHORT_BINSTRING /
+    BINSTRING, which Python 3 reads back as str under encoding="latin1" and as bytes under "bytes"), and
+    arrays through `numpy.core.multiarray._reconstruct`, the name the original files carry."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        if getattr(obj, "__module__", "") == "numpy._core.multiarray":  # numpy >= 2 names it so
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n" + (name or obj.__name__).encode() + b"\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def dump_py2(obj, path):
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+def dump_py3(obj, path):  # a copy re-pickled by Python 3, bytes keys kept
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def test_the_py2_writer_gives_the_originals_opcodes(tmp_path):
+    dump_py2({b"data": np.zeros((1, 3072), np.uint8), b"labels": [3]}, tmp_path / "b")
+    raw = (tmp_path / "b").read_bytes()
+    assert raw.startswith(b"\x80\x02}q\x00(U\x04data") and b"cnumpy.core.multiarray\n_reconstruct\n" in raw
+    assert set(pickle.loads(raw, encoding="latin1")) == {"data", "labels"}  # how torchvision reads it
+    assert set(pickle.loads(raw, encoding="bytes")) == {b"data", b"labels"}  # how the CIFAR page says to
+
+
+def write_cifar10(root, per_batch=8, dump=dump_py2):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     labels = []
@@ -21,12 +62,11 @@ def write_cifar10(root, per_batch=8):
         data = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         batch_labels = [int(v) for v in RNG.integers(0, 10, per_batch)]
         labels += batch_labels
-        with open(folder / f"data_batch_{i}", "wb") as f:  # as the originals: Python 2 pickles with bytes keys
-            pickle.dump({b"batch_label": b"training batch", b"labels": batch_labels, b"data": data,
-                         b"filenames": [b"x.png"] * per_batch}, f, protocol=2)
+        dump({b"batch_label": b"training batch %d of 5" % i, b"labels": batch_labels, b"data": data,
+              b"filenames": [b"x.png"] * per_batch}, folder / f"data_batch_{i}")
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in names], b"num_cases_per_batch": per_batch}, f, protocol=2)
+    dump({b"label_names": [n.encode() for n in names], b"num_cases_per_batch": per_batch, b"num_vis": 3072},
+         folder / "batches.meta")
     return labels, names
 
 
@@ -37,8 +77,9 @@ def write_idx(path, array, magic, compress=False):
     (gzip.open if compress else open)(path, "wb").write(data)
 
 
-def test_cifar10_reads_the_python_pickles(tmp_path):
-    labels, names = write_cifar10(tmp_path)
+@pytest.mark.parametrize("dump", [dump_py2, dump_py3])
+def test_cifar10_reads_the_python_pickles(tmp_path, dump):
+    labels, names = write_cifar10(tmp_path, dump=dump)
     ds = load_dataset("cifar10", data_dir=tmp_path)
     assert ds.x.shape == (40, 3, 32, 32) and ds.x.dtype == np.float32
     assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0
@@ -50,10 +91,10 @@ def test_cifar100_reads_fine_labels(tmp_path):
     folder.mkdir()
     data = RNG.integers(0, 256, (12, 3072), dtype=np.uint8)
     fine = [int(v) for v in RNG.integers(0, 100, 12)]
-    with open(folder / "train", "wb") as f:
-        pickle.dump({b"data": data, b"fine_labels": fine, b"coarse_labels": [0] * 12}, f, protocol=2)
-    with open(folder / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)], b"coarse_label_names": []}, f, protocol=2)
+    dump_py2({b"filenames": [b"x.png"] * 12, b"batch_label": b"training batch 1 of 1", b"fine_labels": fine,
+              b"coarse_labels": [0] * 12, b"data": data}, folder / "train")
+    dump_py2({b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+              b"coarse_label_names": [f"s{i}".encode() for i in range(20)]}, folder / "meta")
     ds = load_dataset("CIFAR-100", data_dir=tmp_path)
     assert ds.x.shape == (12, 3, 32, 32) and ds.num_classes == 100 and ds.y.tolist() == fine
     np.testing.assert_allclose(ds.x[0].reshape(-1), data[0] / 255.0, rtol=1e-6)
@@ -81,6 +122,29 @@ def test_a_swapped_idx_file_is_named(tmp_path):
         load_dataset("mnist", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((5, 28, 28)), np.zeros(4), "5 images but 4 labels"),
+    (np.zeros((5, 28, 28)), None, "the file is truncated"),
+])
+def test_inconsistent_idx_files_are_named(tmp_path, images, labels, message):
+    raw = tmp_path / "MNIST/raw"
+    write_idx(raw / "train-images-idx3-ubyte", images, 2051)
+    if labels is None:  # a download cut short: the header promises 5 labels, 3 follow
+        header = (2049).to_bytes(4, "big") + (5).to_bytes(4, "big")
+        raw.joinpath("train-labels-idx1-ubyte").write_bytes(header + b"\0" * 3)
+    else:
+        write_idx(raw / "train-labels-idx1-ubyte", labels, 2049)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_a_corrupt_cifar_pickle_is_named(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py/data_batch_3").write_bytes(b"\x80\x02}q\x00(U\x04da")
+    with pytest.raises(DatasetError, match="data_batch_3: not a readable CIFAR pickle"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
 def test_svhn_reads_the_mat_file_with_ten_meaning_zero(tmp_path):
     x = RNG.integers(0, 256, (32, 32, 3, 6), dtype=np.uint8)
     y = np.array([[10], [1], [2], [10], [9], [5]], dtype=np.uint8)
@@ -101,8 +165,8 @@ def test_a_missing_data_set_says_where_and_how(tmp_path, name, fragment):
     with pytest.raises(DatasetNotFoundError) as caught:
         load_dataset(name, data_dir=tmp_path / "empty")
     message = str(caught.value)
-    assert str(tmp_path / "empty") in message and fragment in message
-    assert "download" in message
+    assert str(tmp_path / "empty" / fragment) in message  # the exact path expected
+    assert "download" in message and "download_missing=True" in message
 
 
 def test_csv_with_a_string_target(tmp_path):
@@ -120,10 +184,20 @@ def test_csv_with_a_numeric_target_orders_classes_numerically(tmp_path):
     assert ds.class_names == ("2", "10") and ds.y.tolist() == [1, 0, 1]
 
 
+def test_csv_tolerates_a_byte_order_mark_and_spaced_header(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffa, kind\n1,x\n2,y\n".encode("utf-8"))
+    ds = load_dataset(f"csv:{path}:kind")
+    assert ds.x.tolist() == [[1], [2]] and ds.class_names == ("x", "y")
+
+
 @pytest.mark.parametrize("content, target, message", [
     ("a,b\n1,2\n", "kind", "no target column 'kind'; columns: a, b"),
     ("a,colour,kind\n1,red,x\n", "kind", "line 2: column 'colour' is not numeric ('red')"),
     ("a,kind\n1\n", "kind", "line 2: 1 fields, the header has 2"),
+    ("a,kind\n1,x\n\n\n,y\n", "kind", "line 5: column 'a' is empty"),  # blank lines still counted
+    ("a,kind\n1,x\n2,\n", "kind", "line 3: the target 'kind' is empty"),
+    ("a,kind\n", "kind", "needs a header row and at least one data row"),
 ])
 def test_csv_errors_are_specific(tmp_path, content, target, message):
     path = tmp_path / "bad.csv"
