@@ -4,7 +4,8 @@ Same process, same model (copies of one initialisation), same data, same device,
 batch size. The baseline is the loop a researcher writes first: a TensorDataset behind a
 shuffling DataLoader, fp32, a host-to-device copy per batch and `loss.item()` every step. The
 engine (`shared.trainloop.train_model`) keeps the data on the device, draws batches by index,
-syncs with the host once per epoch, and on CUDA uses bf16 autocast and channels_last. Rounds
+syncs with the host once per epoch, uses channels_last for image batches, and on CUDA bf16
+autocast. Rounds
 alternate (baseline, engine, baseline, engine, ...) so drift on a shared machine hits both;
 each figure is the median over rounds of samples per second.
 """
