@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import sys
@@ -16,10 +15,9 @@ from torch import nn
 from tqdm import tqdm
 
 from services.evaluator.evaluate import evaluate_job
-from services.evaluator.main import _want_gpus, eval_limits
+from services.evaluator.main import make_eval_runner
 from services.planner.decide import summarise
 from shared.config import load_config
-from shared.containers import ContainerRunner
 from shared.datasets import load_dataset
 from shared.errors import ConfigFileError, DatasetError, SandboxUnavailableError
 from shared.messages import EvalJob
@@ -78,8 +76,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        runner = ContainerRunner(eval_limits(config, False), owner=f"cli-evaluate-{time.time_ns()}")
-        runner.limits = dataclasses.replace(runner.limits, gpus=_want_gpus(config.evaluator.gpus, runner.client))
+        runner = make_eval_runner(config, owner=f"cli-evaluate-{time.time_ns()}")
     except SandboxUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -99,8 +99,7 @@ async def via_service(url: str, request: ValidateRequest, timeout_s: float) -> V
 
 
 def direct(config: Config, request: ValidateRequest, timeout_s: float, policy: str) -> ValidationResult:
-    runner = make_runner(msgspec.structs.replace(config, sandbox=msgspec.structs.replace(config.sandbox, pool_size=0)),
-                         owner=f"cli-{os.getpid()}")
+    runner = make_runner(config, owner=f"cli-{os.getpid()}")  # no start_pool(): one cold container
     try:
         return validate(request, runner, timeout_s, config.sandbox.memory, policy)  # type: ignore[arg-type]
     finally:

@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -64,7 +64,6 @@ class RunOutcome:
     stderr_tail: str = ""
     pooled: bool = False
     stage: str = "start"  # the last stage the harness saw the code reach (import, init, forward, ...)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _docker() -> docker.DockerClient:
@@ -126,6 +125,11 @@ class _Attached:
         except OSError:
             pass
 
+    def discard(self) -> None:
+        """Close the stream and remove the container (it is never reused)."""
+        self.close()
+        _remove(self.container)
+
 
 class ContainerRunner:
     """Runs harness jobs in single-use locked-down containers, optionally from a warm pool.
@@ -176,16 +180,8 @@ class ContainerRunner:
         self._wake.set()
         if self._filler is not None:
             self._filler.join(timeout=START_TIMEOUT_S)
-        while True:
-            try:
-                warm = self._pool.get_nowait()
-            except queue.Empty:
-                break
-            warm.close()
-            _remove(warm.container)
-
-    def warm_count(self) -> int:
-        return self._pool.qsize()
+        for warm in self._drain():
+            warm.discard()
 
     def wait_warm(self, count: int | None = None, timeout_s: float = START_TIMEOUT_S) -> bool:
         """Block until the pool holds `count` (default: pool_size) warm containers."""
@@ -210,28 +206,30 @@ class ContainerRunner:
                     self._stop.wait(5.0)
                     continue
                 if self._stop.is_set():
-                    warm.close()
-                    _remove(warm.container)
+                    warm.discard()
                     break
                 self._pool.put(warm)
                 continue
             self._wake.wait(timeout=5.0)
             self._wake.clear()
 
-    def _recycle_idle(self) -> None:
-        keep = []
+    def _usable(self, warm: _Attached) -> bool:
+        return warm.alive() and time.monotonic() - warm.started_at <= self.max_idle_s
+
+    def _drain(self) -> list[_Attached]:
+        taken = []
         while True:
             try:
-                warm = self._pool.get_nowait()
+                taken.append(self._pool.get_nowait())
             except queue.Empty:
-                break
-            if time.monotonic() - warm.started_at > self.max_idle_s or not warm.alive():
-                warm.close()
-                _remove(warm.container)
+                return taken
+
+    def _recycle_idle(self) -> None:
+        for warm in self._drain():
+            if self._usable(warm):
+                self._pool.put(warm)
             else:
-                keep.append(warm)
-        for warm in keep:
-            self._pool.put(warm)
+                warm.discard()
 
     def _take(self) -> _Attached | None:
         while True:
@@ -241,10 +239,9 @@ class ContainerRunner:
                 return None
             finally:
                 self._wake.set()  # the filler starts a replacement now
-            if warm.alive() and time.monotonic() - warm.started_at <= self.max_idle_s:
+            if self._usable(warm):
                 return warm
-            warm.close()
-            _remove(warm.container)
+            warm.discard()
 
     # ---- one container ----
     def _create(self, job_id: str, threads: int):

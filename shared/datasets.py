@@ -72,8 +72,8 @@ def _digits() -> Dataset:
     return Dataset("digits", "image", x, bunch.target.astype(np.int64), tuple(str(n) for n in bunch.target_names))
 
 
-def _sklearn_tabular(name: str, loader: Callable) -> Callable[[], Dataset]:
-    def load() -> Dataset:
+def _sklearn_tabular(name: str, loader: Callable) -> Callable[[Path], Dataset]:
+    def load(root: Path) -> Dataset:  # embedded in scikit-learn: no data directory
         bunch = loader()
         return Dataset(name, "tabular", bunch.data.astype(np.float32), bunch.target.astype(np.int64),
                        tuple(str(n) for n in bunch.target_names))
@@ -246,9 +246,9 @@ def _parse_csv_name(name: str) -> tuple[str, str, str]:
 
 LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "digits": lambda root: _digits(),
-    "breast_cancer": lambda root: _sklearn_tabular("breast_cancer", skd.load_breast_cancer)(),
-    "wine": lambda root: _sklearn_tabular("wine", skd.load_wine)(),
-    "iris": lambda root: _sklearn_tabular("iris", skd.load_iris)(),
+    "breast_cancer": _sklearn_tabular("breast_cancer", skd.load_breast_cancer),
+    "wine": _sklearn_tabular("wine", skd.load_wine),
+    "iris": _sklearn_tabular("iris", skd.load_iris),
     "synthetic": lambda root: _synthetic(),
     "cifar10": _cifar10,
     "cifar100": _cifar100,
@@ -288,7 +288,7 @@ def download(key: str, root: Path) -> None:
         import torchvision.datasets as tvd
     except Exception as exc:  # noqa: BLE001 - a broken torchvision raises RuntimeError, not ImportError
         raise DatasetError(f"downloading {key!r} needs torchvision matching your torch ({exc}); "
-                           f"or put the files in {root} yourself: {SOURCES[key]}") from exc
+                           f"or get the files yourself: {SOURCES[key].format(root=root)}") from exc
     cls = getattr(tvd, TORCHVISION_CLASSES[key])
     try:
         cls(str(root), split="train", download=True) if key == "svhn" else cls(str(root), train=True, download=True)

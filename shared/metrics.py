@@ -67,6 +67,14 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence
     return out
 
 
+def score(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], **options) -> tuple[dict, dict]:
+    """`compute_metrics` split for storage: -> (the SCALAR_METRICS, which aggregate over seeds;
+    the details: per-class metrics, confusion matrices, top confusions, class balance, AUC kind)."""
+    everything = compute_metrics(y_true, probs, class_names, **options)
+    scalars = {name: everything.get(name) for name in SCALAR_METRICS}
+    return scalars, {k: v for k, v in everything.items() if k not in scalars}
+
+
 def aggregate_confusion(matrices: list) -> list[list[int]]:
     """Element-wise sum of the seeds' confusion matrices (each C x C ints)."""
     if not matrices:

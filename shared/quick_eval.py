@@ -22,11 +22,10 @@ from torch import nn
 
 from shared.datasets import load_dataset, split
 from shared.dynamics import analyse_learning
-from shared.metrics import SCALAR_METRICS, compute_metrics
-from shared.stats import aggregate, goal_statistic
+from shared.metrics import SCALAR_METRICS, score
+from shared.stats import aggregate, goal_statistic, metric_bounds
 from shared.trainloop import TrainSettings, pick_device, train_model
 
-LOSS_BOUNDS = (0.0, float("inf"))  # a loss is never negative; every other tracked metric lies in [0, 1]
 
 
 @dataclass
@@ -99,9 +98,9 @@ def epoch_curve(points: Sequence[dict], per_epoch_probs: Sequence[np.ndarray] | 
 def build_seed_report(seed: int, y_val: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
                       curve: list[dict], config: QuickEvalConfig) -> dict[str, Any]:
     """Every metric of one seed from its predictions, plus its learning dynamics."""
-    metrics = compute_metrics(y_val, probs, class_names, per_class=config.compute_per_class_metrics,
-                              confusion=config.compute_confusion_matrix, auc=config.compute_auc_scores)
-    report = {"seed": seed, "ok": True, "metrics": {k: metrics.get(k) for k in SCALAR_METRICS}, "details": metrics}
+    metrics, details = score(y_val, probs, class_names, per_class=config.compute_per_class_metrics,
+                             confusion=config.compute_confusion_matrix, auc=config.compute_auc_scores)
+    report = {"seed": seed, "ok": True, "metrics": metrics, "details": details}
     if config.track_learning_curves:
         report["learning_curve"] = curve
         report["dynamics"] = analyse_learning(curve)
@@ -125,7 +124,7 @@ def summarise(seed_results: list[dict], config: QuickEvalConfig) -> dict[str, An
     aggregated = {}
     for name in config.metrics_to_track:
         values = [r["metrics"][name] for r in good if r["metrics"].get(name) is not None]
-        summary = aggregate(values, config.confidence_level, LOSS_BOUNDS if name.endswith("loss") else (0.0, 1.0))
+        summary = aggregate(values, config.confidence_level, metric_bounds(name))
         if not config.compute_confidence_intervals:
             summary["ci_95"] = None
         aggregated[name] = summary
@@ -134,8 +133,7 @@ def summarise(seed_results: list[dict], config: QuickEvalConfig) -> dict[str, An
     return {
         "aggregated": aggregated,
         "best_seed": best["seed"] if best else None,
-        "final": ({**best["metrics"], **{k: v for k, v in best["details"].items() if k not in best["metrics"]}}
-                  if best else None),
+        "final": {**best["metrics"], **best["details"]} if best else None,
         "goal_statistic": config.goal_statistic,
         "goal_value": statistic,
         "goal_achieved": bool(config.target_accuracy is not None and statistic is not None

@@ -28,6 +28,12 @@ def aggregate(values: Sequence[float], confidence: float = 0.95, bounds: tuple[f
             "min": float(arr.min()), "max": float(arr.max()), "n": n, "confidence_level": confidence}
 
 
+def metric_bounds(name: str) -> tuple[float, float]:
+    """The range a metric's interval is clipped to: a loss is never negative, every other
+    tracked metric (accuracy, F1, AUC, ...) lies in [0, 1]."""
+    return (0.0, math.inf) if name.endswith("loss") else (0.0, 1.0)
+
+
 def goal_statistic(summary: dict, statistic: str) -> float | None:
     """The number a goal is judged on: the mean, or the lower bound of the interval."""
     if statistic == "ci_lower":

@@ -129,6 +129,7 @@ def train(job, blob, stage):
     arrays = np.load(io.BytesIO(blob), allow_pickle=False)
     seed = int(job["seed"])
     torch.manual_seed(seed)  # the model's initialisation is part of the seed
+    np.random.seed(seed)
     model, failure = _load_model(job, stage)
     if failure:
         return failure
@@ -196,22 +197,28 @@ def _write_result_line(message):
 
 def collect(pid, fd):
     """Read the model process's reports until it exits, passing each stage it reaches on to the
-    supervisor as it happens (so a timeout can say where the code was). -> (raw bytes, wait
-    status, overflow)."""
-    buf, status, overflow, scanned = bytearray(), None, False, 0
+    supervisor as it happens (so a timeout can say where the code was).
+    -> (raw bytes, wait status, overflow, the last stage reached)."""
+    buf, status, overflow, scanned, stage = bytearray(), None, False, 0, "start"
+
+    def take(chunk):
+        nonlocal scanned, stage
+        buf.extend(chunk)
+        while (end := buf.find(b"\n", scanned)) >= 0:
+            line, scanned = bytes(buf[scanned:end]), end + 1
+            if len(line) < 64 and line.startswith(b'{"stage": "'):
+                name = line[11:-2].decode("ascii", "replace")
+                if name in STAGES:
+                    stage = name
+                    _write_result_line({"stage": name})
+
     while status is None:
         readable, _, _ = select.select([fd], [], [], 0.05)
         if readable:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
-            buf += chunk
-            while (end := buf.find(b"\n", scanned)) >= 0:
-                line, scanned = bytes(buf[scanned:end]), end + 1
-                if len(line) < 64 and line.startswith(b'{"stage": "'):
-                    name = line[11:-2].decode("ascii", "replace")
-                    if name in STAGES:
-                        _write_result_line({"stage": name})
+            take(chunk)
             if len(buf) > MAX_REPORT_BYTES:
                 overflow = True
                 os.kill(pid, signal.SIGKILL)
@@ -227,25 +234,22 @@ def collect(pid, fd):
                     break
                 if not chunk:
                     break
-                buf += chunk
+                take(chunk)
     if status is None:
         _, status = os.waitpid(pid, 0)
-    return bytes(buf), status, overflow
+    return bytes(buf), status, overflow, stage
 
 
-def interpret(raw, status, overflow, token):
-    stage, final = "start", None
+def interpret(raw, status, overflow, token, stage):
+    final = None
     for line in raw.split(b"\n"):
         try:
             message = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(message, dict):
-            continue
-        if isinstance(message.get("stage"), str) and final is None:
-            stage = message["stage"][:32]
-        if final is None and message.get("token") == token and isinstance(message.get("final"), dict):
+        if isinstance(message, dict) and message.get("token") == token and isinstance(message.get("final"), dict):
             final = message["final"]
+            break
     process = {"stage": stage, "report_overflow": overflow,
                "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
@@ -261,8 +265,8 @@ def main():
         os.close(report_r)
         model_process(job, blob, report_w, token)
     os.close(report_w)
-    raw, status, overflow = collect(pid, report_r)
-    final, process = interpret(raw, status, overflow, token)
+    raw, status, overflow, stage = collect(pid, report_r)
+    final, process = interpret(raw, status, overflow, token, stage)
     _write_result_line({"harness": "done", "result": final, "process": process})
     os.close(RESULT_FD)
     os._exit(0)  # skip the interpreter's teardown of torch: it costs ~0.4 s of every validation

@@ -16,16 +16,8 @@ from services.sandbox.validate import outcome_to_result
 from shared.datasets import load_dataset, split
 from shared.errors import DatasetError
 from shared.messages import EpochStats, EvalJob, SeedResult
-from shared.metrics import SCALAR_METRICS, compute_metrics
+from shared.metrics import score
 from shared.quick_eval import epoch_curve
-
-
-def score(y_true: np.ndarray, probs: np.ndarray, class_names) -> tuple[dict[str, float | None], dict]:
-    """Every metric from the evaluator's own labels and the container's predictions:
-    -> (scalar metrics, details: per-class metrics, confusion matrices, class balance)."""
-    everything = compute_metrics(y_true, probs, class_names)
-    scalars = {name: everything.get(name) for name in SCALAR_METRICS}
-    return scalars, {k: v for k, v in everything.items() if k not in scalars}
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
@@ -71,7 +63,7 @@ def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fra
         curve = learning_curve(result, data.y_val, ds.num_classes)
     except (KeyError, ValueError, TypeError) as exc:
         return SeedResult(ok=False, error=f"the harness returned an unreadable learning curve: {exc}", duration_s=elapsed(), **base)
-    metrics, details = score(data.y_val, probs, ds.class_names)
+    metrics, details = score(data.y_val, probs, ds.class_names)  # every metric here, from our own labels
     return SeedResult(ok=True, metrics=metrics, details=details, learning_curve=curve,
                       train_time_s=float(result.get("train_time_s", 0.0)), samples_per_s=float(result.get("samples_per_s", 0.0)),
                       device=str(result.get("device", "cpu")), duration_s=elapsed(), **base)

@@ -40,6 +40,14 @@ def _want_gpus(setting: str, runner_client) -> bool:
         return False
 
 
+def make_eval_runner(config: Config, owner: str) -> ContainerRunner:
+    """The training containers' runner, with the GPUs passed through when the setting asks; its
+    containers' expiry covers the longest training the configuration allows."""
+    runner = ContainerRunner(eval_limits(config, False), owner=owner, max_job_s=config.evaluator.train_timeout_s)
+    runner.limits = dataclasses.replace(runner.limits, gpus=_want_gpus(config.evaluator.gpus, runner.client))
+    return runner
+
+
 async def handle(msg, js, runner: ContainerRunner, config: Config, name: str) -> None:
     try:
         job = decode(msg.data, EvalJob, msg.subject)
@@ -78,8 +86,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     config = config or load_config()
     configure_logging("evaluator", config.log_level)
     name = replica_name()
-    runner = ContainerRunner(eval_limits(config, False), owner=f"evaluator-{name}")
-    runner.limits = dataclasses.replace(runner.limits, gpus=_want_gpus(config.evaluator.gpus, runner.client))
+    runner = make_eval_runner(config, owner=f"evaluator-{name}")
     removed = runner.remove_strays()
     nc = nc or await connect(config.nats_url, f"evaluator-{name}")
     js = nc.jetstream()

@@ -7,7 +7,7 @@ import msgspec
 from shared.dynamics import analyse_learning
 from shared.messages import Goal, SeedResult
 from shared.registry import Decision, IterationRecord
-from shared.stats import aggregate, goal_statistic
+from shared.stats import aggregate, goal_statistic, metric_bounds
 
 
 def summarise(results: dict[int, SeedResult], seeds: list[int]) -> dict:
@@ -15,7 +15,7 @@ def summarise(results: dict[int, SeedResult], seeds: list[int]) -> dict:
     ok = {s: r for s, r in results.items() if r.ok}
     names = sorted({name for r in ok.values() for name, value in r.metrics.items() if value is not None})
     aggregated = {name: aggregate([r.metrics[name] for r in ok.values() if r.metrics.get(name) is not None],
-                                  bounds=(0.0, float("inf")) if name.endswith("loss") else (0.0, 1.0)) for name in names}
+                                  bounds=metric_bounds(name)) for name in names}
     failed = [{"seed": s, "error": results[s].error if s in results else "no result arrived in time"}
               for s in seeds if s not in ok]
     best_seed = max(ok, key=lambda s: ok[s].metrics.get("val_accuracy") or 0.0) if ok else None
