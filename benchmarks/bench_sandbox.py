@@ -15,7 +15,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from services.assembler.assemble import assemble
+from shared.assemble import assemble
 from services.sandbox.main import make_runner
 from services.sandbox.validate import validate
 from shared.config import load_config

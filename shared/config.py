@@ -64,12 +64,58 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     val_fraction: float = 0.2
 
 
+class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One role's OpenAI-compatible endpoint. A key left unset (null) takes its default, and for
+    the tools role planning's value: configure planning alone and both roles use that model."""
+
+    base_url: str | None = None  # e.g. http://localhost:11434/v1 (Ollama); null: no LLM for this role
+    model: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the API key (the key itself is never configured or logged)
+    timeout_s: float | None = None  # one HTTP request, seconds
+    max_retries: int | None = None  # on connection errors, timeouts, 408/409/429/5xx, with exponential backoff
+    token_budget: int | None = None  # tokens in + out per run for this role; past it the built-in step runs
+    max_reply_tokens: int | None = None
+    temperature: float | None = None
+    json_mode: bool | None = None  # ask for response_format json_object (Ollama, vLLM, llama.cpp and OpenAI have it)
+
+
+# What an unset key of a role means (after the tools role has taken planning's values).
+LLM_ROLE_DEFAULTS: dict[str, Any] = {"api_key_env": "OPENAI_API_KEY", "timeout_s": 120.0, "max_retries": 2,
+                                     "token_budget": 200_000, "max_reply_tokens": 4096, "temperature": 0.2,
+                                     "json_mode": True}
+
+
+class LLMConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    planning: LLMRoleConfig = msgspec.field(default_factory=LLMRoleConfig)  # proposes configs, decides
+    tools: LLMRoleConfig = msgspec.field(default_factory=LLMRoleConfig)  # writes module code, summaries
+    code_attempts: int = 3  # tools-LLM code generations per iteration (first + fixes) before the deterministic assembler
+    history_limit: int = 8  # iterations shown to the planning LLM in full (the best one always is)
+
+    def __post_init__(self) -> None:
+        if self.code_attempts < 1 or self.history_limit < 1:
+            raise ValueError("llm.code_attempts and llm.history_limit must be at least 1")
+        for role in ("planning", "tools"):
+            resolved = resolve_llm(self, role)
+            if resolved["base_url"] and not resolved["model"]:
+                raise ValueError(f"llm.{role}.base_url is set but no model is: set llm.{role}.model "
+                                 f"(or --{'tools-' if role == 'tools' else ''}llm-model)")
+
+
+def resolve_llm(llm: LLMConfig, role: str) -> dict[str, Any]:
+    """The effective settings of `role` ("planning" or "tools") as a dict of LLMRoleConfig's keys."""
+    planning = msgspec.structs.asdict(llm.planning)
+    values = planning if role == "planning" else {
+        key: planning[key] if value is None else value for key, value in msgspec.structs.asdict(llm.tools).items()}
+    return {key: LLM_ROLE_DEFAULTS.get(key) if value is None else value for key, value in values.items()}
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     log_level: str = "info"
     planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     evaluator: EvaluatorConfig = msgspec.field(default_factory=EvaluatorConfig)
+    llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
 
 
 def replica_name() -> str:

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 import msgspec
 
-RunStatus = Literal["running", "goal_achieved", "no_progress", "max_iterations", "failed"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"goal_achieved", "no_progress", "max_iterations", "failed"})
+# stopped: the planning LLM chose to end the run before its budget was spent
+RunStatus = Literal["running", "goal_achieved", "no_progress", "max_iterations", "stopped", "failed"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"goal_achieved", "no_progress", "max_iterations", "stopped", "failed"})
 GoalStatistic = Literal["mean", "ci_lower"]
 
 
@@ -33,11 +34,41 @@ class Goal(msgspec.Struct, frozen=True, kw_only=True):
     submitted_at: float = 0.0
 
 
+# ---- LLM calls (made by the planner and the assembler, recorded by the planner) ----
+class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One chat completion, whatever its outcome. `messages` and `reply` travel inline from the
+    service that made the call; the registry keeps them as an artifact named by `exchange`."""
+
+    role: str  # planning | tools
+    purpose: str  # propose, decide, code, summary
+    model: str
+    outcome: str  # ok, malformed, refused, empty, timeout, unreachable, http_<status>, budget
+    error: str | None = None
+    latency_s: float = 0.0
+    tokens_in: int | None = None  # as the server reports them
+    tokens_out: int | None = None
+    started_at: float = 0.0
+    messages: list[dict[str, Any]] = []
+    reply: str | None = None
+    exchange: str | None = None
+
+
 # ---- assembler ----
+class CodeFeedback(msgspec.Struct, frozen=True, kw_only=True):
+    """An earlier attempt of the tools LLM and why the sandbox rejected it."""
+
+    source: str
+    error: str
+
+
 class AssembleRequest(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     iteration: int
     model_config: dict[str, Any]
+    deterministic: bool = False  # the tools LLM has had its attempts: use the deterministic assembler
+    feedback: list[CodeFeedback] = []  # the tools LLM's rejected attempts at this iteration, oldest first
+    attempts_left: int = 1  # code generations the tools LLM may still make for this iteration
+    tokens_used: int = 0  # by the tools role in this run so far (its budget is the assembler's setting)
 
 
 class AssembleReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,7 +76,27 @@ class AssembleReply(msgspec.Struct, frozen=True, kw_only=True):
     class_name: str = ""
     source: str = ""
     error: str | None = None
-    assembler: str = "deterministic"
+    assembler: str = "deterministic"  # deterministic | llm
+    note: str | None = None  # why the tools LLM's code was not used, when it was asked
+    llm_calls: list[LLMCall] = []
+
+
+class SummaryRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The tools LLM's reading of validated code, beside the facts the sandbox measured."""
+
+    run_id: str
+    iteration: int
+    class_name: str
+    source: str
+    facts: dict[str, Any]
+    tokens_used: int = 0
+
+
+class SummaryReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    narrative: dict[str, Any] | None = None  # architecture, strengths, weaknesses
+    error: str | None = None
+    llm_calls: list[LLMCall] = []
 
 
 # ---- sandbox ----
@@ -75,6 +126,7 @@ class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):
     timed_out: bool = False
     oom_killed: bool = False
     flags: list[str] = []  # the pre-check's findings (dangerous constructs, each with its line)
+    flops: int | None = None  # floating-point operations of one forward pass of the probe batch
 
 
 # ---- evaluation ----

@@ -10,6 +10,7 @@ GOALS_CONSUMER = "planner"
 
 # ---- request/reply work (core NATS; the planner retries from its persisted state) ----
 ASSEMBLE_SUBJECT = "research.assemble"
+SUMMARY_SUBJECT = "research.assemble.summary"  # the tools LLM's reading of validated code
 VALIDATE_SUBJECT = "research.sandbox.validate"
 ASSEMBLER_QUEUE = "assemblers"
 SANDBOX_QUEUE = "sandboxes"

@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from services.assembler.assemble import ConfigError, assemble
+from shared.assemble import ConfigError, assemble
 from shared import subjects
 from shared.bus import connect, decode_request, encode, stop_event
 from shared.config import Config, load_config

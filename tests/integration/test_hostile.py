@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from services.assembler.assemble import assemble
+from shared.assemble import assemble
 from services.sandbox.validate import flag_constructs, validate
 from shared.containers import JOB_LABEL, OWNER_LABEL, ContainerRunner, Limits
 from shared.messages import ValidateRequest

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.assembler.assemble import assemble
+from shared.assemble import assemble
 from services.sandbox.validate import validate
 from shared.containers import ContainerRunner, Limits
 from shared.messages import ValidateRequest

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from services.assembler.assemble import assemble
+from shared.assemble import assemble
 from shared import subjects
 from shared.bus import connect, decode, encode
 from shared.messages import ValidateRequest, ValidationResult
