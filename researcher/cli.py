@@ -18,8 +18,10 @@ from researcher import evaluate_cmd, validate_cmd
 from researcher.stack import LocalStack
 from shared import subjects
 from shared.bus import connect, decode, encode, ensure_streams
+from shared.config import load_config
 from shared.datasets import dataset_key, known_datasets
-from shared.errors import UnknownDatasetError
+from shared.errors import ConfigFileError, UnknownDatasetError
+from shared.llm import llm_settings
 from shared.log import configure_logging
 from shared.messages import TERMINAL_STATUSES, Event, Goal
 from shared.registry import Registry
@@ -38,6 +40,37 @@ def _goal_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=int, default=20)
 
 
+_LLM_ROLES = (("llm", "PLANNING", "planning"), ("tools_llm", "TOOLS", "tools"))
+
+
+def _llm_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LLMs", "any OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, OpenAI); for the "
+                             "embedded stack (a running stack takes them from its configuration's llm section)")
+    g.add_argument("--llm-base-url", help="the planning LLM's endpoint, e.g. http://localhost:11434/v1; "
+                   "none: the built-in search plans")
+    g.add_argument("--llm-model", help="the planning LLM's model name, e.g. qwen2.5-coder:7b")
+    g.add_argument("--llm-api-key", help="the planning LLM's key (or put it in $OPENAI_API_KEY)")
+    g.add_argument("--tools-llm-base-url", help="the tools LLM's endpoint (code and summaries); default: the planning one")
+    g.add_argument("--tools-llm-model", help="default: the planning model")
+    g.add_argument("--tools-llm-api-key", help="default: the planning key")
+
+
+def llm_env(args: argparse.Namespace) -> dict[str, str]:
+    """The --llm-* flags as the environment of the embedded stack's services. A key travels in a
+    variable of its own that the configuration names, so it is never part of the settings."""
+    env: dict[str, str] = {}
+    for flag, role, _ in _LLM_ROLES:
+        base_url, model, key = (getattr(args, f"{flag}_{k}", None) for k in ("base_url", "model", "api_key"))
+        if base_url:
+            env[f"RESEARCHER_LLM__{role}__BASE_URL"] = base_url
+        if model:
+            env[f"RESEARCHER_LLM__{role}__MODEL"] = model
+        if key:
+            env[f"RESEARCHER_{role}_LLM_API_KEY"] = key
+            env[f"RESEARCHER_LLM__{role}__API_KEY_ENV"] = f"RESEARCHER_{role}_LLM_API_KEY"
+    return env
+
+
 def _nats_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-url", default=os.environ.get("NATS_URL"), help="a running stack (default: $NATS_URL)")
 
@@ -49,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("goal")
     _goal_args(run)
     _nats_arg(run)
+    _llm_args(run)
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--log-dir", type=Path, default=None, help="service logs of the embedded stack")
     submit = sub.add_parser("submit", help="publish a goal to a running stack and print its run id")
@@ -105,13 +139,30 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> di
     return await load_report(registry, goal.run_id)
 
 
+def _check_llm_flags(args: argparse.Namespace) -> str | None:
+    """-> an error for flags that cannot take effect, or settings that do not hold together."""
+    env = llm_env(args)
+    if env and args.nats_url:
+        return ("--llm-* flags configure the embedded stack; a running stack takes its LLMs from its configuration "
+                "(the llm section of config/researcher.yaml, or RESEARCHER_LLM__PLANNING__BASE_URL and the like)")
+    try:
+        config = load_config(environ={**os.environ, **env})
+    except ConfigFileError as exc:
+        return str(exc)
+    for _, _, role in _LLM_ROLES:
+        settings = llm_settings(config, role)
+        if settings:
+            print(f"{role} LLM: {settings.model} at {settings.base_url}", file=sys.stderr)
+    return None
+
+
 async def _run(args: argparse.Namespace) -> int:
     goal = make_goal(args)
     with ExitStack() as stack:
         url = args.nats_url
         if not url:
             print("starting an embedded stack (nats-server + planner, assembler, sandbox, evaluator)...", file=sys.stderr)
-            local = stack.enter_context(LocalStack(log_dir=args.log_dir))
+            local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=llm_env(args)))
             url = local.url
             print(f"service logs: {local.log_dir}", file=sys.stderr)
         nc = await connect(url, "researcher-cli")
@@ -177,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         except UnknownDatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "run":
+        problem = _check_llm_flags(args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     if args.command == "validate":
         return validate_cmd.run(args)
     if args.command == "evaluate":
@@ -191,6 +247,7 @@ def research_agent_main(argv: list[str] | None = None) -> int:
     p.add_argument("--goal", required=True)
     _goal_args(p)
     _nats_arg(p)
+    _llm_args(p)
     p.add_argument("--json", action="store_true")
     args, rest = p.parse_known_args(argv)
     if rest:
@@ -203,6 +260,9 @@ def research_agent_main(argv: list[str] | None = None) -> int:
         forwarded += ["--subset-size", str(args.subset_size)]
     if args.nats_url:
         forwarded += ["--nats-url", args.nats_url]
+    for name in ("llm_base_url", "llm_model", "llm_api_key", "tools_llm_base_url", "tools_llm_model", "tools_llm_api_key"):
+        if getattr(args, name):
+            forwarded += [f"--{name.replace('_', '-')}", getattr(args, name)]
     if args.json:
         forwarded.append("--json")
     return main(forwarded)

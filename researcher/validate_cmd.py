@@ -106,11 +106,24 @@ def direct(config: Config, request: ValidateRequest, timeout_s: float, policy: s
         runner.remove_strays()
 
 
+def format_flops(flops: int) -> str:
+    """2560 -> "2.6 kFLOPs", 1_234_567 -> "1.2 MFLOPs" (an int64 count ends in the E range)."""
+    if flops < 1000:
+        return f"{flops} FLOPs"
+    value = float(flops)
+    for prefix in ("k", "M", "G", "T", "P", "E"):
+        value /= 1000
+        if value < 999.95 or prefix == "E":
+            break
+    return f"{value:.1f} {prefix}FLOPs"
+
+
 def describe(result: ValidationResult, via: str, wall_s: float) -> str:
     lines = []
     if result.ok:
+        flops = f", {format_flops(result.flops)} per forward pass" if result.flops is not None else ""
         lines.append(f"valid: output shape {tuple(result.output_shape or [])}, {result.param_count:,} parameters "
-                     f"({result.trainable_params:,} trainable), {len(result.layers)} layers")
+                     f"({result.trainable_params:,} trainable), {len(result.layers)} layers{flops}")
     else:
         lines.append(f"rejected ({result.reason}): {result.error}")
     lines += [f"  flag: {flag}" for flag in result.flags]

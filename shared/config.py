@@ -68,6 +68,7 @@ class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One role's OpenAI-compatible endpoint. A key left unset (null) takes its default, and for
     the tools role planning's value: configure planning alone and both roles use that model."""
 
+    enabled: bool | None = None  # false: no LLM for this role even where one is configured (tools: not inherited)
     base_url: str | None = None  # e.g. http://localhost:11434/v1 (Ollama); null: no LLM for this role
     model: str | None = None
     api_key_env: str | None = None  # the environment variable holding the API key (the key itself is never configured or logged)
@@ -80,7 +81,7 @@ class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 # What an unset key of a role means (after the tools role has taken planning's values).
-LLM_ROLE_DEFAULTS: dict[str, Any] = {"api_key_env": "OPENAI_API_KEY", "timeout_s": 120.0, "max_retries": 2,
+LLM_ROLE_DEFAULTS: dict[str, Any] = {"enabled": True, "api_key_env": "OPENAI_API_KEY", "timeout_s": 120.0, "max_retries": 2,
                                      "token_budget": 200_000, "max_reply_tokens": 4096, "temperature": 0.2,
                                      "json_mode": True}
 
@@ -106,7 +107,10 @@ def resolve_llm(llm: LLMConfig, role: str) -> dict[str, Any]:
     planning = msgspec.structs.asdict(llm.planning)
     values = planning if role == "planning" else {
         key: planning[key] if value is None else value for key, value in msgspec.structs.asdict(llm.tools).items()}
-    return {key: LLM_ROLE_DEFAULTS.get(key) if value is None else value for key, value in values.items()}
+    resolved = {key: LLM_ROLE_DEFAULTS.get(key) if value is None else value for key, value in values.items()}
+    if not resolved["enabled"]:
+        resolved["base_url"] = None
+    return resolved
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -45,7 +45,7 @@ class LLMSettings:
 def llm_settings(config: Config, role: str) -> LLMSettings | None:
     """The role's endpoint, or None when no LLM is configured for it (the built-in step runs)."""
     values = resolve_llm(config.llm, role)
-    if not values["base_url"]:
+    if not values.pop("enabled") or not values["base_url"]:
         return None
     return LLMSettings(role=role, **values)
 

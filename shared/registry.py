@@ -22,7 +22,7 @@ from nats.js.errors import (
 
 from shared import subjects
 from shared.bus import key_value, object_store
-from shared.messages import Goal, RunStatus, SeedResult, ValidationResult
+from shared.messages import Goal, LLMCall, RunStatus, SeedResult, ValidationResult
 
 IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "rejected", "decided"]
 R = TypeVar("R", bound=msgspec.Struct)
@@ -32,6 +32,11 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     action: Literal["iterate", "goal_achieved", "stop"]
     reasoning: str
     status: RunStatus | None = None  # the run status this decision ends with, if it ends the run
+    proposer: str = "builtin"  # builtin | llm: who made the choice
+    next_config: dict[str, Any] | None = None  # the planning LLM's config for the next iteration (checked)
+    llm_action: str | None = None  # what the planning LLM answered, when it was asked
+    llm_reasoning: str | None = None
+    disagreement: str | None = None  # the LLM claimed what the statistics do not support
 
 
 class RunRecord(msgspec.Struct, kw_only=True):
@@ -61,6 +66,12 @@ class IterationRecord(msgspec.Struct, kw_only=True):
     evaluation: dict[str, Any] | None = None
     decision: Decision | None = None
     attempts: int = 0  # failed tries of the current step
+    # ---- code generation and the LLMs ----
+    assembler: str = ""  # deterministic | llm: who wrote the current code
+    force_deterministic: bool = False  # the tools LLM has had its attempts at this iteration
+    code_attempts: list[dict[str, Any]] = []  # code the sandbox rejected: attempt, assembler, code, reason, error
+    summary: dict[str, Any] | None = None  # measured facts + the tools LLM's reading (summary.json)
+    llm_calls: list[LLMCall] = []  # every LLM call made for this iteration (prompts and replies as artifacts)
     started_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from shared.llm import usage_by_role
 from shared.registry import IterationRecord, Registry, RunRecord
 
 
@@ -18,7 +19,7 @@ def _validation(it: IterationRecord) -> dict[str, Any]:
         return {"ok": None, "error": None, "reason": None, "output_shape": None, "param_count": None}
     return {"ok": v.ok, "error": v.error, "reason": v.reason, "output_shape": v.output_shape,
             "param_count": v.param_count, "trainable_params": v.trainable_params, "duration_s": v.duration_s,
-            "layers": v.layers, "output_tail": v.output_tail}
+            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail}
 
 
 def iteration_report(it: IterationRecord) -> dict[str, Any]:
@@ -28,9 +29,13 @@ def iteration_report(it: IterationRecord) -> dict[str, Any]:
         "proposer": it.proposer,
         "model_config": it.model_config,
         "class_name": it.class_name,
+        "assembler": it.assembler,
+        "code_attempts": it.code_attempts,
         "validation": _validation(it),
+        "summary": it.summary,
         "evaluation": it.evaluation,
         "decision": msgspec.to_builtins(it.decision) if it.decision else None,
+        "llm_calls": [msgspec.to_builtins(c) for c in it.llm_calls],
         "started_at": it.started_at,
         "finished_at": it.finished_at,
     }
@@ -57,10 +62,20 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "settings": msgspec.to_builtins(run.goal),
         "iterations": items,
         "best": best,
+        "llm_usage": _llm_usage(iterations),
         "created_at": run.created_at,
         "finished_at": run.finished_at,
         "wall_time_s": round(run.finished_at - run.created_at, 1) if run.finished_at else None,
     }
+
+
+def _llm_usage(iterations: list[IterationRecord]) -> dict[str, Any]:
+    """Totals per role (planning, tools) and for the run: calls, failed calls, tokens, seconds."""
+    calls = [c for it in iterations for c in it.llm_calls]
+    per_role = usage_by_role(calls)
+    total = {key: sum(row[key] for row in per_role.values()) for key in ("calls", "failed", "tokens_in", "tokens_out")}
+    total["latency_s"] = round(sum(row["latency_s"] for row in per_role.values()), 3)
+    return {"per_role": per_role, "total": total}
 
 
 async def load_report(registry: Registry, run_id: str) -> dict[str, Any] | None:
@@ -90,8 +105,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  #{it['iteration']} {it['class_name'] or it['model_config'].get('class_name', '?')}: {params}{outcome}")
         if it["decision"]:
             lines.append(f"      -> {it['decision']['action']}: {it['decision']['reasoning']}")
+            if it["decision"].get("disagreement"):
+                lines.append(f"      !! {it['decision']['disagreement']}")
     if report["best"]:
         lines += ["", f"best: iteration {report['best']['iteration']} ({report['goal_statistic']} {report['best']['score']:.4f})"]
+    for role, row in ((report.get("llm_usage") or {}).get("per_role") or {}).items():
+        lines.append(f"{role} LLM: {row['calls']} calls ({row['failed']} failed), {row['tokens_in']:,} tokens in, "
+                     f"{row['tokens_out']:,} out, {row['latency_s']:.1f} s")
     if report.get("wall_time_s") is not None:
         lines.append(f"wall time: {report['wall_time_s']} s")
     return "\n".join(lines)
@@ -145,6 +165,7 @@ def _write_experiment(folder: Path, it: IterationRecord, code: bytes | None, run
     if code:
         (folder / "model_code.py").write_bytes(code)
     summary = {"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
+               "assembler": it.assembler, **(it.summary or {"facts": None, "narrative": None, "narrative_error": None}),
                "validation": _validation(it)}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     results = {"run_id": run_id, "iteration": it.iteration, "evaluation": it.evaluation,

@@ -1,7 +1,8 @@
 """Untrusted half of the in-container harness: loads generated code and measures or trains it.
 
-Two processes. The worker (this file's top level) imports torch and signals readiness, so a
-pre-started container pays the import before its job arrives; it never runs generated code.
+Two processes. The worker (this file's top level) imports torch (and, in a pooled container,
+warms up the FLOP counter) and signals readiness, so a pre-started container pays that before its
+job arrives; it never runs generated code.
 For each job it forks a model process that drops the result pipe, runs the code, measures or
 trains it, and reports over a pipe of its own; the worker then writes the one result the
 supervisor reads, with how the model process ended (exit code, signal, the stage it reached).
@@ -32,9 +33,20 @@ except (OSError, AttributeError):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the harness's folder out
 from trainloop import TrainSettings, train_model  # noqa: E402  (shared/trainloop.py, copied by the build)
+
+# The counter's first use imports torch._dynamo (~0.7 s, ~70 MB). A pre-started (pooled) container
+# pays it before its job arrives, like torch's import; a cold one pays it only if it validates, and
+# training containers never do.
+if os.environ.get("HARNESS_WARM_FLOPS") == "1":
+    try:
+        with FlopCounterMode(display=False):
+            torch.empty(0)  # any dispatched op; no compute, so no thread pool starts before the fork
+    except Exception:  # noqa: BLE001 - a counter that cannot start only costs the FLOPs figure
+        pass
 
 os.write(READY_FD, b"R")
 os.close(READY_FD)
@@ -96,6 +108,22 @@ def _layers(model, limit=200):
     return rows
 
 
+def _counted_forward(model, x):
+    """One forward pass under FlopCounterMode -> (output, FLOPs or None). Should the counting
+    break the pass (an op the counter cannot handle), the pass runs again uncounted, so only the
+    code's own errors decide the verdict."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            output = model(x)
+    except BaseException:  # noqa: BLE001 - the code's own error raises again below
+        return model(x), None
+    try:
+        flops = int(counter.get_total_flops())
+    except Exception:  # noqa: BLE001
+        flops = None
+    return output, flops
+
+
 def validate(job, stage):
     model, failure = _load_model(job, stage)
     if failure:
@@ -105,7 +133,7 @@ def validate(job, stage):
     try:
         model.eval()
         with torch.no_grad():
-            output = model(torch.randn(*job["input_shape"]))
+            output, flops = _counted_forward(model, torch.randn(*job["input_shape"]))
     except BaseException as exc:
         return _fail("exception", f"{type(exc).__name__} in forward on input {tuple(job['input_shape'])}: {exc}", exc)
     if not isinstance(output, torch.Tensor):
@@ -116,6 +144,7 @@ def validate(job, stage):
         "param_count": int(sum(p.numel() for p in model.parameters())),
         "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         "layers": _layers(model),
+        "flops": flops,  # one forward pass of the probe batch; a matmul counts 2*M*N*K
     }
 
 

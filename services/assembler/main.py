@@ -1,4 +1,5 @@
-"""Assembler service: model_config -> nn.Module source, answered over request/reply."""
+"""Assembler service: model_config -> nn.Module source, and the tools LLM's model summaries,
+answered over request/reply (several at once: an LLM call may take a while)."""
 
 from __future__ import annotations
 
@@ -6,42 +7,54 @@ import asyncio
 
 import structlog
 
-from shared.assemble import ConfigError, assemble
+from services.assembler.codegen import assemble_code, summarise_code
 from shared import subjects
 from shared.bus import connect, decode_request, encode, stop_event
 from shared.config import Config, load_config
+from shared.llm import LLMClient, llm_settings
 from shared.log import bind_run, configure_logging
-from shared.messages import AssembleReply, AssembleRequest
+from shared.messages import AssembleRequest, SummaryRequest
 
 log = structlog.get_logger()
-
-
-def assemble_reply(request: AssembleRequest) -> AssembleReply:
-    try:
-        model = assemble(request.model_config)
-    except ConfigError as exc:
-        return AssembleReply(ok=False, error=str(exc))
-    return AssembleReply(ok=True, class_name=model.class_name, source=model.source)
+CONCURRENCY = 8  # requests in progress per replica
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
     config = config or load_config()
     configure_logging("assembler", config.log_level)
     nc = nc or await connect(config.nats_url, "assembler")
+    settings = llm_settings(config, "tools")
+    tools = LLMClient(settings) if settings else None
+    slots = asyncio.Semaphore(CONCURRENCY)
+    running: set[asyncio.Task] = set()
 
-    async def on_message(msg) -> None:
-        request = await decode_request(msg, AssembleRequest)
-        if request is None:
-            return
-        bind_run(request.run_id, iteration=request.iteration)
-        reply = await asyncio.to_thread(assemble_reply, request)
-        log.info("assembled", ok=reply.ok, error=reply.error, class_name=reply.class_name)
-        await msg.respond(encode(reply))
+    async def answer(msg, type_, work) -> None:
+        async with slots:
+            request = await decode_request(msg, type_)
+            if request is None:
+                return
+            bind_run(request.run_id, iteration=request.iteration)
+            reply = await work(request, tools)
+            log.info("answered", subject=msg.subject, ok=reply.ok, error=reply.error,
+                     llm_calls=[c.outcome for c in reply.llm_calls])
+            await msg.respond(encode(reply))
 
-    sub = await nc.subscribe(subjects.ASSEMBLE_SUBJECT, queue=subjects.ASSEMBLER_QUEUE, cb=on_message)
-    log.info("assembler_ready")
+    def spawn(type_, work):
+        async def on_message(msg) -> None:
+            task = asyncio.create_task(answer(msg, type_, work))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        return on_message
+
+    subs = [await nc.subscribe(subjects.ASSEMBLE_SUBJECT, queue=subjects.ASSEMBLER_QUEUE, cb=spawn(AssembleRequest, assemble_code)),
+            await nc.subscribe(subjects.SUMMARY_SUBJECT, queue=subjects.ASSEMBLER_QUEUE, cb=spawn(SummaryRequest, summarise_code))]
+    log.info("assembler_ready", tools_llm=settings.model if settings else None)
     await (stop or stop_event()).wait()
-    await sub.unsubscribe()
+    for sub in subs:
+        await sub.unsubscribe()
+    await asyncio.gather(*running, return_exceptions=True)  # finish what was asked
+    if tools:
+        await tools.close()
     await nc.drain()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 
 import msgspec
@@ -12,20 +13,24 @@ import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from services.planner.decide import decide, iteration_score, summarise
-from shared.plots import confusion_matrix_png, learning_curves_png
+from services.planner.llm_plan import ask_plan, merge_decision, plan_context
 from services.planner.search import DatasetFacts, SearchBounds, propose
 from shared import subjects
 from shared.bus import decode, encode, publish_event
 from shared.config import Config
 from shared.datasets import load_dataset
 from shared.errors import DatasetError, MessageError
+from shared.llm import LLMClient, llm_settings
 from shared.log import bind_run
-from shared.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, EvalJob, Event, Goal,
-                             SeedResult, ValidateRequest, ValidationResult)
+from shared.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event, Goal,
+                             LLMCall, SeedResult, SummaryReply, SummaryRequest, ValidateRequest, ValidationResult)
+from shared.plots import confusion_matrix_png, learning_curves_png
 from shared.registry import IterationRecord, Registry, RunRecord
 
 log = structlog.get_logger()
 replace = msgspec.structs.replace
+# Sandbox verdicts that say nothing about the code: not fed back to the tools LLM as its fault.
+_MACHINERY_REASONS = frozenset({"service_unavailable", "harness_failed"})
 
 
 class Planner:
@@ -33,6 +38,11 @@ class Planner:
         self.nc, self.js, self.registry, self.config = nc, js, registry, config
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        planning, tools = llm_settings(config, "planning"), llm_settings(config, "tools")
+        self.planning = LLMClient(planning) if planning else None
+        # the assembler's LLM work can outlast an ordinary step: its attempts, each with retries
+        self.llm_step_timeout_s = max(config.planner.step_timeout_s, tools.timeout_s * (tools.max_retries + 1)
+                                      * config.llm.code_attempts + 30) if tools else config.planner.step_timeout_s
 
     # ---- inputs ----
     async def on_goal(self, goal: Goal) -> None:
@@ -72,6 +82,8 @@ class Planner:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self.planning:
+            await self.planning.close()
 
     # ---- the state machine ----
     async def _drive(self, run_id: str) -> None:
@@ -111,24 +123,42 @@ class Planner:
     async def _propose(self, run: RunRecord) -> None:
         n = run.current_iteration + 1
         history = await self.registry.iterations(run.run_id, run.current_iteration)
-        facts = self._facts(run)
-        seed = int(hashlib.sha256(run.run_id.encode()).hexdigest()[:8], 16)
-        trials = [(h.search_params, (h.evaluation or {}).get("aggregated", {}).get("val_accuracy", {}).get("mean"))
-                  for h in history if h.search_params]
-        bounds = SearchBounds(min_epochs=self.config.planner.min_epochs,
-                              max_epochs=min(self.config.planner.max_epochs, run.goal.max_epochs))
-        proposal = await asyncio.to_thread(propose, facts, trials, seed=seed, bounds=bounds)
-        record = IterationRecord(run_id=run.run_id, iteration=n, model_config=proposal.model_config,
-                                 search_params=proposal.params, seeds=list(range(run.goal.num_seeds)))
+        max_epochs = self._max_epochs(run)
+        last = history[-1].decision if history else None
+        calls: list[LLMCall] = []
+        config, params, proposer, why = None, None, "llm", ""
+        if last is not None and last.next_config:  # chosen and checked when the last iteration was decided
+            config, why = last.next_config, f": {last.reasoning}"
+        elif self.planning and not history:
+            answer = await ask_plan(self.planning, self._context(run, history, None), run.dataset_facts, max_epochs,
+                                    iteration=None, tokens_used=self._tokens_used(history, "planning"))
+            calls = answer.calls
+            if answer.value is not None:
+                config, why = answer.value.model_config, f": {answer.value.reasoning}"
+            else:
+                await self.event(run.run_id, "llm_fallback", f"iteration {n}: the planning LLM's proposal could not be "
+                                 f"used ({answer.error}); the built-in search proposes instead", n, {"error": answer.error})
+        if config is None:
+            seed = int(hashlib.sha256(run.run_id.encode()).hexdigest()[:8], 16)
+            trials = [(h.search_params, (h.evaluation or {}).get("aggregated", {}).get("val_accuracy", {}).get("mean"))
+                      for h in history if h.search_params]
+            bounds = SearchBounds(min_epochs=min(self.config.planner.min_epochs, max_epochs), max_epochs=max_epochs)
+            proposal = await asyncio.to_thread(propose, self._facts(run), trials, seed=seed, bounds=bounds)
+            config, params, proposer = proposal.model_config, proposal.params, "builtin"
+        record = IterationRecord(run_id=run.run_id, iteration=n, model_config=config, search_params=params,
+                                 proposer=proposer, seeds=list(range(run.goal.num_seeds)),
+                                 llm_calls=await self._store_calls(run.run_id, n, calls))
         await self.registry.put_iteration(record)
         await self.registry.update_run(run.run_id, lambda r: replace(r, current_iteration=n))
-        await self.event(run.run_id, "proposed", f"iteration {n}: proposed {_describe(proposal.model_config)}", n,
-                         {"model_config": proposal.model_config})
+        by = "the planning LLM" if proposer == "llm" else "the built-in search"
+        await self.event(run.run_id, "proposed", f"iteration {n}: {by} proposed {_describe(config)}{why}", n,
+                         {"model_config": config, "proposer": proposer})
 
-    async def _request(self, subject: str, payload: bytes, reply_type, run: RunRecord, it: IterationRecord):
+    async def _request(self, subject: str, payload: bytes, reply_type, run: RunRecord, it: IterationRecord,
+                       timeout: float | None = None):
         """-> the decoded reply, or None after a failed attempt (retried later, up to step_retries)."""
         try:
-            msg = await self.nc.request(subject, payload, timeout=self.config.planner.step_timeout_s)
+            msg = await self.nc.request(subject, payload, timeout=timeout or self.config.planner.step_timeout_s)
             return decode(msg.data, reply_type, subject)
         except (NatsTimeoutError, NoRespondersError, MessageError, asyncio.TimeoutError) as exc:
             attempts = it.attempts + 1
@@ -142,17 +172,33 @@ class Planner:
             return None
 
     async def _assemble(self, run: RunRecord, it: IterationRecord) -> None:
-        request = AssembleRequest(run_id=run.run_id, iteration=it.iteration, model_config=it.model_config)
-        reply = await self._request(subjects.ASSEMBLE_SUBJECT, encode(request), AssembleReply, run, it)
+        history = await self.registry.iterations(run.run_id, run.current_iteration)
+        feedback = [CodeFeedback(source=((await self.registry.get_artifact(a["code"])) or b"").decode(), error=a["error"])
+                    for a in it.code_attempts if a["assembler"] == "llm"]
+        request = AssembleRequest(run_id=run.run_id, iteration=it.iteration, model_config=it.model_config,
+                                  deterministic=it.force_deterministic, feedback=feedback,
+                                  attempts_left=self.config.llm.code_attempts - _code_generations(it),
+                                  tokens_used=self._tokens_used(history, "tools"))
+        reply = await self._request(subjects.ASSEMBLE_SUBJECT, encode(request), AssembleReply, run, it,
+                                    timeout=self.llm_step_timeout_s)
         if reply is None:
             return
+        calls = await self._store_calls(run.run_id, it.iteration, reply.llm_calls)
         if not reply.ok:
+            await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, llm_calls=[*r.llm_calls, *calls]))
             await self._reject(run, it, ValidationResult(ok=False, reason="config", error=f"model_config cannot be built: {reply.error}"))
             return
-        name = await self.registry.put_artifact(f"{run.run_id}/it{it.iteration:04d}/model_code.py", reply.source.encode())
+        attempt = len(it.code_attempts) + 1
+        filename = "model_code.py" if attempt == 1 else f"model_code.attempt{attempt}.py"
+        name = await self.registry.put_artifact(f"{run.run_id}/it{it.iteration:04d}/{filename}", reply.source.encode())
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
-            r, state="assembled", class_name=reply.class_name, code_artifact=name, attempts=0))
-        await self.event(run.run_id, "assembled", f"iteration {it.iteration}: assembled {reply.class_name}", it.iteration)
+            r, state="assembled", class_name=reply.class_name, code_artifact=name, attempts=0, assembler=reply.assembler,
+            llm_calls=[*r.llm_calls, *calls]))
+        if reply.note:
+            await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: {reply.note}", it.iteration)
+        by = "the tools LLM" if reply.assembler == "llm" else "the deterministic assembler"
+        await self.event(run.run_id, "assembled", f"iteration {it.iteration}: {by} wrote {reply.class_name}"
+                         + (f" (attempt {attempt})" if attempt > 1 else ""), it.iteration, {"assembler": reply.assembler})
 
     async def _validate(self, run: RunRecord, it: IterationRecord) -> None:
         source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
@@ -162,6 +208,9 @@ class Planner:
         result = await self._request(subjects.VALIDATE_SUBJECT, encode(request), ValidationResult, run, it)
         if result is None:
             return
+        if not result.ok and it.assembler == "llm" and result.reason not in _MACHINERY_REASONS:
+            await self._retry_code(run, it, result)
+            return
         if not result.ok:
             await self._reject(run, it, result)
             return
@@ -169,6 +218,20 @@ class Planner:
             r, state="validated", validation=result, attempts=0))
         await self.event(run.run_id, "validated", f"iteration {it.iteration}: valid, {result.param_count:,} parameters, "
                          f"output {tuple(result.output_shape or [])}", it.iteration, {"param_count": result.param_count})
+
+    async def _retry_code(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
+        """The tools LLM's code was rejected: back to assembling, with the error for a fix while it
+        has attempts left, and with the deterministic assembler after that."""
+        error = f"{result.reason}: {result.error}"
+        attempt = {"attempt": len(it.code_attempts) + 1, "assembler": "llm", "code": it.code_artifact,
+                   "reason": result.reason, "error": error}
+        more = _code_generations(it) < self.config.llm.code_attempts
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
+            r, state="proposed", attempts=0, force_deterministic=not more, code_attempts=[*r.code_attempts, attempt]))
+        then = ("asking it for a fix" if more else
+                f"its {self.config.llm.code_attempts} attempts are spent, so the deterministic assembler builds it")
+        await self.event(run.run_id, "code_rejected", f"iteration {it.iteration}: the sandbox rejected the tools LLM's code "
+                         f"({error}); {then}", it.iteration, {"reason": result.reason, "error": result.error})
 
     async def _dispatch(self, run: RunRecord, it: IterationRecord) -> None:
         source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
@@ -181,8 +244,36 @@ class Planner:
                           weight_decay=float(cfg.get("weight_decay", 0.0)), subset_size=run.goal.subset_size)
             # the job id is the message id: a re-dispatch after a crash is dropped as a duplicate
             await self.js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
-        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="evaluating", started_at=time.time()))
+        summary, calls = it.summary, []
+        if summary is None:  # while the seeds train
+            summary, calls = await self._summarise(run, it, source)
+        await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
+            r, state="evaluating", started_at=time.time(), summary=summary, llm_calls=[*r.llm_calls, *calls]))
         await self.event(run.run_id, "evaluating", f"iteration {it.iteration}: {len(it.seeds)} seed jobs queued", it.iteration)
+
+    async def _summarise(self, run: RunRecord, it: IterationRecord, source: str) -> tuple[dict, list[LLMCall]]:
+        """The sandbox's measured facts and the tools LLM's reading of the code (summary.json).
+        A summary is a description, never a gate: when the reading fails, the facts stand alone."""
+        v = it.validation
+        facts = {"class_name": it.class_name, "assembler": it.assembler, "input_shape": [*run.dataset_facts["input_shape"]],
+                 "output_shape": v.output_shape[1:] if v and v.output_shape else None,
+                 "parameters": v.param_count if v else None, "trainable_parameters": v.trainable_params if v else None,
+                 "flops_per_sample": v.flops // 2 if v and v.flops is not None else None,  # the probe batch holds 2
+                 "layers": v.layers if v else []}
+        history = await self.registry.iterations(run.run_id, run.current_iteration)
+        request = SummaryRequest(run_id=run.run_id, iteration=it.iteration, class_name=it.class_name, source=source,
+                                 facts={k: val for k, val in facts.items() if k != "layers"} | {"layers": facts["layers"][:60]},
+                                 tokens_used=self._tokens_used(history, "tools"))
+        try:
+            msg = await self.nc.request(subjects.SUMMARY_SUBJECT, encode(request), timeout=self.llm_step_timeout_s)
+            reply = decode(msg.data, SummaryReply, subjects.SUMMARY_SUBJECT)
+        except (NatsTimeoutError, NoRespondersError, MessageError, asyncio.TimeoutError) as exc:
+            reply = SummaryReply(ok=False, error=f"no summary from the assembler: {type(exc).__name__}: {exc}")
+        if reply.error and reply.llm_calls:
+            await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: no model summary from the tools LLM "
+                             f"({reply.error}); summary.json holds the measured facts", it.iteration)
+        summary = {"facts": facts, "narrative": reply.narrative, "narrative_error": reply.error}
+        return summary, await self._store_calls(run.run_id, it.iteration, reply.llm_calls)
 
     async def _collect(self, run: RunRecord, it: IterationRecord) -> None:
         wake = self._wake.setdefault(run.run_id, asyncio.Event())
@@ -232,19 +323,56 @@ class Planner:
     async def _decide(self, run: RunRecord, it: IterationRecord) -> None:
         history = await self.registry.iterations(run.run_id, it.iteration)
         decision, best_it, best_score = decide(run.goal, history)
+        calls: list[LLMCall] = []
+        if decision.action == "iterate" and self.planning:  # budget left, target not met: the LLM's call
+            answer = await ask_plan(self.planning, self._context(run, history, best_it), run.dataset_facts,
+                                    self._max_epochs(run), iteration=it.iteration,
+                                    tokens_used=self._tokens_used(history, "planning"))
+            calls = answer.calls
+            if answer.value is not None:
+                decision = merge_decision(decision, answer.value)
+            else:
+                await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: the planning LLM's decision could "
+                                 f"not be used ({answer.error}); the built-in search proposes next", it.iteration,
+                                 {"error": answer.error})
+        stored = await self._store_calls(run.run_id, it.iteration, calls)
         now = time.time()
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
-            r, state="decided", decision=decision, finished_at=now))
+            r, state="decided", decision=decision, finished_at=now, llm_calls=[*r.llm_calls, *stored]))
         status = decision.status or "running"
         await self.registry.update_run(run.run_id, lambda r: replace(
             r, status=status, best_iteration=best_it, best_score=best_score,
             finished_at=now if decision.status else None))
+        if decision.disagreement:
+            await self.event(run.run_id, "disagreement", f"iteration {it.iteration}: {decision.disagreement}", it.iteration)
         await self.event(run.run_id, "decided", f"iteration {it.iteration}: {decision.action}: {decision.reasoning}",
-                         it.iteration, {"action": decision.action, "score": iteration_score(it, run.goal.goal_statistic)})
+                         it.iteration, {"action": decision.action, "proposer": decision.proposer,
+                                        "score": iteration_score(it, run.goal.goal_statistic)})
         if decision.status:
             await self.event(run.run_id, "run_finished", f"run finished: {status}", data={"status": status})
 
     # ---- helpers ----
+    def _max_epochs(self, run: RunRecord) -> int:
+        return min(self.config.planner.max_epochs, run.goal.max_epochs)
+
+    def _context(self, run: RunRecord, history: list[IterationRecord], best_it: int | None) -> str:
+        return plan_context(run.goal, run.dataset_facts, self._facts(run).num_train, history, best_it,
+                            self._max_epochs(run), self.config.llm.history_limit)
+
+    @staticmethod
+    def _tokens_used(history: list[IterationRecord], role: str) -> int:
+        return sum((c.tokens_in or 0) + (c.tokens_out or 0) for h in history for c in h.llm_calls if c.role == role)
+
+    async def _store_calls(self, run_id: str, n: int, calls: list[LLMCall]) -> list[LLMCall]:
+        """Each call's prompt and reply become an artifact; the record keeps its name and figures."""
+        stored = []
+        for call in calls:
+            name = f"{run_id}/it{n:04d}/llm/{call.started_at:.6f}-{call.role}-{call.purpose}.json"
+            exchange = {k: v for k, v in msgspec.to_builtins(call).items() if k != "exchange"}
+            await self.registry.put_artifact(name, json.dumps(exchange, indent=1).encode())
+            stored.append(replace(call, messages=[], reply=None, exchange=name))
+        return stored
+
     def _facts(self, run: RunRecord) -> DatasetFacts:
         f = run.dataset_facts
         n_train = int(f["num_samples"] * (1 - self.config.evaluator.val_fraction))
@@ -256,6 +384,11 @@ class Planner:
     async def event(self, run_id: str, kind: str, message: str, iteration: int | None = None, data: dict | None = None) -> None:
         log.info("event", kind=kind, message=message, iteration=iteration)
         await publish_event(self.nc, Event(run_id=run_id, kind=kind, message=message, iteration=iteration, data=data or {}))
+
+
+def _code_generations(it: IterationRecord) -> int:
+    """The tools LLM's code replies for this iteration so far, failed ones included."""
+    return sum(1 for c in it.llm_calls if c.role == "tools" and c.purpose == "code")
 
 
 def _describe(config: dict) -> str:

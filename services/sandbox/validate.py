@@ -95,6 +95,14 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def _count(value: object) -> int | None:
+    """A non-negative int64 from the model process's report, else None: the process runs the
+    generated code, so a figure it cannot stand behind is dropped rather than failing the model."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
 def outcome_to_result(outcome: RunOutcome, timeout_s: float, memory: str, pids: int | None = None) -> ValidationResult:
     """Believe only the harness: a model is valid when the supervisor reports that the harness
     completed and the model process delivered its measurement. Causes the trusted side can see
@@ -145,6 +153,7 @@ def outcome_to_result(outcome: RunOutcome, timeout_s: float, memory: str, pids: 
             param_count=int(result["param_count"]),
             trainable_params=int(result["trainable_params"]),
             layers=[dict(layer) for layer in (result.get("layers") or [])[:200]],
+            flops=_count(result.get("flops")),
             **common,
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -35,6 +35,18 @@ def test_assembled_model_is_valid_with_measured_facts(runner):
     assert result.output_shape == [2, 10]
     assert result.param_count == (1 * 16 * 9 + 16) + (16 * 6 * 6 * 10 + 10)
     assert [layer["type"] for layer in result.layers] == ["Conv2d", "ReLU", "Flatten", "Linear"]
+    # FlopCounterMode counts a matmul as 2*M*N*K and a convolution likewise; ReLU and Flatten count 0
+    assert result.flops == 2 * 2 * 16 * (6 * 6) * (1 * 3 * 3) + 2 * 2 * (16 * 6 * 6) * 10
+
+
+def test_a_forward_pass_the_flop_counter_breaks_is_still_valid(runner):
+    source = ("import torch\nfrom torch.utils._python_dispatch import _get_current_dispatch_mode\n"
+              "class Model(torch.nn.Module):\n    def forward(self, x):\n"
+              "        if _get_current_dispatch_mode() is not None:\n            raise RuntimeError('no modes here')\n"
+              "        return x.flatten(1)\n")
+    result = check(runner, source, expected=(2, 64))
+    assert result.ok, result.error
+    assert result.flops is None
 
 
 @pytest.mark.parametrize("source, class_name, reason, fragment", [

@@ -77,8 +77,9 @@ def test_an_evaluated_iteration(report):
     assert accuracy["std"] == pytest.approx(0.0141421356)
     assert accuracy["values"] == [0.92, 0.94]
     assert len(accuracy["ci_95"]) == 2 and accuracy["ci_95"][0] < 0.93 < accuracy["ci_95"][1]
-    assert it["decision"] == {"action": "goal_achieved", "status": "goal_achieved",
-                              "reasoning": "validation accuracy mean 0.9300 >= target 0.9000"}
+    assert it["decision"] == {"action": "goal_achieved", "status": "goal_achieved", "proposer": "builtin",
+                              "reasoning": "validation accuracy mean 0.9300 >= target 0.9000", "next_config": None,
+                              "llm_action": None, "llm_reasoning": None, "disagreement": None}
 
 
 def test_a_rejected_iteration(report):

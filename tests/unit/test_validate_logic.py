@@ -4,11 +4,12 @@ import ast
 
 import pytest
 
-from researcher.validate_cmd import UsageError, parse_shape
+from researcher.validate_cmd import UsageError, describe, parse_shape
 from services.sandbox.validate import flag_constructs, outcome_to_result, precheck
 from shared.config import load_config
 from shared.errors import ConfigFileError
 from shared.containers import RunOutcome
+from shared.messages import ValidationResult
 
 MODEL = "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x\n"
 
@@ -57,6 +58,19 @@ def test_a_valid_report_becomes_the_measured_facts():
     result = outcome_to_result(outcome(completed({"ok": True, "output_shape": [2, 10], "param_count": 7,
                                                   "trainable_params": 7, "layers": []})), 60, "2g")
     assert result.ok and result.output_shape == [2, 10] and result.param_count == 7
+
+
+@pytest.mark.parametrize("flops, kept", [(2560, 2560), (0, 0), (-1, None), (2.5, None), ("2560", None),
+                                          (True, None), (2**63, None), (None, None)])
+def test_flops_are_kept_only_as_a_non_negative_int(flops, kept):
+    report = {"ok": True, "output_shape": [2, 10], "param_count": 650, "trainable_params": 650, "layers": [], "flops": flops}
+    result = outcome_to_result(outcome(completed(report)), 60, "2g")
+    assert result.ok and result.flops == kept
+
+
+def test_describe_prints_the_flops_beside_the_parameters():
+    result = ValidationResult(ok=True, output_shape=[2, 10], param_count=650, trainable_params=650, flops=1_234_567)
+    assert "650 parameters (650 trainable), 0 layers, 1.2 MFLOPs per forward pass" in describe(result, "local sandbox", 1.0)
 
 
 @pytest.mark.parametrize("kw, report, reason, fragment", [

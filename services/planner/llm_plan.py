@@ -1,0 +1,159 @@
+"""The planning LLM: what it is shown, how its reply is checked, and how its decision meets the
+statistics. Pure logic apart from `ask_plan`; the loop records the calls and falls back.
+
+The LLM proposes `model_config`s and may choose to iterate or stop, but it cannot end a run as
+`goal_achieved`: that status follows the evaluator's numbers alone (`decide`), and a claim they
+do not support is kept in the decision as a disagreement.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import msgspec
+
+from shared.assemble import ConfigError, assemble
+from shared.llm import JSONAnswer, LLMClient, ask_json
+from shared.messages import Goal
+from shared.prompts import render
+from shared.registry import Decision, IterationRecord
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+MAX_BATCH_SIZE = 4096
+HYPER_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64}
+
+
+class PlanReply(msgspec.Struct, kw_only=True):
+    action: Literal["iterate", "goal_achieved", "stop"]
+    reasoning: str
+    model_config: dict[str, Any] | None = None
+
+
+def complete_config(config: dict[str, Any], facts: dict[str, Any], max_epochs: int) -> dict[str, Any]:
+    """The data fixes the input shape and the class count, whatever the model wrote; training
+    settings it left out take the defaults, so the record shows what really ran."""
+    return {**HYPER_DEFAULTS, "epochs": min(10, max_epochs), **config,
+            "input_shape": list(facts["input_shape"]), "num_classes": int(facts["num_classes"])}
+
+
+def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
+    """What is wrong with a completed config, in words a model can act on; None when it builds."""
+    problems = []
+    if config.get("optimizer") not in OPTIMIZERS:
+        problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {config.get('optimizer')!r}")
+    lr, wd = config.get("lr"), config.get("weight_decay")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr <= 1):
+        problems.append(f"lr must be a number in (0, 1], not {lr!r}")
+    if not (isinstance(wd, (int, float)) and not isinstance(wd, bool) and 0 <= wd < 1):
+        problems.append(f"weight_decay must be a number in [0, 1), not {wd!r}")
+    for key, top in (("epochs", max_epochs), ("batch_size", MAX_BATCH_SIZE)):
+        value = config.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top):
+            problems.append(f"{key} must be an integer from 1 to {top}, not {value!r}")
+    try:
+        assemble(config)  # shapes, layer arguments, the class count of the output, the parameter cap
+    except ConfigError as exc:
+        problems.append(f"model_config cannot be built: {exc}")
+    return "; ".join(problems) or None
+
+
+def check_reply(reply: PlanReply, facts: dict[str, Any], max_epochs: int, first: bool) -> str | None:
+    if first and reply.action != "iterate":
+        return 'the first proposal must have action "iterate" and a model_config'
+    if reply.action != "iterate":
+        return None
+    if not reply.model_config:
+        return 'action "iterate" needs a model_config object'
+    return config_problem(complete_config(reply.model_config, facts, max_epochs), max_epochs)
+
+
+# ---- what the LLM is shown ----
+
+def _iteration_summary(it: IterationRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"iteration": it.iteration, "proposed_by": it.proposer, "model_config": it.model_config}
+    v = it.validation
+    if it.state == "rejected" or (v is not None and not v.ok):
+        out["outcome"] = f"rejected ({v.reason if v else 'unknown'}): {v.error if v else ''}"
+    elif v is not None:
+        out["parameters"] = v.param_count
+    evaluation = it.evaluation or {}
+    aggregated = evaluation.get("aggregated") or {}
+    for name in ("val_accuracy", "f1_macro", "val_loss"):
+        stats = aggregated.get(name)
+        if stats and stats.get("n"):
+            out[name] = {k: _round(stats[k]) for k in ("mean", "std", "ci_95", "n") if stats.get(k) is not None}
+    dynamics = [s["dynamics"] for s in evaluation.get("seed_results", []) if s.get("dynamics")]
+    if dynamics:
+        d = dynamics[0]
+        out["learning_dynamics"] = {"overfitting": d["overfitting"]["severity"], "convergence": d["convergence"]["status"],
+                                    "insights": d.get("insights", [])[:4]}
+    if evaluation.get("failed_seeds"):
+        out["failed_seeds"] = evaluation["failed_seeds"]
+    if it.decision:
+        out["decision"] = f"{it.decision.action}: {it.decision.reasoning}"
+    return out
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return value
+
+
+def plan_context(goal: Goal, facts: dict[str, Any], num_train: int, history: list[IterationRecord],
+                 best_iteration: int | None, max_epochs: int, history_limit: int) -> str:
+    """The goal, the data, the budget, the best configuration so far and the recent history."""
+    done = len(history)
+    statistic = "mean over seeds" if goal.goal_statistic == "mean" else "lower bound of the 95% interval over seeds"
+    lines = [
+        f"Goal: {goal.goal}",
+        f"Data set: {facts.get('name')} ({facts.get('kind')}), input shape {list(facts['input_shape'])}, "
+        f"{facts['num_classes']} classes, {num_train} training samples",
+        f"Target: validation accuracy ({statistic}) >= {goal.target_accuracy}",
+        f"Each configuration is trained for its own epochs (at most {max_epochs}) with {goal.num_seeds} seed(s).",
+        f"Budget: {goal.max_iterations - done} of {goal.max_iterations} iterations left; the run stops after "
+        f"{goal.patience} iterations without a better result.",
+    ]
+    best = next((h for h in history if h.iteration == best_iteration), None)
+    if best is not None:
+        lines += ["", f"Best configuration so far (iteration {best.iteration}):",
+                  json.dumps(_iteration_summary(best), indent=1)]
+    elif history:
+        lines += ["", "No configuration has been measured successfully yet."]
+    shown = history[-history_limit:]
+    if shown:
+        lines += ["", f"History (the last {len(shown)} of {done} iterations, oldest first):"]
+        lines += [json.dumps(_iteration_summary(h)) for h in shown]
+    return "\n".join(lines)
+
+
+async def ask_plan(client: LLMClient, context: str, facts: dict[str, Any], max_epochs: int, *,
+                   iteration: int | None, tokens_used: int) -> JSONAnswer:
+    """The first proposal (iteration None) or the decision after `iteration`; one repair."""
+    first = iteration is None
+    prompt = render("planning_first", context=context) if first else render("planning_next", context=context,
+                                                                            iteration=iteration)
+    messages = [{"role": "system", "content": render("planning_system")}, {"role": "user", "content": prompt}]
+    answer = await ask_json(client, messages, PlanReply, "propose" if first else "decide",
+                            check=lambda r: check_reply(r, facts, max_epochs, first), repairs=1, tokens_used=tokens_used)
+    if answer.value is not None and answer.value.model_config:
+        answer.value.model_config = complete_config(answer.value.model_config, facts, max_epochs)
+    return answer
+
+
+# ---- the decision ----
+
+def merge_decision(statistical: Decision, reply: PlanReply) -> Decision:
+    """The LLM's choice where the statistics leave it one (they said iterate: budget left, target
+    not met). It may pick the next config or stop; a claim of success is recorded, not obeyed."""
+    llm = {"proposer": "llm", "llm_action": reply.action, "llm_reasoning": reply.reasoning}
+    if reply.action == "iterate":
+        return Decision(action="iterate", reasoning=reply.reasoning, next_config=reply.model_config, **llm)
+    if reply.action == "stop":
+        return Decision(action="stop", status="stopped", reasoning=f"the planning LLM stopped the run: {reply.reasoning}", **llm)
+    return Decision(action="iterate", reasoning=statistical.reasoning, **llm,
+                    disagreement=f"the planning LLM claimed the goal achieved ({reply.reasoning}), but the "
+                                 f"measurements do not support it: {statistical.reasoning}")

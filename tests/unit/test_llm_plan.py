@@ -1,0 +1,106 @@
+"""The planning LLM's logic: checking its replies, what it is shown, and how its decision meets
+the statistics. Pure functions, no server."""
+
+from services.assembler.codegen import code_problem
+from services.planner.decide import decide
+from services.planner.llm_plan import PlanReply, check_reply, complete_config, merge_decision, plan_context
+from shared.messages import Goal, ValidationResult
+from shared.registry import Decision, IterationRecord
+
+FACTS = {"name": "digits", "kind": "image", "input_shape": [1, 8, 8], "num_classes": 10, "num_samples": 1797}
+MLP = {"class_name": "Net", "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 32}, {"type": "ReLU"},
+                                       {"type": "Linear", "out_features": 10}], "epochs": 5}
+
+
+def reply(action="iterate", config=MLP):
+    return PlanReply(action=action, reasoning="because", model_config=config)
+
+
+def test_a_config_takes_the_data_shapes_and_default_training_settings():
+    config = complete_config({**MLP, "input_shape": [3, 32, 32], "num_classes": 100}, FACTS, max_epochs=20)
+    assert config["input_shape"] == [1, 8, 8] and config["num_classes"] == 10  # the data decides, not the model
+    assert (config["optimizer"], config["lr"], config["batch_size"], config["epochs"]) == ("adam", 1e-3, 64, 5)
+
+
+def test_a_valid_reply_passes():
+    assert check_reply(reply(), FACTS, max_epochs=20, first=True) is None
+
+
+def test_a_config_that_cannot_be_built_names_the_layer():
+    bad = {**MLP, "layers": [{"type": "Conv2dd", "out_channels": 4}]}
+    problem = check_reply(reply(config=bad), FACTS, 20, first=True)
+    assert "model_config cannot be built: layer 0" in problem and "Conv2d" in problem  # the close match is suggested
+
+
+def test_the_wrong_number_of_outputs_is_caught_before_any_code_is_written():
+    bad = {**MLP, "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 7}]}
+    assert "outputs (B, 7) but num_classes=10 needs (B, 10)" in check_reply(reply(config=bad), FACTS, 20, first=True)
+
+
+def test_training_settings_out_of_range_are_each_named():
+    bad = {**MLP, "optimizer": "lion", "lr": 5, "epochs": 50, "batch_size": 0}
+    problem = check_reply(reply(config=bad), FACTS, 20, first=True)
+    for part in ("optimizer must be one of adam, adamw, sgd", "lr must be a number in (0, 1]",
+                 "epochs must be an integer from 1 to 20", "batch_size must be an integer from 1 to 4096"):
+        assert part in problem
+
+
+def test_the_first_proposal_must_iterate_and_iterate_needs_a_config():
+    assert "first proposal must have action" in check_reply(reply("stop", None), FACTS, 20, first=True)
+    assert "needs a model_config" in check_reply(reply("iterate", None), FACTS, 20, first=False)
+    assert check_reply(reply("stop", None), FACTS, 20, first=False) is None
+
+
+def evaluated(n, mean, config=MLP, decision=None):
+    return IterationRecord(run_id="r", iteration=n, state="decided", model_config=config,
+                           validation=ValidationResult(ok=True, param_count=1000 * n),
+                           evaluation={"aggregated": {"val_accuracy": {"mean": mean, "std": 0.01, "ci_95": [mean - 0.02, mean + 0.02], "n": 2}},
+                                       "seed_results": [{"dynamics": {"overfitting": {"severity": "moderate"},
+                                                                      "convergence": {"status": "still_improving"},
+                                                                      "insights": ["train more"]}}]},
+                           decision=decision)
+
+
+GOAL = Goal(run_id="r", goal="a small CNN for digits", dataset="digits", target_accuracy=0.95, max_iterations=5, num_seeds=2)
+
+
+def test_the_context_shows_the_best_configuration_the_history_and_the_budget():
+    best = {**MLP, "class_name": "Best"}
+    history = [evaluated(1, 0.80), evaluated(2, 0.91, best), evaluated(3, 0.85),
+               IterationRecord(run_id="r", iteration=4, state="rejected", model_config=MLP,
+                               validation=ValidationResult(ok=False, reason="output_shape", error="wrong shape"))]
+    text = plan_context(GOAL, FACTS, 1400, history, best_iteration=2, max_epochs=20, history_limit=3)
+    assert "Goal: a small CNN for digits" in text and "input shape [1, 8, 8], 10 classes, 1400 training samples" in text
+    assert "1 of 5 iterations left" in text and ">= 0.95" in text
+    assert "Best configuration so far (iteration 2)" in text and '"class_name": "Best"' in text
+    assert "the last 3 of 4 iterations" in text and '"iteration": 1,' not in text.split("History")[1]
+    assert "rejected (output_shape): wrong shape" in text
+    assert '"overfitting": "moderate"' in text and "still_improving" in text
+
+
+def test_an_llm_iterate_carries_its_config_to_the_next_iteration():
+    statistical = Decision(action="iterate", reasoning="mean 0.80 below target")
+    merged = merge_decision(statistical, reply())
+    assert (merged.action, merged.proposer, merged.next_config, merged.status) == ("iterate", "llm", MLP, None)
+
+
+def test_an_llm_stop_ends_the_run_as_stopped():
+    merged = merge_decision(Decision(action="iterate", reasoning="below"), reply("stop", None))
+    assert (merged.action, merged.status) == ("stop", "stopped") and "stopped the run: because" in merged.reasoning
+
+
+def test_a_claimed_success_below_the_target_is_a_disagreement_and_the_run_goes_on():
+    history = [evaluated(1, 0.80)]
+    statistical, _, _ = decide(GOAL, history)
+    assert statistical.action == "iterate"
+    merged = merge_decision(statistical, reply("goal_achieved", None))
+    assert merged.action == "iterate" and merged.status is None and merged.next_config is None
+    assert merged.llm_action == "goal_achieved"
+    assert "claimed the goal achieved" in merged.disagreement and "0.8000 below target 0.9500" in merged.disagreement
+
+
+def test_generated_code_is_checked_by_its_syntax_tree():
+    assert code_problem("class Net(nn.Module):\n    def forward(self, x):\n        return x\n", "Net") is None
+    assert code_problem("class Net(nn.Module:\n", "Net").startswith("syntax error at line 1")
+    assert "must define class Net at top level (classes found: Other)" in code_problem("class Other:\n    pass\n", "Net")
+    assert "has no forward" in code_problem("class Net:\n    def __init__(self):\n        pass\n", "Net")
