@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 import msgspec
 import nats
@@ -12,7 +12,8 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats import errors as nats_errors
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from shared import subjects
 from shared.errors import MessageError
@@ -128,6 +129,39 @@ async def publish_event(nc: NATS, event: Event) -> None:
         await nc.publish(subjects.events_subject(event.run_id), encode(event))
     except Exception as exc:  # a lost progress line must never fail the work
         log.warning("event_not_published", error=str(exc), kind=event.kind)
+
+
+# What a NATS server restarting (or a partition healing) looks like to a client: worth waiting out.
+TRANSIENT_ERRORS = (nats_errors.TimeoutError, nats_errors.NoRespondersError, nats_errors.ConnectionClosedError,
+                    nats_errors.StaleConnectionError, nats_errors.ConnectionReconnectingError,
+                    nats_errors.OutboundBufferLimitError, ServiceUnavailableError, asyncio.TimeoutError)
+
+
+async def through_outages(op: Callable[[], Awaitable[T]], what: str, *, give_up_s: float = 900.0) -> T:
+    """Run `op` until it gets through a NATS outage, backing off from 0.5 s to 5 s; after
+    `give_up_s` the last error is raised (a fault a caller must handle)."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + give_up_s, 0.5
+    while True:
+        try:
+            return await op()
+        except TRANSIENT_ERRORS as exc:
+            if loop.time() > deadline:
+                raise
+            log.warning("nats_unavailable_retrying", what=what, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+
+async def settle(msg, how: str, **kwargs) -> bool:
+    """ack, nak, term or in_progress a JetStream message; False when NATS is away (the message is
+    then redelivered after its ack wait, which idempotent handlers absorb)."""
+    try:
+        await getattr(msg, how)(**kwargs)
+        return True
+    except (nats_errors.Error, asyncio.TimeoutError) as exc:
+        log.warning("settle_failed", how=how, error=f"{type(exc).__name__}: {exc}")
+        return False
 
 
 def stop_event() -> asyncio.Event:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import select
+import shutil
 import signal
 import sys
 import traceback
@@ -41,12 +42,22 @@ from trainloop import TrainSettings, train_model  # noqa: E402  (shared/trainloo
 # The counter's first use imports torch._dynamo (~0.7 s, ~70 MB). A pre-started (pooled) container
 # pays it before its job arrives, like torch's import; a cold one pays it only if it validates, and
 # training containers never do.
-if os.environ.get("HARNESS_WARM_FLOPS") == "1":
+def _forget_inductor_cache():
+    """Importing the counter's dependencies makes /tmp/torchinductor_<user> and sets
+    TORCHINDUCTOR_CACHE_DIR: undo both, so the code gets the tmpfs's every inode and the
+    environment the runner gave it."""
+    path = os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    if path and os.path.realpath(path).startswith("/tmp/"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+if os.environ.pop("HARNESS_WARM_FLOPS", "0") == "1":
     try:
         with FlopCounterMode(display=False):
             torch.empty(0)  # any dispatched op; no compute, so no thread pool starts before the fork
     except Exception:  # noqa: BLE001 - a counter that cannot start only costs the FLOPs figure
         pass
+    _forget_inductor_cache()
 
 os.write(READY_FD, b"R")
 os.close(READY_FD)
@@ -121,6 +132,7 @@ def _counted_forward(model, x):
         flops = int(counter.get_total_flops())
     except Exception:  # noqa: BLE001
         flops = None
+    _forget_inductor_cache()  # a cold container imported the counter's dependencies just now
     return output, flops
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 
 import msgspec
@@ -14,9 +13,10 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from services.planner.decide import decide, iteration_score, summarise
 from services.planner.llm_plan import ask_plan, merge_decision, plan_context
+from services.planner.records import store_calls, store_plots, tokens_used
 from services.planner.search import DatasetFacts, SearchBounds, propose
 from shared import subjects
-from shared.bus import decode, encode, publish_event
+from shared.bus import TRANSIENT_ERRORS, decode, encode, publish_event
 from shared.config import Config
 from shared.datasets import load_dataset
 from shared.errors import DatasetError, MessageError
@@ -24,7 +24,6 @@ from shared.llm import LLMClient, llm_settings
 from shared.log import bind_run
 from shared.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event, Goal,
                              LLMCall, SeedResult, SummaryReply, SummaryRequest, ValidateRequest, ValidationResult)
-from shared.plots import confusion_matrix_png, learning_curves_png
 from shared.registry import IterationRecord, Registry, RunRecord
 
 log = structlog.get_logger()
@@ -88,14 +87,20 @@ class Planner:
     # ---- the state machine ----
     async def _drive(self, run_id: str) -> None:
         bind_run(run_id)
+        outage = 0.5  # seconds before a step interrupted by a NATS outage is tried again
         while True:
-            run = await self.registry.get_run(run_id)
-            if run is None or run.status in TERMINAL_STATUSES:
-                return
             try:
+                run = await self.registry.get_run(run_id)
+                if run is None or run.status in TERMINAL_STATUSES:
+                    return
                 await self._step(run)
+                outage = 0.5
             except asyncio.CancelledError:
                 raise
+            except TRANSIENT_ERRORS as exc:  # NATS restarting: the step is redone from the registry after it
+                log.warning("step_interrupted", error=f"{type(exc).__name__}: {exc}", retry_in_s=outage)
+                await asyncio.sleep(outage)
+                outage = min(5.0, outage * 2)
             except Exception as exc:  # a fault of the machinery: record it, end the run, keep serving
                 log.exception("run_failed")
                 error = f"planner error: {type(exc).__name__}: {exc}"
@@ -131,7 +136,7 @@ class Planner:
             config, why = last.next_config, f": {last.reasoning}"
         elif self.planning and not history:
             answer = await ask_plan(self.planning, self._context(run, history, None), run.dataset_facts, max_epochs,
-                                    iteration=None, tokens_used=self._tokens_used(history, "planning"))
+                                    iteration=None, tokens_used=tokens_used(history, "planning"))
             calls = answer.calls
             if answer.value is not None:
                 config, why = answer.value.model_config, f": {answer.value.reasoning}"
@@ -147,7 +152,7 @@ class Planner:
             config, params, proposer = proposal.model_config, proposal.params, "builtin"
         record = IterationRecord(run_id=run.run_id, iteration=n, model_config=config, search_params=params,
                                  proposer=proposer, seeds=list(range(run.goal.num_seeds)),
-                                 llm_calls=await self._store_calls(run.run_id, n, calls))
+                                 llm_calls=await store_calls(self.registry, run.run_id, n, calls))
         await self.registry.put_iteration(record)
         await self.registry.update_run(run.run_id, lambda r: replace(r, current_iteration=n))
         by = "the planning LLM" if proposer == "llm" else "the built-in search"
@@ -178,12 +183,12 @@ class Planner:
         request = AssembleRequest(run_id=run.run_id, iteration=it.iteration, model_config=it.model_config,
                                   deterministic=it.force_deterministic, feedback=feedback,
                                   attempts_left=self.config.llm.code_attempts - _code_generations(it),
-                                  tokens_used=self._tokens_used(history, "tools"))
+                                  tokens_used=tokens_used(history, "tools"))
         reply = await self._request(subjects.ASSEMBLE_SUBJECT, encode(request), AssembleReply, run, it,
                                     timeout=self.llm_step_timeout_s)
         if reply is None:
             return
-        calls = await self._store_calls(run.run_id, it.iteration, reply.llm_calls)
+        calls = await store_calls(self.registry, run.run_id, it.iteration, reply.llm_calls)
         if not reply.ok:
             await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, llm_calls=[*r.llm_calls, *calls]))
             await self._reject(run, it, ValidationResult(ok=False, reason="config", error=f"model_config cannot be built: {reply.error}"))
@@ -263,7 +268,7 @@ class Planner:
         history = await self.registry.iterations(run.run_id, run.current_iteration)
         request = SummaryRequest(run_id=run.run_id, iteration=it.iteration, class_name=it.class_name, source=source,
                                  facts={k: val for k, val in facts.items() if k != "layers"} | {"layers": facts["layers"][:60]},
-                                 tokens_used=self._tokens_used(history, "tools"))
+                                 tokens_used=tokens_used(history, "tools"))
         try:
             msg = await self.nc.request(subjects.SUMMARY_SUBJECT, encode(request), timeout=self.llm_step_timeout_s)
             reply = decode(msg.data, SummaryReply, subjects.SUMMARY_SUBJECT)
@@ -273,7 +278,7 @@ class Planner:
             await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: no model summary from the tools LLM "
                              f"({reply.error}); summary.json holds the measured facts", it.iteration)
         summary = {"facts": facts, "narrative": reply.narrative, "narrative_error": reply.error}
-        return summary, await self._store_calls(run.run_id, it.iteration, reply.llm_calls)
+        return summary, await store_calls(self.registry, run.run_id, it.iteration, reply.llm_calls)
 
     async def _collect(self, run: RunRecord, it: IterationRecord) -> None:
         wake = self._wake.setdefault(run.run_id, asyncio.Event())
@@ -287,33 +292,12 @@ class Planner:
                 pass
             return
         evaluation = summarise(results, it.seeds)
-        evaluation["plots"] = await self._store_plots(run, it, evaluation)
+        evaluation["plots"] = await store_plots(self.registry, run, it, evaluation)
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="evaluated", evaluation=evaluation))
         acc = evaluation["aggregated"].get("val_accuracy") or {}
         await self.event(run.run_id, "evaluated", f"iteration {it.iteration}: val_accuracy mean "
                          f"{acc.get('mean', float('nan')):.4f} over {acc.get('n', 0)} seeds", it.iteration,
                          {"val_accuracy": acc})
-
-    async def _store_plots(self, run: RunRecord, it: IterationRecord, evaluation: dict) -> dict[str, str]:
-        """Confusion matrix (best seed) and learning curves (every seed) as PNG artifacts; -> their names.
-        Plots are a view of the results: one that cannot be drawn is logged, never fails the run."""
-        final, curves = evaluation.get("final") or {}, [c for c in evaluation["learning_curves"].values() if c]
-        title = f"{run.run_id} iteration {it.iteration} ({it.class_name or 'model'})"
-        wanted = {}
-        if final.get("confusion_matrix"):
-            names = [row["class"] for row in final.get("per_class", [])] or [str(i) for i in range(len(final["confusion_matrix"]))]
-            wanted["confusion_matrix.png"] = lambda: confusion_matrix_png(final["confusion_matrix"], names, title=title)
-        if curves:
-            wanted["learning_curves.png"] = lambda: learning_curves_png(curves, title=title)
-        stored = {}
-        for filename, render in wanted.items():
-            try:
-                png = await asyncio.to_thread(render)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("plot_failed", plot=filename, error=str(exc))
-                continue
-            stored[filename] = await self.registry.put_artifact(f"{run.run_id}/it{it.iteration:04d}/{filename}", png)
-        return stored
 
     async def _reject(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="rejected", validation=result))
@@ -327,7 +311,7 @@ class Planner:
         if decision.action == "iterate" and self.planning:  # budget left, target not met: the LLM's call
             answer = await ask_plan(self.planning, self._context(run, history, best_it), run.dataset_facts,
                                     self._max_epochs(run), iteration=it.iteration,
-                                    tokens_used=self._tokens_used(history, "planning"))
+                                    tokens_used=tokens_used(history, "planning"))
             calls = answer.calls
             if answer.value is not None:
                 decision = merge_decision(decision, answer.value)
@@ -335,7 +319,7 @@ class Planner:
                 await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: the planning LLM's decision could "
                                  f"not be used ({answer.error}); the built-in search proposes next", it.iteration,
                                  {"error": answer.error})
-        stored = await self._store_calls(run.run_id, it.iteration, calls)
+        stored = await store_calls(self.registry, run.run_id, it.iteration, calls)
         now = time.time()
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
             r, state="decided", decision=decision, finished_at=now, llm_calls=[*r.llm_calls, *stored]))
@@ -358,20 +342,6 @@ class Planner:
     def _context(self, run: RunRecord, history: list[IterationRecord], best_it: int | None) -> str:
         return plan_context(run.goal, run.dataset_facts, self._facts(run).num_train, history, best_it,
                             self._max_epochs(run), self.config.llm.history_limit)
-
-    @staticmethod
-    def _tokens_used(history: list[IterationRecord], role: str) -> int:
-        return sum((c.tokens_in or 0) + (c.tokens_out or 0) for h in history for c in h.llm_calls if c.role == role)
-
-    async def _store_calls(self, run_id: str, n: int, calls: list[LLMCall]) -> list[LLMCall]:
-        """Each call's prompt and reply become an artifact; the record keeps its name and figures."""
-        stored = []
-        for call in calls:
-            name = f"{run_id}/it{n:04d}/llm/{call.started_at:.6f}-{call.role}-{call.purpose}.json"
-            exchange = {k: v for k, v in msgspec.to_builtins(call).items() if k != "exchange"}
-            await self.registry.put_artifact(name, json.dumps(exchange, indent=1).encode())
-            stored.append(replace(call, messages=[], reply=None, exchange=name))
-        return stored
 
     def _facts(self, run: RunRecord) -> DatasetFacts:
         f = run.dataset_facts

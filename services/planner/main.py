@@ -11,7 +11,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.planner.loop import Planner
 from shared import subjects
-from shared.bus import connect, decode, ensure_streams, stop_event
+from shared.bus import connect, decode, ensure_streams, settle, stop_event
 from shared.config import Config, load_config
 from shared.errors import MessageError
 from shared.log import configure_logging
@@ -52,13 +52,14 @@ async def consume(js, stream: str, subject: str, durable: str, handle, stop: asy
         for msg in msgs:
             try:
                 await handle(msg)
-                await msg.ack()
             except MessageError as exc:
                 log.warning("rejected_message", error=str(exc))
-                await msg.term()
+                await settle(msg, "term")
             except Exception:
                 log.exception("handler_failed", stream=stream)
-                await msg.nak(delay=2)
+                await settle(msg, "nak", delay=2)
+            else:
+                await settle(msg, "ack")
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:

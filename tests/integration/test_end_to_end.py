@@ -36,7 +36,7 @@ def test_researcher_run_reaches_the_goal_on_digits(docker_engine, tmp_path):
         assert it["validation"]["output_shape"] == [2, 10]
         acc = it["evaluation"]["aggregated"]["val_accuracy"]
         assert len(acc["values"]) == 2 and acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1]
-    assert "iteration 1: proposed" in proc.stderr  # progress shown while it ran
+    assert "iteration 1: the built-in search proposed" in proc.stderr  # progress shown while it ran
 
 
 def test_unknown_dataset_fails_at_once_in_the_cli():

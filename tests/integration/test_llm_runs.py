@@ -1,0 +1,181 @@
+"""Whole runs with LLMs: the real services as processes, a real nats-server, real containers, and
+the real `openai` client talking HTTP to a scripted OpenAI-compatible server started here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from researcher.stack import LocalStack
+from shared import subjects
+from shared.bus import connect, decode, encode
+from shared.messages import Event, Goal
+from shared.registry import Registry
+from shared.report import export_run, load_report
+from tests.integration.test_end_to_end import _wait_terminal
+from tests.llm_server import Reply, ScriptedLLM
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+PLANNER, CODER = "planner-model", "coder-model"
+LLM_NET = {"class_name": "LLMDigitsNet",
+           "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 64}, {"type": "ReLU"},
+                      {"type": "Linear", "out_features": 10}],
+           "optimizer": "adam", "lr": 0.01, "epochs": 3, "batch_size": 32}
+WIDER = {"class_name": "WiderMLP",
+         "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 128}, {"type": "ReLU"},
+                    {"type": "Dropout", "p": 0.2}, {"type": "Linear", "out_features": 10}],
+         "optimizer": "adamw", "lr": 0.005, "weight_decay": 0.01, "epochs": 2, "batch_size": 64}
+
+CODE = '''import torch
+from torch import nn
+
+
+class LLMDigitsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU())
+        self.head = nn.Linear(64, {out})
+
+    def forward(self, x):
+        return self.head(self.body(x))
+'''
+NARRATIVE = {"architecture": "a two-layer MLP on the flattened 8x8 image",
+             "strengths": ["tiny and fast"], "weaknesses": ["no spatial inductive bias"]}
+
+
+def plan(action, reasoning, config=None):
+    return {"action": action, "reasoning": reasoning, "model_config": config}
+
+
+def test_researcher_run_with_a_planning_and_a_tools_llm(docker_engine, tmp_path):
+    """Malformed JSON then a repaired proposal; code with a shape error fixed after the sandbox's
+    feedback; the LLM's config is the one assembled and evaluated; a claim of success below the
+    target is recorded and overruled; a tools LLM answering 500s falls back to the deterministic
+    assembler; every call is accounted for in the report."""
+    with ScriptedLLM() as llm:
+        llm.script(PLANNER,
+                   Reply(content='{"action": "iterate", "reasoning": "a baseline", "model_config": {"class_name": "LLMDi'),
+                   plan("iterate", "a small MLP baseline", LLM_NET),
+                   plan("goal_achieved", "the accuracy looks excellent"))
+        llm.script(CODER, {"python": CODE.replace("{out}", "5")}, {"python": CODE.replace("{out}", "10")}, NARRATIVE)
+        llm.fallback(CODER, lambda body: Reply(status=500, content="the coder model crashed"))
+        env = {**os.environ, "RESEARCHER_LLM__TOOLS__MAX_RETRIES": "0", "RESEARCHER_LLM__PLANNING__TIMEOUT_S": "30"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "researcher.cli", "run", "a small net for digits", "--dataset", "digits",
+             "--target-accuracy", "0.999", "--max-iterations", "2", "--num-seeds", "1", "--max-epochs", "3",
+             "--subset-size", "600", "--json", "--log-dir", str(tmp_path / "logs"),
+             "--llm-base-url", llm.url, "--llm-model", PLANNER, "--llm-api-key", "sk-test-planner",
+             "--tools-llm-model", CODER],
+            capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        report = json.loads(proc.stdout)
+        coder_requests = llm.seen(CODER)
+        planner_requests = llm.seen(PLANNER)
+
+    assert report["status"] == "max_iterations"
+    first, second = report["iterations"]
+
+    # the planning LLM's (repaired) config is the one assembled and evaluated
+    assert first["proposer"] == "llm"
+    assert first["model_config"] == {**LLM_NET, "weight_decay": 0.0, "input_shape": [1, 8, 8], "num_classes": 10}
+    assert [(c["purpose"], c["outcome"]) for c in first["llm_calls"] if c["role"] == "planning"] == [
+        ("propose", "malformed"), ("propose", "ok"), ("decide", "ok")]
+    assert "not one valid JSON object" in planner_requests[1].messages[-1]["content"]
+    assert all(r.authorization == "Bearer sk-test-planner" for r in planner_requests + coder_requests)
+
+    # the tools LLM's first code had a shape error; the sandbox's verdict went back and was fixed
+    assert first["class_name"] == "LLMDigitsNet" and first["assembler"] == "llm"
+    [rejected] = first["code_attempts"]
+    assert rejected["reason"] == "output_shape" and rejected["assembler"] == "llm"
+    repair = coder_requests[1].messages
+    assert "nn.Linear(64, 5)" in repair[-2]["content"] and "output_shape" in repair[-1]["content"]
+    assert "(2, 10)" in repair[-1]["content"] or "[2, 10]" in repair[-1]["content"]
+    assert first["validation"]["ok"] is True and first["validation"]["output_shape"] == [2, 10]
+    assert first["validation"]["param_count"] == 64 * 64 + 64 + 64 * 10 + 10
+    assert first["evaluation"]["aggregated"]["val_accuracy"]["n"] == 1
+
+    # the summary: measured facts and the tools LLM's reading
+    assert first["summary"]["narrative"] == NARRATIVE
+    assert first["summary"]["facts"]["parameters"] == first["validation"]["param_count"]
+    assert first["summary"]["facts"]["flops_per_sample"] == 2 * (64 * 64 + 64 * 10)
+
+    # success claimed below the target: recorded, not obeyed
+    decision = first["decision"]
+    assert decision["action"] == "iterate" and decision["llm_action"] == "goal_achieved"
+    assert "claimed the goal achieved" in decision["disagreement"] and "below target 0.9990" in decision["disagreement"]
+    assert "claimed the goal achieved" in proc.stderr
+
+    # iteration 2: the built-in search proposed; the tools LLM answered 500, the deterministic assembler built it
+    assert second["proposer"] == "builtin" and second["assembler"] == "deterministic"
+    assert [c["outcome"] for c in second["llm_calls"] if c["purpose"] == "code"] == ["http_500"]
+    assert second["evaluation"]["aggregated"]["val_accuracy"]["n"] == 1
+    assert "the coder model crashed" in proc.stderr  # the fallback said why, in the run's events
+
+    usage = report["llm_usage"]["per_role"]
+    assert usage["planning"]["calls"] == 3 and usage["planning"]["failed"] == 1
+    assert usage["planning"]["tokens_in"] > 0 and usage["planning"]["tokens_out"] > 0
+    assert usage["tools"]["calls"] >= 4 and usage["tools"]["failed"] >= 1
+    assert report["llm_usage"]["total"]["calls"] == usage["planning"]["calls"] + usage["tools"]["calls"]
+    assert "sk-test-planner" not in (tmp_path / "logs").joinpath("planner.log").read_text()
+
+
+async def test_the_planning_llm_iterates_with_a_changed_config_then_stops(docker_engine, tmp_path):
+    """A first proposal that times out falls back to the built-in search; the LLM then changes the
+    configuration, and stops the run; the export carries each call's exchange and summary.json."""
+    with ScriptedLLM() as llm:
+        llm.script(PLANNER, Reply(content=json.dumps(plan("iterate", "late", LLM_NET)), delay_s=4),
+                   plan("iterate", "wider, with dropout and weight decay", WIDER),
+                   plan("stop", "the wider model did no better; not worth more compute"))
+        env = {"RESEARCHER_LLM__PLANNING__BASE_URL": llm.url, "RESEARCHER_LLM__PLANNING__MODEL": PLANNER,
+               "RESEARCHER_LLM__PLANNING__TIMEOUT_S": "1.5", "RESEARCHER_LLM__PLANNING__MAX_RETRIES": "0",
+               "RESEARCHER_LLM__TOOLS__ENABLED": "false"}
+        with LocalStack(log_dir=tmp_path / "logs", env=env) as stack:
+            nc = await connect(stack.url, "test")
+            events: list[Event] = []
+            run_id = f"llm-{uuid.uuid4().hex[:8]}"
+
+            async def on_event(msg) -> None:
+                events.append(decode(msg.data, Event, msg.subject))
+
+            sub = await nc.subscribe(subjects.events_subject(run_id), cb=on_event)
+            js = nc.jetstream()
+            goal = Goal(run_id=run_id, goal="digits", dataset="digits", target_accuracy=0.999, max_iterations=4,
+                        num_seeds=1, subset_size=600, max_epochs=3, submitted_at=time.time())
+            await js.publish(subjects.GOALS_SUBJECT, encode(goal))
+            registry = await Registry.open(js)
+            run = await _wait_terminal(registry, run_id, timeout=400)
+            report = await load_report(registry, run_id)
+            out = await export_run(registry, run_id, tmp_path / "export")
+            decide_call = next(c for c in report["iterations"][-1]["llm_calls"] if c["purpose"] == "decide")
+            exchange = json.loads(await registry.get_artifact(decide_call["exchange"]))
+            await sub.unsubscribe()
+            await nc.close()
+
+    assert run.status == "stopped", report
+    first, second = report["iterations"]
+    assert first["proposer"] == "builtin"
+    assert [(c["purpose"], c["outcome"]) for c in first["llm_calls"]][0] == ("propose", "timeout")
+    assert any(e.kind == "llm_fallback" and "no reply within 1.5 s" in e.message for e in events)
+    # the changed config, checked when decided, is iteration 2's
+    assert first["decision"]["proposer"] == "llm" and first["decision"]["next_config"]["class_name"] == "WiderMLP"
+    assert second["proposer"] == "llm" and second["model_config"] == first["decision"]["next_config"]
+    assert second["class_name"] == "WiderMLP" and second["validation"]["ok"] is True
+    assert second["evaluation"]["aggregated"]["val_accuracy"]["n"] == 1
+    assert second["decision"]["action"] == "stop" and "not worth more compute" in second["decision"]["reasoning"]
+    # no tools LLM: the deterministic assembler, and a summary of the measured facts alone
+    summary = json.loads((out / "experiments" / run_id / "iteration_02" / "summary.json").read_text())
+    assert summary["assembler"] == "deterministic" and summary["narrative"] is None
+    assert summary["facts"]["parameters"] == second["validation"]["param_count"]
+    assert summary["narrative_error"] == "no tools LLM configured"
+    # each call's prompt and reply are kept as an artifact; the record holds the figures
+    assert decide_call["tokens_in"] > 0 and decide_call["messages"] == [] and decide_call["reply"] is None
+    assert "not worth more compute" in exchange["reply"]
+    assert "Best configuration so far" in exchange["messages"][1]["content"]
+    assert "WiderMLP" in exchange["messages"][1]["content"]  # its history includes iteration 2
