@@ -17,7 +17,7 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images test run clean bench-sandbox bench-eval
+.PHONY: help venv images test run clean bench-sandbox bench-eval bench-scale
 
 help:
 	@echo "Targets:"
@@ -29,12 +29,23 @@ help:
 	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
 	@echo "  bench-eval     training samples/s of the engine against a plain PyTorch loop, and the ratio"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
-	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222)"
-	@echo "  down    $(COMPOSE) down (the JetStream volume stays)"
+	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222, on"
+	@echo "          every interface with NATS_BIND=0.0.0.0 for evaluators elsewhere; EVALUATORS=N replicas)"
+	@echo "  down    $(COMPOSE) down --remove-orphans (GPU evaluators too; the JetStream volume stays)"
 	@echo "  logs    $(COMPOSE) logs \$$(LOGS_ARGS) (default: -f --tail=200)"
 	@echo "  ps      $(COMPOSE) ps"
+	@echo "  goal    venv, then researcher run \"\$$(GOAL)\" --nats-url \$$(NATS_URL): publishes a goal to the running"
+	@echo "          stack and follows it to the report (DATASET, TARGET, ITERATIONS, SEEDS)"
+	@echo "  scale   EVALUATORS=N: N evaluator replicas in the running stack (one JetStream work queue)"
+	@echo "  up-gpu  [GPUS=0,1] like up, with one evaluator per GPU pinned to it (scripts/gpu-compose.py"
+	@echo "          writes $(GPU_COMPOSE); GPUS unset: every GPU nvidia-smi lists) and no CPU evaluator"
+	@echo "  evaluator       NATS_URL=nats://HEAD:4222 [EVALUATORS=N | GPU=1 [GPUS=0,1]]: on another machine,"
+	@echo "                  evaluators only (compose.evaluator.yaml) on the head's work queue"
+	@echo "  evaluator-down  stop and remove this machine's evaluators"
+	@echo "  bench-scale    evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
+	@echo "           NATS_URL=$(NATS_URL) EVALUATORS=$(EVALUATORS) GPUS=$(GPUS) GPU=$(GPU) NATS_BIND=$(or $(NATS_BIND),127.0.0.1)"
 
 venv: $(VENV)/.installed
 
@@ -56,7 +67,8 @@ images:
 	bash scripts/build-images.sh
 
 # pytest's own exit status is kept in build/pytest.rc (make itself exits 2 on any failure).
-test: venv images
+# The service image too: the compose end-to-end test brings the stack up from it.
+test: venv images service-image
 	@mkdir -p build; rm -f build/pytest.rc
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; echo $$rc > build/pytest.rc; exit $$rc
 
@@ -74,13 +86,30 @@ bench-sandbox: venv images
 bench-eval: venv
 	$(VENV)/bin/python -m benchmarks.bench_eval $(BENCH_ARGS)
 
+# Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
+bench-scale: venv images
+	$(VENV)/bin/python -m benchmarks.bench_scale $(BENCH_ARGS)
+
 # ---------------------------------------------------------------------------------------------
 # The compose stack (compose.yaml): nats + planner, assembler, sandbox, evaluator, all from
-# pytorch-researcher/service:latest (services/Dockerfile). Not part of `images`/`test`: CI never
-# builds the service image.
+# pytorch-researcher/service:latest (services/Dockerfile), which `test` builds too (the compose
+# end-to-end test runs the stack from it).
 # ---------------------------------------------------------------------------------------------
-.PHONY: service-image up down logs ps compose-check
-LOGS_ARGS ?= -f --tail=200
+.PHONY: service-image up up-gpu down logs ps scale goal evaluator evaluator-down compose-check
+LOGS_ARGS  ?= -f --tail=200
+# The running stack's NATS as this machine sees it (goal); for `evaluator`, the head's address.
+NATS_URL   ?= nats://127.0.0.1:4222
+EVALUATORS ?=
+# GPU ids for up-gpu and `evaluator GPU=1`: "0,1" or UUIDs; empty: every GPU nvidia-smi lists.
+GPUS       ?=
+GPU        ?=
+# compose.evaluator.yaml runs as its own project, apart from a compose.yaml stack on the same host.
+EVALUATOR_PROJECT ?= pytorch-researcher-evaluators
+GPU_COMPOSE       := build/compose.gpu.yaml
+EVALUATOR_GPU_COMPOSE := build/compose.evaluator-gpu.yaml
+# The stack's files: compose.yaml, plus the GPU evaluators once up-gpu has written them.
+STACK       = $(COMPOSE) -f compose.yaml $(if $(wildcard $(GPU_COMPOSE)),-f $(GPU_COMPOSE))
+EVALUATORS_STACK = $(COMPOSE) -p $(EVALUATOR_PROJECT) -f compose.evaluator.yaml
 
 compose-check:
 	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' (v2) nor docker-compose (1.29) is installed;" \
@@ -92,16 +121,56 @@ service-image:
 	bash scripts/build-images.sh service
 
 # The sandbox image (the services start its containers) and the service image, then the stack.
+# Compose converges on one evaluator unless EVALUATORS says otherwise, also after `make scale`.
 up: compose-check images
 	@$(MAKE) --no-print-directory service-image
-	$(COMPOSE) up -d
+	$(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))
 
-# Stops and removes the containers; the JetStream volume stays (`$(COMPOSE) down -v` drops it).
+# A GPU host: one evaluator per GPU (evaluator-gpu<i>, pinned to GPU <i>), no CPU evaluator.
+up-gpu: compose-check images
+	@$(MAKE) --no-print-directory service-image
+	GPUS="$(GPUS)" python3 scripts/gpu-compose.py --out $(GPU_COMPOSE)
+	$(COMPOSE) -f compose.yaml -f $(GPU_COMPOSE) up -d --scale evaluator=0
+
+# Stops and removes the containers, GPU evaluators included (--remove-orphans); the JetStream
+# volume stays (`$(COMPOSE) down -v` drops it).
 down: compose-check
-	$(COMPOSE) down
+	$(STACK) down --remove-orphans
 
 logs: compose-check
-	$(COMPOSE) logs $(LOGS_ARGS)
+	$(STACK) logs $(LOGS_ARGS)
 
 ps: compose-check
-	$(COMPOSE) ps
+	$(STACK) ps
+
+# CPU evaluator replicas of the running stack; the others are left as they are.
+scale: compose-check
+	@test -n "$(EVALUATORS)" || { echo "error: how many evaluators? make scale EVALUATORS=3" >&2; exit 1; }
+	$(STACK) up -d --no-recreate --scale evaluator=$(EVALUATORS) evaluator
+
+# Publishes a goal to the running stack and follows it to the report.
+goal: venv
+	$(VENV)/bin/researcher run "$(GOAL)" --dataset $(DATASET) --target-accuracy $(TARGET) \
+	  --max-iterations $(ITERATIONS) --num-seeds $(SEEDS) --nats-url $(NATS_URL)
+
+# Another machine: evaluators only, on the head's work queue (its NATS published with
+# NATS_BIND=0.0.0.0). NATS_URL must be given: a container's 127.0.0.1 is the container itself.
+evaluator: compose-check
+	@case "$(origin NATS_URL)" in environment*|command*) ;; *) \
+	  echo "error: say where the head's NATS is: make evaluator NATS_URL=nats://HEAD:4222" \
+	    "(on the head: NATS_BIND=0.0.0.0 make up)" >&2; exit 1;; esac
+	@case "$(NATS_URL)" in *://127.*|*://localhost*|*://\[::1\]*|*://0.0.0.0*|*://:*|*://) \
+	  echo "error: NATS_URL=$(NATS_URL) is no address the evaluator containers can reach (their 127.0.0.1" \
+	    "is themselves); give the head machine's address or name, e.g. nats://10.0.0.5:4222" >&2; exit 1;; esac
+	@$(MAKE) --no-print-directory images service-image
+ifneq ($(filter-out 0,$(GPU)),)
+	GPUS="$(GPUS)" python3 scripts/gpu-compose.py --standalone --out $(EVALUATOR_GPU_COMPOSE)
+	NATS_URL="$(NATS_URL)" $(EVALUATORS_STACK) -f $(EVALUATOR_GPU_COMPOSE) up -d --scale evaluator=0
+else
+	NATS_URL="$(NATS_URL)" $(EVALUATORS_STACK) up -d --scale evaluator=$(or $(EVALUATORS),1)
+endif
+
+# All of this machine's evaluator containers, GPU ones included (--remove-orphans). NATS_URL
+# only has to be set for compose to read the file.
+evaluator-down: compose-check
+	NATS_URL="$${NATS_URL:-nats://unused:4222}" $(EVALUATORS_STACK) down --remove-orphans

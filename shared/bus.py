@@ -77,7 +77,7 @@ async def connect(url: str, name: str) -> NATS:
     )
 
 
-async def ensure_streams(js: JetStreamContext, *, max_deliver: int = 3) -> None:
+async def ensure_streams(js: JetStreamContext) -> None:
     """Declare the streams every service relies on; idempotent, safe from any replica."""
     declared = [
         StreamConfig(name=subjects.GOALS_STREAM, subjects=[subjects.GOALS_SUBJECT], storage=StorageType.FILE,
@@ -86,8 +86,10 @@ async def ensure_streams(js: JetStreamContext, *, max_deliver: int = 3) -> None:
                      retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0),
         StreamConfig(name=subjects.RESULTS_STREAM, subjects=[f"{subjects.RESULTS_SUBJECT_PREFIX}.>"],
                      storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0),
-        StreamConfig(name="DEAD", subjects=[f"{subjects.DEAD_LETTER_SUBJECT}.>"], storage=StorageType.FILE,
+        StreamConfig(name=subjects.DEAD_STREAM, subjects=[f"{subjects.DEAD_LETTER_SUBJECT}.>"], storage=StorageType.FILE,
                      max_msgs=100_000, discard=DiscardPolicy.OLD),
+        StreamConfig(name=subjects.ADVISORIES_STREAM, subjects=[subjects.EVAL_MAX_DELIVERIES_ADVISORY],
+                     storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE),
     ]
     for config in declared:
         try:

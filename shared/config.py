@@ -56,12 +56,24 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory: str = "4g"
     cpus: float = 2.0
-    gpus: str = "auto"  # auto: pass GPUs through when the engine has the nvidia runtime; none; all
+    # auto: every GPU when the engine has the nvidia runtime; none; all; or only these devices,
+    # host indices or UUIDs: "0", "0,2", "GPU-6f1c..." (quote a lone index in YAML: "0", not 0)
+    gpus: str | int | None = "auto"  # null (or RESEARCHER_EVALUATOR__GPUS=none) is "none"; 0 is "0"
     train_timeout_s: float = 1800.0  # one seed, seconds
     ack_wait_s: float = 60.0  # JetStream ack wait; long jobs send in-progress heartbeats
+    drain_timeout_s: float = 30.0  # a stopping evaluator's wait for its job; then it hands the job back
     max_deliver: int = 3  # deliveries before a job goes to the dead-letter subject
     data_dir: str = "~/.cache/pytorch-researcher/data"
     val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.gpus = "none" if self.gpus is None else str(self.gpus).strip()
+        ids = self.gpus.split(",")
+        if self.gpus.lower() not in ("auto", "none", "all") and any(not i.strip() or len(i.split()) != 1 for i in ids):
+            raise ValueError(f"evaluator.gpus: {self.gpus!r} is not auto, none, all or a comma-separated list of GPU "
+                             "indices or UUIDs, e.g. \"0\" or \"0,2\"")
+        if self.drain_timeout_s < 0 or self.max_deliver < 1:
+            raise ValueError("evaluator.drain_timeout_s must be >= 0 and evaluator.max_deliver >= 1")
 
 
 class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -50,6 +50,7 @@ class Limits:
     max_total_output_bytes: int = 64 * 1024 * 1024  # past this the code's processes are killed
     runtime: str | None = None
     gpus: bool = False
+    gpu_ids: tuple[str, ...] = ()  # with gpus: only these devices (indices or UUIDs); (): all
 
 
 @dataclass
@@ -64,6 +65,14 @@ class RunOutcome:
     stderr_tail: str = ""
     pooled: bool = False
     stage: str = "start"  # the last stage the harness saw the code reach (import, init, forward, ...)
+
+
+def gpu_request(gpu_ids: tuple[str, ...] = ()) -> DeviceRequest:
+    """The containers' GPUs: these devices (host indices or UUIDs, as `docker run --gpus
+    '"device=0,2"'`), or every one when none is named."""
+    if gpu_ids:
+        return DeviceRequest(driver="nvidia", device_ids=list(gpu_ids), capabilities=[["gpu"]])
+    return DeviceRequest(count=-1, capabilities=[["gpu"]])
 
 
 def _docker() -> docker.DockerClient:
@@ -149,6 +158,8 @@ class ContainerRunner:
         except ImageNotFound as exc:
             raise SandboxUnavailableError(f"image {limits.image!r} not found; build it with `make images`") from exc
         self._pool: queue.Queue[_Attached] = queue.Queue()
+        self._running: set = set()  # containers with a job in hand, for abort_running
+        self._running_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._filler: threading.Thread | None = None
@@ -182,6 +193,15 @@ class ContainerRunner:
             self._filler.join(timeout=START_TIMEOUT_S)
         for warm in self._drain():
             warm.discard()
+
+    def abort_running(self) -> int:
+        """SIGKILL every container with a job in hand (their run() calls return at once, failed);
+        -> how many. For a service handing its jobs back as it stops."""
+        with self._running_lock:
+            running = list(self._running)
+        for container in running:
+            _kill(container)
+        return len(running)
 
     def wait_warm(self, count: int | None = None, timeout_s: float = START_TIMEOUT_S) -> bool:
         """Block until the pool holds `count` (default: pool_size) warm containers."""
@@ -250,7 +270,7 @@ class ContainerRunner:
         if lim.runtime:
             kwargs["runtime"] = lim.runtime
         if lim.gpus:
-            kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+            kwargs["device_requests"] = [gpu_request(lim.gpu_ids)]
         expires = int(time.time() + START_TIMEOUT_S + self.max_idle_s + self.max_job_s + 60)
         return self.client.containers.create(
             lim.image,
@@ -278,6 +298,9 @@ class ContainerRunner:
                 Ulimit(name="core", soft=0, hard=0),
             ],
             environment={"HOME": "/tmp", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                         # idle OpenMP threads sleep instead of spinning: replicas sharing cores do not
+                         # burn them on one another's barriers
+                         "OMP_WAIT_POLICY": "PASSIVE",
                          # a pooled container's start-up is off the clock: it warms the FLOP counter too
                          "HARNESS_WARM_FLOPS": "1" if self.pool_size > 0 else "0"},
             labels={OWNER_LABEL: self.owner, JOB_LABEL: job_id, EXPIRES_LABEL: str(expires)},
@@ -323,6 +346,8 @@ class ContainerRunner:
         deadline = time.monotonic() + timeout_s
         job = {**job, "threads": max(1, int(self.limits.cpus))}
         timed_out = False
+        with self._running_lock:
+            self._running.add(warm.container)
         try:
             header = {"nonce": nonce, "job": job, "blob_len": len(blob),
                       "max_output_bytes": self.limits.max_output_bytes,
@@ -341,6 +366,8 @@ class ContainerRunner:
                 _kill(warm.container)
             exit_code, oom = _final_state(warm.container)
         finally:
+            with self._running_lock:
+                self._running.discard(warm.container)
             _remove(warm.container)
         return RunOutcome(
             report=_find_result(warm.stdout, nonce),

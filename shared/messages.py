@@ -192,3 +192,12 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
 
     ok: bool = False
     error: str
+
+
+class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True, kw_only=True):
+    """JetStream's io.nats.jetstream.advisory.v1.max_deliver (the fields used here)."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int

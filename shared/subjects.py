@@ -26,7 +26,13 @@ RESULTS_SUBJECT_PREFIX = "research.results"
 RESULTS_CONSUMER = "planner-results"
 
 # ---- dead letters: jobs that exhausted their deliveries ----
+DEAD_STREAM = "DEAD"
 DEAD_LETTER_SUBJECT = "research.dead"
+# JetStream's advisory when an evaluation job reaches max_deliver; kept in a stream of its own so a
+# planner that is down at that moment still learns of it when it comes back
+EVAL_MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVAL_STREAM}.{EVAL_CONSUMER}"
+ADVISORIES_STREAM = "EVAL_ADVISORIES"
+DEAD_LETTERS_CONSUMER = "planner-dead-letters"
 
 # ---- progress events, one subject per run (core NATS, for live followers) ----
 EVENTS_PREFIX = "research.events"
@@ -43,3 +49,8 @@ def results_subject(run_id: str) -> str:
 
 def events_subject(run_id: str) -> str:
     return f"{EVENTS_PREFIX}.{run_id}"
+
+
+def dead_job_subject(run_id: str) -> str:
+    """Where a dead-lettered evaluation job is kept, for inspection and replay."""
+    return f"{DEAD_LETTER_SUBJECT}.eval.{run_id}"

@@ -12,6 +12,7 @@ from shared import subjects
 from shared.bus import connect, decode_request, encode, stop_event
 from shared.config import Config, load_config
 from shared.llm import LLMClient, llm_settings
+from shared.health import beat
 from shared.log import bind_run, configure_logging
 from shared.messages import AssembleRequest, SummaryRequest
 
@@ -49,9 +50,12 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     subs = [await nc.subscribe(subjects.ASSEMBLE_SUBJECT, queue=subjects.ASSEMBLER_QUEUE, cb=spawn(AssembleRequest, assemble_code)),
             await nc.subscribe(subjects.SUMMARY_SUBJECT, queue=subjects.ASSEMBLER_QUEUE, cb=spawn(SummaryRequest, summarise_code))]
     log.info("assembler_ready", tools_llm=settings.model if settings else None)
-    await (stop or stop_event()).wait()
+    stop = stop or stop_event()
+    health = asyncio.create_task(beat(nc, stop))
+    await stop.wait()
     for sub in subs:
         await sub.unsubscribe()
+    await health
     await asyncio.gather(*running, return_exceptions=True)  # finish what was asked
     if tools:
         await tools.close()

@@ -12,10 +12,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.evaluator.evaluate import evaluate_job
 from shared import subjects
-from shared.bus import connect, decode, encode, ensure_streams, stop_event
+from shared.bus import connect, decode, encode, ensure_streams, settle, stop_event, through_outages
 from shared.config import Config, load_config, replica_name
 from shared.containers import ContainerRunner, Limits
 from shared.errors import MessageError, SandboxUnavailableError
+from shared.health import beat
 from shared.log import bind_run, configure_logging
 from shared.messages import EvalJob
 
@@ -29,57 +30,88 @@ def eval_limits(config: Config, gpus: bool) -> Limits:
                   max_output_bytes=s.max_output_bytes, runtime=s.runtime, gpus=gpus)
 
 
-def _want_gpus(setting: str, runner_client) -> bool:
-    if setting == "all":
-        return True
-    if setting == "none":
-        return False
-    try:  # auto: only when the engine knows the nvidia runtime
-        return "nvidia" in (runner_client.info().get("Runtimes") or {})
-    except Exception:
-        return False
+def _want_gpus(setting: str, runtimes: dict) -> tuple[bool, tuple[str, ...]]:
+    """evaluator.gpus and the engine's runtimes -> (pass GPUs through, only these device ids; ():
+    all). auto: all, when the engine has the nvidia runtime; none; all; "0", "0,2", "GPU-<uuid>"."""
+    value = setting.strip().lower()
+    if value in ("auto", "none", "all"):
+        return value == "all" or (value == "auto" and "nvidia" in runtimes), ()
+    ids = tuple(part.strip() for part in setting.split(","))
+    if any(not i or i.split() != [i] for i in ids):
+        raise ValueError(f"evaluator.gpus: {setting!r} is not auto, none, all or a comma-separated list of GPU "
+                         "indices or UUIDs, e.g. \"0\" or \"0,2\" (RESEARCHER_EVALUATOR__GPUS=0,2)")
+    return True, ids
 
 
 def make_eval_runner(config: Config, owner: str) -> ContainerRunner:
-    """The training containers' runner, with the GPUs passed through when the setting asks; its
-    containers' expiry covers the longest training the configuration allows."""
+    """The training containers' runner, with the GPUs passed through (all, or the ones named) when
+    the setting asks; its containers' expiry covers the longest training the configuration allows."""
     runner = ContainerRunner(eval_limits(config, False), owner=owner, max_job_s=config.evaluator.train_timeout_s)
-    runner.limits = dataclasses.replace(runner.limits, gpus=_want_gpus(config.evaluator.gpus, runner.client))
+    try:
+        runtimes = runner.client.info().get("Runtimes") or {}
+    except Exception:
+        runtimes = {}  # an engine that cannot say: auto means no GPUs
+    gpus, gpu_ids = _want_gpus(config.evaluator.gpus, runtimes)
+    runner.limits = dataclasses.replace(runner.limits, gpus=gpus, gpu_ids=gpu_ids)
     return runner
 
 
-async def handle(msg, js, runner: ContainerRunner, config: Config, name: str) -> None:
+async def handle(msg, js, runner: ContainerRunner, config: Config, name: str, stop: asyncio.Event) -> None:
+    """Train and score one seed job; publish its result, then ack. Stopping, it waits up to
+    drain_timeout_s for the job, then hands it back (nak) for another replica at once."""
     try:
         job = decode(msg.data, EvalJob, msg.subject)
     except MessageError as exc:
         log.warning("rejected_message", error=str(exc))
-        await msg.term()  # never redeliver what can never decode
+        await settle(msg, "term")  # never redeliver what can never decode
         return
     bind_run(job.run_id, iteration=job.iteration, seed=job.seed, job_id=job.job_id)
-    delivered = msg.metadata.num_delivered
-    log.info("job_started", delivery=delivered)
+    log.info("job_started", delivery=msg.metadata.num_delivered)
 
     async def heartbeat() -> None:  # keep the claim while training runs longer than ack_wait
         while True:
             await asyncio.sleep(max(1.0, config.evaluator.ack_wait_s / 3))
-            await msg.in_progress()
+            await settle(msg, "in_progress")
 
-    beat = asyncio.create_task(heartbeat())
+    beat_task = asyncio.create_task(heartbeat())
+    work = asyncio.create_task(asyncio.to_thread(
+        evaluate_job, job, runner, timeout_s=config.evaluator.train_timeout_s, memory=config.evaluator.memory,
+        val_fraction=config.evaluator.val_fraction, evaluator=name, data_dir=config.evaluator.data_dir))
     try:
-        result = await asyncio.to_thread(
-            evaluate_job, job, runner, timeout_s=config.evaluator.train_timeout_s,
-            memory=config.evaluator.memory, val_fraction=config.evaluator.val_fraction, evaluator=name,
-            data_dir=config.evaluator.data_dir)
+        result = await _finish_or_hand_back(work, stop, config.evaluator.drain_timeout_s, runner)
     except SandboxUnavailableError as exc:
         log.error("sandbox_unavailable", error=str(exc))
-        await msg.nak(delay=10)  # another replica (or this one, later) takes it
+        await settle(msg, "nak", delay=10)  # another replica (or this one, later) takes it
         return
     finally:
-        beat.cancel()
+        beat_task.cancel()
+    if result is None:
+        await settle(msg, "nak")
+        log.warning("job_handed_back", reason=f"stopping; the job did not finish within {config.evaluator.drain_timeout_s:g} s")
+        return
     # the message id makes a redelivered job's second result a duplicate the stream drops
-    await js.publish(subjects.results_subject(job.run_id), encode(result), headers={"Nats-Msg-Id": job.job_id})
-    await msg.ack()
+    await through_outages(lambda: js.publish(subjects.results_subject(job.run_id), encode(result),
+                                             headers={"Nats-Msg-Id": job.job_id}), "publish result")
+    await settle(msg, "ack")
     log.info("job_done", ok=result.ok, error=result.error, metrics=result.metrics, duration_s=result.duration_s)
+
+
+async def _finish_or_hand_back(work: asyncio.Task, stop: asyncio.Event, drain_s: float, runner: ContainerRunner):
+    """-> the job's result, or None when the service stopped and the job did not finish in time."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if work.done():
+        return work.result()
+    log.info("draining", wait_s=drain_s)
+    try:
+        return await asyncio.wait_for(asyncio.shield(work), timeout=drain_s)
+    except asyncio.TimeoutError:
+        runner.abort_running()  # its container is killed; the thread returns a failure we do not publish
+        await asyncio.gather(work, return_exceptions=True)
+        return None
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
@@ -97,6 +129,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
                                    stream=subjects.EVAL_STREAM, config=consumer)
     log.info("evaluator_ready", replica=name, gpus=runner.limits.gpus, strays_removed=removed)
     stop = stop or stop_event()
+    health = asyncio.create_task(beat(nc, stop))
     while not stop.is_set():
         try:
             msgs = await psub.fetch(1, timeout=1.0)
@@ -107,7 +140,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
             await asyncio.sleep(1.0)
             continue
         for msg in msgs:
-            await handle(msg, js, runner, config, name)  # a stop waits for this job to finish
+            await handle(msg, js, runner, config, name, stop)  # a stop drains this job, or hands it back
+    await health
     await nc.close()  # every fetched message was handled above; drain would wait on the pull subscriptions
 
 

@@ -66,6 +66,16 @@ class Planner:
                          {"seed": result.seed, "ok": result.ok, "metrics": result.metrics})
         self._wake.setdefault(result.run_id, asyncio.Event()).set()
 
+    async def on_dead_job(self, job: EvalJob, deliveries: int) -> None:
+        """A seed job JetStream gave up on: a failed seed carrying why, unless a result came after all."""
+        bind_run(job.run_id, iteration=job.iteration, seed=job.seed)
+        if (await self.registry.seed_results(job.run_id, job.iteration, [job.seed])).get(job.seed):
+            return  # the last evaluator finished it after all; that result stands
+        error = (f"dead-lettered after {deliveries} deliveries: each evaluator that took the job died or stopped "
+                 f"before finishing it; the job is kept on {subjects.dead_job_subject(job.run_id)}")
+        await self.on_result(SeedResult(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed,
+                                        ok=False, error=error, evaluator="dead-letter"))
+
     async def resume_all(self) -> int:
         running = [r for r in await self.registry.list_runs() if r.status == "running"]
         for run in running:

@@ -8,6 +8,7 @@ import re
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 
 from services.planner.loop import Planner
 from shared import subjects
@@ -15,7 +16,8 @@ from shared.bus import connect, decode, ensure_streams, settle, stop_event
 from shared.config import Config, load_config
 from shared.errors import MessageError
 from shared.log import configure_logging
-from shared.messages import Goal, SeedResult
+from shared.health import beat
+from shared.messages import EvalJob, Goal, MaxDeliveriesAdvisory, SeedResult
 from shared.registry import Registry
 
 log = structlog.get_logger()
@@ -79,6 +81,23 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     async def on_result(msg) -> None:
         await planner.on_result(decode(msg.data, SeedResult, msg.subject))
 
+    async def on_dead_letter(msg) -> None:
+        """A job past max_deliver: keep it on the dead-letter subject, fail its seed, take it off the queue."""
+        advisory = decode(msg.data, MaxDeliveriesAdvisory, msg.subject)
+        try:
+            raw = await js.get_msg(subjects.EVAL_STREAM, advisory.stream_seq)
+        except NotFoundError:
+            return  # handled before (a redelivered advisory)
+        job = decode(raw.data, EvalJob, subjects.EVAL_SUBJECT)
+        await js.publish(subjects.dead_job_subject(job.run_id), raw.data, headers={
+            "Nats-Msg-Id": f"dead.{job.job_id}", "Researcher-Deliveries": str(advisory.deliveries)})
+        log.warning("job_dead_lettered", run_id=job.run_id, job_id=job.job_id, deliveries=advisory.deliveries)
+        await planner.on_dead_job(job, advisory.deliveries)
+        try:
+            await js.delete_msg(subjects.EVAL_STREAM, advisory.stream_seq)
+        except NotFoundError:
+            pass
+
     async def rescan() -> None:
         # runs left unfinished by a crashed planner: found at start, and again every few seconds,
         # since a KV key listing taken right at start-up can miss what was written just before
@@ -98,6 +117,9 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         rescan(),
         consume(js, subjects.GOALS_STREAM, subjects.GOALS_SUBJECT, subjects.GOALS_CONSUMER, on_goal, stop),
         consume(js, subjects.RESULTS_STREAM, f"{subjects.RESULTS_SUBJECT_PREFIX}.>", subjects.RESULTS_CONSUMER, on_result, stop),
+        consume(js, subjects.ADVISORIES_STREAM, subjects.EVAL_MAX_DELIVERIES_ADVISORY, subjects.DEAD_LETTERS_CONSUMER,
+                on_dead_letter, stop),
+        beat(nc, stop),
     )
     await planner.stop()
     await nc.close()  # every fetched message was handled above; drain would wait on the pull subscriptions

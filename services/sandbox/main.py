@@ -11,6 +11,7 @@ from shared import subjects
 from shared.bus import connect, decode_request, encode, stop_event
 from shared.config import Config, load_config, replica_name
 from shared.containers import ContainerRunner, Limits
+from shared.health import beat
 from shared.log import bind_run, configure_logging
 from shared.messages import ValidateRequest
 
@@ -37,16 +38,15 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     runner = make_runner(config, owner=f"sandbox-{replica_name()}")
     removed = runner.remove_strays()
     runner.start_pool()
-    log.info("sandbox_ready", image=config.sandbox.image, strays_removed=removed, pool_size=config.sandbox.pool_size,
-             concurrency=config.sandbox.concurrency, precheck=config.sandbox.precheck)
     try:
-        await serve(runner, config, nc, stop)
+        await serve(runner, config, nc, stop, strays_removed=removed)
     finally:
         await asyncio.to_thread(runner.close)
 
 
-async def serve(runner: ContainerRunner, config: Config, nc, stop: asyncio.Event | None) -> None:
+async def serve(runner: ContainerRunner, config: Config, nc, stop: asyncio.Event | None, **ready_info) -> None:
     nc = nc or await connect(config.nats_url, "sandbox")
+    stop = stop or stop_event()
     slots = asyncio.Semaphore(config.sandbox.concurrency)
     tasks: set[asyncio.Task] = set()
 
@@ -67,8 +67,12 @@ async def serve(runner: ContainerRunner, config: Config, nc, stop: asyncio.Event
         task.add_done_callback(tasks.discard)
 
     sub = await nc.subscribe(subjects.VALIDATE_SUBJECT, queue=subjects.SANDBOX_QUEUE, cb=on_message)
-    await (stop or stop_event()).wait()
+    log.info("sandbox_ready", image=config.sandbox.image, pool_size=config.sandbox.pool_size,
+             concurrency=config.sandbox.concurrency, precheck=config.sandbox.precheck, **ready_info)
+    health = asyncio.create_task(beat(nc, stop))
+    await stop.wait()
     await sub.unsubscribe()
+    await health
     if tasks:
         await asyncio.wait(tasks)  # finish the validations in flight before leaving
     await nc.drain()
