@@ -214,7 +214,7 @@ def test_secrets_in_the_services_environment_never_reach_the_code(runner, monkey
     result = check(runner, attack("import json, os\nraise RuntimeError('<env>' + json.dumps(dict(os.environ)) + '</env>')"))
     env = json.loads(message(result, "env"))
     assert secret not in result.error and "NATS" not in result.error
-    assert sorted(env) == ["HOME", "HOSTNAME", "LANG", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "PATH",
+    assert sorted(env) == ["HOME", "HOSTNAME", "LANG", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "PATH",
                            "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "VIRTUAL_ENV"]
     assert (env["HOME"], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["HOSTNAME"]) == ("/tmp", "1", "1", "sandbox")
 
