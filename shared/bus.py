@@ -101,14 +101,16 @@ async def ensure_streams(js: JetStreamContext) -> None:
                 raise
 
 
-async def key_value(js: JetStreamContext, bucket: str):
+async def key_value(js: JetStreamContext, bucket: str, *, history: int = 5, ttl: float | None = None):
+    """The bucket, created on first use; `ttl` (seconds) expires each key that long after its last write."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
         from nats.js.api import KeyValueConfig
 
         try:
-            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE))
+            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, ttl=ttl,
+                                                            storage=StorageType.FILE))
         except Exception:  # created by another replica meanwhile
             return await js.key_value(bucket)
 

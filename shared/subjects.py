@@ -41,6 +41,7 @@ EVENTS_PREFIX = "research.events"
 RUNS_BUCKET = "research_runs"
 ITERATIONS_BUCKET = "research_iterations"
 ARTIFACTS_BUCKET = "research_artifacts"
+LEASES_BUCKET = "research_run_leases"  # which planner replica drives which run (keys expire)
 
 
 def results_subject(run_id: str) -> str:

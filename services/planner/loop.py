@@ -12,6 +12,7 @@ import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from services.planner.decide import decide, iteration_score, summarise
+from services.planner.leases import RunLeases
 from services.planner.llm_plan import ask_plan, merge_decision, plan_context
 from services.planner.records import store_calls, store_plots, tokens_used
 from services.planner.search import DatasetFacts, SearchBounds, propose
@@ -33,8 +34,8 @@ _MACHINERY_REASONS = frozenset({"service_unavailable", "harness_failed"})
 
 
 class Planner:
-    def __init__(self, nc, js, registry: Registry, config: Config) -> None:
-        self.nc, self.js, self.registry, self.config = nc, js, registry, config
+    def __init__(self, nc, js, registry: Registry, config: Config, leases: RunLeases) -> None:
+        self.nc, self.js, self.registry, self.config, self.leases = nc, js, registry, config, leases
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         planning, tools = llm_settings(config, "planning"), llm_settings(config, "tools")
@@ -56,7 +57,7 @@ class Planner:
             await self.event(goal.run_id, "run_started", f"run started: {goal.goal!r} on {goal.dataset}")
             if record.status == "failed":
                 await self.event(goal.run_id, "run_finished", f"run failed: {record.error}", data={"status": "failed"})
-        self.ensure_driving(goal.run_id)
+        await self.ensure_driving(goal.run_id)
 
     async def on_result(self, result: SeedResult) -> None:
         bind_run(result.run_id, iteration=result.iteration, seed=result.seed)
@@ -77,20 +78,28 @@ class Planner:
                                         ok=False, error=error, evaluator="dead-letter"))
 
     async def resume_all(self) -> int:
-        running = [r for r in await self.registry.list_runs() if r.status == "running"]
-        for run in running:
-            self.ensure_driving(run.run_id)
-        return len(running)
+        """Renew this replica's leases (dropping runs another replica now holds), then claim and
+        drive every running run that no live replica holds; -> how many this replica drives."""
+        for run_id in await self.leases.renew():
+            task = self._tasks.pop(run_id, None)
+            if task:
+                task.cancel()
+        for run in await self.registry.list_runs():
+            if run.status == "running":
+                await self.ensure_driving(run.run_id)
+        return sum(1 for task in self._tasks.values() if not task.done())
 
-    def ensure_driving(self, run_id: str) -> None:
+    async def ensure_driving(self, run_id: str) -> None:
         task = self._tasks.get(run_id)
-        if task is None or task.done():
+        if (task is None or task.done()) and await self.leases.claim(run_id):
             self._tasks[run_id] = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
 
     async def stop(self) -> None:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for run_id in list(self._tasks):  # another replica may take them over at once
+            await self.leases.release(run_id)
         if self.planning:
             await self.planning.close()
 
@@ -102,6 +111,7 @@ class Planner:
             try:
                 run = await self.registry.get_run(run_id)
                 if run is None or run.status in TERMINAL_STATUSES:
+                    await self.leases.release(run_id)
                     return
                 await self._step(run)
                 outage = 0.5

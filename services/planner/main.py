@@ -10,10 +10,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
+from services.planner.leases import RENEW_S, RunLeases
 from services.planner.loop import Planner
 from shared import subjects
 from shared.bus import connect, decode, ensure_streams, settle, stop_event
-from shared.config import Config, load_config
+from shared.config import Config, load_config, replica_name
 from shared.errors import MessageError
 from shared.log import configure_logging
 from shared.health import beat
@@ -70,7 +71,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     nc = nc or await connect(config.nats_url, "planner")
     js = nc.jetstream()
     await ensure_streams(js)
-    planner = Planner(nc, js, await Registry.open(js), config)
+    leases = await RunLeases.open(js, owner=f"planner-{replica_name()}")
+    planner = Planner(nc, js, await Registry.open(js), config, leases)
     stop = stop or stop_event()
 
     async def on_goal(msg) -> None:
@@ -99,15 +101,15 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
             pass
 
     async def rescan() -> None:
-        # runs left unfinished by a crashed planner: found at start, and again every few seconds,
-        # since a KV key listing taken right at start-up can miss what was written just before
+        # leases renewed, and runs left by a crashed planner taken over (once their leases expire):
+        # at start and every few seconds, which also catches what a listing at start-up missed
         while not stop.is_set():
             try:
                 await planner.resume_all()
             except Exception as exc:  # NATS reconnecting: try again next round
                 log.warning("rescan_failed", error=str(exc))
             try:
-                await asyncio.wait_for(stop.wait(), timeout=10.0)
+                await asyncio.wait_for(stop.wait(), timeout=RENEW_S)
             except asyncio.TimeoutError:
                 pass
 

@@ -210,3 +210,31 @@ async def test_malformed_messages_on_every_subject_are_rejected_and_the_services
     assert "malformed EvalJob" in logs["evaluator"]
     assert "malformed SeedResult" in logs["planner"] and "malformed MaxDeliveriesAdvisory" in logs["planner"]
     assert run.status == "max_iterations"  # and the next goal ran to its end
+
+
+async def test_a_second_planner_replica_takes_over_the_runs_of_one_that_died(docker_engine, tmp_path):
+    """Two planners share the goals; each run is driven by the one holding its lease. SIGKILL that
+    one mid-run: its lease expires and the other replica carries the run to its end."""
+    with LocalStack(log_dir=tmp_path / "logs", env=FAST) as stack:
+        stack.start_service("planner", replica="planner-2")
+        stack.wait_ready(["planner-2"])
+        g = goal(f"two-pl-{uuid.uuid4().hex[:6]}")
+        nc, js, registry, follower = await start_run(stack, g)
+        leases = await js.key_value(subjects.LEASES_BUCKET)
+        deadline = time.monotonic() + 60
+        while not any(e.kind == "evaluating" for e in follower.events):
+            assert time.monotonic() < deadline, "the run did not reach its first evaluation"
+            await asyncio.sleep(0.1)
+        holder = (await leases.get(g.run_id)).value.decode()  # "planner-<replica>"
+        key = "planner-2" if holder.startswith("planner-planner-2-") else "planner"
+        other = "planner" if key == "planner-2" else "planner-2"
+        stack.procs[key].send_signal(signal.SIGKILL)
+        stack.procs[key].wait()
+        run = await _wait_terminal(registry, g.run_id, timeout=300)
+        report = await load_report(registry, g.run_id)
+        await nc.close()
+    assert run.status == "max_iterations", report["error"]
+    assert [it["iteration"] for it in report["iterations"]] == [1, 2]  # neither lost nor proposed twice
+    assert_every_iteration_evaluated(report, seeds=2)
+    survivor_log = (stack.log_dir / f"{other}.log").read_text()
+    assert "iteration 2:" in survivor_log
