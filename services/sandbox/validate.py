@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import signal
+import threading
 import time
 from typing import Literal, Protocol
 
@@ -16,6 +17,9 @@ from shared.containers import RunOutcome
 from shared.messages import ValidateRequest, ValidationResult
 
 PrecheckPolicy = Literal["reject", "flag"]
+# CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" under
+# concurrent validations, seen in the bench's burst): one parse at a time.
+_PARSE_LOCK = threading.Lock()
 
 # Modules a model has no business importing, and why a reader should care.
 RISKY_MODULES = {
@@ -73,7 +77,8 @@ def precheck(source: str, class_name: str, policy: PrecheckPolicy = "reject") ->
     """-> (a rejection or None, the flags). Rejects what cannot be a model; with policy
     "reject" also code that uses constructs a model has no business with."""
     try:
-        tree = ast.parse(source, filename="model_code.py")
+        with _PARSE_LOCK:
+            tree = ast.parse(source, filename="model_code.py")
     except SyntaxError as exc:
         return ValidationResult(ok=False, reason="syntax", error=f"syntax error at line {exc.lineno}: {exc.msg}"), []
     defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
