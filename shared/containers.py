@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import secrets
-import select
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -20,9 +18,10 @@ from typing import Any
 
 import docker
 import structlog
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
+from shared.container_io import Attached, final_state, find_result, kill, last_stage, remove
 from shared.errors import SandboxUnavailableError
 
 OWNER_LABEL = "org.pytorch-researcher.owner"
@@ -30,7 +29,6 @@ JOB_LABEL = "org.pytorch-researcher.job"
 EXPIRES_LABEL = "org.pytorch-researcher.expires"  # unix time after which any service may remove it
 HARNESS_CMD = ["/opt/venv/bin/python", "-I", "/opt/harness/supervisor.py"]
 SANDBOX_UID = "10001:10001"
-MAX_STDOUT_BYTES = 768 * 1024 * 1024  # the result line carries predictions
 READY_LINE = b"@@READY\n"
 START_TIMEOUT_S = 120.0  # create, start and import torch
 log = structlog.get_logger()
@@ -86,60 +84,6 @@ def _docker() -> docker.DockerClient:
         ) from exc
 
 
-class _Attached:
-    """A started container and its attach stream: stdin in, docker's multiplexed stdout/stderr out."""
-
-    def __init__(self, container, sock, started_at: float, cap: int) -> None:
-        self.container, self.raw, self.started_at, self.cap = container, sock._sock, started_at, cap
-        self._sock = sock  # keeps the response object (and so the connection) alive
-        self.buffer, self.stdout, self.stderr = bytearray(), bytearray(), bytearray()
-
-    def read(self, deadline: float, until: bytes | None = None) -> bool:
-        """Demultiplex frames until `until` is in stdout (or EOF when None). False at the deadline."""
-        while True:
-            if until is not None and until in self.stdout:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self.raw.settimeout(remaining)
-            try:
-                chunk = self.raw.recv(1 << 20)
-            except (socket.timeout, TimeoutError):
-                return False
-            if not chunk:
-                return until is None
-            self.buffer += chunk
-            while len(self.buffer) >= 8:
-                kind, size = self.buffer[0], struct.unpack(">I", self.buffer[4:8])[0]
-                if len(self.buffer) < 8 + size:
-                    break
-                payload = bytes(self.buffer[8 : 8 + size])
-                del self.buffer[: 8 + size]
-                if kind == 1 and len(self.stdout) < MAX_STDOUT_BYTES:
-                    self.stdout += payload
-                elif kind == 2:
-                    self.stderr += payload
-                    if len(self.stderr) > 2 * self.cap:
-                        del self.stderr[: len(self.stderr) - self.cap]
-
-    def alive(self) -> bool:
-        """A waiting container has nothing to say: readable means it ended (EOF) or broke."""
-        readable, _, _ = select.select([self.raw], [], [], 0)
-        return not readable
-
-    def close(self) -> None:
-        try:
-            self.raw.close()
-        except OSError:
-            pass
-
-    def discard(self) -> None:
-        """Close the stream and remove the container (it is never reused)."""
-        self.close()
-        _remove(self.container)
-
-
 class ContainerRunner:
     """Runs harness jobs in single-use locked-down containers, optionally from a warm pool.
 
@@ -157,7 +101,7 @@ class ContainerRunner:
             self.client.images.get(limits.image)
         except ImageNotFound as exc:
             raise SandboxUnavailableError(f"image {limits.image!r} not found; build it with `make images`") from exc
-        self._pool: queue.Queue[_Attached] = queue.Queue()
+        self._pool: queue.Queue[Attached] = queue.Queue()
         self._running: set = set()  # containers with a job in hand, for abort_running
         self._running_lock = threading.Lock()
         self._stop = threading.Event()
@@ -176,7 +120,7 @@ class ContainerRunner:
             except ValueError:
                 continue
         for container in mine + expired:
-            _remove(container)
+            remove(container)
         return len(mine) + len(expired)
 
     def start_pool(self) -> None:
@@ -200,7 +144,7 @@ class ContainerRunner:
         with self._running_lock:
             running = list(self._running)
         for container in running:
-            _kill(container)
+            kill(container)
         return len(running)
 
     def wait_warm(self, count: int | None = None, timeout_s: float = START_TIMEOUT_S) -> bool:
@@ -233,10 +177,10 @@ class ContainerRunner:
             self._wake.wait(timeout=5.0)
             self._wake.clear()
 
-    def _usable(self, warm: _Attached) -> bool:
+    def _usable(self, warm: Attached) -> bool:
         return warm.alive() and time.monotonic() - warm.started_at <= self.max_idle_s
 
-    def _drain(self) -> list[_Attached]:
+    def _drain(self) -> list[Attached]:
         taken = []
         while True:
             try:
@@ -251,7 +195,7 @@ class ContainerRunner:
             else:
                 warm.discard()
 
-    def _take(self) -> _Attached | None:
+    def _take(self) -> Attached | None:
         while True:
             try:
                 warm = self._pool.get_nowait()
@@ -310,7 +254,7 @@ class ContainerRunner:
             **kwargs,
         )
 
-    def _start(self, job_id: str) -> _Attached:
+    def _start(self, job_id: str) -> Attached:
         """Create, attach and start a container, and wait until its harness has imported torch."""
         started = time.monotonic()
         try:
@@ -320,13 +264,13 @@ class ContainerRunner:
         try:
             sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             container.start()
-            warm = _Attached(container, sock, started, self.limits.max_output_bytes)
+            warm = Attached(container, sock, started, self.limits.max_output_bytes)
             if not warm.read(started + START_TIMEOUT_S, until=READY_LINE):
                 tail = bytes(warm.stderr[-2000:]).decode("utf-8", "replace")
                 raise SandboxUnavailableError(f"the sandbox harness did not start within {START_TIMEOUT_S:g} s: {tail}")
             return warm
         except BaseException as exc:
-            _remove(container)
+            remove(container)
             if isinstance(exc, SandboxUnavailableError):
                 raise
             if isinstance(exc, (APIError, DockerException, OSError)):
@@ -363,63 +307,19 @@ class ContainerRunner:
             finally:
                 warm.close()
             if timed_out:
-                _kill(warm.container)
-            exit_code, oom = _final_state(warm.container)
+                kill(warm.container)
+            exit_code, oom = final_state(warm.container)
         finally:
             with self._running_lock:
                 self._running.discard(warm.container)
-            _remove(warm.container)
+            remove(warm.container)
         return RunOutcome(
-            report=_find_result(warm.stdout, nonce),
+            report=find_result(warm.stdout, nonce),
             exit_code=exit_code,
             timed_out=timed_out,
             oom_killed=oom,
             duration_s=time.monotonic() - began,
             stderr_tail=bytes(warm.stderr[-self.limits.max_output_bytes :]).decode("utf-8", "replace"),
             pooled=pooled,
-            stage=_last_stage(warm.stdout, nonce),
+            stage=last_stage(warm.stdout, nonce),
         )
-
-
-def _remove(container) -> None:
-    try:
-        container.remove(force=True)
-    except (NotFound, APIError):
-        pass
-
-
-def _kill(container) -> None:
-    try:
-        container.kill()  # SIGKILL: whatever the code does with signals
-    except (NotFound, APIError):
-        pass
-
-
-def _final_state(container) -> tuple[int | None, bool]:
-    try:
-        status = container.wait(timeout=30)
-        container.reload()
-        return status.get("StatusCode"), bool(container.attrs["State"].get("OOMKilled"))
-    except Exception:  # the engine lost it: report what we know
-        return None, False
-
-
-def _last_stage(stdout: bytes | bytearray, nonce: str) -> str:
-    marker = f"@@STAGE {nonce} ".encode()
-    at = bytes(stdout).rfind(marker)
-    if at < 0:
-        return "start"
-    return bytes(stdout[at + len(marker) :]).split(b"\n", 1)[0].decode("ascii", "replace")[:32]
-
-
-def _find_result(stdout: bytes | bytearray, nonce: str) -> dict[str, Any] | None:
-    marker = f"@@RESULT {nonce} ".encode()
-    at = bytes(stdout).rfind(marker)
-    if at < 0:
-        return None
-    line = bytes(stdout[at + len(marker) :]).split(b"\n", 1)[0]
-    try:
-        report = json.loads(line)
-    except ValueError:
-        return None
-    return report if isinstance(report, dict) else None

@@ -14,7 +14,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from services.planner.decide import decide, iteration_score, summarise
 from services.planner.leases import RunLeases
 from services.planner.llm_plan import ask_plan, merge_decision, plan_context
-from services.planner.records import store_calls, store_plots, tokens_used
+from services.planner.records import request_summary, store_calls, store_plots, tokens_used
 from services.planner.search import DatasetFacts, SearchBounds, propose
 from shared import subjects
 from shared.bus import TRANSIENT_ERRORS, decode, encode, publish_event
@@ -24,7 +24,7 @@ from shared.errors import DatasetError, MessageError
 from shared.llm import LLMClient, llm_settings
 from shared.log import bind_run
 from shared.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event, Goal,
-                             LLMCall, SeedResult, SummaryReply, SummaryRequest, ValidateRequest, ValidationResult)
+                             LLMCall, SeedResult, ValidateRequest, ValidationResult)
 from shared.registry import IterationRecord, Registry, RunRecord
 
 log = structlog.get_logger()
@@ -277,27 +277,12 @@ class Planner:
         await self.event(run.run_id, "evaluating", f"iteration {it.iteration}: {len(it.seeds)} seed jobs queued", it.iteration)
 
     async def _summarise(self, run: RunRecord, it: IterationRecord, source: str) -> tuple[dict, list[LLMCall]]:
-        """The sandbox's measured facts and the tools LLM's reading of the code (summary.json).
-        A summary is a description, never a gate: when the reading fails, the facts stand alone."""
-        v = it.validation
-        facts = {"class_name": it.class_name, "assembler": it.assembler, "input_shape": [*run.dataset_facts["input_shape"]],
-                 "output_shape": v.output_shape[1:] if v and v.output_shape else None,
-                 "parameters": v.param_count if v else None, "trainable_parameters": v.trainable_params if v else None,
-                 "flops_per_sample": v.flops // 2 if v and v.flops is not None else None,  # the probe batch holds 2
-                 "layers": v.layers if v else []}
         history = await self.registry.iterations(run.run_id, run.current_iteration)
-        request = SummaryRequest(run_id=run.run_id, iteration=it.iteration, class_name=it.class_name, source=source,
-                                 facts={k: val for k, val in facts.items() if k != "layers"} | {"layers": facts["layers"][:60]},
-                                 tokens_used=tokens_used(history, "tools"))
-        try:
-            msg = await self.nc.request(subjects.SUMMARY_SUBJECT, encode(request), timeout=self.llm_step_timeout_s)
-            reply = decode(msg.data, SummaryReply, subjects.SUMMARY_SUBJECT)
-        except (NatsTimeoutError, NoRespondersError, MessageError, asyncio.TimeoutError) as exc:
-            reply = SummaryReply(ok=False, error=f"no summary from the assembler: {type(exc).__name__}: {exc}")
+        summary, reply = await request_summary(self.nc, run, it, source, tokens_used(history, "tools"),
+                                               self.llm_step_timeout_s)
         if reply.error and reply.llm_calls:
             await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: no model summary from the tools LLM "
                              f"({reply.error}); summary.json holds the measured facts", it.iteration)
-        summary = {"facts": facts, "narrative": reply.narrative, "narrative_error": reply.error}
         return summary, await store_calls(self.registry, run.run_id, it.iteration, reply.llm_calls)
 
     async def _collect(self, run: RunRecord, it: IterationRecord) -> None:

@@ -1,5 +1,5 @@
-"""What the planner keeps beside an iteration's record: its plots and its LLM exchanges, as
-artifacts in the registry's object store."""
+"""What the planner keeps beside an iteration's record: its plots and its LLM exchanges as
+artifacts in the registry's object store, and its model summary (summary.json)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import json
 
 import msgspec
 import structlog
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from shared.messages import LLMCall
+from shared import subjects
+from shared.bus import decode, encode
+from shared.errors import MessageError
+from shared.messages import LLMCall, SummaryReply, SummaryRequest
 from shared.plots import confusion_matrix_png, learning_curves_png
 from shared.registry import IterationRecord, Registry, RunRecord
 
@@ -52,3 +56,28 @@ async def store_calls(registry: Registry, run_id: str, n: int, calls: list[LLMCa
 def tokens_used(history: list[IterationRecord], role: str) -> int:
     """Tokens in and out the run has spent on `role`, for its budget."""
     return sum((c.tokens_in or 0) + (c.tokens_out or 0) for h in history for c in h.llm_calls if c.role == role)
+
+
+def model_facts(run: RunRecord, it: IterationRecord) -> dict:
+    """What the sandbox measured of the iteration's validated model."""
+    v = it.validation
+    return {"class_name": it.class_name, "assembler": it.assembler, "input_shape": [*run.dataset_facts["input_shape"]],
+            "output_shape": v.output_shape[1:] if v and v.output_shape else None,
+            "parameters": v.param_count if v else None, "trainable_parameters": v.trainable_params if v else None,
+            "flops_per_sample": v.flops // 2 if v and v.flops is not None else None,  # the probe batch holds 2
+            "layers": v.layers if v else []}
+
+
+async def request_summary(nc, run: RunRecord, it: IterationRecord, source: str, tools_tokens_used: int,
+                          timeout: float) -> tuple[dict, SummaryReply]:
+    """The measured facts and the tools LLM's reading of the code (summary.json). A summary is a
+    description, never a gate: when the reading fails, the facts stand alone."""
+    facts = model_facts(run, it)
+    request = SummaryRequest(run_id=run.run_id, iteration=it.iteration, class_name=it.class_name, source=source,
+                             facts={**facts, "layers": facts["layers"][:60]}, tokens_used=tools_tokens_used)
+    try:
+        msg = await nc.request(subjects.SUMMARY_SUBJECT, encode(request), timeout=timeout)
+        reply = decode(msg.data, SummaryReply, subjects.SUMMARY_SUBJECT)
+    except (NatsTimeoutError, NoRespondersError, MessageError, asyncio.TimeoutError) as exc:
+        reply = SummaryReply(ok=False, error=f"no summary from the assembler: {type(exc).__name__}: {exc}")
+    return {"facts": facts, "narrative": reply.narrative, "narrative_error": reply.error}, reply
