@@ -22,6 +22,7 @@ from shared import subjects
 from shared.assemble import assemble
 from shared.bus import connect, decode, encode, ensure_streams
 from shared.config import load_config
+from shared.log import configure_logging
 from shared.messages import EvalJob, SeedResult
 
 SMALL_CNN = {"class_name": "BenchCNN", "input_shape": [1, 8, 8], "num_classes": 10,
@@ -70,6 +71,7 @@ async def phase(stack: LocalStack, replicas: int, jobs: int, epochs: int, subset
 
 
 async def bench(args: argparse.Namespace) -> None:
+    configure_logging("bench", "error")
     config = load_config()
     print(f"{args.jobs} one-seed jobs per phase: small CNN on digits, {args.epochs} epoch(s), {args.subset} samples; "
           f"{os.cpu_count()} CPU cores here, each training container capped at {config.evaluator.cpus:g} CPU "
