@@ -62,6 +62,7 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     train_timeout_s: float = 1800.0  # one seed, seconds
     ack_wait_s: float = 60.0  # JetStream ack wait; long jobs send in-progress heartbeats
     drain_timeout_s: float = 30.0  # a stopping evaluator's wait for its job; then it hands the job back
+    pool_size: int = 1  # warm training containers (torch imported) per replica, started while a job trains; 0 = cold
     max_deliver: int = 3  # deliveries before a job goes to the dead-letter subject
     data_dir: str = "~/.cache/pytorch-researcher/data"
     val_fraction: float = 0.2
@@ -72,8 +73,8 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.gpus.lower() not in ("auto", "none", "all") and any(not i.strip() or len(i.split()) != 1 for i in ids):
             raise ValueError(f"evaluator.gpus: {self.gpus!r} is not auto, none, all or a comma-separated list of GPU "
                              "indices or UUIDs, e.g. \"0\" or \"0,2\"")
-        if self.drain_timeout_s < 0 or self.max_deliver < 1:
-            raise ValueError("evaluator.drain_timeout_s must be >= 0 and evaluator.max_deliver >= 1")
+        if self.drain_timeout_s < 0 or self.max_deliver < 1 or self.pool_size < 0:
+            raise ValueError("evaluator.drain_timeout_s and evaluator.pool_size must be >= 0, evaluator.max_deliver >= 1")
 
 
 class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

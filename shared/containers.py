@@ -93,9 +93,10 @@ class ContainerRunner:
     """
 
     def __init__(self, limits: Limits, owner: str, *, pool_size: int = 0, max_idle_s: float = 600.0,
-                 max_job_s: float = 3600.0) -> None:
+                 max_job_s: float = 3600.0, warm_flops: bool = False) -> None:
         self.limits, self.owner = limits, owner
         self.pool_size, self.max_idle_s, self.max_job_s = pool_size, max_idle_s, max_job_s
+        self.warm_flops = warm_flops  # validation containers: pooled ones warm the FLOP counter too
         self.client = _docker()
         try:
             self.client.images.get(limits.image)
@@ -245,8 +246,9 @@ class ContainerRunner:
                          # idle OpenMP threads sleep instead of spinning: replicas sharing cores do not
                          # burn them on one another's barriers
                          "OMP_WAIT_POLICY": "PASSIVE",
-                         # a pooled container's start-up is off the clock: it warms the FLOP counter too
-                         "HARNESS_WARM_FLOPS": "1" if self.pool_size > 0 else "0"},
+                         # a pooled validation container's start-up is off the clock: it warms the
+                         # FLOP counter too (training containers never count FLOPs)
+                         "HARNESS_WARM_FLOPS": "1" if self.warm_flops and self.pool_size > 0 else "0"},
             labels={OWNER_LABEL: self.owner, JOB_LABEL: job_id, EXPIRES_LABEL: str(expires)},
             log_config=LogConfig(type="none"),
             hostname="sandbox",

@@ -46,7 +46,8 @@ def _want_gpus(setting: str, runtimes: dict) -> tuple[bool, tuple[str, ...]]:
 def make_eval_runner(config: Config, owner: str) -> ContainerRunner:
     """The training containers' runner, with the GPUs passed through (all, or the ones named) when
     the setting asks; its containers' expiry covers the longest training the configuration allows."""
-    runner = ContainerRunner(eval_limits(config, False), owner=owner, max_job_s=config.evaluator.train_timeout_s)
+    runner = ContainerRunner(eval_limits(config, False), owner=owner, max_job_s=config.evaluator.train_timeout_s,
+                             pool_size=config.evaluator.pool_size)
     try:
         runtimes = runner.client.info().get("Runtimes") or {}
     except Exception:
@@ -120,6 +121,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     name = replica_name()
     runner = make_eval_runner(config, owner=f"evaluator-{name}")
     removed = runner.remove_strays()
+    runner.start_pool()  # the next job's container starts (and imports torch) while this one trains
     nc = nc or await connect(config.nats_url, f"evaluator-{name}")
     js = nc.jetstream()
     await ensure_streams(js)
@@ -127,7 +129,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
                               max_deliver=config.evaluator.max_deliver, max_ack_pending=-1)
     psub = await js.pull_subscribe(subjects.EVAL_SUBJECT, durable=subjects.EVAL_CONSUMER,
                                    stream=subjects.EVAL_STREAM, config=consumer)
-    log.info("evaluator_ready", replica=name, gpus=runner.limits.gpus, strays_removed=removed)
+    log.info("evaluator_ready", replica=name, gpus=runner.limits.gpus, strays_removed=removed,
+             pool_size=runner.pool_size)
     stop = stop or stop_event()
     health = asyncio.create_task(beat(nc, stop))
     while not stop.is_set():
@@ -142,6 +145,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         for msg in msgs:
             await handle(msg, js, runner, config, name, stop)  # a stop drains this job, or hands it back
     await health
+    await asyncio.to_thread(runner.close)  # the warm containers go with the replica
     await nc.close()  # every fetched message was handled above; drain would wait on the pull subscriptions
 
 

@@ -29,7 +29,7 @@ def sandbox_limits(config: Config) -> Limits:
 def make_runner(config: Config, owner: str) -> ContainerRunner:
     s = config.sandbox
     return ContainerRunner(sandbox_limits(config), owner=owner, pool_size=s.pool_size,
-                           max_idle_s=s.pool_max_idle_s, max_job_s=s.validate_timeout_s)
+                           max_idle_s=s.pool_max_idle_s, max_job_s=s.validate_timeout_s, warm_flops=True)
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import collections
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -108,7 +109,9 @@ async def test_an_evaluator_dying_mid_job_loses_nothing_and_counts_nothing_twice
     # the killed job came back to the new replica, and every seed of every iteration counted once
     restarted = log.read_text()[size:]
     assert '"delivery": 2' in restarted
-    assert f'"strays_removed": {1 if sig == signal.SIGKILL else 0}' in restarted  # a stopping one cleans up
+    removed = int(re.search(r'"strays_removed": (\d+)', restarted).group(1))
+    # a killed one leaves its training container (and its warm one); a stopping one cleans up
+    assert removed >= 1 if sig == signal.SIGKILL else removed == 0
     assert set(follower.seed_results().values()) == {1} and len(follower.seed_results()) == 4
 
 
