@@ -74,7 +74,7 @@ class _FakeRunner:
 ])
 def test_make_eval_runner_sets_the_limits(monkeypatch, setting, runtimes, gpus, ids):
     monkeypatch.setattr(evaluator_main, "ContainerRunner",
-                        lambda limits, owner, max_job_s: _FakeRunner(limits, owner, max_job_s, runtimes))
+                        lambda limits, owner, max_job_s, pool_size: _FakeRunner(limits, owner, max_job_s, runtimes))
     config = Config(evaluator=EvaluatorConfig(gpus=setting))
     runner = make_eval_runner(config, owner="evaluator-test")
     assert (runner.limits.gpus, runner.limits.gpu_ids) == (gpus, ids)
@@ -120,7 +120,7 @@ def test_the_training_container_gets_the_device_request(limits, expected):
 
     runner = ContainerRunner.__new__(ContainerRunner)  # no engine: only _create's arguments are under test
     runner.limits, runner.owner, runner.client = limits, "test", _Client()
-    runner.pool_size, runner.max_idle_s, runner.max_job_s = 0, 60.0, 60.0
+    runner.pool_size, runner.max_idle_s, runner.max_job_s, runner.warm_flops = 0, 60.0, 60.0, False
     runner._create("job-1", threads=1)
     assert runner.client.containers.kwargs.get("device_requests") == expected
 
