@@ -8,6 +8,7 @@ is believed; whatever the generated code prints is kept as a capped tail for the
 from __future__ import annotations
 
 import json
+import os
 import queue
 import secrets
 import socket
@@ -22,6 +23,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
 from shared.container_io import Attached, final_state, find_result, kill, last_stage, remove
+from shared.config import replica_name
 from shared.errors import SandboxUnavailableError
 
 OWNER_LABEL = "org.pytorch-researcher.owner"
@@ -82,6 +84,21 @@ def _docker() -> docker.DockerClient:
         raise SandboxUnavailableError(
             f"cannot reach the Docker engine ({exc}); start it (`dockerd`, see README) or set DOCKER_HOST"
         ) from exc
+
+
+def stable_replica_name(client=None) -> str:
+    """The name a service's containers are owned by: RESEARCHER_REPLICA when set; in a compose
+    container, <project>-<service>-<number>, which a recreated container keeps (its id, and so its
+    host name, change), so the new one removes its predecessor's strays; else the host name."""
+    name = replica_name()
+    if os.environ.get("RESEARCHER_REPLICA"):
+        return name
+    try:
+        labels = (client or _docker()).containers.get(socket.gethostname()).labels
+    except (DockerException, SandboxUnavailableError):  # not a container, or the engine cannot say
+        return name
+    parts = [labels.get(f"com.docker.compose.{key}") for key in ("project", "service", "container-number")]
+    return "-".join(parts) if all(parts) else name
 
 
 class ContainerRunner:

@@ -13,8 +13,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from services.evaluator.evaluate import evaluate_job
 from shared import subjects
 from shared.bus import connect, decode, encode, ensure_streams, settle, stop_event, through_outages
-from shared.config import Config, load_config, replica_name
-from shared.containers import ContainerRunner, Limits
+from shared.config import Config, load_config
+from shared.containers import ContainerRunner, Limits, stable_replica_name
 from shared.errors import MessageError, SandboxUnavailableError
 from shared.health import beat
 from shared.log import bind_run, configure_logging
@@ -118,7 +118,7 @@ async def _finish_or_hand_back(work: asyncio.Task, stop: asyncio.Event, drain_s:
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
     config = config or load_config()
     configure_logging("evaluator", config.log_level)
-    name = replica_name()
+    name = stable_replica_name()
     runner = make_eval_runner(config, owner=f"evaluator-{name}")
     removed = runner.remove_strays()
     runner.start_pool()  # the next job's container starts (and imports torch) while this one trains

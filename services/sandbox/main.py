@@ -9,8 +9,8 @@ import structlog
 from services.sandbox.validate import validate
 from shared import subjects
 from shared.bus import connect, decode_request, encode, stop_event
-from shared.config import Config, load_config, replica_name
-from shared.containers import ContainerRunner, Limits
+from shared.config import Config, load_config
+from shared.containers import ContainerRunner, Limits, stable_replica_name
 from shared.health import beat
 from shared.log import bind_run, configure_logging
 from shared.messages import ValidateRequest
@@ -35,7 +35,7 @@ def make_runner(config: Config, owner: str) -> ContainerRunner:
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
     config = config or load_config()
     configure_logging("sandbox", config.log_level)
-    runner = make_runner(config, owner=f"sandbox-{replica_name()}")
+    runner = make_runner(config, owner=f"sandbox-{stable_replica_name()}")
     removed = runner.remove_strays()
     runner.start_pool()
     try:

@@ -89,12 +89,15 @@ def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, tmp_path, mo
         subprocess.run(scale, cwd=ROOT, check=True, capture_output=True)
         wait_healthy(docker_engine, project, {"evaluator": 2}, timeout=120)
         logs, _ = stack.get_logs("planner")
-        evaluators = {c.attrs["Config"]["Hostname"] for c in docker_engine.containers.list(
-            filters={"label": [f"com.docker.compose.project={project}", "com.docker.compose.service=evaluator"]})}
+        # each replica is named by its compose slot, which a recreated container keeps
+        evaluators = {f"{project}-evaluator-{c.labels['com.docker.compose.container-number']}"
+                      for c in docker_engine.containers.list(filters={"label": [
+                          f"com.docker.compose.project={project}", "com.docker.compose.service=evaluator"]})}
     assert report["status"] == "max_iterations"
     [it] = report["iterations"]
     assert it["validation"]["ok"] is True and it["evaluation"]["aggregated"]["val_accuracy"]["n"] == 2
-    assert {s["evaluator"] for s in it["evaluation"]["seed_results"]} <= evaluators  # trained by the stack's replica
+    assert {s["evaluator"] for s in it["evaluation"]["seed_results"]} == {f"{project}-evaluator-1"}  # the stack's replica
+    assert evaluators == {f"{project}-evaluator-1", f"{project}-evaluator-2"}
     assert "planner_ready" in logs
     # down --volumes: nothing of the project is left
     assert health(docker_engine, project) == {}
