@@ -49,7 +49,9 @@ class Planner:
         bind_run(goal.run_id)
         record = RunRecord(run_id=goal.run_id, goal=goal)
         try:
-            record.dataset_facts = load_dataset(goal.dataset, data_dir=self.config.evaluator.data_dir).facts()
+            # off the loop: a large data set takes seconds to read, and leases and heartbeats must go on
+            data = await asyncio.to_thread(load_dataset, goal.dataset, data_dir=self.config.evaluator.data_dir)
+            record.dataset_facts = data.facts()
         except DatasetError as exc:
             record.status, record.error, record.finished_at = "failed", str(exc), time.time()
         if await self.registry.create_run(record):
