@@ -86,7 +86,8 @@ async def test_an_evaluator_dying_mid_job_loses_nothing_and_counts_nothing_twice
     """SIGKILL: the job comes back after its ack wait. SIGTERM: the evaluator drains for
     drain_timeout_s, then hands the job back at once (nak) and exits."""
     with LocalStack(log_dir=tmp_path / "logs", env={**FAST, "RESEARCHER_EVALUATOR__DRAIN_TIMEOUT_S": "0.3"}) as stack:
-        g = goal(f"kill-ev-{uuid.uuid4().hex[:6]}")
+        # jobs of a few seconds (10 epochs, all of digits), so the signal lands mid-training
+        g = goal(f"kill-ev-{uuid.uuid4().hex[:6]}", max_epochs=10, subset_size=None)
         nc, js, registry, follower = await start_run(stack, g)
         log = stack.log_dir / "evaluator.log"
         await wait_for_text(log, '"job_started"')
