@@ -69,12 +69,22 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         self.gpus = "none" if self.gpus is None else str(self.gpus).strip()
-        ids = self.gpus.split(",")
-        if self.gpus.lower() not in ("auto", "none", "all") and any(not i.strip() or len(i.split()) != 1 for i in ids):
-            raise ValueError(f"evaluator.gpus: {self.gpus!r} is not auto, none, all or a comma-separated list of GPU "
-                             "indices or UUIDs, e.g. \"0\" or \"0,2\"")
+        gpu_devices(self.gpus)  # malformed: an error at load, naming the key
         if self.drain_timeout_s < 0 or self.max_deliver < 1 or self.pool_size < 0:
             raise ValueError("evaluator.drain_timeout_s and evaluator.pool_size must be >= 0, evaluator.max_deliver >= 1")
+
+
+def gpu_devices(setting: str) -> tuple[str, tuple[str, ...]]:
+    """evaluator.gpus -> ("auto" | "none" | "all", ()) or ("ids", the device ids named); ValueError
+    when it is none of those."""
+    value = setting.strip().lower()
+    if value in ("auto", "none", "all"):
+        return value, ()
+    ids = tuple(part.strip() for part in setting.split(","))
+    if any(not i or i.split() != [i] for i in ids):
+        raise ValueError(f"evaluator.gpus: {setting!r} is not auto, none, all or a comma-separated list of GPU "
+                         "indices or UUIDs, e.g. \"0\" or \"0,2\" (RESEARCHER_EVALUATOR__GPUS=0,2)")
+    return "ids", ids
 
 
 class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -13,7 +13,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from services.evaluator.evaluate import evaluate_job
 from shared import subjects
 from shared.bus import connect, decode, encode, ensure_streams, settle, stop_event, through_outages
-from shared.config import Config, load_config
+from shared.config import Config, gpu_devices, load_config
 from shared.containers import ContainerRunner, Limits, stable_replica_name
 from shared.errors import MessageError, SandboxUnavailableError
 from shared.health import beat
@@ -33,14 +33,8 @@ def eval_limits(config: Config, gpus: bool) -> Limits:
 def _want_gpus(setting: str, runtimes: dict) -> tuple[bool, tuple[str, ...]]:
     """evaluator.gpus and the engine's runtimes -> (pass GPUs through, only these device ids; ():
     all). auto: all, when the engine has the nvidia runtime; none; all; "0", "0,2", "GPU-<uuid>"."""
-    value = setting.strip().lower()
-    if value in ("auto", "none", "all"):
-        return value == "all" or (value == "auto" and "nvidia" in runtimes), ()
-    ids = tuple(part.strip() for part in setting.split(","))
-    if any(not i or i.split() != [i] for i in ids):
-        raise ValueError(f"evaluator.gpus: {setting!r} is not auto, none, all or a comma-separated list of GPU "
-                         "indices or UUIDs, e.g. \"0\" or \"0,2\" (RESEARCHER_EVALUATOR__GPUS=0,2)")
-    return True, ids
+    mode, ids = gpu_devices(setting)
+    return mode in ("all", "ids") or (mode == "auto" and "nvidia" in runtimes), ids
 
 
 def make_eval_runner(config: Config, owner: str) -> ContainerRunner:
