@@ -65,9 +65,8 @@ class AssembleRequest(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     iteration: int
     model_config: dict[str, Any]
-    deterministic: bool = False  # the tools LLM has had its attempts: use the deterministic assembler
     feedback: list[CodeFeedback] = []  # the tools LLM's rejected attempts at this iteration, oldest first
-    attempts_left: int = 1  # code generations the tools LLM may still make for this iteration
+    attempts_left: int = 1  # code generations the tools LLM may still make for this iteration; < 1: deterministic
     tokens_used: int = 0  # by the tools role in this run so far (its budget is the assembler's setting)
 
 

@@ -68,7 +68,6 @@ class IterationRecord(msgspec.Struct, kw_only=True):
     attempts: int = 0  # failed tries of the current step
     # ---- code generation and the LLMs ----
     assembler: str = ""  # deterministic | llm: who wrote the current code
-    force_deterministic: bool = False  # the tools LLM has had its attempts at this iteration
     code_attempts: list[dict[str, Any]] = []  # code the sandbox rejected: attempt, assembler, code, reason, error
     summary: dict[str, Any] | None = None  # measured facts + the tools LLM's reading (summary.json)
     llm_calls: list[LLMCall] = []  # every LLM call made for this iteration (prompts and replies as artifacts)

@@ -51,7 +51,7 @@ async def assemble_code(request: AssembleRequest, tools: LLMClient | None) -> As
     except ConfigError as exc:
         return AssembleReply(ok=False, error=str(exc))
     deterministic = AssembleReply(ok=True, class_name=model.class_name, source=model.source)
-    if tools is None or request.deterministic or request.attempts_left < 1:
+    if tools is None or request.attempts_left < 1:
         return deterministic
     config = request.model_config
     prompt = render("code_request", class_name=model.class_name, input_shape=", ".join(map(str, config["input_shape"])),

@@ -202,9 +202,9 @@ class Planner:
         history = await self.registry.iterations(run.run_id, run.current_iteration)
         feedback = [CodeFeedback(source=((await self.registry.get_artifact(a["code"])) or b"").decode(), error=a["error"])
                     for a in it.code_attempts if a["assembler"] == "llm"]
+        # no attempts left (the sandbox rejected them all): the assembler builds it deterministically
         request = AssembleRequest(run_id=run.run_id, iteration=it.iteration, model_config=it.model_config,
-                                  deterministic=it.force_deterministic, feedback=feedback,
-                                  attempts_left=self.config.llm.code_attempts - _code_generations(it),
+                                  feedback=feedback, attempts_left=self.config.llm.code_attempts - _code_generations(it),
                                   tokens_used=tokens_used(history, "tools"))
         reply = await self._request(subjects.ASSEMBLE_SUBJECT, encode(request), AssembleReply, run, it,
                                     timeout=self.llm_step_timeout_s)
@@ -254,7 +254,7 @@ class Planner:
                    "reason": result.reason, "error": error}
         more = _code_generations(it) < self.config.llm.code_attempts
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
-            r, state="proposed", attempts=0, force_deterministic=not more, code_attempts=[*r.code_attempts, attempt]))
+            r, state="proposed", attempts=0, code_attempts=[*r.code_attempts, attempt]))
         then = ("asking it for a fix" if more else
                 f"its {self.config.llm.code_attempts} attempts are spent, so the deterministic assembler builds it")
         await self.event(run.run_id, "code_rejected", f"iteration {it.iteration}: the sandbox rejected the tools LLM's code "
