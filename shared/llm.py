@@ -141,7 +141,7 @@ class JSONAnswer:
 
     @property
     def tokens(self) -> int:
-        return sum((c.tokens_in or 0) + (c.tokens_out or 0) for c in self.calls)
+        return sum(c.tokens for c in self.calls)
 
 
 async def ask_json(client: LLMClient, messages: list[dict[str, Any]], type_: type[T], purpose: str, *,

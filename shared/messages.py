@@ -52,6 +52,11 @@ class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
     reply: str | None = None
     exchange: str | None = None
 
+    @property
+    def tokens(self) -> int:
+        """Tokens in and out, what a role's budget counts (0 where the server reported none)."""
+        return (self.tokens_in or 0) + (self.tokens_out or 0)
+
 
 # ---- assembler ----
 class CodeFeedback(msgspec.Struct, frozen=True, kw_only=True):

@@ -55,7 +55,7 @@ async def store_calls(registry: Registry, run_id: str, n: int, calls: list[LLMCa
 
 def tokens_used(history: list[IterationRecord], role: str) -> int:
     """Tokens in and out the run has spent on `role`, for its budget."""
-    return sum((c.tokens_in or 0) + (c.tokens_out or 0) for h in history for c in h.llm_calls if c.role == role)
+    return sum(c.tokens for h in history for c in h.llm_calls if c.role == role)
 
 
 def model_facts(run: RunRecord, it: IterationRecord) -> dict:
