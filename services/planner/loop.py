@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 
 import msgspec
@@ -17,7 +18,7 @@ from services.planner.llm_plan import ask_plan, merge_decision, plan_context
 from services.planner.records import request_summary, store_calls, store_plots, tokens_used
 from services.planner.search import DatasetFacts, SearchBounds, propose
 from shared import subjects
-from shared.bus import TRANSIENT_ERRORS, decode, encode, publish_event
+from shared.bus import decode, encode, publish_event, through_outages
 from shared.config import Config
 from shared.datasets import load_dataset
 from shared.errors import DatasetError, MessageError
@@ -108,21 +109,13 @@ class Planner:
     # ---- the state machine ----
     async def _drive(self, run_id: str) -> None:
         bind_run(run_id)
-        outage = 0.5  # seconds before a step interrupted by a NATS outage is tried again
         while True:
             try:
-                run = await self.registry.get_run(run_id)
-                if run is None or run.status in TERMINAL_STATUSES:
-                    await self.leases.release(run_id)
+                # NATS restarting: the step is redone from the registry once it is back, however long that takes
+                if not await through_outages(lambda: self._advance(run_id), "run step", give_up_s=math.inf):
                     return
-                await self._step(run)
-                outage = 0.5
             except asyncio.CancelledError:
                 raise
-            except TRANSIENT_ERRORS as exc:  # NATS restarting: the step is redone from the registry after it
-                log.warning("step_interrupted", error=f"{type(exc).__name__}: {exc}", retry_in_s=outage)
-                await asyncio.sleep(outage)
-                outage = min(5.0, outage * 2)
             except Exception as exc:  # a fault of the machinery: record it, end the run, keep serving
                 log.exception("run_failed")
                 error = f"planner error: {type(exc).__name__}: {exc}"
@@ -130,6 +123,15 @@ class Planner:
                     r, status="failed", error=error, finished_at=time.time()))
                 await self.event(run_id, "run_finished", f"run failed: {error}", data={"status": "failed"})
                 return
+
+    async def _advance(self, run_id: str) -> bool:
+        """One step of the run; -> False (its lease released) once the run has ended."""
+        run = await self.registry.get_run(run_id)
+        if run is None or run.status in TERMINAL_STATUSES:
+            await self.leases.release(run_id)
+            return False
+        await self._step(run)
+        return True
 
     async def _step(self, run: RunRecord) -> None:
         n = run.current_iteration
