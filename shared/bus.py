@@ -17,6 +17,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailabl
 
 from shared import subjects
 from shared.errors import MessageError
+from shared.log import bind_run
 from shared.messages import Event
 
 T = TypeVar("T")
@@ -51,6 +52,40 @@ async def decode_request(msg, type_: type[T]) -> T | None:
         log.warning("rejected_message", error=str(exc))
         await msg.respond(encode(ErrorReply(error=str(exc))))
         return None
+
+
+class Responder:
+    """Answers requests on queue-group subjects, each in a task of its own and at most
+    `concurrency` at once; `close()` unsubscribes and waits for the answers in flight."""
+
+    def __init__(self, nc: NATS, concurrency: int) -> None:
+        self.nc, self._slots = nc, asyncio.Semaphore(concurrency)
+        self._subs: list = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def serve(self, subject: str, queue: str, type_: type[T], work: Callable[[T], Awaitable[msgspec.Struct]]) -> None:
+        """Decode each request as `type_` (a malformed one gets an ErrorReply), bind its run id for
+        the logs, and respond with `work(request)`."""
+
+        async def answer(msg) -> None:
+            async with self._slots:
+                request = await decode_request(msg, type_)
+                if request is None:
+                    return
+                bind_run(request.run_id, iteration=request.iteration)
+                await msg.respond(encode(await work(request)))
+
+        async def on_message(msg) -> None:
+            task = asyncio.create_task(answer(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=on_message))
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # finish what was asked
 
 
 async def connect(url: str, name: str) -> NATS:

@@ -9,11 +9,11 @@ import structlog
 
 from services.assembler.codegen import assemble_code, summarise_code
 from shared import subjects
-from shared.bus import connect, decode_request, encode, stop_event
+from shared.bus import Responder, connect, stop_event
 from shared.config import Config, load_config
 from shared.llm import LLMClient, llm_settings
 from shared.health import beat
-from shared.log import bind_run, configure_logging
+from shared.log import configure_logging
 from shared.messages import AssembleRequest, SummaryRequest
 
 log = structlog.get_logger()
@@ -26,37 +26,24 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     nc = nc or await connect(config.nats_url, "assembler")
     settings = llm_settings(config, "tools")
     tools = LLMClient(settings) if settings else None
-    slots = asyncio.Semaphore(CONCURRENCY)
-    running: set[asyncio.Task] = set()
 
-    async def answer(msg, type_, work) -> None:
-        async with slots:
-            request = await decode_request(msg, type_)
-            if request is None:
-                return
-            bind_run(request.run_id, iteration=request.iteration)
+    def with_tools(work):
+        async def answer(request):
             reply = await work(request, tools)
-            log.info("answered", subject=msg.subject, ok=reply.ok, error=reply.error,
+            log.info("answered", request=type(request).__name__, ok=reply.ok, error=reply.error,
                      llm_calls=[c.outcome for c in reply.llm_calls])
-            await msg.respond(encode(reply))
+            return reply
+        return answer
 
-    def spawn(type_, work):
-        async def on_message(msg) -> None:
-            task = asyncio.create_task(answer(msg, type_, work))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        return on_message
-
-    subs = [await nc.subscribe(subjects.ASSEMBLE_SUBJECT, queue=subjects.ASSEMBLER_QUEUE, cb=spawn(AssembleRequest, assemble_code)),
-            await nc.subscribe(subjects.SUMMARY_SUBJECT, queue=subjects.ASSEMBLER_QUEUE, cb=spawn(SummaryRequest, summarise_code))]
+    responder = Responder(nc, CONCURRENCY)
+    await responder.serve(subjects.ASSEMBLE_SUBJECT, subjects.ASSEMBLER_QUEUE, AssembleRequest, with_tools(assemble_code))
+    await responder.serve(subjects.SUMMARY_SUBJECT, subjects.ASSEMBLER_QUEUE, SummaryRequest, with_tools(summarise_code))
     log.info("assembler_ready", tools_llm=settings.model if settings else None)
     stop = stop or stop_event()
     health = asyncio.create_task(beat(nc, stop))
     await stop.wait()
-    for sub in subs:
-        await sub.unsubscribe()
+    await responder.close()
     await health
-    await asyncio.gather(*running, return_exceptions=True)  # finish what was asked
     if tools:
         await tools.close()
     await nc.drain()

@@ -8,12 +8,12 @@ import structlog
 
 from services.sandbox.validate import validate
 from shared import subjects
-from shared.bus import connect, decode_request, encode, stop_event
+from shared.bus import Responder, connect, stop_event
 from shared.config import Config, load_config
 from shared.containers import ContainerRunner, Limits, stable_replica_name
 from shared.health import beat
-from shared.log import bind_run, configure_logging
-from shared.messages import ValidateRequest
+from shared.log import configure_logging
+from shared.messages import ValidateRequest, ValidationResult
 
 log = structlog.get_logger()
 
@@ -47,34 +47,21 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
 async def serve(runner: ContainerRunner, config: Config, nc, stop: asyncio.Event | None, **ready_info) -> None:
     nc = nc or await connect(config.nats_url, "sandbox")
     stop = stop or stop_event()
-    slots = asyncio.Semaphore(config.sandbox.concurrency)
-    tasks: set[asyncio.Task] = set()
 
-    async def answer(msg) -> None:
-        async with slots:
-            request = await decode_request(msg, ValidateRequest)
-            if request is None:
-                return
-            bind_run(request.run_id, iteration=request.iteration)
-            result = await asyncio.to_thread(
-                validate, request, runner, config.sandbox.validate_timeout_s, config.sandbox.memory, config.sandbox.precheck)
-            log.info("validated", ok=result.ok, reason=result.reason, duration_s=result.duration_s, flags=len(result.flags))
-            await msg.respond(encode(result))
+    async def check(request: ValidateRequest) -> ValidationResult:
+        result = await asyncio.to_thread(
+            validate, request, runner, config.sandbox.validate_timeout_s, config.sandbox.memory, config.sandbox.precheck)
+        log.info("validated", ok=result.ok, reason=result.reason, duration_s=result.duration_s, flags=len(result.flags))
+        return result
 
-    async def on_message(msg) -> None:  # one task per request, bounded by `slots`
-        task = asyncio.create_task(answer(msg))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    sub = await nc.subscribe(subjects.VALIDATE_SUBJECT, queue=subjects.SANDBOX_QUEUE, cb=on_message)
+    responder = Responder(nc, config.sandbox.concurrency)
+    await responder.serve(subjects.VALIDATE_SUBJECT, subjects.SANDBOX_QUEUE, ValidateRequest, check)
     log.info("sandbox_ready", image=config.sandbox.image, pool_size=config.sandbox.pool_size,
              concurrency=config.sandbox.concurrency, precheck=config.sandbox.precheck, **ready_info)
     health = asyncio.create_task(beat(nc, stop))
     await stop.wait()
-    await sub.unsubscribe()
+    await responder.close()  # the validations in flight finish before leaving
     await health
-    if tasks:
-        await asyncio.wait(tasks)  # finish the validations in flight before leaving
     await nc.drain()
 
 
