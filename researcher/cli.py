@@ -260,7 +260,7 @@ def research_agent_main(argv: list[str] | None = None) -> int:
         forwarded += ["--subset-size", str(args.subset_size)]
     if args.nats_url:
         forwarded += ["--nats-url", args.nats_url]
-    for name in ("llm_base_url", "llm_model", "llm_api_key", "tools_llm_base_url", "tools_llm_model", "tools_llm_api_key"):
+    for name in (f"{flag}_{key}" for flag, _, _ in _LLM_ROLES for key in ("base_url", "model", "api_key")):
         if getattr(args, name):
             forwarded += [f"--{name.replace('_', '-')}", getattr(args, name)]
     if args.json:

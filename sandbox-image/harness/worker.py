@@ -39,9 +39,6 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the harness's folder out
 from trainloop import TrainSettings, train_model  # noqa: E402  (shared/trainloop.py, copied by the build)
 
-# The counter's first use imports torch._dynamo (~0.7 s, ~70 MB). A pre-started (pooled) container
-# pays it before its job arrives, like torch's import; a cold one pays it only if it validates, and
-# training containers never do.
 def _forget_inductor_cache():
     """Importing the counter's dependencies makes /tmp/torchinductor_<user> and sets
     TORCHINDUCTOR_CACHE_DIR: undo both, so the code gets the tmpfs's every inode and the
@@ -51,6 +48,9 @@ def _forget_inductor_cache():
         shutil.rmtree(path, ignore_errors=True)
 
 
+# The counter's first use imports torch._dynamo (~0.7 s, ~70 MB). A pooled validation container
+# pays it before its job arrives, like torch's import; a cold one pays it only if it validates, and
+# training containers never do.
 if os.environ.pop("HARNESS_WARM_FLOPS", "0") == "1":
     try:
         with FlopCounterMode(display=False):
