@@ -3,7 +3,7 @@
 Same process, same model (copies of one initialisation), same data, same device, same epochs and
 batch size. The baseline is the loop a researcher writes first: a TensorDataset behind a
 shuffling DataLoader, fp32, a host-to-device copy per batch and `loss.item()` every step. The
-engine (`shared.trainloop.train_model`) keeps the data on the device, draws batches by index,
+engine (`shared.evaluation.trainloop.train_model`) keeps the data on the device, draws batches by index,
 syncs with the host once per epoch, uses channels_last for image batches, and on CUDA bf16
 autocast. Rounds
 alternate (baseline, engine, baseline, engine, ...) so drift on a shared machine hits both;
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.trainloop import TrainSettings, pick_device, train_model
+from shared.evaluation.trainloop import TrainSettings, pick_device, train_model
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:

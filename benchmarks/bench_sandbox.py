@@ -1,6 +1,6 @@
 """`make bench-sandbox`: validation latency of a small CNN, cold and pooled, in one run.
 
-Each validation goes through `services.sandbox.validate.validate`, the service's own code path
+Each validation goes through `shared.sandboxing.validate.validate`, the service's own code path
 (pre-check, container, harness, result). Cold: a container is created, started and imports torch
 for each validation (pool size 0). Pooled: a pre-started container, torch already imported, takes
 the job; the pool is warm before each validation, as it is when validations arrive slower than
@@ -15,12 +15,12 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from shared.assemble import assemble
-from services.sandbox.main import make_runner
-from services.sandbox.validate import validate
-from shared.config import load_config
-from shared.log import configure_logging
-from shared.messages import ValidateRequest
+from shared.modelspec.assemble import assemble
+from shared.sandboxing.runners import make_runner
+from shared.sandboxing.validate import validate
+from shared.runtime.config import load_config
+from shared.runtime.log import configure_logging
+from shared.messaging.messages import ValidateRequest
 
 SMALL_CNN = {"class_name": "SmallCNN", "input_shape": [3, 32, 32], "num_classes": 10,
              "layers": [{"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "BatchNorm2d"},

@@ -18,12 +18,12 @@ import time
 import uuid
 
 from researcher.stack import LocalStack
-from shared import subjects
-from shared.assemble import assemble
-from shared.bus import connect, decode, encode, ensure_streams
-from shared.config import load_config
-from shared.log import configure_logging
-from shared.messages import EvalJob, SeedResult
+from shared.messaging import subjects
+from shared.modelspec.assemble import assemble
+from shared.messaging.bus import connect, decode, encode, ensure_streams
+from shared.runtime.config import load_config
+from shared.runtime.log import configure_logging
+from shared.messaging.messages import EvalJob, SeedResult
 
 SMALL_CNN = {"class_name": "BenchCNN", "input_shape": [1, 8, 8], "num_classes": 10,
              "layers": [{"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},

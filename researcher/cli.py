@@ -16,16 +16,16 @@ from tqdm import tqdm
 
 from researcher import evaluate_cmd, validate_cmd
 from researcher.stack import LocalStack
-from shared import subjects
-from shared.bus import connect, decode, encode, ensure_streams
-from shared.config import load_config
-from shared.datasets import dataset_key, known_datasets
+from shared.messaging import subjects
+from shared.messaging.bus import connect, decode, encode, ensure_streams
+from shared.runtime.config import load_config
+from shared.data.datasets import dataset_key, known_datasets
 from shared.errors import ConfigFileError, UnknownDatasetError
-from shared.llm import llm_settings
-from shared.log import configure_logging
-from shared.messages import TERMINAL_STATUSES, Event, Goal
-from shared.registry import Registry
-from shared.report import export_run, format_report, load_report
+from shared.llm.client import llm_settings
+from shared.runtime.log import configure_logging
+from shared.messaging.messages import TERMINAL_STATUSES, Event, Goal
+from shared.registry.store import Registry
+from shared.registry.report import export_run, format_report, load_report
 
 
 def _goal_args(p: argparse.ArgumentParser) -> None:

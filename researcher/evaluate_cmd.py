@@ -14,15 +14,15 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from services.evaluator.evaluate import evaluate_job
-from services.evaluator.main import make_eval_runner
-from services.planner.decide import summarise
-from shared.config import load_config
-from shared.datasets import load_dataset
+from shared.evaluation.in_container import evaluate_job
+from shared.sandboxing.runners import make_eval_runner
+from shared.evaluation.aggregate import summarise
+from shared.runtime.config import load_config
+from shared.data.datasets import load_dataset
 from shared.errors import ConfigFileError, DatasetError, SandboxUnavailableError
-from shared.messages import EvalJob
-from shared.quick_eval import QuickEvalConfig, quick_evaluate_once
-from shared.stats import goal_statistic
+from shared.messaging.messages import EvalJob
+from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once
+from shared.evaluation.stats import goal_statistic
 
 
 def add_parser(sub) -> None:

@@ -20,13 +20,13 @@ import msgspec
 import nats
 from nats.errors import Error as NatsError
 
-from services.sandbox.main import make_runner
-from services.sandbox.validate import validate
-from shared import subjects
-from shared.bus import encode
-from shared.config import Config, load_config
+from shared.sandboxing.runners import make_runner
+from shared.sandboxing.validate import validate
+from shared.messaging import subjects
+from shared.messaging.bus import encode
+from shared.runtime.config import Config, load_config
 from shared.errors import ConfigFileError, SandboxUnavailableError
-from shared.messages import ErrorReply, ValidateRequest, ValidationResult
+from shared.messaging.messages import ErrorReply, ValidateRequest, ValidationResult
 
 
 class UsageError(Exception):

@@ -365,7 +365,7 @@ rm -rf "$CONTEXT_DIR"
 mkdir -p "$CONTEXT_DIR"
 cp sandbox-image/Dockerfile "$CONTEXT_DIR/Dockerfile"
 tar -C sandbox-image --exclude=__pycache__ --exclude='*.pyc' -cf - harness | tar -C "$CONTEXT_DIR" -xf -
-cp shared/trainloop.py "$CONTEXT_DIR/harness/trainloop.py"  # the engine's loop, shared with the library
+cp shared/evaluation/trainloop.py "$CONTEXT_DIR/harness/trainloop.py"  # the engine's loop, shared with the library
 want_hash=$(context_hash "$RECIPE_REV" "$WHEELS_WANT" "$CONTEXT_DIR" Dockerfile harness)
 
 step_start "[3/3] sandbox image $SANDBOX_IMAGE"

@@ -93,7 +93,7 @@ def evaluator_service(gpu_id: str, standalone: bool) -> str:
         "      - ${RESEARCHER_DATA_DIR:-./data}:/data:ro\n"
         f"{depends}"
         "    healthcheck:\n"
-        '      test: ["CMD", "python", "-m", "shared.health"]\n'
+        '      test: ["CMD", "python", "-m", "shared.runtime.health"]\n'
         "      interval: 10s\n"
         "      timeout: 5s\n"
         "      retries: 6\n"

@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from researcher.stack import free_port, start_nats_server
-from shared.bus import connect
+from shared.messaging.bus import connect
 
 SANDBOX_IMAGE = "pytorch-researcher/sandbox:latest"
 

@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the harness's folder out
-from trainloop import TrainSettings, train_model  # noqa: E402  (shared/trainloop.py, copied by the build)
+from trainloop import TrainSettings, train_model  # noqa: E402  (shared/evaluation/trainloop.py, copied by the build)
 
 def _forget_inductor_cache():
     """Importing the counter's dependencies makes /tmp/torchinductor_<user> and sets

@@ -13,10 +13,10 @@ import json
 
 import msgspec
 
-from shared.assemble import ConfigError, assemble
-from shared.llm import LLMClient, ask_json
-from shared.messages import AssembleReply, AssembleRequest, SummaryReply, SummaryRequest
-from shared.prompts import render
+from shared.modelspec.assemble import ConfigError, assemble
+from shared.llm.client import LLMClient, ask_json
+from shared.messaging.messages import AssembleReply, AssembleRequest, SummaryReply, SummaryRequest
+from shared.llm.prompts import render
 
 
 class CodeReply(msgspec.Struct):

@@ -8,13 +8,13 @@ import asyncio
 import structlog
 
 from services.assembler.codegen import assemble_code, summarise_code
-from shared import subjects
-from shared.bus import Responder, connect, stop_event
-from shared.config import Config, load_config
-from shared.llm import LLMClient, llm_settings
-from shared.health import beat
-from shared.log import configure_logging
-from shared.messages import AssembleRequest, SummaryRequest
+from shared.messaging import subjects
+from shared.messaging.bus import Responder, connect, stop_event
+from shared.runtime.config import Config, load_config
+from shared.llm.client import LLMClient, llm_settings
+from shared.runtime.health import beat
+from shared.runtime.log import configure_logging
+from shared.messaging.messages import AssembleRequest, SummaryRequest
 
 log = structlog.get_logger()
 CONCURRENCY = 8  # requests in progress per replica

@@ -4,51 +4,22 @@ scores on the trusted side, publishes the result, then acks. Replicas share the 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from services.evaluator.evaluate import evaluate_job
-from shared import subjects
-from shared.bus import connect, decode, encode, ensure_streams, settle, stop_event, through_outages
-from shared.config import Config, gpu_devices, load_config
-from shared.containers import ContainerRunner, Limits, stable_replica_name
+from shared.evaluation.in_container import evaluate_job
+from shared.messaging import subjects
+from shared.messaging.bus import connect, decode, encode, ensure_streams, settle, stop_event, through_outages
+from shared.runtime.config import Config, load_config
+from shared.sandboxing.containers import ContainerRunner, stable_replica_name
+from shared.sandboxing.runners import make_eval_runner
 from shared.errors import MessageError, SandboxUnavailableError
-from shared.health import beat
-from shared.log import bind_run, configure_logging
-from shared.messages import EvalJob
+from shared.runtime.health import beat
+from shared.runtime.log import bind_run, configure_logging
+from shared.messaging.messages import EvalJob
 
 log = structlog.get_logger()
-
-
-def eval_limits(config: Config, gpus: bool) -> Limits:
-    s, e = config.sandbox, config.evaluator
-    return Limits(image=s.image, memory=e.memory, cpus=e.cpus, pids=s.pids, tmpfs_size=s.tmpfs_size,
-                  tmpfs_inodes=s.tmpfs_inodes, nofile=s.nofile, fsize_bytes=s.fsize_bytes,
-                  max_output_bytes=s.max_output_bytes, runtime=s.runtime, gpus=gpus)
-
-
-def _want_gpus(setting: str, runtimes: dict) -> tuple[bool, tuple[str, ...]]:
-    """evaluator.gpus and the engine's runtimes -> (pass GPUs through, only these device ids; ():
-    all). auto: all, when the engine has the nvidia runtime; none; all; "0", "0,2", "GPU-<uuid>"."""
-    mode, ids = gpu_devices(setting)
-    return mode in ("all", "ids") or (mode == "auto" and "nvidia" in runtimes), ids
-
-
-def make_eval_runner(config: Config, owner: str) -> ContainerRunner:
-    """The training containers' runner, with the GPUs passed through (all, or the ones named) when
-    the setting asks; its containers' expiry covers the longest training the configuration allows."""
-    runner = ContainerRunner(eval_limits(config, False), owner=owner, max_job_s=config.evaluator.train_timeout_s,
-                             pool_size=config.evaluator.pool_size)
-    try:
-        runtimes = runner.client.info().get("Runtimes") or {}
-    except Exception:
-        runtimes = {}  # an engine that cannot say: auto means no GPUs
-    gpus, gpu_ids = _want_gpus(config.evaluator.gpus, runtimes)
-    runner.limits = dataclasses.replace(runner.limits, gpus=gpus, gpu_ids=gpu_ids)
-    return runner
 
 
 async def handle(msg, js, runner: ContainerRunner, config: Config, name: str, stop: asyncio.Event) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from shared import subjects
-from shared.bus import key_value
+from shared.messaging import subjects
+from shared.messaging.bus import key_value
 
 log = structlog.get_logger()
 TTL_S = 20.0  # a lease not renewed for this long is free

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from shared.assemble import ConfigError, assemble
-from shared.llm import JSONAnswer, LLMClient, ask_json
-from shared.messages import Goal
-from shared.prompts import render
-from shared.registry import Decision, IterationRecord
+from shared.modelspec.assemble import ConfigError, assemble
+from shared.llm.client import JSONAnswer, LLMClient, ask_json
+from shared.messaging.messages import Goal
+from shared.llm.prompts import render
+from shared.registry.store import Decision, IterationRecord
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MAX_BATCH_SIZE = 4096

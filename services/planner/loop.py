@@ -12,21 +12,22 @@ import msgspec
 import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from services.planner.decide import decide, iteration_score, summarise
+from services.planner.decide import decide, iteration_score
+from shared.evaluation.aggregate import summarise
 from services.planner.leases import RunLeases
 from services.planner.llm_plan import ask_plan, merge_decision, plan_context
 from services.planner.records import request_summary, store_calls, store_plots, tokens_used
 from services.planner.search import DatasetFacts, SearchBounds, propose
-from shared import subjects
-from shared.bus import decode, encode, publish_event, through_outages
-from shared.config import Config
-from shared.datasets import load_dataset
+from shared.messaging import subjects
+from shared.messaging.bus import decode, encode, publish_event, through_outages
+from shared.runtime.config import Config
+from shared.data.datasets import load_dataset
 from shared.errors import DatasetError, MessageError
-from shared.llm import LLMClient, llm_settings
-from shared.log import bind_run
-from shared.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event, Goal,
+from shared.llm.client import LLMClient, llm_settings
+from shared.runtime.log import bind_run
+from shared.messaging.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event, Goal,
                              LLMCall, SeedResult, ValidateRequest, ValidationResult)
-from shared.registry import IterationRecord, Registry, RunRecord
+from shared.registry.store import IterationRecord, Registry, RunRecord
 
 log = structlog.get_logger()
 replace = msgspec.structs.replace

@@ -12,14 +12,14 @@ from nats.js.errors import NotFoundError
 
 from services.planner.leases import RENEW_S, RunLeases
 from services.planner.loop import Planner
-from shared import subjects
-from shared.bus import connect, decode, ensure_streams, settle, stop_event
-from shared.config import Config, load_config, replica_name
+from shared.messaging import subjects
+from shared.messaging.bus import connect, decode, ensure_streams, settle, stop_event
+from shared.runtime.config import Config, load_config, replica_name
 from shared.errors import MessageError
-from shared.log import configure_logging
-from shared.health import beat
-from shared.messages import EvalJob, Goal, MaxDeliveriesAdvisory, SeedResult
-from shared.registry import Registry
+from shared.runtime.log import configure_logging
+from shared.runtime.health import beat
+from shared.messaging.messages import EvalJob, Goal, MaxDeliveriesAdvisory, SeedResult
+from shared.registry.store import Registry
 
 log = structlog.get_logger()
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

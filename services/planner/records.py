@@ -10,12 +10,12 @@ import msgspec
 import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from shared import subjects
-from shared.bus import decode, encode
+from shared.messaging import subjects
+from shared.messaging.bus import decode, encode
 from shared.errors import MessageError
-from shared.messages import LLMCall, SummaryReply, SummaryRequest
-from shared.plots import confusion_matrix_png, learning_curves_png
-from shared.registry import IterationRecord, Registry, RunRecord
+from shared.messaging.messages import LLMCall, SummaryReply, SummaryRequest
+from shared.evaluation.plots import confusion_matrix_png, learning_curves_png
+from shared.registry.store import IterationRecord, Registry, RunRecord
 
 log = structlog.get_logger()
 

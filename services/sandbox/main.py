@@ -6,30 +6,17 @@ import asyncio
 
 import structlog
 
-from services.sandbox.validate import validate
-from shared import subjects
-from shared.bus import Responder, connect, stop_event
-from shared.config import Config, load_config
-from shared.containers import ContainerRunner, Limits, stable_replica_name
-from shared.health import beat
-from shared.log import configure_logging
-from shared.messages import ValidateRequest, ValidationResult
+from shared.sandboxing.validate import validate
+from shared.messaging import subjects
+from shared.messaging.bus import Responder, connect, stop_event
+from shared.runtime.config import Config, load_config
+from shared.sandboxing.containers import ContainerRunner, stable_replica_name
+from shared.sandboxing.runners import make_runner
+from shared.runtime.health import beat
+from shared.runtime.log import configure_logging
+from shared.messaging.messages import ValidateRequest, ValidationResult
 
 log = structlog.get_logger()
-
-
-def sandbox_limits(config: Config) -> Limits:
-    s = config.sandbox
-    return Limits(image=s.image, memory=s.memory, cpus=s.cpus, pids=s.pids, tmpfs_size=s.tmpfs_size,
-                  tmpfs_inodes=s.tmpfs_inodes, nofile=s.nofile, fsize_bytes=s.fsize_bytes,
-                  max_output_bytes=s.max_output_bytes, max_total_output_bytes=s.max_total_output_bytes,
-                  runtime=s.runtime)
-
-
-def make_runner(config: Config, owner: str) -> ContainerRunner:
-    s = config.sandbox
-    return ContainerRunner(sandbox_limits(config), owner=owner, pool_size=s.pool_size,
-                           max_idle_s=s.pool_max_idle_s, max_job_s=s.validate_timeout_s, warm_flops=True)
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:

@@ -10,12 +10,12 @@ import uuid
 import pytest
 
 from researcher.stack import SERVICES, LocalStack
-from shared import subjects
-from shared.bus import connect, encode, ensure_streams
-from shared.messages import TERMINAL_STATUSES, Goal
-from shared.registry import IterationRecord, Registry, RunRecord
-from shared.report import export_run, load_report
-from shared.datasets import load_dataset
+from shared.messaging import subjects
+from shared.messaging.bus import connect, encode, ensure_streams
+from shared.messaging.messages import TERMINAL_STATUSES, Goal
+from shared.registry.store import IterationRecord, Registry, RunRecord
+from shared.registry.report import export_run, load_report
+from shared.data.datasets import load_dataset
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

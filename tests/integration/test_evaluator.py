@@ -2,10 +2,10 @@
 
 import pytest
 
-from shared.assemble import assemble
-from services.evaluator.evaluate import evaluate_job
-from shared.containers import ContainerRunner, Limits
-from shared.messages import EvalJob
+from shared.modelspec.assemble import assemble
+from shared.evaluation.in_container import evaluate_job
+from shared.sandboxing.containers import ContainerRunner, Limits
+from shared.messaging.messages import EvalJob
 from tests.conftest import SANDBOX_IMAGE
 from tests.integration.test_sandbox import DIGITS_CNN
 

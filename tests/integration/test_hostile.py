@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from shared.assemble import assemble
-from services.sandbox.validate import flag_constructs, validate
-from shared.containers import JOB_LABEL, OWNER_LABEL, ContainerRunner, Limits
-from shared.messages import ValidateRequest
+from shared.modelspec.assemble import assemble
+from shared.sandboxing.validate import flag_constructs, validate
+from shared.sandboxing.containers import JOB_LABEL, OWNER_LABEL, ContainerRunner, Limits
+from shared.messaging.messages import ValidateRequest
 from tests.conftest import SANDBOX_IMAGE
 
 pytestmark = [pytest.mark.docker]

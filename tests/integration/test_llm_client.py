@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from shared.config import load_config
-from shared.llm import LLMClient, ask_json, llm_settings, usage_by_role
+from shared.runtime.config import load_config
+from shared.llm.client import LLMClient, ask_json, llm_settings, usage_by_role
 from tests.llm_server import Reply, ScriptedLLM
 
 
@@ -145,7 +145,7 @@ async def test_the_api_key_comes_from_the_named_variable_and_is_sent_as_a_bearer
 
 
 def test_usage_is_totalled_per_role(server):
-    from shared.messages import LLMCall
+    from shared.messaging.messages import LLMCall
     calls = [LLMCall(role="planning", purpose="propose", model="m", outcome="ok", tokens_in=10, tokens_out=5, latency_s=0.5),
              LLMCall(role="planning", purpose="decide", model="m", outcome="timeout", latency_s=2.0),
              LLMCall(role="tools", purpose="code", model="c", outcome="ok", tokens_in=100, tokens_out=50, latency_s=1.0)]

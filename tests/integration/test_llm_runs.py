@@ -13,11 +13,11 @@ import uuid
 import pytest
 
 from researcher.stack import LocalStack
-from shared import subjects
-from shared.bus import connect, decode, encode
-from shared.messages import Event, Goal
-from shared.registry import Registry
-from shared.report import export_run, load_report
+from shared.messaging import subjects
+from shared.messaging.bus import connect, decode, encode
+from shared.messaging.messages import Event, Goal
+from shared.registry.store import Registry
+from shared.registry.report import export_run, load_report
 from tests.integration.test_end_to_end import _wait_terminal
 from tests.llm_server import Reply, ScriptedLLM
 

@@ -4,8 +4,8 @@ import asyncio
 
 import msgspec
 
-from shared.messages import Goal, SeedResult
-from shared.registry import IterationRecord, Registry, RunRecord
+from shared.messaging.messages import Goal, SeedResult
+from shared.registry.store import IterationRecord, Registry, RunRecord
 
 
 async def test_create_run_is_idempotent_and_updates_compare_and_set(nc):

@@ -20,12 +20,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from researcher.stack import SERVICES, LocalStack
-from shared import subjects
-from shared.bus import connect, decode, encode, ensure_streams
-from shared.containers import OWNER_LABEL
-from shared.messages import TERMINAL_STATUSES, Event, Goal
-from shared.registry import Registry
-from shared.report import load_report
+from shared.messaging import subjects
+from shared.messaging.bus import connect, decode, encode, ensure_streams
+from shared.sandboxing.containers import OWNER_LABEL
+from shared.messaging.messages import TERMINAL_STATUSES, Event, Goal
+from shared.registry.store import Registry
+from shared.registry.report import load_report
 from tests.integration.test_end_to_end import _wait_terminal
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

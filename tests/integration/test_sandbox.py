@@ -2,10 +2,10 @@
 
 import pytest
 
-from shared.assemble import assemble
-from services.sandbox.validate import validate
-from shared.containers import ContainerRunner, Limits
-from shared.messages import ValidateRequest
+from shared.modelspec.assemble import assemble
+from shared.sandboxing.validate import validate
+from shared.sandboxing.containers import ContainerRunner, Limits
+from shared.messaging.messages import ValidateRequest
 from tests.conftest import SANDBOX_IMAGE
 
 pytestmark = [pytest.mark.docker]

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from shared.assemble import assemble
-from shared import subjects
-from shared.bus import connect, decode, encode
-from shared.messages import ValidateRequest, ValidationResult
+from shared.modelspec.assemble import assemble
+from shared.messaging import subjects
+from shared.messaging.bus import connect, decode, encode
+from shared.messaging.messages import ValidateRequest, ValidationResult
 
 pytestmark = [pytest.mark.docker]
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from services.sandbox import main as sandbox_main
-from shared.config import load_config, replica_name
+from shared.runtime.config import load_config, replica_name
 
 pytestmark = [pytest.mark.docker]
 

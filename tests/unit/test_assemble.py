@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from shared.assemble import (ALLOWED_LAYERS, MAX_LAYERS, AssembledModel,
+from shared.modelspec.assemble import (ALLOWED_LAYERS, MAX_LAYERS, AssembledModel,
                                          ConfigError, assemble, infer_shapes)
 
 SEED = {

@@ -3,7 +3,7 @@ rejected with the key to fix."""
 
 import pytest
 
-from shared.config import Config, EvaluatorConfig, PlannerConfig, SandboxConfig, load_config
+from shared.runtime.config import Config, EvaluatorConfig, PlannerConfig, SandboxConfig, load_config
 from shared.errors import ConfigFileError
 
 

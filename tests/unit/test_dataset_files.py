@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from shared.datasets import FASHION_CLASSES, MNIST_CLASSES, dataset_key, load_dataset
+from shared.data.datasets import FASHION_CLASSES, MNIST_CLASSES, dataset_key, load_dataset
 from shared.errors import DatasetError, DatasetNotFoundError, UnknownDatasetError
 
 RNG = np.random.default_rng(0)

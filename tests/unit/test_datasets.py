@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shared.datasets import LOADERS, known_datasets, load_dataset, split
+from shared.data.datasets import LOADERS, known_datasets, load_dataset, split
 from shared.errors import UnknownDatasetError
 
 

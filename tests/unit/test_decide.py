@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from services.planner.decide import decide, iteration_score, summarise
-from shared.messages import EpochStats, Goal, SeedResult, ValidationResult
-from shared.registry import IterationRecord
-from shared.stats import aggregate
+from services.planner.decide import decide, iteration_score
+from shared.evaluation.aggregate import summarise
+from shared.messaging.messages import EpochStats, Goal, SeedResult, ValidationResult
+from shared.registry.store import IterationRecord
+from shared.evaluation.stats import aggregate
 
 RUN = "run-decide"
 

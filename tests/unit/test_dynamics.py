@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from shared.dynamics import (GAP_MILD, GAP_MODERATE, GAP_SEVERE, RISE_MILD, RISE_MODERATE, RISE_SEVERE,
+from shared.evaluation.dynamics import (GAP_MILD, GAP_MODERATE, GAP_SEVERE, RISE_MILD, RISE_MODERATE, RISE_SEVERE,
                              analyse_learning)
 
 

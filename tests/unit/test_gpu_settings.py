@@ -11,10 +11,10 @@ import pytest
 import yaml
 from docker.types import DeviceRequest
 
-import services.evaluator.main as evaluator_main
-from services.evaluator.main import _want_gpus, make_eval_runner
-from shared.config import Config, EvaluatorConfig, load_config
-from shared.containers import Limits, gpu_request
+import shared.sandboxing.runners as runners
+from shared.sandboxing.runners import make_eval_runner, want_gpus
+from shared.runtime.config import Config, EvaluatorConfig, load_config
+from shared.sandboxing.containers import Limits, gpu_request
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu-compose.py"
@@ -35,14 +35,14 @@ PLAIN = {"runc": {"path": "runc"}}
     (" 1 , 3 ", NVIDIA, (True, ("1", "3"))),
     ("GPU-6f1c2d3e-0b4a-4c1e-9d55-0123456789ab", PLAIN, (True, ("GPU-6f1c2d3e-0b4a-4c1e-9d55-0123456789ab",))),
 ])
-def test_want_gpus(setting, runtimes, expected):
-    assert _want_gpus(setting, runtimes) == expected
+def testwant_gpus(setting, runtimes, expected):
+    assert want_gpus(setting, runtimes) == expected
 
 
 @pytest.mark.parametrize("setting", ["", "0,,1", "0,", "0 1", ","])
 def test_want_gpus_rejects_malformed_lists_with_the_key_to_fix(setting):
     with pytest.raises(ValueError, match="evaluator.gpus"):
-        _want_gpus(setting, NVIDIA)
+        want_gpus(setting, NVIDIA)
 
 
 def test_the_environment_sets_a_list_of_ids(monkeypatch, tmp_path):
@@ -73,7 +73,7 @@ class _FakeRunner:
     ("none", NVIDIA, False, ()),
 ])
 def test_make_eval_runner_sets_the_limits(monkeypatch, setting, runtimes, gpus, ids):
-    monkeypatch.setattr(evaluator_main, "ContainerRunner",
+    monkeypatch.setattr(runners, "ContainerRunner",
                         lambda limits, owner, max_job_s, pool_size: _FakeRunner(limits, owner, max_job_s, runtimes))
     config = Config(evaluator=EvaluatorConfig(gpus=setting))
     runner = make_eval_runner(config, owner="evaluator-test")
@@ -116,7 +116,7 @@ class _Client:
     (Limits(image="x", gpus=False, gpu_ids=("1",)), None),
 ])
 def test_the_training_container_gets_the_device_request(limits, expected):
-    from shared.containers import ContainerRunner
+    from shared.sandboxing.containers import ContainerRunner
 
     runner = ContainerRunner.__new__(ContainerRunner)  # no engine: only _create's arguments are under test
     runner.limits, runner.owner, runner.client = limits, "test", _Client()

@@ -3,9 +3,9 @@
 import pytest
 
 from researcher.cli import llm_env, parser
-from shared.config import load_config
+from shared.runtime.config import load_config
 from shared.errors import ConfigFileError
-from shared.llm import llm_settings
+from shared.llm.client import llm_settings
 
 
 def settings(env, role):

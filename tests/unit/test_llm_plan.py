@@ -4,8 +4,8 @@ the statistics. Pure functions, no server."""
 from services.assembler.codegen import code_problem
 from services.planner.decide import decide
 from services.planner.llm_plan import PlanReply, check_reply, complete_config, merge_decision, plan_context
-from shared.messages import Goal, ValidationResult
-from shared.registry import Decision, IterationRecord
+from shared.messaging.messages import Goal, ValidationResult
+from shared.registry.store import Decision, IterationRecord
 
 FACTS = {"name": "digits", "kind": "image", "input_shape": [1, 8, 8], "num_classes": 10, "num_samples": 1797}
 MLP = {"class_name": "Net", "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 32}, {"type": "ReLU"},

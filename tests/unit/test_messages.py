@@ -4,9 +4,9 @@ type and the JSON path of what is wrong."""
 import msgspec
 import pytest
 
-from shared.bus import decode, encode
+from shared.messaging.bus import decode, encode
 from shared.errors import MessageError
-from shared.messages import AssembleRequest, EpochStats, EvalJob, Goal, SeedResult, ValidationResult
+from shared.messaging.messages import AssembleRequest, EpochStats, EvalJob, Goal, SeedResult, ValidationResult
 
 GOAL = Goal(run_id="run-1", goal="beat 95% on digits", dataset="wine", target_accuracy=0.95,
             max_iterations=7, num_seeds=3, patience=2, goal_statistic="ci_lower", subset_size=500,

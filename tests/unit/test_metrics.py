@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from shared.metrics import SCALAR_METRICS, aggregate_confusion, compute_metrics
+from shared.evaluation.metrics import SCALAR_METRICS, aggregate_confusion, compute_metrics
 
 
 def predictions(n_classes: int, n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

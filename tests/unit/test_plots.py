@@ -6,7 +6,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from shared.plots import CURVES_SIZE, DPI, confusion_matrix_png, confusion_matrix_size, learning_curves_png
+from shared.evaluation.plots import CURVES_SIZE, DPI, confusion_matrix_png, confusion_matrix_size, learning_curves_png
 
 
 def pixels(png: bytes) -> tuple[int, ...]:

@@ -6,8 +6,8 @@ import pytest
 from torch import nn
 
 from researcher.evaluate_cmd import reference_model
-from shared.metrics import SCALAR_METRICS
-from shared.quick_eval import QuickEvalConfig, quick_evaluate_once, summarise
+from shared.evaluation.metrics import SCALAR_METRICS
+from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once, summarise
 
 
 def seed(seed_no, accuracy, ok=True):

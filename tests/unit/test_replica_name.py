@@ -5,7 +5,7 @@ import socket
 import docker
 import pytest
 
-from shared.containers import stable_replica_name
+from shared.sandboxing.containers import stable_replica_name
 
 
 class _Containers:

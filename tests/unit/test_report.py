@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from services.planner.decide import summarise
-from shared.messages import Goal, SeedResult, ValidationResult
-from shared.registry import Decision, IterationRecord, RunRecord
-from shared.report import build_report, format_report
+from shared.evaluation.aggregate import summarise
+from shared.messaging.messages import Goal, SeedResult, ValidationResult
+from shared.registry.store import Decision, IterationRecord, RunRecord
+from shared.registry.report import build_report, format_report
 
 RUN = "run-report"
 GOAL = Goal(run_id=RUN, goal="beat 90% on digits", dataset="digits", target_accuracy=0.9, num_seeds=2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from optuna.distributions import CategoricalDistribution
 
-from shared.assemble import assemble
+from shared.modelspec.assemble import assemble
 from services.planner.search import (DatasetFacts, SearchBounds, default_params, propose,
                                      rebuild_study, search_space)
 

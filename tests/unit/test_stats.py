@@ -6,7 +6,7 @@ import statistics
 import pytest
 from scipy import stats as scipy_stats
 
-from shared.stats import aggregate, goal_statistic
+from shared.evaluation.stats import aggregate, goal_statistic
 
 VALUES = [0.91, 0.94, 0.89, 0.93]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.trainloop import TrainSettings, train_model
+from shared.evaluation.trainloop import TrainSettings, train_model
 
 
 def data(n=240, features=6, classes=3, seed=0):
@@ -55,7 +55,7 @@ def test_an_unknown_optimizer_is_named():
 
 
 def test_augmentation_crops_and_flips_reproducibly():
-    from shared.trainloop import augment_batch
+    from shared.evaluation.trainloop import augment_batch
 
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
     a = augment_batch(x, torch.Generator().manual_seed(3), pad=2)

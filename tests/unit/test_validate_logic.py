@@ -5,11 +5,11 @@ import ast
 import pytest
 
 from researcher.validate_cmd import UsageError, describe, parse_shape
-from services.sandbox.validate import flag_constructs, outcome_to_result, precheck
-from shared.config import load_config
+from shared.sandboxing.validate import flag_constructs, outcome_to_result, precheck
+from shared.runtime.config import load_config
 from shared.errors import ConfigFileError
-from shared.containers import RunOutcome
-from shared.messages import ValidationResult
+from shared.sandboxing.containers import RunOutcome
+from shared.messaging.messages import ValidationResult
 
 MODEL = "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x\n"
 

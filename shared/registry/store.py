@@ -20,9 +20,9 @@ from nats.js.errors import (
     ObjectNotFoundError,
 )
 
-from shared import subjects
-from shared.bus import key_value, object_store
-from shared.messages import Goal, LLMCall, RunStatus, SeedResult, ValidationResult
+from shared.messaging import subjects
+from shared.messaging.bus import key_value, object_store
+from shared.messaging.messages import Goal, LLMCall, RunStatus, SeedResult, ValidationResult
 
 IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "rejected", "decided"]
 R = TypeVar("R", bound=msgspec.Struct)

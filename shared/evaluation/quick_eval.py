@@ -1,7 +1,7 @@
 """The evaluation engine as a library: `quick_evaluate_once(model, config)` on a researcher's own
 (trusted) model, in-process, multi-seed, with the full metric suite.
 
-The same pieces serve generated models: `shared.trainloop` trains (here in-process, there inside
+The same pieces serve generated models: `shared.evaluation.trainloop` trains (here in-process, there inside
 the locked-down container), and `build_seed_report` turns predictions into metrics, learning
 dynamics and curves on the trusted side in both cases.
 """
@@ -20,11 +20,11 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
-from shared.datasets import load_dataset, split
-from shared.dynamics import analyse_learning
-from shared.metrics import SCALAR_METRICS, score
-from shared.stats import aggregate, goal_statistic, metric_bounds
-from shared.trainloop import TrainSettings, pick_device, train_model
+from shared.data.datasets import load_dataset, split
+from shared.evaluation.dynamics import analyse_learning
+from shared.evaluation.metrics import SCALAR_METRICS, score
+from shared.evaluation.stats import aggregate, goal_statistic, metric_bounds
+from shared.evaluation.trainloop import TrainSettings, pick_device, train_model
 
 
 
@@ -184,7 +184,7 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
 
 def write_artifacts(outcome: dict, directory: Path, config: QuickEvalConfig) -> list[str]:
     """Plots (PNG) and curves (JSON) beside each other; -> the paths written."""
-    from shared.plots import confusion_matrix_png, learning_curves_png  # matplotlib only when asked
+    from shared.evaluation.plots import confusion_matrix_png, learning_curves_png  # matplotlib only when asked
 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[str] = []

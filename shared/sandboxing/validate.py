@@ -13,8 +13,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from shared.containers import RunOutcome
-from shared.messages import ValidateRequest, ValidationResult
+from shared.sandboxing.containers import RunOutcome
+from shared.messaging.messages import ValidateRequest, ValidationResult
 
 PrecheckPolicy = Literal["reject", "flag"]
 # CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" under

@@ -22,8 +22,8 @@ import structlog
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
-from shared.container_io import Attached, final_state, find_result, kill, last_stage, remove
-from shared.config import replica_name
+from shared.sandboxing.container_io import Attached, final_state, find_result, kill, last_stage, remove
+from shared.runtime.config import replica_name
 from shared.errors import SandboxUnavailableError
 
 OWNER_LABEL = "org.pytorch-researcher.owner"

@@ -1,5 +1,5 @@
 """Readiness for container health checks: a service touches a file while it is ready and
-connected to NATS; `python -m shared.health` (compose's healthcheck) says whether it is fresh.
+connected to NATS; `python -m shared.runtime.health` (compose's healthcheck) says whether it is fresh.
 
 Off unless RESEARCHER_HEALTH_FILE names the file (compose sets it): several services on one host
 outside containers must not share one file.

@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared.llm import usage_by_role
-from shared.registry import IterationRecord, Registry, RunRecord
+from shared.llm.client import usage_by_role
+from shared.registry.store import IterationRecord, Registry, RunRecord
 
 
 def _validation(it: IterationRecord) -> dict[str, Any]:

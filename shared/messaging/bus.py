@@ -15,10 +15,10 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats import errors as nats_errors
 from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
-from shared import subjects
+from shared.messaging import subjects
 from shared.errors import MessageError
-from shared.log import bind_run
-from shared.messages import Event
+from shared.runtime.log import bind_run
+from shared.messaging.messages import Event
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -44,7 +44,7 @@ def decode(data: bytes, type_: type[T], subject: str = "") -> T:
 
 async def decode_request(msg, type_: type[T]) -> T | None:
     """Decode a request at the edge; a malformed one is answered with an ErrorReply and logged."""
-    from shared.messages import ErrorReply
+    from shared.messaging.messages import ErrorReply
 
     try:
         return decode(msg.data, type_, msg.subject)

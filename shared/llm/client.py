@@ -18,9 +18,9 @@ import msgspec
 import openai
 import structlog
 
-from shared.config import Config, resolve_llm
-from shared.messages import LLMCall
-from shared.prompts import render
+from shared.runtime.config import Config, resolve_llm
+from shared.messaging.messages import LLMCall
+from shared.llm.prompts import render
 
 log = structlog.get_logger()
 T = TypeVar("T")

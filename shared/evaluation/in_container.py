@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 
-from services.sandbox.validate import outcome_to_result
-from shared.datasets import load_dataset, split
+from shared.sandboxing.validate import outcome_to_result
+from shared.data.datasets import load_dataset, split
 from shared.errors import DatasetError
-from shared.messages import EpochStats, EvalJob, SeedResult
-from shared.metrics import score
-from shared.quick_eval import epoch_curve
+from shared.messaging.messages import EpochStats, EvalJob, SeedResult
+from shared.evaluation.metrics import score
+from shared.evaluation.quick_eval import epoch_curve
 
 
 def _npz(**arrays: np.ndarray) -> bytes:

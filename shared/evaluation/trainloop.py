@@ -1,7 +1,7 @@
 """The training loop of the evaluation engine: one seed, data already in memory.
 
 One loop, two uses: in-process on a researcher's own (trusted) model through
-`shared.quick_eval`, and inside the locked-down container on generated code, where the build
+`shared.evaluation.quick_eval`, and inside the locked-down container on generated code, where the build
 copies this file next to the harness. So it imports torch and numpy only, and it never sees
 validation labels: it returns class probabilities for the validation inputs (after every epoch
 when learning curves are tracked) and the trusted side computes every metric from them.

@@ -192,10 +192,10 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     try:
         msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigFileError(str(chosen), f"{exc}; see shared/config.py for every key") from exc
+        raise ConfigFileError(str(chosen), f"{exc}; see shared/runtime/config.py for every key") from exc
     try:
         # strict=False lets environment strings become numbers and booleans
         return msgspec.convert(_merge(raw, _env_overrides(environ)), Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigFileError("environment (RESEARCHER_<SECTION>__<KEY> variables)",
-                              f"{exc}; see shared/config.py for every key") from exc
+                              f"{exc}; see shared/runtime/config.py for every key") from exc
