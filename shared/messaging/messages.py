@@ -171,6 +171,13 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     seed: int
     ok: bool
     error: str | None = None
+    # ---- why a seed failed (ok=False), in fields, as a rejected validation says why ----
+    reason: str | None = None  # timeout, oom, pids, exited, exception, harness_failed, bad_predictions, dead_letter, ...
+    exception_type: str | None = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    output_tail: str = ""  # the last lines the code printed (capped)
+    # ---- what it measured (ok=True) ----
     metrics: dict[str, float | None] = {}  # scalars (None where not computable, e.g. AUC with a class absent)
     details: dict[str, Any] = {}  # per-class metrics, confusion matrices, top confusions, class balance
     learning_curve: list[EpochStats] = []
