@@ -23,7 +23,7 @@ from shared.modelspec.assemble import assemble
 from shared.messaging.bus import connect, decode, encode, ensure_streams
 from shared.runtime.config import load_config
 from shared.runtime.log import configure_logging
-from shared.messaging.messages import EvalJob, SeedResult
+from shared.messaging.messages import EvalJob, SeedResult, TrainingRecipe
 
 SMALL_CNN = {"class_name": "BenchCNN", "input_shape": [1, 8, 8], "num_classes": 10,
              "layers": [{"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
@@ -52,8 +52,8 @@ async def phase(stack: LocalStack, replicas: int, jobs: int, epochs: int, subset
     started = time.perf_counter()
     for seed in range(jobs):
         job = EvalJob(job_id=f"{run_id}.it0001.seed{seed}", run_id=run_id, iteration=1, seed=seed, dataset="digits",
-                      class_name=model.class_name, source=model.source, epochs=epochs, batch_size=64,
-                      subset_size=subset)
+                      class_name=model.class_name, source=model.source,
+                      recipe=TrainingRecipe(epochs=epochs, batch_size=64), subset_size=subset)
         await js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
     await asyncio.wait_for(done.wait(), timeout=1800)
     elapsed = time.perf_counter() - started

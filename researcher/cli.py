@@ -19,13 +19,16 @@ from researcher.stack import LocalStack
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams
 from shared.runtime.config import load_config
-from shared.data.datasets import dataset_key, known_datasets
-from shared.errors import ConfigFileError, UnknownDatasetError
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+
+from shared.data.datasets import check_goal, known_datasets
+from shared.errors import ConfigFileError, MessageError
 from shared.llm.client import llm_settings
 from shared.runtime.log import configure_logging
-from shared.messaging.messages import TERMINAL_STATUSES, Event, Goal
+from shared.messaging.messages import TERMINAL_STATUSES, ErrorReply, Event, Goal, GoalAnswer
+from shared.registry.records import IterationRecord, RunRecord
+from shared.registry.report import build_report, export_run, format_report, load_records
 from shared.registry.store import Registry
-from shared.registry.report import export_run, format_report, load_report
 
 
 def _goal_args(p: argparse.ArgumentParser) -> None:
@@ -109,14 +112,49 @@ def make_goal(args: argparse.Namespace) -> Goal:
                 subset_size=args.subset_size, max_epochs=args.max_epochs, submitted_at=time.time())
 
 
-async def publish_goal(nc, goal: Goal) -> None:
-    js = nc.jetstream()
-    await ensure_streams(js)
-    await js.publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
+class GoalRejected(Exception):
+    """The goal has problems; the message names each field (and its flag) and the allowed range."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("the goal was rejected:\n" + "\n".join(f"  {_flagged(p)}" for p in problems))
 
 
-async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> dict:
-    """Show events and a progress bar over iterations until the run is terminal; -> its report."""
+def _flagged(problem: str) -> str:
+    """"num_seeds must be ..." -> "--num-seeds: num_seeds must be ...": what a CLI user types."""
+    field = problem.split(" ", 1)[0].rstrip(":")
+    return f"--{field.replace('_', '-')}: {problem}" if field in Goal.__struct_fields__ and field != "goal" else problem
+
+
+def check_locally(goal: Goal) -> None:
+    """What the CLI can check before any stack is touched: every field's range and the data set's name."""
+    problems = check_goal(goal)
+    if problems:
+        raise GoalRejected(problems)
+
+
+async def submit_goal(nc, goal: Goal, timeout_s: float = 10.0) -> str:
+    """Submit as a request a planner answers; -> how it was taken. A rejection raises GoalRejected.
+    With no planner answering (a stack still starting, say), the goal is queued on the durable
+    GOALS stream instead, where the next planner checks it and records a rejection as a failed run."""
+    try:
+        msg = await nc.request(subjects.GOAL_SUBMIT_SUBJECT, encode(goal), timeout=timeout_s)
+    except (NoRespondersError, NatsTimeoutError):
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await js.publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
+        return "queued (no planner answered yet; it is checked when one starts)"
+    try:
+        answer = decode(msg.data, GoalAnswer, subjects.GOAL_SUBMIT_SUBJECT)
+    except MessageError:
+        raise GoalRejected([decode(msg.data, ErrorReply, subjects.GOAL_SUBMIT_SUBJECT).error]) from None
+    if not answer.accepted:
+        raise GoalRejected(answer.problems)
+    return "accepted"
+
+
+async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> tuple[RunRecord, list[IterationRecord]]:
+    """Show events and a progress bar over iterations until the run is terminal; -> its records."""
     registry = await Registry.open(nc.jetstream())
     bar = tqdm(total=goal.max_iterations, desc="iterations", unit="it", file=sys.stderr, disable=quiet, leave=False)
 
@@ -136,7 +174,13 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> di
     finally:
         await sub.unsubscribe()
         bar.close()
-    return await load_report(registry, goal.run_id)
+    records = await load_records(registry, goal.run_id)
+    assert records is not None
+    return records
+
+
+def show(records: tuple[RunRecord, list[IterationRecord]], as_json: bool) -> None:
+    print(json.dumps(build_report(*records), indent=2) if as_json else format_report(*records))
 
 
 def _check_llm_flags(args: argparse.Namespace) -> str | None:
@@ -158,6 +202,7 @@ def _check_llm_flags(args: argparse.Namespace) -> str | None:
 
 async def _run(args: argparse.Namespace) -> int:
     goal = make_goal(args)
+    check_locally(goal)
     with ExitStack() as stack:
         url = args.nats_url
         if not url:
@@ -167,22 +212,24 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"service logs: {local.log_dir}", file=sys.stderr)
         nc = await connect(url, "researcher-cli")
         try:
-            await publish_goal(nc, goal)
-            print(f"run {goal.run_id} submitted", file=sys.stderr)
-            report = await follow(nc, goal)
+            how = await submit_goal(nc, goal)
+            print(f"run {goal.run_id} {how}", file=sys.stderr)
+            records = await follow(nc, goal)
         finally:
             await nc.close()
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 1 if report["status"] == "failed" else 0
+    show(records, args.json)
+    return 1 if records[0].status == "failed" else 0
 
 
 async def _submit(args: argparse.Namespace) -> int:
     goal = make_goal(args)
+    check_locally(goal)
     nc = await connect(_need_url(args), "researcher-cli")
     try:
-        await publish_goal(nc, goal)
+        how = await submit_goal(nc, goal)
     finally:
         await nc.close()
+    print(f"run {goal.run_id} {how}", file=sys.stderr)
     print(goal.run_id)
     return 0
 
@@ -190,13 +237,13 @@ async def _submit(args: argparse.Namespace) -> int:
 async def _report(args: argparse.Namespace) -> int:
     nc = await connect(_need_url(args), "researcher-cli")
     try:
-        report = await load_report(await Registry.open(nc.jetstream()), args.run_id)
+        records = await load_records(await Registry.open(nc.jetstream()), args.run_id)
     finally:
         await nc.close()
-    if report is None:
+    if records is None:
         print(f"no run {args.run_id!r} in the registry at {args.nats_url}", file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    show(records, args.json)
     return 0
 
 
@@ -222,12 +269,6 @@ def _need_url(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging("cli", "error", stream=sys.stderr)  # stdout carries the report alone
-    if getattr(args, "dataset", None):
-        try:
-            dataset_key(args.dataset)  # fail at once, before any stack starts
-        except UnknownDatasetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
     if args.command == "run":
         problem = _check_llm_flags(args)
         if problem:
@@ -238,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         return evaluate_cmd.run_evaluate(args)
     handler = {"run": _run, "submit": _submit, "report": _report, "export": _export}[args.command]
-    return asyncio.run(handler(args))
+    try:
+        return asyncio.run(handler(args))
+    except GoalRejected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def research_agent_main(argv: list[str] | None = None) -> int:

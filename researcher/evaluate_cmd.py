@@ -9,6 +9,9 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_args
+
+import msgspec
 
 import numpy as np
 from torch import nn
@@ -20,9 +23,9 @@ from shared.evaluation.aggregate import summarise
 from shared.runtime.config import load_config
 from shared.data.datasets import load_dataset
 from shared.errors import ConfigFileError, DatasetError, SandboxUnavailableError
-from shared.messaging.messages import EvalJob
+from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe
+from shared.registry.records import Evaluation
 from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once
-from shared.evaluation.stats import goal_statistic
 
 
 def add_parser(sub) -> None:
@@ -32,38 +35,52 @@ def add_parser(sub) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--class-name", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--num-seeds", type=int, default=3)
     p.add_argument("--subset-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    recipe_args(p)
     p.add_argument("--target-accuracy", type=float, default=None)
-    p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean")
-    p.add_argument("--augment", action="store_true", help="random crop and flip of image batches")
+    p.add_argument("--goal-statistic", choices=get_args(GoalStatistic), default="mean")
     p.add_argument("--json", action="store_true")
 
 
-def format_evaluation(evaluation: dict, title: str) -> str:
+def recipe_args(p: argparse.ArgumentParser) -> None:
+    """The training recipe's flags, their defaults the recipe's own."""
+    d = DEFAULT_RECIPE
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", choices=get_args(Optimizer), default=d.optimizer)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--augment", action="store_true", default=d.augment, help="random crop and flip of image batches")
+
+
+def recipe_from(args: argparse.Namespace) -> TrainingRecipe:
+    return TrainingRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                          weight_decay=args.weight_decay, augment=args.augment)
+
+
+def format_evaluation(evaluation: Evaluation, title: str, goal: tuple[str, float | None, bool | None] | None = None) -> str:
+    """A terminal reading of an evaluation; `goal` is (statistic, its value, achieved) when one was set."""
     lines = [title]
-    for name, s in evaluation["aggregated"].items():
-        if s.get("mean") is None:
+    for name, s in evaluation.aggregated.items():
+        if s.mean is None:
             continue
-        ci = f"  95% CI [{s['ci_95'][0]:.4f}, {s['ci_95'][1]:.4f}]" if s.get("ci_95") else ""
-        lines.append(f"  {name:<24} {s['mean']:.4f} ± {s['std']:.4f}{ci}  (n={s['n']})")
-    for failed in evaluation.get("failed_seeds", []):
-        lines.append(f"  seed {failed['seed']} failed: {failed['error']}")
-    final = evaluation.get("final") or {}
-    for c in final.get("top_confusions", [])[:3]:
-        lines.append(f"  confuses {c['true']} as {c['predicted']}: {c['count']} times ({c['rate']:.0%})")
-    if (final.get("class_balance") or {}).get("note"):
-        lines.append(f"  {final['class_balance']['note']}")
-    for r in evaluation.get("seed_results", []):
-        for insight in ((r.get("dynamics") or {}).get("insights") or [])[:2]:
-            lines.append(f"  seed {r['seed']}: {insight}")
-    if evaluation.get("goal_achieved") is not None:
-        lines.append(f"  goal achieved: {evaluation['goal_achieved']} ({evaluation['goal_statistic']} = "
-                     f"{evaluation['goal_value'] if evaluation['goal_value'] is None else round(evaluation['goal_value'], 4)})")
+        ci = f"  95% CI [{s.ci_95[0]:.4f}, {s.ci_95[1]:.4f}]" if s.ci_95 else ""
+        lines.append(f"  {name:<24} {s.mean:.4f} ± {s.std or 0.0:.4f}{ci}  (n={s.n})")
+    for failed in evaluation.failed_seeds:
+        lines.append(f"  seed {failed.seed} failed ({failed.reason or 'error'}): {failed.error}")
+    final = evaluation.final
+    if final is not None:
+        for c in final.top_confusions[:3]:
+            lines.append(f"  confuses {c.true} as {c.predicted}: {c.count} times ({c.rate:.0%})")
+        if final.class_balance is not None:
+            lines.append(f"  {final.class_balance.note}")
+    for row in evaluation.seed_results:
+        for insight in (row.dynamics.insights if row.dynamics else [])[:2]:
+            lines.append(f"  seed {row.seed}: {insight}")
+    if goal is not None and goal[2] is not None:
+        statistic, value, achieved = goal
+        lines.append(f"  goal achieved: {achieved} ({statistic} = {value if value is None else round(value, 4)})")
     return "\n".join(lines)
 
 
@@ -84,20 +101,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     results = {}
     for seed in tqdm(seeds, desc="seeds", unit="seed", file=sys.stderr, leave=False):
         job = EvalJob(job_id=f"cli-{seed}", run_id="cli", iteration=0, seed=seed, dataset=args.dataset,
-                      class_name=args.class_name, source=source, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, optimizer=args.optimizer, subset_size=args.subset_size,
-                      augment=args.augment)
+                      class_name=args.class_name, source=source, recipe=recipe_from(args), subset_size=args.subset_size)
         results[seed] = evaluate_job(job, runner, timeout_s=config.evaluator.train_timeout_s, memory=config.evaluator.memory,
                                      val_fraction=config.evaluator.val_fraction, data_dir=config.evaluator.data_dir)
     runner.remove_strays()
     evaluation = summarise(results, seeds)
-    value = goal_statistic(evaluation["aggregated"].get("val_accuracy") or {}, args.goal_statistic)
-    evaluation.update(goal_statistic=args.goal_statistic, goal_value=value,
-                      goal_achieved=None if args.target_accuracy is None else bool(value is not None and value >= args.target_accuracy))
+    value = evaluation.score(args.goal_statistic)
+    achieved = None if args.target_accuracy is None else bool(value is not None and value >= args.target_accuracy)
     if args.json:
-        print(json.dumps(evaluation, indent=2))
+        print(json.dumps({**msgspec.to_builtins(evaluation), "goal_statistic": args.goal_statistic, "goal_value": value,
+                          "goal_achieved": achieved}, indent=2))
     else:
-        print(format_evaluation(evaluation, f"{args.class_name} on {args.dataset}, {args.num_seeds} seeds (in containers)"))
+        print(format_evaluation(evaluation, f"{args.class_name} on {args.dataset}, {args.num_seeds} seeds (in containers)",
+                                (args.goal_statistic, value, achieved)))
     return 0 if any(r.ok for r in results.values()) else 1
 
 
@@ -137,14 +153,11 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-file", type=Path, default=None, help="your own (trusted) model file")
     p.add_argument("--class-name", default=None)
     p.add_argument("--num-seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--subset-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=1e-3)
+    recipe_args(p)
     p.add_argument("--target-accuracy", type=float, default=None)
-    p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean")
+    p.add_argument("--goal-statistic", choices=get_args(GoalStatistic), default="mean")
     p.add_argument("--device", default="auto")
-    p.add_argument("--augment", action="store_true", help="random crop and flip of image batches")
     p.add_argument("--data-dir", default=None, help="where torchvision data sets live (default: evaluator.data_dir)")
     p.add_argument("--output-dir", type=Path, default=None, help="write the confusion matrix and learning curves here")
     p.add_argument("--download", action="store_true", help="fetch a missing torchvision data set (needs torchvision and internet)")
@@ -160,6 +173,7 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
                  else reference_model(dataset.input_shape, dataset.num_classes))
         config = QuickEvalConfig(dataset_name=args.dataset, num_seeds=args.num_seeds, epochs=args.epochs,
                                  batch_size=args.batch_size, subset_size=args.subset_size, lr=args.lr,
+                                 optimizer=args.optimizer, weight_decay=args.weight_decay,
                                  target_accuracy=args.target_accuracy, goal_statistic=args.goal_statistic,
                                  device=args.device, data_dir=data_dir, augment=args.augment,
                                  output_dir=str(args.output_dir) if args.output_dir else None,
@@ -171,13 +185,15 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    print(format_evaluation(result, f"{result['model_name']} on {args.dataset}, {args.num_seeds} seeds "
-                                    f"(best seed {result['best_seed']}, {result['total_time_s']:.1f} s)"))
-    if args.verbose and result.get("final"):
+    evaluation = msgspec.convert(result, Evaluation)
+    goal = (config.goal_statistic, result["goal_value"], result["goal_achieved"] if args.target_accuracy is not None else None)
+    print(format_evaluation(evaluation, f"{result['model_name']} on {args.dataset}, {args.num_seeds} seeds "
+                                        f"(best seed {evaluation.best_seed}, {result['total_time_s']:.1f} s)", goal))
+    if args.verbose and evaluation.final is not None:
         print("  per class:       precision  recall     f1  specificity  support")
-        for row in result["final"].get("per_class", []):
-            print(f"    {row['class']:<14} {row['precision']:.3f}   {row['recall']:.3f}  {row['f1']:.3f}    "
-                  f"{row['specificity']:.3f}    {row['support']}")
+        for row in evaluation.final.per_class:
+            print(f"    {row.class_name:<14} {row.precision:.3f}   {row.recall:.3f}  {row.f1:.3f}    "
+                  f"{row.specificity:.3f}    {row.support}")
         for path in result.get("artifacts", []):
             print(f"  wrote {path}")
     return 0

@@ -15,18 +15,12 @@ import msgspec
 
 from shared.modelspec.assemble import ConfigError, assemble
 from shared.llm.client import LLMClient, ask_json
-from shared.messaging.messages import AssembleReply, AssembleRequest, SummaryReply, SummaryRequest
+from shared.messaging.messages import AssembleReply, AssembleRequest, Narrative, SummaryReply, SummaryRequest
 from shared.llm.prompts import render
 
 
 class CodeReply(msgspec.Struct):
     python: str
-
-
-class Narrative(msgspec.Struct):
-    architecture: str
-    strengths: list[str]
-    weaknesses: list[str]
 
 
 def code_problem(source: str, class_name: str) -> str | None:
@@ -72,9 +66,8 @@ async def assemble_code(request: AssembleRequest, tools: LLMClient | None) -> As
 async def summarise_code(request: SummaryRequest, tools: LLMClient | None) -> SummaryReply:
     if tools is None:
         return SummaryReply(ok=False, error="no tools LLM configured")
-    prompt = render("summary_request", class_name=request.class_name, facts=json.dumps(request.facts, indent=1),
+    prompt = render("summary_request", class_name=request.class_name, facts=json.dumps(msgspec.to_builtins(request.facts), indent=1),
                     source=request.source)
     messages = [{"role": "system", "content": render("summary_system")}, {"role": "user", "content": prompt}]
     answer = await ask_json(tools, messages, Narrative, "summary", repairs=1, tokens_used=request.tokens_used)
-    narrative = msgspec.to_builtins(answer.value) if answer.value is not None else None
-    return SummaryReply(ok=narrative is not None, narrative=narrative, error=answer.error, llm_calls=answer.calls)
+    return SummaryReply(ok=answer.value is not None, narrative=answer.value, error=answer.error, llm_calls=answer.calls)

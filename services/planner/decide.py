@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from shared.messaging.messages import Goal
-from shared.registry.store import Decision, IterationRecord
-from shared.evaluation.stats import goal_statistic
+from shared.messaging.messages import Goal, GoalStatistic
+from shared.registry.records import EMPTY_SUMMARY, Decision, IterationRecord
 
 
-def iteration_score(record: IterationRecord, statistic: str) -> float | None:
+def iteration_score(record: IterationRecord, statistic: GoalStatistic) -> float | None:
     """The goal statistic of an evaluated iteration; None when it was rejected or every seed failed."""
-    evaluation = record.evaluation or {}
-    accuracy = (evaluation.get("aggregated") or {}).get("val_accuracy")
-    return goal_statistic(accuracy, statistic) if accuracy and accuracy.get("n") else None
+    return record.score(statistic)
 
 
 def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | None, float | None]:
@@ -37,11 +34,11 @@ def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | 
         return Decision(action="stop", status="no_progress",
                         reasoning=f"no better result in the last {since_best} iterations (patience {goal.patience}); "
                                   f"best {label} {_fmt(best_score)}"), best_it, best_score
-    accuracy = ((current.evaluation or {}).get("aggregated") or {}).get("val_accuracy") or {}
+    accuracy = current.evaluation.summary() if current.evaluation else EMPTY_SUMMARY
     if score is not None:
         why = f"{label} {score:.4f} below target {goal.target_accuracy:.4f}"
-    elif accuracy.get("n"):
-        why = (f"only {accuracy['n']} seed(s) succeeded (mean {accuracy['mean']:.4f}), too few for a 95% interval, "
+    elif accuracy.n:
+        why = (f"only {accuracy.n} seed(s) succeeded (mean {accuracy.mean:.4f}), too few for a 95% interval, "
                "so its lower bound is undefined")
     else:
         why = "this configuration was rejected or failed; trying another"

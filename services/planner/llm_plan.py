@@ -9,19 +9,18 @@ do not support is kept in the decision as a disagreement.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
 from shared.modelspec.assemble import ConfigError, assemble
 from shared.llm.client import JSONAnswer, LLMClient, ask_json
-from shared.messaging.messages import Goal
+from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts, Goal, Optimizer
 from shared.llm.prompts import render
-from shared.registry.store import Decision, IterationRecord
+from shared.registry.records import Decision, IterationRecord
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 MAX_BATCH_SIZE = 4096
-HYPER_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64}
 
 
 class PlanReply(msgspec.Struct, kw_only=True):
@@ -30,11 +29,13 @@ class PlanReply(msgspec.Struct, kw_only=True):
     model_config: dict[str, Any] | None = None
 
 
-def complete_config(config: dict[str, Any], facts: dict[str, Any], max_epochs: int) -> dict[str, Any]:
+def complete_config(config: dict[str, Any], facts: DatasetFacts, max_epochs: int) -> dict[str, Any]:
     """The data fixes the input shape and the class count, whatever the model wrote; training
-    settings it left out take the defaults, so the record shows what really ran."""
-    return {**HYPER_DEFAULTS, "epochs": min(10, max_epochs), **config,
-            "input_shape": list(facts["input_shape"]), "num_classes": int(facts["num_classes"])}
+    settings it left out take the recipe's defaults, so the record shows what really ran."""
+    defaults = msgspec.structs.asdict(DEFAULT_RECIPE)
+    defaults.pop("augment")  # not the LLM's to choose: the data kind decides (later)
+    return {**defaults, "epochs": min(DEFAULT_RECIPE.epochs, max_epochs), **config,
+            "input_shape": list(facts.input_shape), "num_classes": facts.num_classes}
 
 
 def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
@@ -58,7 +59,7 @@ def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
     return "; ".join(problems) or None
 
 
-def check_reply(reply: PlanReply, facts: dict[str, Any], max_epochs: int, first: bool) -> str | None:
+def check_reply(reply: PlanReply, facts: DatasetFacts, max_epochs: int, first: bool) -> str | None:
     if first and reply.action != "iterate":
         return 'the first proposal must have action "iterate" and a model_config'
     if reply.action != "iterate":
@@ -77,19 +78,23 @@ def _iteration_summary(it: IterationRecord) -> dict[str, Any]:
         out["outcome"] = f"rejected ({v.reason if v else 'unknown'}): {v.error if v else ''}"
     elif v is not None:
         out["parameters"] = v.param_count
-    evaluation = it.evaluation or {}
-    aggregated = evaluation.get("aggregated") or {}
-    for name in ("val_accuracy", "f1_macro", "val_loss"):
-        stats = aggregated.get(name)
-        if stats and stats.get("n"):
-            out[name] = {k: _round(stats[k]) for k in ("mean", "std", "ci_95", "n") if stats.get(k) is not None}
-    dynamics = [s["dynamics"] for s in evaluation.get("seed_results", []) if s.get("dynamics")]
-    if dynamics:
-        d = dynamics[0]
-        out["learning_dynamics"] = {"overfitting": d["overfitting"]["severity"], "convergence": d["convergence"]["status"],
-                                    "insights": d.get("insights", [])[:4]}
-    if evaluation.get("failed_seeds"):
-        out["failed_seeds"] = evaluation["failed_seeds"]
+    evaluation = it.evaluation
+    if evaluation is None:
+        return _with_decision(out, it)
+    for name, stats in evaluation.aggregated.items():  # every metric the report has
+        if stats.n:
+            out[name] = {k: _round(getattr(stats, k)) for k in ("mean", "std", "ci_95", "n")
+                         if getattr(stats, k) is not None}
+    dynamics = next((s.dynamics for s in evaluation.seed_results if s.dynamics), None)
+    if dynamics is not None:
+        out["learning_dynamics"] = {"overfitting": dynamics.overfitting.severity,
+                                    "convergence": dynamics.convergence.status, "insights": dynamics.insights[:4]}
+    if evaluation.failed_seeds:
+        out["failed_seeds"] = [{"seed": f.seed, "reason": f.reason, "error": f.error} for f in evaluation.failed_seeds]
+    return _with_decision(out, it)
+
+
+def _with_decision(out: dict[str, Any], it: IterationRecord) -> dict[str, Any]:
     if it.decision:
         out["decision"] = f"{it.decision.action}: {it.decision.reasoning}"
     return out
@@ -103,15 +108,15 @@ def _round(value: Any) -> Any:
     return value
 
 
-def plan_context(goal: Goal, facts: dict[str, Any], num_train: int, history: list[IterationRecord],
+def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[IterationRecord],
                  best_iteration: int | None, max_epochs: int, history_limit: int) -> str:
     """The goal, the data, the budget, the best configuration so far and the recent history."""
     done = len(history)
     statistic = "mean over seeds" if goal.goal_statistic == "mean" else "lower bound of the 95% interval over seeds"
     lines = [
         f"Goal: {goal.goal}",
-        f"Data set: {facts.get('name')} ({facts.get('kind')}), input shape {list(facts['input_shape'])}, "
-        f"{facts['num_classes']} classes, {num_train} training samples",
+        f"Data set: {facts.name} ({facts.kind}), input shape {list(facts.input_shape)}, "
+        f"{facts.num_classes} classes, {num_train} training samples",
         f"Target: validation accuracy ({statistic}) >= {goal.target_accuracy}",
         f"Each configuration is trained for its own epochs (at most {max_epochs}) with {goal.num_seeds} seed(s).",
         f"Budget: {goal.max_iterations - done} of {goal.max_iterations} iterations left; the run stops after "
@@ -130,7 +135,7 @@ def plan_context(goal: Goal, facts: dict[str, Any], num_train: int, history: lis
     return "\n".join(lines)
 
 
-async def ask_plan(client: LLMClient, context: str, facts: dict[str, Any], max_epochs: int, *,
+async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epochs: int, *,
                    iteration: int | None, tokens_used: int) -> JSONAnswer:
     """The first proposal (iteration None) or the decision after `iteration`; one repair."""
     first = iteration is None

@@ -4,7 +4,6 @@ writes the new state. A planner that crashes and starts again continues from the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import time
 
@@ -16,8 +15,8 @@ from services.planner.decide import decide, iteration_score
 from shared.evaluation.aggregate import summarise
 from services.planner.leases import RunLeases
 from services.planner.llm_plan import ask_plan, merge_decision, plan_context
+from services.planner.proposers import RunView, choose, proposers
 from services.planner.records import request_summary, store_calls, store_plots, tokens_used
-from services.planner.search import DatasetFacts, SearchBounds, propose
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, publish_event, through_outages
 from shared.runtime.config import Config
@@ -25,9 +24,10 @@ from shared.data.datasets import load_dataset
 from shared.errors import DatasetError, MessageError
 from shared.llm.client import LLMClient, llm_settings
 from shared.runtime.log import bind_run
-from shared.messaging.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event, Goal,
-                             LLMCall, SeedResult, ValidateRequest, ValidationResult)
-from shared.registry.store import IterationRecord, Registry, RunRecord
+from shared.messaging.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event,
+                                       Goal, LLMCall, SeedResult, TrainingRecipe, ValidateRequest, ValidationResult)
+from shared.registry.records import CodeAttempt, IterationRecord, ModelSummary, RunRecord
+from shared.registry.store import Registry
 
 log = structlog.get_logger()
 replace = msgspec.structs.replace
@@ -42,6 +42,7 @@ class Planner:
         self._tasks: dict[str, asyncio.Task] = {}
         planning, tools = llm_settings(config, "planning"), llm_settings(config, "tools")
         self.planning = LLMClient(planning) if planning else None
+        self.proposers = proposers(config, self.planning)
         # the assembler's LLM work can outlast an ordinary step: its attempts, each with retries
         self.llm_step_timeout_s = max(config.planner.step_timeout_s, tools.timeout_s * (tools.max_retries + 1)
                                       * config.llm.code_attempts + 30) if tools else config.planner.step_timeout_s
@@ -66,7 +67,9 @@ class Planner:
     async def on_result(self, result: SeedResult) -> None:
         bind_run(result.run_id, iteration=result.iteration, seed=result.seed)
         await self.registry.put_seed_result(result)
-        outcome = f"val_accuracy {result.metrics.get('val_accuracy', 0):.4f}" if result.ok else f"failed: {result.error}"
+        accuracy = result.metrics.get("val_accuracy")
+        outcome = (f"val_accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}" if result.ok
+                   else f"failed ({result.reason or 'error'}): {result.error}")
         await self.event(result.run_id, "seed_done", f"seed {result.seed} {outcome}", result.iteration,
                          {"seed": result.seed, "ok": result.ok, "metrics": result.metrics})
         self._wake.setdefault(result.run_id, asyncio.Event()).set()
@@ -79,7 +82,7 @@ class Planner:
         error = (f"dead-lettered after {deliveries} deliveries: each evaluator that took the job died or stopped "
                  f"before finishing it; the job is kept on {subjects.dead_job_subject(job.run_id)}")
         await self.on_result(SeedResult(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed,
-                                        ok=False, error=error, evaluator="dead-letter"))
+                                        ok=False, error=error, reason="dead_letter", evaluator="dead-letter"))
 
     async def resume_all(self) -> int:
         """Renew this replica's leases (dropping runs another replica now holds), then claim and
@@ -152,37 +155,23 @@ class Planner:
 
     async def _propose(self, run: RunRecord) -> None:
         n = run.current_iteration + 1
-        history = await self.registry.iterations(run.run_id, run.current_iteration)
-        max_epochs = self._max_epochs(run)
-        last = history[-1].decision if history else None
-        calls: list[LLMCall] = []
-        config, params, proposer, why = None, None, "llm", ""
-        if last is not None and last.next_config:  # chosen and checked when the last iteration was decided
-            config, why = last.next_config, f": {last.reasoning}"
-        elif self.planning and not history:
-            answer = await ask_plan(self.planning, self._context(run, history, None), run.dataset_facts, max_epochs,
-                                    iteration=None, tokens_used=tokens_used(history, "planning"))
-            calls = answer.calls
-            if answer.value is not None:
-                config, why = answer.value.model_config, f": {answer.value.reasoning}"
-            else:
-                await self.event(run.run_id, "llm_fallback", f"iteration {n}: the planning LLM's proposal could not be "
-                                 f"used ({answer.error}); the built-in search proposes instead", n, {"error": answer.error})
-        if config is None:
-            seed = int(hashlib.sha256(run.run_id.encode()).hexdigest()[:8], 16)
-            trials = [(h.search_params, (h.evaluation or {}).get("aggregated", {}).get("val_accuracy", {}).get("mean"))
-                      for h in history if h.search_params]
-            bounds = SearchBounds(min_epochs=min(self.config.planner.min_epochs, max_epochs), max_epochs=max_epochs)
-            proposal = await asyncio.to_thread(propose, self._facts(run), trials, seed=seed, bounds=bounds)
-            config, params, proposer = proposal.model_config, proposal.params, "builtin"
-        record = IterationRecord(run_id=run.run_id, iteration=n, model_config=config, search_params=params,
-                                 proposer=proposer, seeds=list(range(run.goal.num_seeds)),
+        view = RunView(run=run, history=await self.registry.iterations(run.run_id, run.current_iteration),
+                       max_epochs=self._max_epochs(run), num_train=self._num_train(run))
+        proposal, declined = await choose(self.proposers, view)
+        for d in declined:
+            await self.event(run.run_id, "llm_fallback", f"iteration {n}: {d.why}; the built-in search proposes instead",
+                             n, {"error": d.why})
+        calls = [c for d in declined for c in d.calls] + proposal.calls
+        record = IterationRecord(run_id=run.run_id, iteration=n, model_config=proposal.model_config,
+                                 search_params=proposal.search_params, proposer=proposal.proposer,
+                                 seeds=list(range(run.goal.num_seeds)),
                                  llm_calls=await store_calls(self.registry, run.run_id, n, calls))
         await self.registry.put_iteration(record)
         await self.registry.update_run(run.run_id, lambda r: replace(r, current_iteration=n))
-        by = "the planning LLM" if proposer == "llm" else "the built-in search"
-        await self.event(run.run_id, "proposed", f"iteration {n}: {by} proposed {_describe(config)}{why}", n,
-                         {"model_config": config, "proposer": proposer})
+        by = "the planning LLM" if proposal.proposer == "llm" else "the built-in search"
+        why = f": {proposal.reasoning}" if proposal.reasoning else ""
+        await self.event(run.run_id, "proposed", f"iteration {n}: {by} proposed {_describe(proposal.model_config)}{why}",
+                         n, {"model_config": proposal.model_config, "proposer": proposal.proposer})
 
     async def _request(self, subject: str, payload: bytes, reply_type, run: RunRecord, it: IterationRecord,
                        timeout: float | None = None):
@@ -203,8 +192,8 @@ class Planner:
 
     async def _assemble(self, run: RunRecord, it: IterationRecord) -> None:
         history = await self.registry.iterations(run.run_id, run.current_iteration)
-        feedback = [CodeFeedback(source=((await self.registry.get_artifact(a["code"])) or b"").decode(), error=a["error"])
-                    for a in it.code_attempts if a["assembler"] == "llm"]
+        feedback = [CodeFeedback(source=((await self.registry.get_artifact(a.code or "")) or b"").decode(), error=a.error)
+                    for a in it.code_attempts if a.assembler == "llm"]
         # no attempts left (the sandbox rejected them all): the assembler builds it deterministically
         request = AssembleRequest(run_id=run.run_id, iteration=it.iteration, model_config=it.model_config,
                                   feedback=feedback, attempts_left=self.config.llm.code_attempts - _code_generations(it),
@@ -233,8 +222,9 @@ class Planner:
     async def _validate(self, run: RunRecord, it: IterationRecord) -> None:
         source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
         facts = run.dataset_facts
+        assert facts is not None  # a run whose data could not be read failed at its start
         request = ValidateRequest(run_id=run.run_id, iteration=it.iteration, source=source, class_name=it.class_name,
-                                  input_shape=[2, *facts["input_shape"]], expected_output_shape=[2, facts["num_classes"]])
+                                  input_shape=[2, *facts.input_shape], expected_output_shape=[2, facts.num_classes])
         result = await self._request(subjects.VALIDATE_SUBJECT, encode(request), ValidationResult, run, it)
         if result is None:
             return
@@ -253,8 +243,8 @@ class Planner:
         """The tools LLM's code was rejected: back to assembling, with the error for a fix while it
         has attempts left, and with the deterministic assembler after that."""
         error = f"{result.reason}: {result.error}"
-        attempt = {"attempt": len(it.code_attempts) + 1, "assembler": "llm", "code": it.code_artifact,
-                   "reason": result.reason, "error": error}
+        attempt = CodeAttempt(attempt=len(it.code_attempts) + 1, assembler="llm", code=it.code_artifact,
+                              reason=result.reason, error=error)
         more = _code_generations(it) < self.config.llm.code_attempts
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
             r, state="proposed", attempts=0, code_attempts=[*r.code_attempts, attempt]))
@@ -265,13 +255,11 @@ class Planner:
 
     async def _dispatch(self, run: RunRecord, it: IterationRecord) -> None:
         source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
-        cfg = it.model_config
+        recipe = TrainingRecipe.from_model_config(it.model_config)
         for seed in it.seeds:
             job = EvalJob(job_id=f"{run.run_id}.it{it.iteration:04d}.seed{seed}", run_id=run.run_id,
                           iteration=it.iteration, seed=seed, dataset=run.goal.dataset, class_name=it.class_name,
-                          source=source, epochs=int(cfg.get("epochs", 10)), batch_size=int(cfg.get("batch_size", 64)),
-                          lr=float(cfg.get("lr", 1e-3)), optimizer=str(cfg.get("optimizer", "adam")),
-                          weight_decay=float(cfg.get("weight_decay", 0.0)), subset_size=run.goal.subset_size)
+                          source=source, recipe=recipe, subset_size=run.goal.subset_size)
             # the job id is the message id: a re-dispatch after a crash is dropped as a duplicate
             await self.js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
         summary, calls = it.summary, []
@@ -281,7 +269,7 @@ class Planner:
             r, state="evaluating", started_at=time.time(), summary=summary, llm_calls=[*r.llm_calls, *calls]))
         await self.event(run.run_id, "evaluating", f"iteration {it.iteration}: {len(it.seeds)} seed jobs queued", it.iteration)
 
-    async def _summarise(self, run: RunRecord, it: IterationRecord, source: str) -> tuple[dict, list[LLMCall]]:
+    async def _summarise(self, run: RunRecord, it: IterationRecord, source: str) -> tuple[ModelSummary, list[LLMCall]]:
         history = await self.registry.iterations(run.run_id, run.current_iteration)
         summary, reply = await request_summary(self.nc, run, it, source, tokens_used(history, "tools"),
                                                self.llm_step_timeout_s)
@@ -302,12 +290,12 @@ class Planner:
                 pass
             return
         evaluation = summarise(results, it.seeds)
-        evaluation["plots"] = await store_plots(self.registry, run, it, evaluation)
+        evaluation.plots = await store_plots(self.registry, run, it, evaluation)
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="evaluated", evaluation=evaluation))
-        acc = evaluation["aggregated"].get("val_accuracy") or {}
-        await self.event(run.run_id, "evaluated", f"iteration {it.iteration}: val_accuracy mean "
-                         f"{acc.get('mean', float('nan')):.4f} over {acc.get('n', 0)} seeds", it.iteration,
-                         {"val_accuracy": acc})
+        acc = evaluation.summary()
+        mean = "n/a" if acc.mean is None else f"{acc.mean:.4f}"
+        await self.event(run.run_id, "evaluated", f"iteration {it.iteration}: val_accuracy mean {mean} over {acc.n} seeds",
+                         it.iteration, {"val_accuracy": msgspec.to_builtins(acc)})
 
     async def _reject(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(r, state="rejected", validation=result))
@@ -319,6 +307,7 @@ class Planner:
         decision, best_it, best_score = decide(run.goal, history)
         calls: list[LLMCall] = []
         if decision.action == "iterate" and self.planning:  # budget left, target not met: the LLM's call
+            assert run.dataset_facts is not None
             answer = await ask_plan(self.planning, self._context(run, history, best_it), run.dataset_facts,
                                     self._max_epochs(run), iteration=it.iteration,
                                     tokens_used=tokens_used(history, "planning"))
@@ -349,17 +338,14 @@ class Planner:
     def _max_epochs(self, run: RunRecord) -> int:
         return min(self.config.planner.max_epochs, run.goal.max_epochs)
 
-    def _context(self, run: RunRecord, history: list[IterationRecord], best_it: int | None) -> str:
-        return plan_context(run.goal, run.dataset_facts, self._facts(run).num_train, history, best_it,
-                            self._max_epochs(run), self.config.llm.history_limit)
+    def _num_train(self, run: RunRecord) -> int:
+        assert run.dataset_facts is not None
+        return run.dataset_facts.num_train(self.config.evaluator.val_fraction, run.goal.subset_size)
 
-    def _facts(self, run: RunRecord) -> DatasetFacts:
-        f = run.dataset_facts
-        n_train = int(f["num_samples"] * (1 - self.config.evaluator.val_fraction))
-        if run.goal.subset_size:
-            n_train = min(n_train, int(run.goal.subset_size * (1 - self.config.evaluator.val_fraction)))
-        return DatasetFacts(name=f["name"], kind=f["kind"], input_shape=tuple(f["input_shape"]),
-                            num_classes=int(f["num_classes"]), num_train=n_train)
+    def _context(self, run: RunRecord, history: list[IterationRecord], best_it: int | None) -> str:
+        assert run.dataset_facts is not None
+        return plan_context(run.goal, run.dataset_facts, self._num_train(run), history, best_it,
+                            self._max_epochs(run), self.config.llm.history_limit)
 
     async def event(self, run_id: str, kind: str, message: str, iteration: int | None = None, data: dict | None = None) -> None:
         log.info("event", kind=kind, message=message, iteration=iteration)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -11,9 +10,10 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from services.planner.leases import RENEW_S, RunLeases
+from services.planner.intake import Intake
 from services.planner.loop import Planner
 from shared.messaging import subjects
-from shared.messaging.bus import connect, decode, ensure_streams, settle, stop_event
+from shared.messaging.bus import Responder, connect, decode, ensure_streams, settle, stop_event
 from shared.runtime.config import Config, load_config, replica_name
 from shared.errors import MessageError
 from shared.runtime.log import configure_logging
@@ -22,23 +22,6 @@ from shared.messaging.messages import EvalJob, Goal, MaxDeliveriesAdvisory, Seed
 from shared.registry.store import Registry
 
 log = structlog.get_logger()
-RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def check_goal(goal: Goal) -> None:
-    problems = []
-    if not RUN_ID.match(goal.run_id):
-        problems.append("run_id must be 1-64 letters, digits, '-' or '_'")
-    if not 0.0 < goal.target_accuracy <= 1.0:
-        problems.append("target_accuracy must be in (0, 1]")
-    if goal.max_iterations < 1 or goal.num_seeds < 1 or goal.patience < 1:
-        problems.append("max_iterations, num_seeds and patience must be at least 1")
-    if goal.goal_statistic == "ci_lower" and goal.num_seeds < 2:
-        problems.append("goal_statistic 'ci_lower' needs num_seeds >= 2: one seed has no confidence interval")
-    if problems:
-        raise MessageError("Goal", "; ".join(problems), subjects.GOALS_SUBJECT)
-
-
 async def consume(js, stream: str, subject: str, durable: str, handle, stop: asyncio.Event, ack_wait: float = 60.0) -> None:
     """Pull messages one by one; a handler that raises leaves the message for redelivery."""
     psub = await js.pull_subscribe(subject, durable=durable, stream=stream,
@@ -75,10 +58,9 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     planner = Planner(nc, js, await Registry.open(js), config, leases)
     stop = stop or stop_event()
 
-    async def on_goal(msg) -> None:
-        goal = decode(msg.data, Goal, msg.subject)
-        check_goal(goal)
-        await planner.on_goal(goal)
+    intake = Intake(js, planner)
+    responder = Responder(nc, config.planner.submit_concurrency)
+    await responder.serve(subjects.GOAL_SUBMIT_SUBJECT, subjects.PLANNER_QUEUE, Goal, intake.submit)
 
     async def on_result(msg) -> None:
         await planner.on_result(decode(msg.data, SeedResult, msg.subject))
@@ -117,12 +99,13 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     log.info("planner_ready", resumed_runs=resumed)
     await asyncio.gather(
         rescan(),
-        consume(js, subjects.GOALS_STREAM, subjects.GOALS_SUBJECT, subjects.GOALS_CONSUMER, on_goal, stop),
+        consume(js, subjects.GOALS_STREAM, subjects.GOALS_SUBJECT, subjects.GOALS_CONSUMER, intake.on_published, stop),
         consume(js, subjects.RESULTS_STREAM, f"{subjects.RESULTS_SUBJECT_PREFIX}.>", subjects.RESULTS_CONSUMER, on_result, stop),
         consume(js, subjects.ADVISORIES_STREAM, subjects.EVAL_MAX_DELIVERIES_ADVISORY, subjects.DEAD_LETTERS_CONSUMER,
                 on_dead_letter, stop),
         beat(nc, stop),
     )
+    await responder.close()
     await planner.stop()
     await nc.close()  # every fetched message was handled above; drain would wait on the pull subscriptions
 

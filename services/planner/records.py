@@ -13,26 +13,21 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode
 from shared.errors import MessageError
-from shared.messaging.messages import LLMCall, SummaryReply, SummaryRequest
-from shared.evaluation.plots import confusion_matrix_png, learning_curves_png
-from shared.registry.store import IterationRecord, Registry, RunRecord
+from shared.messaging.messages import LLMCall, ModelFacts, SummaryReply, SummaryRequest
+from shared.evaluation.plots import evaluation_plots
+from shared.registry.records import Evaluation, IterationRecord, ModelSummary, RunRecord
+from shared.registry.store import Registry
 
 log = structlog.get_logger()
 
 
-async def store_plots(registry: Registry, run: RunRecord, it: IterationRecord, evaluation: dict) -> dict[str, str]:
-    """Confusion matrix (best seed) and learning curves (every seed) as PNG artifacts; -> their names.
-    Plots are a view of the results: one that cannot be drawn is logged, never fails the run."""
-    final, curves = evaluation.get("final") or {}, [c for c in evaluation["learning_curves"].values() if c]
+async def store_plots(registry: Registry, run: RunRecord, it: IterationRecord, evaluation: Evaluation) -> dict[str, str]:
+    """The evaluation's plots (shared.evaluation.plots) as PNG artifacts; -> their names. Plots
+    are a view of the results: one that cannot be drawn is logged, never fails the run."""
     title = f"{run.run_id} iteration {it.iteration} ({it.class_name or 'model'})"
-    wanted = {}
-    if final.get("confusion_matrix"):
-        names = [row["class"] for row in final.get("per_class", [])] or [str(i) for i in range(len(final["confusion_matrix"]))]
-        wanted["confusion_matrix.png"] = lambda: confusion_matrix_png(final["confusion_matrix"], names, title=title)
-    if curves:
-        wanted["learning_curves.png"] = lambda: learning_curves_png(curves, title=title)
+    names = run.dataset_facts.class_names if run.dataset_facts else []
     stored = {}
-    for filename, render in wanted.items():
+    for filename, render in evaluation_plots(evaluation, names, title).items():
         try:
             png = await asyncio.to_thread(render)
         except Exception as exc:  # noqa: BLE001
@@ -58,26 +53,27 @@ def tokens_used(history: list[IterationRecord], role: str) -> int:
     return sum(c.tokens for h in history for c in h.llm_calls if c.role == role)
 
 
-def model_facts(run: RunRecord, it: IterationRecord) -> dict:
-    """What the sandbox measured of the iteration's validated model."""
+def model_facts(run: RunRecord, it: IterationRecord) -> ModelFacts:
+    """What the sandbox measured of the iteration's validated model (the model process's claims)."""
     v = it.validation
-    return {"class_name": it.class_name, "assembler": it.assembler, "input_shape": [*run.dataset_facts["input_shape"]],
-            "output_shape": v.output_shape[1:] if v and v.output_shape else None,
-            "parameters": v.param_count if v else None, "trainable_parameters": v.trainable_params if v else None,
-            "flops_per_sample": v.flops // 2 if v and v.flops is not None else None,  # the probe batch holds 2
-            "layers": v.layers if v else []}
+    return ModelFacts(class_name=it.class_name, assembler=it.assembler,
+                      input_shape=list(run.dataset_facts.input_shape) if run.dataset_facts else [],
+                      output_shape=v.output_shape[1:] if v and v.output_shape else None,
+                      parameters=v.param_count if v else None, trainable_parameters=v.trainable_params if v else None,
+                      flops_per_sample=v.flops // 2 if v and v.flops is not None else None,  # the probe batch holds 2
+                      layers=v.layers if v else [])
 
 
 async def request_summary(nc, run: RunRecord, it: IterationRecord, source: str, tools_tokens_used: int,
-                          timeout: float) -> tuple[dict, SummaryReply]:
+                          timeout: float) -> tuple[ModelSummary, SummaryReply]:
     """The measured facts and the tools LLM's reading of the code (summary.json). A summary is a
     description, never a gate: when the reading fails, the facts stand alone."""
     facts = model_facts(run, it)
     request = SummaryRequest(run_id=run.run_id, iteration=it.iteration, class_name=it.class_name, source=source,
-                             facts={**facts, "layers": facts["layers"][:60]}, tokens_used=tools_tokens_used)
+                             facts=msgspec.structs.replace(facts, layers=facts.layers[:60]), tokens_used=tools_tokens_used)
     try:
         msg = await nc.request(subjects.SUMMARY_SUBJECT, encode(request), timeout=timeout)
         reply = decode(msg.data, SummaryReply, subjects.SUMMARY_SUBJECT)
     except (NatsTimeoutError, NoRespondersError, MessageError, asyncio.TimeoutError) as exc:
         reply = SummaryReply(ok=False, error=f"no summary from the assembler: {type(exc).__name__}: {exc}")
-    return {"facts": facts, "narrative": reply.narrative, "narrative_error": reply.error}, reply
+    return ModelSummary(facts=facts, narrative=reply.narrative, narrative_error=reply.error), reply

@@ -17,12 +17,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution,
                                   FloatDistribution, IntDistribution)
 from optuna.samplers import TPESampler
+
+from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -33,19 +35,11 @@ FAILED_SCORE = 0.0  # what a failed trial tells the sampler, so it learns to avo
 
 
 @dataclass(frozen=True)
-class DatasetFacts:
-    name: str
-    kind: Literal["image", "tabular"]
-    input_shape: tuple[int, ...]  # without batch: (C, H, W) for image, (F,) for tabular
-    num_classes: int
-    num_train: int
-
-
-@dataclass(frozen=True)
 class SearchBounds:
     min_epochs: int = 5
     max_epochs: int = 20
     batch_sizes: tuple[int, ...] = (32, 64, 128)
+    num_train: int | None = None  # training samples per seed (batches larger are cut); None: the whole set
 
 
 @dataclass(frozen=True)
@@ -77,7 +71,8 @@ def _check(facts: DatasetFacts, bounds: SearchBounds) -> None:
 
 def _batch_sizes(facts: DatasetFacts, bounds: SearchBounds) -> list[int]:
     # A batch larger than the training set is the whole set; keep at least the smallest.
-    fit = sorted(b for b in set(bounds.batch_sizes) if b <= facts.num_train)
+    num_train = facts.num_samples if bounds.num_train is None else bounds.num_train
+    fit = sorted(b for b in set(bounds.batch_sizes) if b <= num_train)
     return fit or [min(bounds.batch_sizes)]
 
 
@@ -115,11 +110,12 @@ def search_space(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()
 def default_params(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()) -> dict[str, Any]:
     """A known-good first trial: easy data (digits, breast cancer) reach high accuracy with it."""
     sizes = _batch_sizes(facts, bounds)
+    recipe = DEFAULT_RECIPE
     shared = {
-        "dropout": 0.1, "optimizer": "adam", "lr": 1e-3, "use_weight_decay": False,
+        "dropout": 0.1, "optimizer": recipe.optimizer, "lr": recipe.lr, "use_weight_decay": False,
         "weight_decay": 1e-4, "activation": "ReLU",
-        "epochs": min(max(10, bounds.min_epochs), bounds.max_epochs),
-        "batch_size": 64 if 64 in sizes else sizes[0],
+        "epochs": min(max(recipe.epochs, bounds.min_epochs), bounds.max_epochs),
+        "batch_size": recipe.batch_size if recipe.batch_size in sizes else sizes[0],
     }
     if facts.kind == "image":
         return {"n_blocks": 2, "base_channels": 32, "kernel_size": 3, "dense_units": 128,

@@ -32,6 +32,7 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from shared.errors import DatasetError, DatasetNotFoundError, UnknownDatasetError
+from shared.messaging.messages import DatasetFacts, Goal, goal_problems
 
 DEFAULT_DATA_DIR = "~/.cache/pytorch-researcher/data"
 
@@ -52,10 +53,10 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def facts(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "input_shape": list(self.input_shape),
-                "num_classes": self.num_classes, "num_samples": int(self.x.shape[0]),
-                "class_names": list(self.class_names)}
+    def facts(self) -> DatasetFacts:
+        return DatasetFacts(name=self.name, kind=self.kind, input_shape=list(self.input_shape),
+                            num_classes=self.num_classes, num_samples=int(self.x.shape[0]),
+                            class_names=list(self.class_names))
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,17 @@ def dataset_key(name: str) -> str:
     if key not in LOADERS:
         raise UnknownDatasetError(name, known_datasets())
     return key
+
+
+def check_goal(goal: Goal) -> list[str]:
+    """Every problem of a goal (goal_problems), its data set's name included; [] when it is sound."""
+    problems = goal_problems(goal)
+    if goal.dataset.strip():
+        try:
+            dataset_key(goal.dataset)
+        except DatasetError as exc:
+            problems.append(f"dataset: {exc}")
+    return problems
 
 
 TORCHVISION_CLASSES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST",

@@ -37,9 +37,9 @@ def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fra
     data = split(ds, job.seed, val_fraction, job.subset_size)
     container_job = {
         "mode": "train", "source": job.source, "class_name": job.class_name, "seed": job.seed,
-        "hparams": {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr,
-                    "optimizer": job.optimizer, "weight_decay": job.weight_decay},
-        "augment": job.augment,
+        "hparams": {"epochs": job.recipe.epochs, "batch_size": job.recipe.batch_size, "lr": job.recipe.lr,
+                    "optimizer": job.recipe.optimizer, "weight_decay": job.recipe.weight_decay},
+        "augment": job.recipe.augment,
     }
     blob = _npz(x_train=data.x_train, y_train=data.y_train, x_val=data.x_val)
     outcome = runner.run(container_job, blob, timeout_s, job_id=job.job_id)

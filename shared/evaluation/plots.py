@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
+import msgspec
 import numpy as np
 from matplotlib.figure import Figure
+
+from shared.registry.records import Evaluation
 
 DPI = 100  # pixels per inch: figure sizes below are in inches
 ANNOTATE_MAX_CLASSES = 20  # beyond this, numbers in the cells are unreadable
@@ -109,3 +112,20 @@ def learning_curves_png(curves: list[list[dict]], *, title: str = "") -> bytes:
     if title:
         fig.suptitle(title)
     return _png(fig)
+
+
+def evaluation_plots(evaluation: Evaluation, class_names: Sequence[str], title: str) -> dict[str, Callable[[], bytes]]:
+    """The plots of an evaluation, by file name, each drawn when called: the best seed's confusion
+    matrix (the title says which seed) and every seed's learning curves."""
+    final, best = evaluation.final, evaluation.best_seed
+    curves = [[msgspec.to_builtins(e) for e in curve] for curve in evaluation.learning_curves.values() if curve]
+    wanted: dict[str, Callable[[], bytes]] = {}
+    if final is not None and final.confusion_matrix:
+        names = [row.class_name for row in final.per_class] or list(class_names) or [
+            str(i) for i in range(len(final.confusion_matrix))]
+        wanted["confusion_matrix.png"] = lambda: confusion_matrix_png(final.confusion_matrix or [], names,
+                                                                      title=f"{title}, seed {best}")
+    if curves:
+        wanted["learning_curves.png"] = lambda: learning_curves_png(
+            curves, title=f"{title}, {len(curves)} seed{'s' if len(curves) > 1 else ''}")
+    return wanted

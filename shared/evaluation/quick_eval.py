@@ -15,16 +15,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import msgspec
 import numpy as np
 import torch
 from sklearn import metrics as skm
 from torch import nn
 
 from shared.data.datasets import load_dataset, split
-from shared.evaluation.dynamics import analyse_learning
+from shared.evaluation.aggregate import summarise as aggregate_seeds
 from shared.evaluation.metrics import SCALAR_METRICS, score
-from shared.evaluation.stats import aggregate, goal_statistic, metric_bounds
 from shared.evaluation.trainloop import TrainSettings, pick_device, train_model
+from shared.messaging.messages import DEFAULT_RECIPE, EpochStats, SeedResult
+from shared.registry.records import Evaluation
 
 
 
@@ -32,8 +34,8 @@ from shared.evaluation.trainloop import TrainSettings, pick_device, train_model
 class QuickEvalConfig:
     dataset_name: str = "digits"
     subset_size: int | None = None  # a stratified subset drawn from each seed; None = all
-    batch_size: int = 64
-    epochs: int = 10
+    batch_size: int = DEFAULT_RECIPE.batch_size
+    epochs: int = DEFAULT_RECIPE.epochs
     num_seeds: int = 3
     random_seed: int = 0  # seeds are random_seed, random_seed + 1, ...
     target_accuracy: float | None = None
@@ -51,13 +53,13 @@ class QuickEvalConfig:
     save_confusion_matrix_plot: bool = False  # PNG into output_dir
     export_learning_curves: bool = False  # JSON and PNG into output_dir
     output_dir: str | None = None
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
+    lr: float = DEFAULT_RECIPE.lr
+    optimizer: str = DEFAULT_RECIPE.optimizer
+    weight_decay: float = DEFAULT_RECIPE.weight_decay
     val_fraction: float = 0.2
     device: str = "auto"
     compile: bool = False
-    augment: bool = False  # random crop and flip of image batches during training
+    augment: bool = DEFAULT_RECIPE.augment  # random crop and flip of image batches during training
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -95,16 +97,14 @@ def epoch_curve(points: Sequence[dict], per_epoch_probs: Sequence[np.ndarray] | 
     return curve
 
 
-def build_seed_report(seed: int, y_val: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                      curve: list[dict], config: QuickEvalConfig) -> dict[str, Any]:
-    """Every metric of one seed from its predictions, plus its learning dynamics."""
+def seed_result(seed: int, y_val: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                curve: list[dict], config: QuickEvalConfig) -> SeedResult:
+    """Every metric of one seed from its predictions, with its learning curve."""
     metrics, details = score(y_val, probs, class_names, per_class=config.compute_per_class_metrics,
                              confusion=config.compute_confusion_matrix, auc=config.compute_auc_scores)
-    report = {"seed": seed, "ok": True, "metrics": metrics, "details": details}
-    if config.track_learning_curves:
-        report["learning_curve"] = curve
-        report["dynamics"] = analyse_learning(curve)
-    return report
+    return SeedResult(job_id=f"local.seed{seed}", run_id="local", iteration=0, seed=seed, ok=True, metrics=metrics,
+                      details=details, learning_curve=[EpochStats(**row) for row in curve]
+                      if config.track_learning_curves else [])
 
 
 def _reinitialise(model: nn.Module, seed: int) -> nn.Module:
@@ -118,28 +118,15 @@ def _reinitialise(model: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
-def summarise(seed_results: list[dict], config: QuickEvalConfig) -> dict[str, Any]:
-    """Aggregate over the seeds that succeeded; a failed seed is reported, never dropped silently."""
-    good = [r for r in seed_results if r.get("ok")]
-    aggregated = {}
-    for name in config.metrics_to_track:
-        values = [r["metrics"][name] for r in good if r["metrics"].get(name) is not None]
-        summary = aggregate(values, config.confidence_level, metric_bounds(name))
-        if not config.compute_confidence_intervals:
-            summary["ci_95"] = None
-        aggregated[name] = summary
-    best = max(good, key=lambda r: r["metrics"]["val_accuracy"], default=None)
-    statistic = goal_statistic(aggregated.get("val_accuracy", {}), config.goal_statistic) if good else None
-    return {
-        "aggregated": aggregated,
-        "best_seed": best["seed"] if best else None,
-        "final": {**best["metrics"], **best["details"]} if best else None,
-        "goal_statistic": config.goal_statistic,
-        "goal_value": statistic,
-        "goal_achieved": bool(config.target_accuracy is not None and statistic is not None
-                              and statistic >= config.target_accuracy),
-        "failed_seeds": [{"seed": r["seed"], "error": r.get("error")} for r in seed_results if not r.get("ok")],
-    }
+def summarise(seed_results: list[SeedResult], config: QuickEvalConfig) -> dict[str, Any]:
+    """The shared aggregation over seeds, and the goal judged on the statistic asked for."""
+    evaluation = aggregate_seeds({r.seed: r for r in seed_results}, [r.seed for r in seed_results],
+                                 metrics=config.metrics_to_track, confidence=config.confidence_level,
+                                 intervals=config.compute_confidence_intervals)
+    value = evaluation.score(config.goal_statistic)  # type: ignore[arg-type]
+    return {**msgspec.to_builtins(evaluation), "goal_statistic": config.goal_statistic, "goal_value": value,
+            "goal_achieved": bool(config.target_accuracy is not None and value is not None
+                                  and value >= config.target_accuracy)}
 
 
 def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None) -> dict[str, Any]:
@@ -159,24 +146,25 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
                                  augment=config.augment)
         out = train_model(_reinitialise(model, seed), data.x_train, data.y_train, data.x_val, settings, device)
         if out.failure:
-            seed_results.append({"seed": seed, "ok": False, "error": out.failure["error"], "learning_curve": out.curve})
+            seed_results.append(SeedResult(job_id=f"local.seed{seed}", run_id="local", iteration=0, seed=seed, ok=False,
+                                           error=out.failure["error"], reason=out.failure.get("reason")))
             continue
         curve = epoch_curve(out.curve, out.val_probs_per_epoch or None, data.y_val, dataset.num_classes)
-        result = build_seed_report(seed, data.y_val, out.val_probs, dataset.class_names, curve, config)
-        result.update(train_time_s=out.train_time_s, samples_per_s=out.samples_per_s, device=out.device)
-        seed_results.append(result)
+        result = seed_result(seed, data.y_val, out.val_probs, dataset.class_names, curve, config)
+        seed_results.append(msgspec.structs.replace(result, train_time_s=out.train_time_s,
+                                                    samples_per_s=out.samples_per_s, device=out.device))
+    summary = summarise(seed_results, config)
+    if not config.detailed_report:
+        summary["seed_results"] = [{k: v for k, v in r.items() if k != "dynamics"} for r in summary["seed_results"]]
+    if not config.track_learning_curves:
+        summary.pop("learning_curves")
     outcome = {
         "config": asdict(config),
         "model_name": type(model).__name__,
-        "dataset": dataset.facts(),
-        "num_seeds": config.num_seeds,
-        "seed_results": seed_results if config.detailed_report else [
-            {k: v for k, v in r.items() if k != "details"} for r in seed_results],
-        **summarise(seed_results, config),
+        "dataset": msgspec.to_builtins(dataset.facts()),
+        **summary,
         "total_time_s": time.perf_counter() - started,
     }
-    if config.track_learning_curves:
-        outcome["learning_curves"] = {r["seed"]: r.get("learning_curve", []) for r in seed_results}
     if config.output_dir and (config.save_confusion_matrix_plot or config.export_learning_curves):
         outcome["artifacts"] = write_artifacts(outcome, Path(config.output_dir), config)
     return outcome
@@ -184,21 +172,20 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
 
 def write_artifacts(outcome: dict, directory: Path, config: QuickEvalConfig) -> list[str]:
     """Plots (PNG) and curves (JSON) beside each other; -> the paths written."""
-    from shared.evaluation.plots import confusion_matrix_png, learning_curves_png  # matplotlib only when asked
+    from shared.evaluation.plots import evaluation_plots  # matplotlib only when asked
 
     directory.mkdir(parents=True, exist_ok=True)
+    evaluation = msgspec.convert(outcome, Evaluation)
+    plots = evaluation_plots(evaluation, outcome["dataset"]["class_names"], outcome["model_name"])
+    if not config.save_confusion_matrix_plot:
+        plots.pop("confusion_matrix.png", None)
+    if not config.export_learning_curves:
+        plots.pop("learning_curves.png", None)
     written: list[str] = []
-    final = outcome.get("final") or {}
-    names = outcome["dataset"]["class_names"]
-    if config.save_confusion_matrix_plot and final.get("confusion_matrix"):
-        path = directory / "confusion_matrix.png"
-        path.write_bytes(confusion_matrix_png(final["confusion_matrix"], names,
-                                              title=f"{outcome['model_name']}, seed {outcome['best_seed']}"))
-        written.append(str(path))
-    curves = [c for c in (outcome.get("learning_curves") or {}).values() if c]
-    if config.export_learning_curves and curves:
+    for filename, render in plots.items():
+        (directory / filename).write_bytes(render())
+        written.append(str(directory / filename))
+    if config.export_learning_curves and evaluation.learning_curves:
         (directory / "learning_curves.json").write_text(json.dumps(outcome["learning_curves"], indent=2))
-        (directory / "learning_curves.png").write_bytes(learning_curves_png(curves, title=outcome["model_name"]))
-        written += [str(directory / "learning_curves.json"), str(directory / "learning_curves.png")]
+        written.append(str(directory / "learning_curves.json"))
     return written
-

@@ -72,7 +72,7 @@ class Responder:
                 request = await decode_request(msg, type_)
                 if request is None:
                     return
-                bind_run(request.run_id, iteration=request.iteration)
+                bind_run(request.run_id, iteration=getattr(request, "iteration", None))
                 await msg.respond(encode(await work(request)))
 
         async def on_message(msg) -> None:

@@ -7,6 +7,8 @@ it is data a planner or an LLM writes, validated by the assembler, not by the sc
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from typing import Any, Literal
 
@@ -18,13 +20,56 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"goal_achieved", "no_progress", "
 GoalStatistic = Literal["mean", "ci_lower"]
 
 
+# ---- the data and the training recipe ----
+class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What the planner, the search and the LLMs may know of a data set: never its labels."""
+
+    name: str
+    kind: Literal["image", "tabular"]
+    input_shape: list[int]  # without the batch dimension: (C, H, W) for images, (F,) for tables
+    num_classes: int
+    num_samples: int  # before the train/validation split and any subset
+    class_names: list[str] = []
+
+    def num_train(self, val_fraction: float, subset_size: int | None = None) -> int:
+        """Training samples of one seed: the part of the (subset of the) set left after validation."""
+        drawn = min(self.num_samples, subset_size) if subset_size else self.num_samples
+        return int(drawn * (1 - val_fraction))
+
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+
+
+class TrainingRecipe(msgspec.Struct, frozen=True, kw_only=True):
+    """How a candidate is trained. These defaults are the only ones: the CLIs' flags, the LLM's
+    checks, the evaluation jobs, the search and the in-process engine all read them from here."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: Optimizer = "adam"
+    weight_decay: float = 0.0
+    augment: bool = False  # random crop and flip of image batches during training
+
+    @classmethod
+    def from_model_config(cls, config: dict[str, Any]) -> "TrainingRecipe":
+        """The recipe a (checked) model_config carries beside its layers; what it leaves out takes
+        the defaults."""
+        fields = {k: config[k] for k in cls.__struct_fields__ if k in config}
+        return msgspec.convert(fields, cls, strict=False)
+
+
+DEFAULT_RECIPE = TrainingRecipe()
+
+
 class Goal(msgspec.Struct, frozen=True, kw_only=True):
-    """A researcher's goal, published on GOALS_SUBJECT."""
+    """A researcher's goal: submitted on GOAL_SUBMIT_SUBJECT (answered) or published on
+    GOALS_SUBJECT. Every field's range is in GOAL_LIMITS; `goal_problems` checks them all."""
 
     run_id: str
     goal: str
     dataset: str = "digits"
-    target_accuracy: float = 0.9
+    target_accuracy: float = 0.9  # in (0, 1]
     max_iterations: int = 5
     num_seeds: int = 2
     patience: int = 3  # iterations without a better best before `no_progress`
@@ -32,6 +77,52 @@ class Goal(msgspec.Struct, frozen=True, kw_only=True):
     subset_size: int | None = None  # samples drawn from the data set; None = all
     max_epochs: int = 20
     submitted_at: float = 0.0
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# (lowest, highest) of each integer field of a goal, both included
+GOAL_LIMITS: dict[str, tuple[int, int]] = {
+    "max_iterations": (1, 1000), "num_seeds": (1, 100), "patience": (1, 1000), "max_epochs": (1, 1000),
+    "subset_size": (10, 100_000_000),
+}
+MAX_GOAL_CHARS = 4000
+
+
+def goal_problems(goal: Goal) -> list[str]:
+    """Every problem of a goal, each naming the field and its allowed range; [] when it is sound.
+    (Whether its data set exists is the data's business: see shared.data.datasets.dataset_key.)"""
+    problems = []
+    if not RUN_ID.match(goal.run_id):
+        problems.append(f"run_id must be 1-64 letters, digits, '-' or '_', not {goal.run_id!r}")
+    if not goal.goal.strip() or len(goal.goal) > MAX_GOAL_CHARS:
+        problems.append(f"goal must be a description of 1 to {MAX_GOAL_CHARS} characters")
+    if not goal.dataset.strip():
+        problems.append("dataset must name a data set")
+    if not (math.isfinite(goal.target_accuracy) and 0.0 < goal.target_accuracy <= 1.0):
+        hint = " (a fraction: 0.95, not 95)" if goal.target_accuracy > 1 else ""
+        problems.append(f"target_accuracy must be in (0, 1]{hint}, not {goal.target_accuracy!r}")
+    for name, (low, high) in GOAL_LIMITS.items():
+        value = getattr(goal, name)
+        if value is None and name == "subset_size":
+            continue
+        if not low <= value <= high:
+            problems.append(f"{name} must be an integer from {low} to {high}, not {value!r}")
+    if goal.goal_statistic == "ci_lower" and goal.num_seeds < 2:
+        problems.append("goal_statistic 'ci_lower' needs num_seeds >= 2: one seed has no confidence interval")
+    return problems
+
+
+class GoalAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The planner's answer to a submitted goal: accepted (queued, with its run id) or rejected
+    with every problem at once."""
+
+    run_id: str
+    accepted: bool
+    problems: list[str] = []
+
+    @property
+    def error(self) -> str:
+        return "; ".join(self.problems)
 
 
 # ---- LLM calls (made by the planner and the assembler, recorded by the planner) ----
@@ -85,6 +176,28 @@ class AssembleReply(msgspec.Struct, frozen=True, kw_only=True):
     llm_calls: list[LLMCall] = []
 
 
+class ModelFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What the sandbox measured of a validated model. The code runs in the measuring process, so
+    every figure here is the model process's own claim (hostile code can state any number)."""
+
+    class_name: str
+    assembler: str = ""
+    input_shape: list[int] = []  # without the batch dimension
+    output_shape: list[int] | None = None  # without the batch dimension
+    parameters: int | None = None
+    trainable_parameters: int | None = None
+    flops_per_sample: int | None = None
+    layers: list[dict[str, Any]] = []  # as the model process tabulated them
+
+
+class Narrative(msgspec.Struct, frozen=True, kw_only=True):
+    """The tools LLM's reading of validated code."""
+
+    architecture: str
+    strengths: list[str]
+    weaknesses: list[str]
+
+
 class SummaryRequest(msgspec.Struct, frozen=True, kw_only=True):
     """The tools LLM's reading of validated code, beside the facts the sandbox measured."""
 
@@ -92,13 +205,13 @@ class SummaryRequest(msgspec.Struct, frozen=True, kw_only=True):
     iteration: int
     class_name: str
     source: str
-    facts: dict[str, Any]
+    facts: ModelFacts
     tokens_used: int = 0
 
 
 class SummaryReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
-    narrative: dict[str, Any] | None = None  # architecture, strengths, weaknesses
+    narrative: Narrative | None = None
     error: str | None = None
     llm_calls: list[LLMCall] = []
 
@@ -144,13 +257,8 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     dataset: str
     class_name: str
     source: str
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
+    recipe: TrainingRecipe = DEFAULT_RECIPE
     subset_size: int | None = None
-    augment: bool = False  # random crop and flip of image batches during training
 
 
 class EpochStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,6 +7,9 @@ Publishers, subscribers and tests import these; nothing else spells a subject.
 GOALS_STREAM = "GOALS"
 GOALS_SUBJECT = "research.goals"
 GOALS_CONSUMER = "planner"
+# a goal submitted as a request: a planner checks it and answers (GoalAnswer), queuing it on GOALS
+GOAL_SUBMIT_SUBJECT = "research.submit"
+PLANNER_QUEUE = "planners"
 
 # ---- request/reply work (core NATS; the planner retries from its persisted state) ----
 ASSEMBLE_SUBJECT = "research.assemble"

@@ -10,16 +10,18 @@ import msgspec
 import yaml
 
 from shared.llm.client import usage_by_role
-from shared.registry.store import IterationRecord, Registry, RunRecord
+from shared.registry.records import IterationRecord, RunRecord
+from shared.registry.store import Registry
 
 
 def _validation(it: IterationRecord) -> dict[str, Any]:
     v = it.validation
     if v is None:
         return {"ok": None, "error": None, "reason": None, "output_shape": None, "param_count": None}
+    # output shape, parameters, layers and FLOPs are the model process's own claims: the code runs there
     return {"ok": v.ok, "error": v.error, "reason": v.reason, "output_shape": v.output_shape,
             "param_count": v.param_count, "trainable_params": v.trainable_params, "duration_s": v.duration_s,
-            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail}
+            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail, "claims_by": "model process"}
 
 
 def iteration_report(it: IterationRecord) -> dict[str, Any]:
@@ -30,43 +32,50 @@ def iteration_report(it: IterationRecord) -> dict[str, Any]:
         "model_config": it.model_config,
         "class_name": it.class_name,
         "assembler": it.assembler,
-        "code_attempts": it.code_attempts,
+        "code_attempts": msgspec.to_builtins(it.code_attempts),
         "validation": _validation(it),
-        "summary": it.summary,
-        "evaluation": it.evaluation,
-        "decision": msgspec.to_builtins(it.decision) if it.decision else None,
-        "llm_calls": [msgspec.to_builtins(c) for c in it.llm_calls],
+        "summary": msgspec.to_builtins(it.summary),
+        "evaluation": msgspec.to_builtins(it.evaluation),
+        "decision": msgspec.to_builtins(it.decision),
+        "llm_calls": msgspec.to_builtins(it.llm_calls),
         "started_at": it.started_at,
         "finished_at": it.finished_at,
     }
 
 
+def best_iteration(run: RunRecord, iterations: list[IterationRecord]) -> IterationRecord | None:
+    return next((it for it in iterations if it.iteration == run.best_iteration), None)
+
+
 def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any]:
-    items = [iteration_report(it) for it in iterations]
-    best = None
-    if run.best_iteration is not None:
-        chosen = next(i for i in items if i["iteration"] == run.best_iteration)
-        best = {"iteration": run.best_iteration, "score": run.best_score,
-                "goal_statistic": run.goal.goal_statistic,
-                "val_accuracy": ((chosen["evaluation"] or {}).get("aggregated") or {}).get("val_accuracy"),
-                "model_config": chosen["model_config"], "param_count": chosen["validation"]["param_count"]}
+    """The report as plain JSON data (--json, report.json, registry.json)."""
+    chosen, best = best_iteration(run, iterations), None
+    if chosen is not None:
+        best = {"iteration": chosen.iteration, "score": run.best_score, "goal_statistic": run.goal.goal_statistic,
+                "val_accuracy": msgspec.to_builtins(chosen.evaluation.summary()) if chosen.evaluation else None,
+                "model_config": chosen.model_config,
+                "param_count": chosen.validation.param_count if chosen.validation else None}
     return {
         "run_id": run.run_id,
         "goal": run.goal.goal,
         "dataset": run.goal.dataset,
-        "dataset_facts": run.dataset_facts,
+        "dataset_facts": msgspec.to_builtins(run.dataset_facts),
         "target_accuracy": run.goal.target_accuracy,
         "goal_statistic": run.goal.goal_statistic,
         "status": run.status,
         "error": run.error,
         "settings": msgspec.to_builtins(run.goal),
-        "iterations": items,
+        "iterations": [iteration_report(it) for it in iterations],
         "best": best,
         "llm_usage": _llm_usage(iterations),
         "created_at": run.created_at,
         "finished_at": run.finished_at,
-        "wall_time_s": round(run.finished_at - run.created_at, 1) if run.finished_at else None,
+        "wall_time_s": _wall_time(run),
     }
+
+
+def _wall_time(run: RunRecord) -> float | None:
+    return round(run.finished_at - run.created_at, 1) if run.finished_at else None
 
 
 def _llm_usage(iterations: list[IterationRecord]) -> dict[str, Any]:
@@ -78,57 +87,68 @@ def _llm_usage(iterations: list[IterationRecord]) -> dict[str, Any]:
     return {"per_role": per_role, "total": total}
 
 
-async def load_report(registry: Registry, run_id: str) -> dict[str, Any] | None:
+async def load_records(registry: Registry, run_id: str) -> tuple[RunRecord, list[IterationRecord]] | None:
+    """A run and its iterations, oldest first; None when the registry has no such run."""
     run = await registry.get_run(run_id)
     if run is None:
         return None
-    return build_report(run, await registry.iterations(run_id, run.current_iteration))
+    return run, await registry.iterations(run_id, run.current_iteration)
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """A human reading of the report for a terminal."""
-    lines = [f"run {report['run_id']}: {report['goal']!r} on {report['dataset']}",
-             f"status: {report['status']}" + (f" ({report['error']})" if report.get("error") else ""),
-             f"target: {report['target_accuracy']:.4f} on the {report['goal_statistic']} of validation accuracy", ""]
-    for it in report["iterations"]:
-        v, e = it["validation"], it["evaluation"] or {}
-        acc = (e.get("aggregated") or {}).get("val_accuracy") or {}
-        if v["ok"] is False:
-            outcome = f"rejected: {v['error']}"
-        elif acc.get("n"):
-            ci = acc.get("ci_95")
-            ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
-            outcome = f"val_accuracy {acc['mean']:.4f} ± {acc['std']:.4f}{ci_text} over {acc['n']} seeds"
-        else:
-            outcome = it["state"]
-        params = f"{v['param_count']:,} params, " if v.get("param_count") else ""
-        lines.append(f"  #{it['iteration']} {it['class_name'] or it['model_config'].get('class_name', '?')}: {params}{outcome}")
-        if it["decision"]:
-            lines.append(f"      -> {it['decision']['action']}: {it['decision']['reasoning']}")
-            if it["decision"].get("disagreement"):
-                lines.append(f"      !! {it['decision']['disagreement']}")
-    if report["best"]:
-        lines += ["", f"best: iteration {report['best']['iteration']} ({report['goal_statistic']} {report['best']['score']:.4f})"]
-    for role, row in ((report.get("llm_usage") or {}).get("per_role") or {}).items():
+async def load_report(registry: Registry, run_id: str) -> dict[str, Any] | None:
+    records = await load_records(registry, run_id)
+    return build_report(*records) if records else None
+
+
+def _outcome(it: IterationRecord) -> str:
+    v = it.validation
+    accuracy = it.evaluation.summary() if it.evaluation else None
+    if v is not None and not v.ok:
+        return f"rejected: {v.error}"
+    if accuracy is not None and accuracy.n and accuracy.mean is not None:
+        ci = f" [{accuracy.ci_95[0]:.4f}, {accuracy.ci_95[1]:.4f}]" if accuracy.ci_95 else ""
+        return f"val_accuracy {accuracy.mean:.4f} ± {accuracy.std or 0.0:.4f}{ci} over {accuracy.n} seeds"
+    return it.state
+
+
+def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
+    """A human reading of a run for a terminal."""
+    goal = run.goal
+    lines = [f"run {run.run_id}: {goal.goal!r} on {goal.dataset}",
+             f"status: {run.status}" + (f" ({run.error})" if run.error else ""),
+             f"target: {goal.target_accuracy:.4f} on the {goal.goal_statistic} of validation accuracy", ""]
+    for it in iterations:
+        v = it.validation
+        params = f"{v.param_count:,} params, " if v is not None and v.param_count else ""
+        lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}: {params}{_outcome(it)}")
+        for failure in (it.evaluation.failed_seeds if it.evaluation else []):
+            lines.append(f"      seed {failure.seed} failed ({failure.reason or 'error'}): {failure.error}")
+        if it.decision:
+            lines.append(f"      -> {it.decision.action}: {it.decision.reasoning}")
+            if it.decision.disagreement:
+                lines.append(f"      !! {it.decision.disagreement}")
+    if run.best_iteration is not None and run.best_score is not None:
+        lines += ["", f"best: iteration {run.best_iteration} ({goal.goal_statistic} {run.best_score:.4f})"]
+    for role, row in _llm_usage(iterations)["per_role"].items():
         lines.append(f"{role} LLM: {row['calls']} calls ({row['failed']} failed), {row['tokens_in']:,} tokens in, "
                      f"{row['tokens_out']:,} out, {row['latency_s']:.1f} s")
-    if report.get("wall_time_s") is not None:
-        lines.append(f"wall time: {report['wall_time_s']} s")
+    wall = _wall_time(run)
+    if wall is not None:
+        lines.append(f"wall time: {wall} s")
     return "\n".join(lines)
 
 
 async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
     """registry.json, configs/models/, src/models/, experiments/<run_id>/{model_config.yaml,
     model_code.py, summary.json, results.json} (the best iteration), with every iteration beside it."""
-    run = await registry.get_run(run_id)
-    if run is None:
+    records = await load_records(registry, run_id)
+    if records is None:
         raise KeyError(run_id)
-    iterations = await registry.iterations(run_id, run.current_iteration)
+    run, iterations = records
     report = build_report(run, iterations)
     for sub in ("configs/models", "src/models", f"experiments/{run_id}"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     entries = []
-    best_iteration = report["best"]["iteration"] if report["best"] else None
     for it in iterations:
         stem = f"{run_id}_it{it.iteration:02d}_{it.class_name or 'model'}"
         code = (await registry.get_artifact(it.code_artifact)) if it.code_artifact else None
@@ -137,14 +157,14 @@ async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
             (out / "src/models" / f"{stem}.py").write_bytes(code)
         folder = out / "experiments" / run_id / f"iteration_{it.iteration:02d}"
         plots = {filename: await registry.get_artifact(name)
-                 for filename, name in ((it.evaluation or {}).get("plots") or {}).items()}
+                 for filename, name in (it.evaluation.plots if it.evaluation else {}).items()}
         _write_experiment(folder, it, code, run_id, plots)
-        if it.iteration == best_iteration:  # the experiment's top level holds its best model
+        if it.iteration == run.best_iteration:  # the experiment's top level holds its best model
             _write_experiment(out / "experiments" / run_id, it, code, run_id, plots)
         entries.append({"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
                         "config": f"configs/models/{stem}.yaml", "code": f"src/models/{stem}.py" if code else None,
                         "valid": it.validation.ok if it.validation else None,
-                        "val_accuracy": (((it.evaluation or {}).get("aggregated") or {}).get("val_accuracy") or {}).get("mean")})
+                        "val_accuracy": it.evaluation.summary().mean if it.evaluation else None})
     registry_file = out / "registry.json"
     existing = json.loads(registry_file.read_text()) if registry_file.exists() else {"models": [], "runs": []}
     existing["models"] = [m for m in existing.get("models", []) if m.get("run_id") != run_id] + entries
@@ -164,10 +184,10 @@ def _write_experiment(folder: Path, it: IterationRecord, code: bytes | None, run
     (folder / "model_config.yaml").write_text(yaml.safe_dump(it.model_config, sort_keys=False))
     if code:
         (folder / "model_code.py").write_bytes(code)
+    recorded = msgspec.to_builtins(it.summary) if it.summary else {"facts": None, "narrative": None, "narrative_error": None}
     summary = {"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
-               "assembler": it.assembler, **(it.summary or {"facts": None, "narrative": None, "narrative_error": None}),
-               "validation": _validation(it)}
+               "assembler": it.assembler, **recorded, "validation": _validation(it)}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-    results = {"run_id": run_id, "iteration": it.iteration, "evaluation": it.evaluation,
-               "decision": msgspec.to_builtins(it.decision) if it.decision else None}
+    results = {"run_id": run_id, "iteration": it.iteration, "evaluation": msgspec.to_builtins(it.evaluation),
+               "decision": msgspec.to_builtins(it.decision)}
     (folder / "results.json").write_text(json.dumps(results, indent=2))

@@ -6,8 +6,7 @@ Every replica on every machine sees the same history. Updates go through the KV 
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, TypeVar
 
 import msgspec
 from nats.js import JetStreamContext
@@ -22,57 +21,25 @@ from nats.js.errors import (
 
 from shared.messaging import subjects
 from shared.messaging.bus import key_value, object_store
-from shared.messaging.messages import Goal, LLMCall, RunStatus, SeedResult, ValidationResult
+from shared.messaging.messages import SeedResult
+from shared.registry.records import IterationRecord, RunRecord, upgrade_iteration, upgrade_run
 
-IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "rejected", "decided"]
 R = TypeVar("R", bound=msgspec.Struct)
 
 
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    action: Literal["iterate", "goal_achieved", "stop"]
-    reasoning: str
-    status: RunStatus | None = None  # the run status this decision ends with, if it ends the run
-    proposer: str = "builtin"  # builtin | llm: who made the choice
-    next_config: dict[str, Any] | None = None  # the planning LLM's config for the next iteration (checked)
-    llm_action: str | None = None  # what the planning LLM answered, when it was asked
-    llm_reasoning: str | None = None
-    disagreement: str | None = None  # the LLM claimed what the statistics do not support
+_UPGRADES: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {RunRecord: upgrade_run,
+                                                                   IterationRecord: upgrade_iteration}
 
 
-class RunRecord(msgspec.Struct, kw_only=True):
-    run_id: str
-    goal: Goal
-    status: RunStatus = "running"
-    error: str | None = None
-    current_iteration: int = 0  # 0 = none started yet
-    best_iteration: int | None = None
-    best_score: float | None = None  # the goal statistic of the best iteration
-    dataset_facts: dict[str, Any] = {}
-    created_at: float = msgspec.field(default_factory=time.time)
-    finished_at: float | None = None
-
-
-class IterationRecord(msgspec.Struct, kw_only=True):
-    run_id: str
-    iteration: int
-    state: IterationState = "proposed"
-    proposer: str = "builtin"
-    model_config: dict[str, Any] = {}
-    search_params: dict[str, Any] | None = None
-    class_name: str = ""
-    code_artifact: str | None = None  # object name in ARTIFACTS_BUCKET
-    validation: ValidationResult | None = None
-    seeds: list[int] = []
-    evaluation: dict[str, Any] | None = None
-    decision: Decision | None = None
-    attempts: int = 0  # failed tries of the current step
-    # ---- code generation and the LLMs ----
-    assembler: str = ""  # deterministic | llm: who wrote the current code
-    code_attempts: list[dict[str, Any]] = []  # code the sandbox rejected: attempt, assembler, code, reason, error
-    summary: dict[str, Any] | None = None  # measured facts + the tools LLM's reading (summary.json)
-    llm_calls: list[LLMCall] = []  # every LLM call made for this iteration (prompts and replies as artifacts)
-    started_at: float = msgspec.field(default_factory=time.time)
-    finished_at: float | None = None
+def _decode_record(data: bytes, type_: type[R]) -> R:
+    """Strictly into `type_`; a record of an older shape is upgraded first (records.py)."""
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except msgspec.ValidationError:
+        upgrade = _UPGRADES.get(type_)
+        if upgrade is None:
+            raise
+        return msgspec.convert(upgrade(msgspec.json.decode(data)), type_)
 
 
 class ConflictError(Exception):
@@ -108,7 +75,7 @@ class Registry:
             return None
         if entry.value is None:
             return None
-        return msgspec.json.decode(entry.value, type=type_), entry.revision
+        return _decode_record(entry.value, type_), entry.revision
 
     async def _update(self, kv, key: str, type_: type[R], change: Callable[[R], R]) -> R:
         for _ in range(20):

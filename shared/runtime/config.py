@@ -26,6 +26,7 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     eval_timeout_s: float = 1800.0  # all seeds of one iteration, seconds
     min_epochs: int = 5  # bounds of the built-in search's epochs
     max_epochs: int = 20
+    submit_concurrency: int = 8  # goal submissions answered at once per planner
 
 
 class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -13,7 +13,8 @@ from researcher.stack import SERVICES, LocalStack
 from shared.messaging import subjects
 from shared.messaging.bus import connect, encode, ensure_streams
 from shared.messaging.messages import TERMINAL_STATUSES, Goal
-from shared.registry.store import IterationRecord, Registry, RunRecord
+from shared.registry.records import IterationRecord, RunRecord
+from shared.registry.store import Registry
 from shared.registry.report import export_run, load_report
 from shared.data.datasets import load_dataset
 

@@ -5,7 +5,8 @@ import asyncio
 import msgspec
 
 from shared.messaging.messages import Goal, SeedResult
-from shared.registry.store import IterationRecord, Registry, RunRecord
+from shared.registry.records import IterationRecord, RunRecord
+from shared.registry.store import Registry
 
 
 async def test_create_run_is_idempotent_and_updates_compare_and_set(nc):

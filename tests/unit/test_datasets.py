@@ -1,5 +1,6 @@
 """The embedded data sets and the seeded, stratified, normalised split."""
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -37,7 +38,7 @@ def test_tabular_data_sets(name, num_samples, num_features, num_classes):
 
 
 def test_facts_describe_the_data_set():
-    assert load_dataset("iris").facts() == {
+    assert msgspec.to_builtins(load_dataset("iris").facts()) == {
         "name": "iris", "kind": "tabular", "input_shape": [4], "num_classes": 3, "num_samples": 150,
         "class_names": ["setosa", "versicolor", "virginica"]}
 

@@ -1,14 +1,11 @@
-"""The planner's pure logic: summarising an iteration's seeds and deciding what comes next."""
-
-import json
+"""The planner's pure logic: deciding what comes next."""
 
 import pytest
 
 from services.planner.decide import decide, iteration_score
 from shared.evaluation.aggregate import summarise
 from shared.messaging.messages import EpochStats, Goal, SeedResult, ValidationResult
-from shared.registry.store import IterationRecord
-from shared.evaluation.stats import aggregate
+from shared.registry.records import IterationRecord
 
 RUN = "run-decide"
 
@@ -59,8 +56,8 @@ def test_reaching_the_target_exactly_achieves_the_goal():
 
 def test_mean_passes_but_the_lower_bound_does_not():
     history = [evaluated(1, [0.96, 0.90])]
-    accuracy = history[0].evaluation["aggregated"]["val_accuracy"]
-    assert accuracy["mean"] >= 0.92 > accuracy["ci_95"][0]
+    accuracy = history[0].evaluation.summary()
+    assert accuracy.mean >= 0.92 > accuracy.ci_95[0]
 
     on_mean, _, mean_score = decide(goal(target_accuracy=0.92, goal_statistic="mean"), history)
     assert on_mean.action == "goal_achieved"
@@ -71,7 +68,7 @@ def test_mean_passes_but_the_lower_bound_does_not():
     assert on_lower.status is None
     assert "lower 95% bound" in on_lower.reasoning
     assert best_it == 1
-    assert lower_score == pytest.approx(accuracy["ci_95"][0])
+    assert lower_score == pytest.approx(accuracy.ci_95[0])
 
 
 def test_goal_achieved_on_the_lower_bound_when_seeds_agree():
@@ -188,63 +185,3 @@ def test_one_seed_on_the_lower_bound_is_not_reported_as_rejected():
     assert "rejected or failed" not in decision.reasoning
 
 
-# ---- summarise ----
-def test_summarise_aggregates_the_successful_seeds():
-    seeds = [0, 1, 2]
-    results = {s: seed_result(1, s, a, loss=l) for s, a, l in zip(seeds, [0.9, 0.8, 0.85], [1.9, 2.4, 2.0])}
-    summary = summarise(results, seeds)
-    assert summary["num_seeds"] == 3
-    assert summary["failed_seeds"] == []
-    assert summary["aggregated"]["val_accuracy"] == aggregate([0.9, 0.8, 0.85], bounds=(0.0, 1.0))
-    assert summary["aggregated"]["val_loss"] == aggregate([1.9, 2.4, 2.0])  # losses are not clipped to [0, 1]
-    assert summary["best_seed"] == 0
-    assert summary["final"] == results[0].metrics
-    assert [r["seed"] for r in summary["seed_results"]] == [0, 1, 2]
-
-
-def test_summarise_lists_failed_and_missing_seeds():
-    seeds = [0, 1, 2]
-    results = {0: seed_result(1, 0, 0.9), 1: seed_result(1, 1, None, "RuntimeError: NaN loss")}
-    summary = summarise(results, seeds)
-    assert summary["failed_seeds"] == [{"seed": 1, "error": "RuntimeError: NaN loss"},
-                                       {"seed": 2, "error": "no result arrived in time"}]
-    accuracy = summary["aggregated"]["val_accuracy"]
-    assert accuracy["n"] == 1 and accuracy["values"] == [0.9]
-    assert summary["best_seed"] == 0
-    assert [(r["seed"], r["ok"], r["error"]) for r in summary["seed_results"]] == [
-        (0, True, None), (1, False, "RuntimeError: NaN loss")]
-
-
-def test_summarise_with_no_successful_seed():
-    summary = summarise({0: seed_result(1, 0, None, "timeout")}, [0, 1])
-    assert summary["aggregated"] == {}
-    assert summary["best_seed"] is None
-    assert summary["final"] is None
-    assert summary["learning_curves"] == {}
-    assert [f["seed"] for f in summary["failed_seeds"]] == [0, 1]
-
-
-def test_summarise_best_seed_is_the_highest_val_accuracy():
-    seeds = [3, 7, 11]
-    results = {s: seed_result(1, s, a) for s, a in zip(seeds, [0.81, 0.88, 0.84])}
-    summary = summarise(results, seeds)
-    assert summary["best_seed"] == 7
-    assert summary["final"]["val_accuracy"] == 0.88
-
-
-def test_summarise_learning_curves_are_keyed_by_seed_string():
-    curve = [EpochStats(epoch=1, train_loss=1.5, train_accuracy=0.4),
-             EpochStats(epoch=2, train_loss=0.5, train_accuracy=0.8)]
-    results = {0: seed_result(1, 0, 0.8, curve=curve), 5: seed_result(1, 5, 0.82, curve=curve[:1]),
-               9: seed_result(1, 9, None, "boom", curve=curve)}
-    summary = summarise(results, [0, 5, 9])
-    assert summary["learning_curves"] == {
-        "0": [{"epoch": 1, "train_loss": 1.5, "train_accuracy": 0.4},
-              {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8}],
-        "5": [{"epoch": 1, "train_loss": 1.5, "train_accuracy": 0.4}],
-    }  # a failed seed's curve is left out
-
-
-def test_summary_is_plain_json():
-    summary = summarise({0: seed_result(1, 0, 0.9), 1: seed_result(1, 1, 0.8)}, [0, 1])
-    assert json.loads(json.dumps(summary))["best_seed"] == 0

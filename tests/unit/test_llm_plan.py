@@ -4,10 +4,13 @@ the statistics. Pure functions, no server."""
 from services.assembler.codegen import code_problem
 from services.planner.decide import decide
 from services.planner.llm_plan import PlanReply, check_reply, complete_config, merge_decision, plan_context
-from shared.messaging.messages import Goal, ValidationResult
-from shared.registry.store import Decision, IterationRecord
+from shared.evaluation.aggregate import summarise
+from shared.evaluation.metrics import SCALAR_METRICS
+from shared.messaging.messages import DatasetFacts, Goal, SeedResult, ValidationResult
+from shared.registry.records import (Convergence, Decision, Evaluation, IterationRecord, LearningDynamics, MetricSummary,
+                                     Overfitting, SeedRow)
 
-FACTS = {"name": "digits", "kind": "image", "input_shape": [1, 8, 8], "num_classes": 10, "num_samples": 1797}
+FACTS = DatasetFacts(name="digits", kind="image", input_shape=[1, 8, 8], num_classes=10, num_samples=1797)
 MLP = {"class_name": "Net", "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 32}, {"type": "ReLU"},
                                        {"type": "Linear", "out_features": 10}], "epochs": 5}
 
@@ -54,10 +57,12 @@ def test_the_first_proposal_must_iterate_and_iterate_needs_a_config():
 def evaluated(n, mean, config=MLP, decision=None):
     return IterationRecord(run_id="r", iteration=n, state="decided", model_config=config,
                            validation=ValidationResult(ok=True, param_count=1000 * n),
-                           evaluation={"aggregated": {"val_accuracy": {"mean": mean, "std": 0.01, "ci_95": [mean - 0.02, mean + 0.02], "n": 2}},
-                                       "seed_results": [{"dynamics": {"overfitting": {"severity": "moderate"},
-                                                                      "convergence": {"status": "still_improving"},
-                                                                      "insights": ["train more"]}}]},
+                           evaluation=Evaluation(
+                               num_seeds=2,
+                               aggregated={"val_accuracy": MetricSummary(mean=mean, std=0.01, ci_95=[mean - 0.02, mean + 0.02], n=2)},
+                               seed_results=[SeedRow(seed=0, ok=True, dynamics=LearningDynamics(
+                                   overfitting=Overfitting(severity="moderate"),
+                                   convergence=Convergence(status="still_improving"), insights=["train more"]))]),
                            decision=decision)
 
 
@@ -104,3 +109,16 @@ def test_generated_code_is_checked_by_its_syntax_tree():
     assert code_problem("class Net(nn.Module:\n", "Net").startswith("syntax error at line 1")
     assert "must define class Net at top level (classes found: Other)" in code_problem("class Other:\n    pass\n", "Net")
     assert "has no forward" in code_problem("class Net:\n    def __init__(self):\n        pass\n", "Net")
+
+
+def test_the_context_carries_every_metric_the_report_has():
+    """Typed records end the slip where the context asked for `f1_macro` and the metric was `val_f1_macro`."""
+    results = {s: SeedResult(job_id=f"r.{s}", run_id="r", iteration=1, seed=s, ok=True,
+                             metrics={name: 0.5 + 0.1 * s for name in SCALAR_METRICS}) for s in (0, 1)}
+    evaluation = summarise(results, [0, 1])
+    it = IterationRecord(run_id="r", iteration=1, state="evaluated", model_config=MLP,
+                         validation=ValidationResult(ok=True, param_count=10), evaluation=evaluation)
+    text = plan_context(GOAL, FACTS, 1400, [it], best_iteration=1, max_epochs=20, history_limit=3)
+    assert set(evaluation.aggregated) == set(SCALAR_METRICS)
+    for name in evaluation.aggregated:
+        assert f'"{name}": {{"mean": ' in text, name

@@ -6,14 +6,16 @@ import pytest
 
 from shared.messaging.bus import decode, encode
 from shared.errors import MessageError
-from shared.messaging.messages import AssembleRequest, EpochStats, EvalJob, Goal, SeedResult, ValidationResult
+from shared.messaging.messages import (DEFAULT_RECIPE, AssembleRequest, EpochStats, EvalJob, Goal, SeedResult,
+                                       TrainingRecipe, ValidationResult)
 
 GOAL = Goal(run_id="run-1", goal="beat 95% on digits", dataset="wine", target_accuracy=0.95,
             max_iterations=7, num_seeds=3, patience=2, goal_statistic="ci_lower", subset_size=500,
             max_epochs=12, submitted_at=1_700_000_000.5)
 EVAL_JOB = EvalJob(job_id="run-1.it0002.seed1", run_id="run-1", iteration=2, seed=1, dataset="digits",
-                   class_name="SmallCNN", source="import torch\nclass SmallCNN: ...\n", epochs=4,
-                   batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4, subset_size=None)
+                   class_name="SmallCNN", source="import torch\nclass SmallCNN: ...\n",
+                   recipe=TrainingRecipe(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4),
+                   subset_size=None)
 SEED_RESULT = SeedResult(job_id="run-1.it0002.seed1", run_id="run-1", iteration=2, seed=1, ok=True,
                          metrics={"val_accuracy": 0.93, "val_loss": 0.21},
                          learning_curve=[EpochStats(epoch=1, train_loss=1.2, train_accuracy=0.6),
@@ -112,7 +114,7 @@ def test_an_old_message_without_a_newer_optional_field_still_decodes():
     old = msgspec.json.encode({"job_id": "j", "run_id": "r", "iteration": 1, "seed": 0, "dataset": "digits",
                                "class_name": "M", "source": "x"})
     job = decode(old, EvalJob)
-    assert job.subset_size is None and job.epochs == 10
+    assert job.subset_size is None and job.recipe == DEFAULT_RECIPE
 
 
 def test_model_config_travels_as_a_plain_json_object():

@@ -8,11 +8,13 @@ from torch import nn
 from researcher.evaluate_cmd import reference_model
 from shared.evaluation.metrics import SCALAR_METRICS
 from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once, summarise
+from shared.messaging.messages import SeedResult
 
 
 def seed(seed_no, accuracy, ok=True):
-    metrics = {name: accuracy for name in SCALAR_METRICS}
-    return {"seed": seed_no, "ok": ok, "metrics": metrics, "details": {"per_class": []}, "error": None if ok else "boom"}
+    metrics = {name: accuracy for name in SCALAR_METRICS} if ok else {}
+    return SeedResult(job_id=f"local.seed{seed_no}", run_id="local", iteration=0, seed=seed_no, ok=ok, metrics=metrics,
+                      error=None if ok else "boom", reason=None if ok else "exception")
 
 
 def test_the_goal_follows_the_statistic_asked_for_never_one_lucky_seed():
@@ -27,7 +29,7 @@ def test_the_goal_follows_the_statistic_asked_for_never_one_lucky_seed():
 
 def test_a_failed_seed_is_reported_not_dropped():
     out = summarise([seed(0, 0.9), seed(1, 0.0, ok=False)], QuickEvalConfig())
-    assert out["failed_seeds"] == [{"seed": 1, "error": "boom"}]
+    assert out["failed_seeds"] == [{"seed": 1, "error": "boom", "reason": "exception"}]
     assert out["aggregated"]["val_accuracy"]["n"] == 1
 
 
@@ -49,7 +51,7 @@ def test_quick_evaluate_once_on_digits_has_the_spec_structure(tmp_path):
     assert {"mean", "std", "ci_95", "values", "min", "max"} <= set(acc) and len(acc["values"]) == 2
     assert acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1] and result["goal_achieved"] is True
     assert len(result["final"]["per_class"]) == 10 and result["final"]["auc_kind"] == "ovr"
-    curve = result["learning_curves"][0]
+    curve = result["learning_curves"]["0"]  # keys are text, as in every JSON file
     assert len(curve) == 4 and {"val_loss", "val_accuracy", "grad_norm"} <= set(curve[0])
     assert result["seed_results"][0]["dynamics"]["insights"]
     assert acc["values"][0] != acc["values"][1]  # each seed its own initialisation and split

@@ -6,7 +6,7 @@ import pytest
 
 from shared.evaluation.aggregate import summarise
 from shared.messaging.messages import Goal, SeedResult, ValidationResult
-from shared.registry.store import Decision, IterationRecord, RunRecord
+from shared.registry.records import Decision, IterationRecord, RunRecord
 from shared.registry.report import build_report, format_report
 
 RUN = "run-report"
@@ -46,8 +46,13 @@ def run_record(**kw) -> RunRecord:
 
 
 @pytest.fixture
-def report():
-    return build_report(run_record(), [evaluated_iteration(), rejected_iteration()])
+def records():
+    return run_record(), [evaluated_iteration(), rejected_iteration()]
+
+
+@pytest.fixture
+def report(records):
+    return build_report(*records)
 
 
 def test_report_top_level(report):
@@ -113,14 +118,15 @@ def test_no_best_and_an_unfinished_run():
 
 def test_an_iteration_not_yet_validated():
     pending = IterationRecord(run_id=RUN, iteration=1, state="proposed", model_config=CNN)
-    report = build_report(run_record(status="running", best_iteration=None, finished_at=None), [pending])
+    run = run_record(status="running", best_iteration=None, finished_at=None)
+    report = build_report(run, [pending])
     assert report["iterations"][0]["validation"]["ok"] is None
     assert report["iterations"][0]["decision"] is None
-    assert "#1 SmallCNN: proposed" in format_report(report)
+    assert "#1 SmallCNN: proposed" in format_report(run, [pending])
 
 
-def test_format_report(report):
-    text = format_report(report)
+def test_format_report(records, report):
+    text = format_report(*records)
     assert f"run {RUN}" in text
     assert "status: goal_achieved" in text
     assert "target: 0.9000" in text
@@ -133,8 +139,8 @@ def test_format_report(report):
     assert "wall time: 12.5 s" in text
 
 
-def test_format_report_shows_a_rejection_and_its_error(report):
-    text = format_report(report)
+def test_format_report_shows_a_rejection_and_its_error(records):
+    text = format_report(*records)
     line = next(line for line in text.splitlines() if "#2" in line)
     assert "BrokenMLP" in line
     assert "rejected: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in line
@@ -142,15 +148,14 @@ def test_format_report_shows_a_rejection_and_its_error(report):
 
 
 def test_format_report_shows_a_failed_run_error():
-    report = build_report(run_record(status="failed", error="sandbox unavailable", best_iteration=None),
-                          [rejected_iteration()])
-    assert "status: failed (sandbox unavailable)" in format_report(report)
+    run = run_record(status="failed", error="sandbox unavailable", best_iteration=None)
+    assert "status: failed (sandbox unavailable)" in format_report(run, [rejected_iteration()])
 
 
 def test_format_report_with_one_seed_has_no_interval():
     one = IterationRecord(run_id=RUN, iteration=1, state="evaluated", model_config=CNN, class_name="SmallCNN",
                           validation=ValidationResult(ok=True, param_count=10),
                           evaluation=summarise({0: seed(1, 0, 0.8)}, [0]))
-    text = format_report(build_report(run_record(best_iteration=1, best_score=0.8), [one]))
+    text = format_report(run_record(best_iteration=1, best_score=0.8), [one])
     line = next(line for line in text.splitlines() if "#1" in line)
     assert line.endswith("val_accuracy 0.8000 ± 0.0000 over 1 seeds")  # no [low, high] interval

@@ -8,13 +8,14 @@ import torch
 from optuna.distributions import CategoricalDistribution
 
 from shared.modelspec.assemble import assemble
-from services.planner.search import (DatasetFacts, SearchBounds, default_params, propose,
+from shared.messaging.messages import DatasetFacts
+from services.planner.search import (SearchBounds, default_params, propose,
                                      rebuild_study, search_space)
 
 DIGITS = DatasetFacts(name="digits", kind="image", input_shape=(1, 8, 8), num_classes=10,
-                      num_train=1437)
+                      num_samples=1437)
 CANCER = DatasetFacts(name="breast_cancer", kind="tabular", input_shape=(30,), num_classes=2,
-                      num_train=455)
+                      num_samples=455)
 
 
 def fake_score(params: dict) -> float | None:
@@ -124,7 +125,7 @@ def test_history_outside_the_space_is_skipped():
 
 def test_small_images_never_pool_to_zero():
     tiny = DatasetFacts(name="tiny", kind="image", input_shape=(3, 2, 3), num_classes=4,
-                        num_train=100)
+                        num_samples=100)
     proposals, _ = run_search(tiny, 8)
     for proposal in proposals:
         pools = [l for l in proposal.model_config["layers"] if l["type"] == "MaxPool2d"]
@@ -134,7 +135,7 @@ def test_small_images_never_pool_to_zero():
 
 def test_large_images_get_a_small_head():
     big = DatasetFacts(name="big", kind="image", input_shape=(3, 64, 64), num_classes=5,
-                       num_train=5000)
+                       num_samples=5000)
     cfg = propose(big, [], seed=0).model_config
     types = [l["type"] for l in cfg["layers"]]
     assert "AdaptiveAvgPool2d" in types
@@ -145,7 +146,7 @@ def test_large_images_get_a_small_head():
 def test_bounds_and_tiny_training_sets():
     bounds = SearchBounds(min_epochs=2, max_epochs=3)
     small = DatasetFacts(name="small", kind="tabular", input_shape=(4,), num_classes=3,
-                         num_train=50)
+                         num_samples=50)
     proposals, _ = run_search(small, 8, bounds=bounds)
     for proposal in proposals:
         assert 2 <= proposal.model_config["epochs"] <= 3
@@ -154,10 +155,10 @@ def test_bounds_and_tiny_training_sets():
 
 
 @pytest.mark.parametrize("facts, bounds, fragment", [
-    (DatasetFacts("x", "image", (30,), 2, 100), SearchBounds(), "needs input_shape (C, H, W)"),
-    (DatasetFacts("x", "tabular", (1, 8, 8), 2, 100), SearchBounds(), "needs input_shape (F,)"),
-    (DatasetFacts("x", "text", (30,), 2, 100), SearchBounds(), "unknown data kind 'text'"),
-    (DatasetFacts("x", "tabular", (30,), 1, 100), SearchBounds(), "num_classes"),
+    (DatasetFacts(name="x", kind="image", input_shape=(30,), num_classes=2, num_samples=100), SearchBounds(), "needs input_shape (C, H, W)"),
+    (DatasetFacts(name="x", kind="tabular", input_shape=(1, 8, 8), num_classes=2, num_samples=100), SearchBounds(), "needs input_shape (F,)"),
+    (DatasetFacts(name="x", kind="text", input_shape=(30,), num_classes=2, num_samples=100), SearchBounds(), "unknown data kind 'text'"),
+    (DatasetFacts(name="x", kind="tabular", input_shape=(30,), num_classes=1, num_samples=100), SearchBounds(), "num_classes"),
     (CANCER, SearchBounds(min_epochs=9, max_epochs=3), "min_epochs <= max_epochs"),
 ])
 def test_bad_facts_or_bounds(facts, bounds, fragment):

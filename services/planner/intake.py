@@ -1,0 +1,74 @@
+"""Goals come in two ways: submitted as a request (a planner checks it and answers at once) or
+published on the GOALS stream by any client. Both are checked alike, and a bad goal is never
+dropped in silence: a published one becomes a failed run that says why, so `researcher report`
+and the run's events answer for it."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import structlog
+
+from shared.data.datasets import check_goal
+from shared.errors import MessageError
+from shared.messaging import subjects
+from shared.messaging.bus import decode, encode, through_outages
+from shared.messaging.messages import RUN_ID, Goal, GoalAnswer
+from shared.registry.records import RunRecord
+from shared.runtime.log import bind_run
+
+log = structlog.get_logger()
+
+
+class _Named(msgspec.Struct):
+    """What a malformed goal may still tell: the run it was meant to be."""
+
+    run_id: str
+
+
+class Intake:
+    def __init__(self, js, planner) -> None:
+        self.js, self.planner = js, planner
+
+    async def submit(self, goal: Goal) -> GoalAnswer:
+        """A submitted goal: rejected with every problem, or queued on GOALS (durably) and accepted."""
+        bind_run(goal.run_id)
+        problems = check_goal(goal)
+        if problems:
+            log.info("goal_rejected", problems=problems)
+            return GoalAnswer(run_id=goal.run_id, accepted=False, problems=problems)
+        # the run id is the message id: a goal submitted twice is queued once
+        await through_outages(lambda: self.js.publish(subjects.GOALS_SUBJECT, encode(goal),
+                                                      headers={"Nats-Msg-Id": goal.run_id}), "queue goal")
+        log.info("goal_accepted", goal=goal.goal, dataset=goal.dataset)
+        return GoalAnswer(run_id=goal.run_id, accepted=True)
+
+    async def on_published(self, msg) -> None:
+        """A goal from the GOALS stream: a run, or a failed run saying why it could not be one."""
+        try:
+            goal = decode(msg.data, Goal, msg.subject)
+        except MessageError as exc:
+            await self._malformed(msg.data, exc)
+            return
+        problems = check_goal(goal)
+        if problems:
+            await self.fail(goal, "goal rejected: " + "; ".join(problems))
+            return
+        await self.planner.on_goal(goal)
+
+    async def _malformed(self, data: bytes, exc: MessageError) -> None:
+        try:
+            run_id = msgspec.json.decode(data, type=_Named).run_id
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            run_id = ""
+        if not RUN_ID.match(run_id):
+            raise exc  # nothing to attach it to: logged and terminated by the consumer
+        await self.fail(Goal(run_id=run_id, goal="(a malformed goal)", dataset=""), f"goal rejected: {exc}")
+
+    async def fail(self, goal: Goal, error: str) -> None:
+        bind_run(goal.run_id)
+        log.warning("goal_rejected", error=error)
+        record = RunRecord(run_id=goal.run_id, goal=goal, status="failed", error=error, finished_at=time.time())
+        if await self.planner.registry.create_run(record):
+            await self.planner.event(goal.run_id, "run_finished", f"run failed: {error}", data={"status": "failed"})

@@ -1,0 +1,255 @@
+"""What the registry stores: runs, iterations and everything they carry, as typed records.
+
+Schema evolution: only add fields with defaults; never change a field's type. Records written
+before these types existed (plain objects under the same keys) decode into them unchanged; the
+few shapes that did change are upgraded on read by `upgrade_run` and `upgrade_iteration`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import msgspec
+
+from shared.messaging.messages import (DatasetFacts, EpochStats, Goal, GoalStatistic, LLMCall, ModelFacts, Narrative,
+                                       RunStatus, ValidationResult)
+
+IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "rejected", "decided"]
+Proposer = Literal["builtin", "llm"]
+DEFAULT_METRIC = "val_accuracy"
+
+
+# ---- the statistics of one metric over seeds ----
+class MetricSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """Mean, sample std and the t-interval of one metric over the seeds that succeeded."""
+
+    mean: float | None = None
+    std: float | None = None
+    ci_95: list[float] | None = None  # [low, high]; None with fewer than two values
+    values: list[float] = []
+    min: float | None = None
+    max: float | None = None
+    n: int = 0
+    confidence_level: float = 0.95
+
+    def statistic(self, name: GoalStatistic) -> float | None:
+        """The number a goal is judged on: the mean, or the lower bound of the interval; None when
+        there is none (no seed succeeded, or one seed and the interval was asked for)."""
+        if self.n == 0:
+            return None
+        if name == "ci_lower":
+            return self.ci_95[0] if self.ci_95 else None
+        return self.mean
+
+
+EMPTY_SUMMARY = MetricSummary()
+
+
+# ---- one seed's details, computed on the trusted side (shared.evaluation.metrics) ----
+class ClassMetrics(msgspec.Struct, frozen=True, kw_only=True, rename={"class_name": "class"}):
+    class_name: str
+    index: int
+    precision: float
+    recall: float
+    f1: float
+    specificity: float
+    support: int
+
+
+class Confusion(msgspec.Struct, frozen=True, kw_only=True):
+    true: str
+    predicted: str
+    count: int
+    rate: float  # of the true class's samples
+
+
+class ClassBalance(msgspec.Struct, frozen=True, kw_only=True):
+    counts: list[int]
+    imbalance_ratio: float
+    imbalanced: bool
+    note: str
+
+
+class FinalScores(msgspec.Struct, frozen=True, kw_only=True):
+    """The best seed's metrics and details (the spec's `final`)."""
+
+    val_accuracy: float | None = None
+    val_balanced_accuracy: float | None = None
+    val_f1_macro: float | None = None
+    val_f1_weighted: float | None = None
+    val_precision_macro: float | None = None
+    val_precision_weighted: float | None = None
+    val_recall_macro: float | None = None
+    val_recall_weighted: float | None = None
+    val_loss: float | None = None
+    val_roc_auc: float | None = None
+    val_pr_auc: float | None = None
+    auc_kind: str | None = None  # binary | ovr
+    auc_note: str | None = None  # why AUC is missing, when it is
+    per_class: list[ClassMetrics] = []
+    confusion_matrix: list[list[int]] | None = None  # (C, C), rows = true class
+    confusion_matrix_normalized: list[list[float]] | None = None
+    top_confusions: list[Confusion] = []
+    class_balance: ClassBalance | None = None
+
+
+# ---- learning dynamics of one seed (shared.evaluation.dynamics) ----
+class Overfitting(msgspec.Struct, frozen=True, kw_only=True):
+    detected: bool = False
+    severity: str = "none"  # none, mild, moderate, severe
+    gap: float | None = None  # train minus validation accuracy at the end
+    val_loss_rise: float | None = None
+    best_epoch: int | None = None
+
+
+class Convergence(msgspec.Struct, frozen=True, kw_only=True):
+    status: str  # converged, still_improving, unstable
+    metric: str | None = None
+    reason: str = ""
+
+
+class GradientNorms(msgspec.Struct, frozen=True, kw_only=True):
+    mean: float | None = None
+    max: float | None = None
+    last: float | None = None
+    exploding: bool = False
+    vanishing: bool = False
+
+
+class LearningDynamics(msgspec.Struct, frozen=True, kw_only=True):
+    overfitting: Overfitting
+    convergence: Convergence
+    gradient_norms: GradientNorms | None = None
+    insights: list[str] = []
+
+
+# ---- an aggregated evaluation ----
+class SeedFailure(msgspec.Struct, frozen=True, kw_only=True):
+    seed: int
+    error: str | None = None
+    reason: str | None = None  # as SeedResult.reason; "missing" when no result arrived in time
+
+
+class SeedRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One seed's line in an evaluation: its scalars, its cost, where it ran, how it learned."""
+
+    seed: int
+    ok: bool
+    error: str | None = None
+    reason: str | None = None
+    metrics: dict[str, float | None] = {}
+    train_time_s: float = 0.0
+    samples_per_s: float = 0.0
+    duration_s: float = 0.0
+    evaluator: str = ""
+    device: str = "cpu"
+    dynamics: LearningDynamics | None = None
+
+
+class Evaluation(msgspec.Struct, kw_only=True):
+    """Every metric over the seeds that succeeded (shared.evaluation.aggregate.summarise)."""
+
+    num_seeds: int
+    aggregated: dict[str, MetricSummary] = {}  # metric name -> its statistics over seeds
+    failed_seeds: list[SeedFailure] = []
+    best_seed: int | None = None  # by the metric the goal is judged on
+    final: FinalScores | None = None  # the best seed's metrics and details
+    seed_results: list[SeedRow] = []
+    learning_curves: dict[str, list[EpochStats]] = {}  # seed (as text) -> its curve
+    plots: dict[str, str] = {}  # file name -> artifact name
+
+    def summary(self, metric: str = DEFAULT_METRIC) -> MetricSummary:
+        return self.aggregated.get(metric, EMPTY_SUMMARY)
+
+    def score(self, statistic: GoalStatistic, metric: str = DEFAULT_METRIC) -> float | None:
+        """The goal statistic of `metric`: what decisions and leaderboards compare."""
+        return self.summary(metric).statistic(statistic)
+
+
+# ---- the rest of an iteration ----
+class CodeAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """Code the sandbox rejected at this iteration, kept for the record and for the next fix."""
+
+    attempt: int
+    assembler: str  # deterministic | llm
+    code: str | None  # artifact name of the rejected source
+    reason: str | None
+    error: str
+
+
+class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """summary.json: the measured facts, and the tools LLM's reading when it gave one."""
+
+    facts: ModelFacts
+    narrative: Narrative | None = None
+    narrative_error: str | None = None
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    action: Literal["iterate", "goal_achieved", "stop"]
+    reasoning: str
+    status: RunStatus | None = None  # the run status this decision ends with, if it ends the run
+    proposer: Proposer = "builtin"  # who made the choice
+    next_config: dict[str, Any] | None = None  # the planning LLM's config for the next iteration (checked)
+    llm_action: str | None = None  # what the planning LLM answered, when it was asked
+    llm_reasoning: str | None = None
+    disagreement: str | None = None  # the LLM claimed what the statistics do not support
+
+
+class RunRecord(msgspec.Struct, kw_only=True):
+    run_id: str
+    goal: Goal
+    status: RunStatus = "running"
+    error: str | None = None
+    current_iteration: int = 0  # 0 = none started yet
+    best_iteration: int | None = None
+    best_score: float | None = None  # the goal statistic of the best iteration
+    dataset_facts: DatasetFacts | None = None  # None when the data set could not be read
+    created_at: float = msgspec.field(default_factory=time.time)
+    finished_at: float | None = None
+
+
+class IterationRecord(msgspec.Struct, kw_only=True):
+    run_id: str
+    iteration: int
+    state: IterationState = "proposed"
+    proposer: Proposer = "builtin"
+    model_config: dict[str, Any] = {}  # the seed format the assembler builds (layers and recipe)
+    search_params: dict[str, Any] | None = None  # the built-in search's trial parameters
+    class_name: str = ""
+    code_artifact: str | None = None  # object name in ARTIFACTS_BUCKET
+    validation: ValidationResult | None = None
+    seeds: list[int] = []
+    evaluation: Evaluation | None = None
+    decision: Decision | None = None
+    attempts: int = 0  # failed tries of the current step
+    # ---- code generation and the LLMs ----
+    assembler: str = ""  # deterministic | llm: who wrote the current code
+    code_attempts: list[CodeAttempt] = []
+    summary: ModelSummary | None = None
+    llm_calls: list[LLMCall] = []  # every LLM call made for this iteration (prompts and replies as artifacts)
+    started_at: float = msgspec.field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def score(self, statistic: GoalStatistic) -> float | None:
+        """The goal statistic of an evaluated iteration; None when it was rejected or every seed failed."""
+        return self.evaluation.score(statistic) if self.evaluation else None
+
+
+# ---- records written before the types above ----
+def upgrade_run(raw: dict[str, Any]) -> dict[str, Any]:
+    """A failed run used to store its data set facts as {}."""
+    if not raw.get("dataset_facts"):
+        raw["dataset_facts"] = None
+    return raw
+
+
+def upgrade_iteration(raw: dict[str, Any]) -> dict[str, Any]:
+    """Summaries stored before ModelFacts named their shapes as lists of any length; evaluations
+    stored `final` with keys of metrics since removed: both pass through as they are, and a
+    summary without facts (never written, but cheap to guard) is dropped."""
+    summary = raw.get("summary")
+    if isinstance(summary, dict) and not isinstance(summary.get("facts"), dict):
+        raw["summary"] = None
+    return raw
