@@ -2,7 +2,7 @@
 
 Schema evolution: only add fields with defaults; never change a field's type. Records written
 before these types existed (plain objects under the same keys) decode into them unchanged; the
-few shapes that did change are upgraded on read by `upgrade_run` and `upgrade_iteration`.
+one shape that did change (a failed run's facts, once {}) is upgraded on read by `upgrade_run`.
 """
 
 from __future__ import annotations
@@ -242,14 +242,4 @@ def upgrade_run(raw: dict[str, Any]) -> dict[str, Any]:
     """A failed run used to store its data set facts as {}."""
     if not raw.get("dataset_facts"):
         raw["dataset_facts"] = None
-    return raw
-
-
-def upgrade_iteration(raw: dict[str, Any]) -> dict[str, Any]:
-    """Summaries stored before ModelFacts named their shapes as lists of any length; evaluations
-    stored `final` with keys of metrics since removed: both pass through as they are, and a
-    summary without facts (never written, but cheap to guard) is dropped."""
-    summary = raw.get("summary")
-    if isinstance(summary, dict) and not isinstance(summary.get("facts"), dict):
-        raw["summary"] = None
     return raw

@@ -22,13 +22,12 @@ from nats.js.errors import (
 from shared.messaging import subjects
 from shared.messaging.bus import key_value, object_store
 from shared.messaging.messages import SeedResult
-from shared.registry.records import IterationRecord, RunRecord, upgrade_iteration, upgrade_run
+from shared.registry.records import IterationRecord, RunRecord, upgrade_run
 
 R = TypeVar("R", bound=msgspec.Struct)
 
 
-_UPGRADES: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {RunRecord: upgrade_run,
-                                                                   IterationRecord: upgrade_iteration}
+_UPGRADES: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {RunRecord: upgrade_run}
 
 
 def _decode_record(data: bytes, type_: type[R]) -> R:
