@@ -5,7 +5,7 @@ import pytest
 from shared.modelspec.assemble import assemble
 from shared.evaluation.in_container import evaluate_job
 from shared.sandboxing.containers import ContainerRunner, Limits
-from shared.messaging.messages import EvalJob
+from shared.messaging.messages import EvalJob, TrainingRecipe
 from tests.conftest import SANDBOX_IMAGE
 from tests.integration.test_sandbox import DIGITS_CNN
 
@@ -19,9 +19,10 @@ def runner(docker_engine):
     runner.remove_strays()
 
 
-def job(source, class_name, **kw):
+def job(source, class_name, **recipe):
     return EvalJob(job_id="t.it0001.seed0", run_id="t", iteration=1, seed=0, dataset="digits",
-                   class_name=class_name, source=source, **{"epochs": 3, "batch_size": 64, "lr": 3e-3, **kw})
+                   class_name=class_name, source=source,
+                   recipe=TrainingRecipe(**{"epochs": 3, "batch_size": 64, "lr": 3e-3, **recipe}))
 
 
 def test_generated_cnn_trains_and_is_scored_outside(runner):
