@@ -12,20 +12,22 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from tqdm import tqdm
-
 from researcher import evaluate_cmd, validate_cmd
 from researcher.stack import LocalStack
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams
 from shared.runtime.config import load_config
-from shared.data.datasets import dataset_key, known_datasets
+from shared.data.catalog import dataset_key, known_datasets
 from shared.errors import ConfigFileError, UnknownDatasetError
-from shared.llm.client import llm_settings
 from shared.runtime.log import configure_logging
 from shared.messaging.messages import TERMINAL_STATUSES, Event, Goal
 from shared.registry.store import Registry
 from shared.registry.report import export_run, format_report, load_report
+
+# Light imports only: `researcher --help`, submit, report and export start in a fraction of a
+# second. tqdm, the LLM client (openai) and, in evaluate_cmd and validate_cmd, torch, numpy, the
+# evaluation engine and the Docker client are imported by the functions that use them
+# (tests/unit/test_cli_imports.py checks which modules stay out).
 
 
 def _goal_args(p: argparse.ArgumentParser) -> None:
@@ -117,6 +119,8 @@ async def publish_goal(nc, goal: Goal) -> None:
 
 async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> dict:
     """Show events and a progress bar over iterations until the run is terminal; -> its report."""
+    from tqdm import tqdm
+
     registry = await Registry.open(nc.jetstream())
     bar = tqdm(total=goal.max_iterations, desc="iterations", unit="it", file=sys.stderr, disable=quiet, leave=False)
 
@@ -141,6 +145,8 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> di
 
 def _check_llm_flags(args: argparse.Namespace) -> str | None:
     """-> an error for flags that cannot take effect, or settings that do not hold together."""
+    from shared.llm.client import llm_settings  # openai: only `run` needs it
+
     env = llm_env(args)
     if env and args.nats_url:
         return ("--llm-* flags configure the embedded stack; a running stack takes its LLMs from its configuration "
