@@ -17,7 +17,7 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images test run clean bench-sandbox bench-eval bench-scale
+.PHONY: help venv images test run clean bench-sandbox bench-eval bench-scale bench-cli
 
 help:
 	@echo "Targets:"
@@ -28,6 +28,8 @@ help:
 	@echo "  clean   remove build/ and $(VENV)"
 	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
 	@echo "  bench-eval     training samples/s of the engine against a plain PyTorch loop, and the ratio"
+	@echo "  bench-cli      start-up of researcher --help, report and validate: seconds and peak RSS against python -c pass"
+	@echo "                 and the cold container (BENCH_ARGS=--no-validate without Docker)"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
 	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222, on"
 	@echo "          every interface with NATS_BIND=0.0.0.0 for evaluators elsewhere; EVALUATORS=N replicas)"
@@ -85,6 +87,9 @@ bench-sandbox: venv images
 
 bench-eval: venv
 	$(VENV)/bin/python -m benchmarks.bench_eval $(BENCH_ARGS)
+
+bench-cli: venv images
+	$(VENV)/bin/python -m benchmarks.bench_cli $(BENCH_ARGS)
 
 # Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
 bench-scale: venv images
