@@ -31,7 +31,7 @@ help:
 	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
 	@echo "  bench-eval     training samples/s of the engine against a plain PyTorch loop, and the ratio"
 	@echo "  bench-cli      start-up of researcher --help, report and validate: seconds and peak RSS against python -c pass"
-	@echo "                 and the cold container (BENCH_ARGS=--no-validate without Docker)"
+	@echo "                 and against the cold container"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
 	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222, on"
 	@echo "          every interface with NATS_BIND=0.0.0.0 for evaluators elsewhere; EVALUATORS=N replicas)"
