@@ -17,17 +17,21 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images test run clean bench-sandbox bench-eval bench-scale
+.PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli
 
 help:
 	@echo "Targets:"
+	@echo "  setup   the machine: make, Python 3.11, the Docker engine, compose, debootstrap (apt-get, as root or"
+	@echo "          with passwordless sudo) and a running engine; otherwise says what to type (scripts/setup-host.sh)"
 	@echo "  venv    create $(VENV) ($(PY)), install $(TORCH_SPEC), then -e '.[test]'"
 	@echo "  images  build the base image, the wheelhouse and the sandbox image (scripts/build-images.sh)"
-	@echo "  test    venv + images, then $(VENV)/bin/pytest -q \$$(PYTEST_ARGS)"
-	@echo "  run     venv + images, then researcher run \"\$$(GOAL)\" (DATASET, TARGET, ITERATIONS, SEEDS)"
+	@echo "  test    setup + venv + images, then $(VENV)/bin/pytest -q \$$(PYTEST_ARGS)"
+	@echo "  run     setup + venv + images, then researcher run \"\$$(GOAL)\" (DATASET, TARGET, ITERATIONS, SEEDS)"
 	@echo "  clean   remove build/ and $(VENV)"
 	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
 	@echo "  bench-eval     training samples/s of the engine against a plain PyTorch loop, and the ratio"
+	@echo "  bench-cli      start-up of researcher --help, report and validate: seconds and peak RSS against python -c pass"
+	@echo "                 and against the cold container"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
 	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222, on"
 	@echo "          every interface with NATS_BIND=0.0.0.0 for evaluators elsewhere; EVALUATORS=N replicas)"
@@ -47,6 +51,10 @@ help:
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
 	@echo "           NATS_URL=$(NATS_URL) EVALUATORS=$(EVALUATORS) GPUS=$(GPUS) GPU=$(GPU) NATS_BIND=$(or $(NATS_BIND),127.0.0.1)"
 
+# The machine itself (packages, the Docker engine), before anything that needs it; quick when done.
+setup:
+	@PY='$(PY)' VENV='$(VENV)' bash scripts/setup-host.sh
+
 venv: $(VENV)/.installed
 
 # Reinstalls whenever pyproject.toml changes.
@@ -60,19 +68,20 @@ $(VENV)/.installed: pyproject.toml
 images:
 	@docker info >/dev/null 2>&1 || { \
 	  echo "error: the Docker engine does not answer (docker info)." >&2; \
-	  echo "  Install it:  apt-get update && apt-get install -y docker.io docker-compose debootstrap" >&2; \
-	  echo "  Start it:    setsid dockerd >/var/log/dockerd.log 2>&1 &   (then wait for 'docker info')" >&2; \
-	  echo "  (.ci/run does both.)" >&2; \
+	  echo "  make setup installs and starts it (make test and make run do it first)." >&2; \
 	  exit 1; }
 	bash scripts/build-images.sh
 
 # pytest's own exit status is kept in build/pytest.rc (make itself exits 2 on any failure).
-# The service image too: the compose end-to-end test brings the stack up from it.
-test: venv images service-image
+# The service image too: the compose end-to-end test brings the stack up from it. The machine's
+# set-up runs first, on its own, even under make -j (the venv needs its Python).
+test: setup
+	@$(MAKE) --no-print-directory venv images service-image
 	@mkdir -p build; rm -f build/pytest.rc
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; echo $$rc > build/pytest.rc; exit $$rc
 
-run: venv images
+run: setup
+	@$(MAKE) --no-print-directory venv images
 	$(VENV)/bin/researcher run "$(GOAL)" --dataset $(DATASET) --target-accuracy $(TARGET) \
 	  --max-iterations $(ITERATIONS) --num-seeds $(SEEDS)
 
@@ -85,6 +94,9 @@ bench-sandbox: venv images
 
 bench-eval: venv
 	$(VENV)/bin/python -m benchmarks.bench_eval $(BENCH_ARGS)
+
+bench-cli: venv images
+	$(VENV)/bin/python -m benchmarks.bench_cli $(BENCH_ARGS)
 
 # Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
 bench-scale: venv images

@@ -12,23 +12,25 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from tqdm import tqdm
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from researcher import evaluate_cmd, validate_cmd
 from researcher.stack import LocalStack
+from shared.data.catalog import check_goal, known_datasets
+from shared.errors import ConfigFileError, MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams
-from shared.runtime.config import load_config
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
-
-from shared.data.datasets import check_goal, known_datasets
-from shared.errors import ConfigFileError, MessageError
-from shared.llm.client import llm_settings
-from shared.runtime.log import configure_logging
 from shared.messaging.messages import TERMINAL_STATUSES, ErrorReply, Event, Goal, GoalAnswer
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.report import build_report, export_run, format_report, load_records
 from shared.registry.store import Registry
+from shared.runtime.config import load_config
+from shared.runtime.log import configure_logging
+
+# Light imports only: `researcher --help`, submit, report and export start in a fraction of a
+# second. tqdm, the LLM client (openai) and, in evaluate_cmd and validate_cmd, torch, numpy, the
+# evaluation engine and the Docker client are imported by the functions that use them
+# (tests/unit/test_cli_imports.py checks which modules stay out).
 
 
 def _goal_args(p: argparse.ArgumentParser) -> None:
@@ -155,6 +157,8 @@ async def submit_goal(nc, goal: Goal, timeout_s: float = 10.0) -> str:
 
 async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> tuple[RunRecord, list[IterationRecord]]:
     """Show events and a progress bar over iterations until the run is terminal; -> its records."""
+    from tqdm import tqdm
+
     registry = await Registry.open(nc.jetstream())
     bar = tqdm(total=goal.max_iterations, desc="iterations", unit="it", file=sys.stderr, disable=quiet, leave=False)
 
@@ -185,6 +189,8 @@ def show(records: tuple[RunRecord, list[IterationRecord]], as_json: bool) -> Non
 
 def _check_llm_flags(args: argparse.Namespace) -> str | None:
     """-> an error for flags that cannot take effect, or settings that do not hold together."""
+    from shared.llm.client import llm_settings  # openai: only `run` needs it
+
     env = llm_env(args)
     if env and args.nats_url:
         return ("--llm-* flags configure the embedded stack; a running stack takes its LLMs from its configuration "

@@ -9,23 +9,21 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import msgspec
 
-import numpy as np
-from torch import nn
-from tqdm import tqdm
-
-from shared.evaluation.in_container import evaluate_job
-from shared.sandboxing.runners import make_eval_runner
-from shared.evaluation.aggregate import summarise
-from shared.runtime.config import load_config
-from shared.data.datasets import load_dataset
 from shared.errors import ConfigFileError, DatasetError, SandboxUnavailableError
 from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe
 from shared.registry.records import Evaluation
-from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once
+from shared.runtime.config import load_config
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch, numpy, the data sets and the evaluation engine are imported by the functions that
+# use them: `researcher` imports this module for its parser, and `researcher --help` must not
+# pay for torch.
 
 
 def add_parser(sub) -> None:
@@ -85,6 +83,13 @@ def format_evaluation(evaluation: Evaluation, title: str, goal: tuple[str, float
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from shared.data.datasets import load_dataset
+    from shared.evaluation.aggregate import summarise
+    from shared.evaluation.in_container import evaluate_job
+    from shared.sandboxing.runners import make_eval_runner
+
     try:
         config = load_config()
         source = args.file.read_text(encoding="utf-8")
@@ -120,6 +125,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 # ---- quick-evaluator: the library on a trusted model ----
 def reference_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A small, sensible baseline: a two-block CNN for images, a two-layer MLP for tables."""
+    import numpy as np
+    from torch import nn
+
     if len(input_shape) == 3:
         channels, height, width = input_shape
         pooled = (height // 4) * (width // 4)
@@ -135,6 +143,8 @@ def reference_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module
 def load_trusted_model(path: Path, class_name: str) -> nn.Module:
     """Your own model file, imported in this process: only for code you trust (generated code
     belongs in `researcher evaluate`, which runs it in the sandbox)."""
+    from torch import nn
+
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
         raise ValueError(f"cannot import {path}")
@@ -147,6 +157,9 @@ def load_trusted_model(path: Path, class_name: str) -> nn.Module:
 
 
 def quick_evaluator_main(argv: list[str] | None = None) -> int:
+    from shared.data.datasets import load_dataset
+    from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once
+
     p = argparse.ArgumentParser(prog="quick-evaluator", description="Multi-seed quick evaluation of a trusted model, "
                                 "in-process (a built-in baseline unless --model-file is given).")
     p.add_argument("--dataset", default="digits")

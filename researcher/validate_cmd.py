@@ -20,8 +20,6 @@ import msgspec
 import nats
 from nats.errors import Error as NatsError
 
-from shared.sandboxing.runners import make_runner
-from shared.sandboxing.validate import validate
 from shared.messaging import subjects
 from shared.messaging.bus import encode
 from shared.runtime.config import Config, load_config
@@ -99,6 +97,10 @@ async def via_service(url: str, request: ValidateRequest, timeout_s: float) -> V
 
 
 def direct(config: Config, request: ValidateRequest, timeout_s: float, policy: str) -> ValidationResult:
+    # The Docker client, imported only when this process starts the container itself.
+    from shared.sandboxing.runners import make_runner
+    from shared.sandboxing.validate import validate
+
     runner = make_runner(config, owner=f"cli-{os.getpid()}")  # no start_pool(): one cold container
     try:
         return validate(request, runner, timeout_s, config.sandbox.memory, policy)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import time
 import msgspec
 import structlog
 
-from shared.data.datasets import check_goal
+from shared.data.catalog import check_goal
 from shared.errors import MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, through_outages

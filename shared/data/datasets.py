@@ -31,8 +31,9 @@ import numpy as np
 from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
-from shared.errors import DatasetError, DatasetNotFoundError, UnknownDatasetError
-from shared.messaging.messages import DatasetFacts, Goal, goal_problems
+from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_csv_name  # noqa: F401 - re-exported
+from shared.errors import DatasetError, DatasetNotFoundError
+from shared.messaging.messages import DatasetFacts
 
 DEFAULT_DATA_DIR = "~/.cache/pytorch-researcher/data"
 
@@ -200,7 +201,7 @@ def _svhn(root: Path) -> Dataset:
 # ---- CSV ----
 def _csv(spec: str) -> Dataset:
     """`csv:PATH:TARGET`: numeric feature columns, and a target column whose distinct values are the classes."""
-    _, path_text, target = _parse_csv_name(spec)
+    _, path_text, target = parse_csv_name(spec)
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise DatasetNotFoundError(spec, [str(path)], "give the path of a CSV file with a header row")
@@ -238,13 +239,6 @@ def _csv(spec: str) -> Dataset:
     return Dataset(spec, "tabular", x, np.array([index[v] for v in labels], dtype=np.int64), tuple(classes))
 
 
-def _parse_csv_name(name: str) -> tuple[str, str, str]:
-    parts = name.split(":")
-    if len(parts) < 3 or not parts[-1] or not ":".join(parts[1:-1]):
-        raise UnknownDatasetError(name, known_datasets())
-    return "csv", ":".join(parts[1:-1]), parts[-1]
-
-
 LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "digits": lambda root: _digits(),
     "breast_cancer": _sklearn_tabular("breast_cancer", skd.load_breast_cancer),
@@ -257,36 +251,7 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "fashion_mnist": _mnist_like("fashion_mnist", "FashionMNIST", FASHION_CLASSES),
     "svhn": _svhn,
 }
-ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fashionmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist"}
 _cache: dict[tuple[str, str], Dataset] = {}
-
-
-def known_datasets() -> list[str]:
-    return sorted(LOADERS) + ["csv:PATH:TARGET"]
-
-
-def dataset_key(name: str) -> str:
-    """The registered name for `name` (case and spaces ignored; `csv:PATH:TARGET` as given);
-    UnknownDatasetError otherwise. Loads nothing."""
-    if name.strip().lower().startswith("csv:"):
-        _parse_csv_name(name.strip())
-        return name.strip()
-    key = name.strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in LOADERS:
-        raise UnknownDatasetError(name, known_datasets())
-    return key
-
-
-def check_goal(goal: Goal) -> list[str]:
-    """Every problem of a goal (goal_problems), its data set's name included; [] when it is sound."""
-    problems = goal_problems(goal)
-    if goal.dataset.strip():
-        try:
-            dataset_key(goal.dataset)
-        except DatasetError as exc:
-            problems.append(f"dataset: {exc}")
-    return problems
 
 
 TORCHVISION_CLASSES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST",

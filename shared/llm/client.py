@@ -21,6 +21,7 @@ import structlog
 from shared.runtime.config import Config, resolve_llm
 from shared.messaging.messages import LLMCall
 from shared.llm.prompts import render
+from shared.llm.usage import usage_by_role  # noqa: F401 - re-exported; the report imports it without openai
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -172,16 +173,3 @@ async def ask_json(client: LLMClient, messages: list[dict[str, Any]], type_: typ
         messages += [{"role": "assistant", "content": call.reply or ""},
                      {"role": "user", "content": render("repair", error=problem)}]
     return answer
-
-
-def usage_by_role(calls: list[LLMCall]) -> dict[str, dict[str, Any]]:
-    """Totals per role: calls, failed calls, tokens in and out, seconds waited."""
-    out: dict[str, dict[str, Any]] = {}
-    for call in calls:
-        row = out.setdefault(call.role, {"calls": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0, "latency_s": 0.0})
-        row["calls"] += 1
-        row["failed"] += call.outcome != "ok"
-        row["tokens_in"] += call.tokens_in or 0
-        row["tokens_out"] += call.tokens_out or 0
-        row["latency_s"] = round(row["latency_s"] + call.latency_s, 3)
-    return out

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared.llm.client import usage_by_role
+from shared.llm.usage import usage_by_role
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
 

@@ -139,3 +139,10 @@ def test_split_leaves_the_cached_data_set_untouched():
     split(ds, seed=0)
     np.testing.assert_array_equal(ds.x, before)
     assert load_dataset("wine") is ds
+
+
+def test_the_catalog_names_exactly_the_loaders():
+    """shared.data.catalog (names only, for the CLI) and LOADERS must not drift apart."""
+    from shared.data.catalog import NAMES
+    assert sorted(NAMES) == sorted(LOADERS)
+    assert known_datasets() == sorted(LOADERS) + ["csv:PATH:TARGET"]

@@ -3,7 +3,7 @@
 import pytest
 
 from researcher.cli import GoalRejected, check_locally, main
-from shared.data.datasets import check_goal
+from shared.data.catalog import check_goal
 from shared.messaging.messages import GOAL_LIMITS, Goal, goal_problems
 
 
