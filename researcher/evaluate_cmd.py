@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from shared.evaluation.in_container import evaluate_job
+from shared.evaluation.in_container import evaluate_job, finite
 from shared.sandboxing.runners import make_eval_runner
 from shared.evaluation.aggregate import summarise
 from shared.runtime.config import load_config
@@ -95,7 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     evaluation.update(goal_statistic=args.goal_statistic, goal_value=value,
                       goal_achieved=None if args.target_accuracy is None else bool(value is not None and value >= args.target_accuracy))
     if args.json:
-        print(json.dumps(evaluation, indent=2))
+        print(json.dumps(finite(evaluation), indent=2, allow_nan=False))  # valid JSON: no NaN tokens
     else:
         print(format_evaluation(evaluation, f"{args.class_name} on {args.dataset}, {args.num_seeds} seeds (in containers)"))
     return 0 if any(r.ok for r in results.values()) else 1

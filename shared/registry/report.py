@@ -19,7 +19,9 @@ def _validation(it: IterationRecord) -> dict[str, Any]:
         return {"ok": None, "error": None, "reason": None, "output_shape": None, "param_count": None}
     return {"ok": v.ok, "error": v.error, "reason": v.reason, "output_shape": v.output_shape,
             "param_count": v.param_count, "trainable_params": v.trainable_params, "duration_s": v.duration_s,
-            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail}
+            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail,
+            # output_shape, param_count, trainable_params, layers and flops are the code's own claims
+            "reported_by": v.reported_by}
 
 
 def iteration_report(it: IterationRecord) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def format_report(report: dict[str, Any]) -> str:
             outcome = f"val_accuracy {acc['mean']:.4f} ± {acc['std']:.4f}{ci_text} over {acc['n']} seeds"
         else:
             outcome = it["state"]
-        params = f"{v['param_count']:,} params, " if v.get("param_count") else ""
+        params = f"{v['param_count']:,} params (reported by the model's process), " if v.get("param_count") else ""
         lines.append(f"  #{it['iteration']} {it['class_name'] or it['model_config'].get('class_name', '?')}: {params}{outcome}")
         if it["decision"]:
             lines.append(f"      -> {it['decision']['action']}: {it['decision']['reasoning']}")
