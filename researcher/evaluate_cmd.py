@@ -87,7 +87,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from shared.data.datasets import load_dataset
     from shared.evaluation.aggregate import summarise
-    from shared.evaluation.in_container import evaluate_job
+    from shared.evaluation.in_container import evaluate_job, finite
     from shared.sandboxing.runners import make_eval_runner
 
     try:
@@ -114,8 +114,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     value = evaluation.score(args.goal_statistic)
     achieved = None if args.target_accuracy is None else bool(value is not None and value >= args.target_accuracy)
     if args.json:
-        print(json.dumps({**msgspec.to_builtins(evaluation), "goal_statistic": args.goal_statistic, "goal_value": value,
-                          "goal_achieved": achieved}, indent=2))
+        print(json.dumps(finite({**msgspec.to_builtins(evaluation), "goal_statistic": args.goal_statistic,
+                                 "goal_value": value, "goal_achieved": achieved}), indent=2, allow_nan=False))  # no NaN tokens
     else:
         print(format_evaluation(evaluation, f"{args.class_name} on {args.dataset}, {args.num_seeds} seeds (in containers)",
                                 (args.goal_statistic, value, achieved)))

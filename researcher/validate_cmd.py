@@ -126,6 +126,7 @@ def describe(result: ValidationResult, via: str, wall_s: float) -> str:
         flops = f", {format_flops(result.flops)} per forward pass" if result.flops is not None else ""
         lines.append(f"valid: output shape {tuple(result.output_shape or [])}, {result.param_count:,} parameters "
                      f"({result.trainable_params:,} trainable), {len(result.layers)} layers{flops}")
+        lines.append("  (figures reported by the model's process, which runs the code: its own claims)")
     else:
         lines.append(f"rejected ({result.reason}): {result.error}")
     lines += [f"  flag: {flag}" for flag in result.flags]
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             return 3
     wall_s = time.monotonic() - started
     if args.json:
-        print(json.dumps({**msgspec.to_builtins(result), "via": via, "wall_s": round(wall_s, 3)}, indent=2))
+        print(json.dumps({**msgspec.to_builtins(result), "via": via, "wall_s": round(wall_s, 3)}, indent=2, allow_nan=False))
     else:
         print(describe(result, via, wall_s))
     return 0 if result.ok else 1

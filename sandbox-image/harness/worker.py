@@ -227,6 +227,18 @@ def model_process(job, blob, report_w, token):
 
 
 STAGES = ("import", "init", "forward", "train", "predict")
+# The trusted side rejects longer strings (shared/sandboxing/protocol.py): an exception message of
+# any size from the code is cut here, head and tail kept, so it stays a plain "exception".
+MAX_TEXT = {"error": 4000, "traceback": 4000, "reason": 64, "exception_type": 200}
+
+
+def _bounded(final):
+    for key, cap in MAX_TEXT.items():
+        text = final.get(key)
+        if isinstance(text, str) and len(text) > cap:
+            cut = len(text) - cap
+            final[key] = text[: cap // 2] + f" [... {cut} characters cut ...] " + text[-(cap // 2) :]
+    return final
 
 
 def _write_result_line(message):
@@ -249,7 +261,8 @@ def collect(pid, fd):
             line, scanned = bytes(buf[scanned:end]), end + 1
             if len(line) < 64 and line.startswith(b'{"stage": "'):
                 name = line[11:-2].decode("ascii", "replace")
-                if name in STAGES:
+                # forward only, once each: the code could send stage lines without end
+                if name in STAGES and (stage not in STAGES or STAGES.index(name) > STAGES.index(stage)):
                     stage = name
                     _write_result_line({"stage": name})
 
@@ -289,7 +302,7 @@ def interpret(raw, status, overflow, token, stage):
         except ValueError:
             continue
         if isinstance(message, dict) and message.get("token") == token and isinstance(message.get("final"), dict):
-            final = message["final"]
+            final = _bounded(message["final"])
             break
     process = {"stage": stage, "report_overflow": overflow,
                "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,

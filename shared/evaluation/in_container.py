@@ -2,17 +2,23 @@
 
 The container gets (x_train, y_train, x_val) and returns class probabilities for x_val; the
 labels of the validation split never leave this process, so generated code cannot forge its score.
+Its report is decoded strictly (shared.sandboxing.protocol); the predictions' base64 must have
+exactly the length the job implies before a byte of it is decoded.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import math
 import time
+from typing import Any
 
 import numpy as np
 
-from shared.sandboxing.validate import outcome_to_result
+from shared.sandboxing.protocol import Hparams, TrainJob, TrainOutcome, b64_len
+from shared.sandboxing.validate import common_fields, failure_of
 from shared.data.datasets import load_dataset, split
 from shared.errors import DatasetError
 from shared.messaging.messages import EpochStats, EvalJob, SeedResult
@@ -20,10 +26,28 @@ from shared.evaluation.metrics import score
 from shared.evaluation.quick_eval import epoch_curve
 
 
+class BadPredictions(ValueError):
+    """Predictions that are not what the job asked for; the message says how."""
+
+
 def _npz(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, infinities) replaced by None, through dicts and
+    lists: JSON has no NaN, and a strict decoder would reject the null msgspec writes for it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    if isinstance(value, np.floating):
+        return finite(float(value))
+    return value
 
 
 def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fraction: float = 0.2,
@@ -35,44 +59,68 @@ def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fra
     except DatasetError as exc:
         return SeedResult(ok=False, error=str(exc), **base)
     data = split(ds, job.seed, val_fraction, job.subset_size)
-    container_job = {
-        "mode": "train", "source": job.source, "class_name": job.class_name, "seed": job.seed,
-        "hparams": {"epochs": job.recipe.epochs, "batch_size": job.recipe.batch_size, "lr": job.recipe.lr,
-                    "optimizer": job.recipe.optimizer, "weight_decay": job.recipe.weight_decay},
-        "augment": job.recipe.augment,
-    }
+    recipe = job.recipe
+    container_job = TrainJob(
+        source=job.source, class_name=job.class_name, seed=job.seed, augment=recipe.augment,
+        hparams=Hparams(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
+                        weight_decay=recipe.weight_decay),
+        n_val=len(data.y_val), num_classes=ds.num_classes)
     blob = _npz(x_train=data.x_train, y_train=data.y_train, x_val=data.x_val)
     outcome = runner.run(container_job, blob, timeout_s, job_id=job.job_id)
     elapsed = lambda: round(time.monotonic() - started, 3)  # noqa: E731
-    result = (outcome.report or {}).get("result")
-    if not (outcome.report or {}).get("harness_completed") or not isinstance(result, dict) or not result.get("ok"):
-        if isinstance(result, dict) and result.get("error"):
-            error = result["error"]
-        else:
-            error = outcome_to_result(outcome, timeout_s, memory).error or "training failed"
-        return SeedResult(ok=False, error=f"training failed: {error}", duration_s=elapsed(), **base)
+    common = {**common_fields(outcome), **base}
+    failure = failure_of(outcome, timeout_s, memory, getattr(getattr(runner, "limits", None), "pids", None))
+    if failure is not None:
+        return SeedResult(ok=False, error=f"training failed: {failure.error}", reason=failure.reason,
+                          exception_type=failure.exception_type, **{**common, "duration_s": elapsed()})
+    result = outcome.report.result  # type: ignore[union-attr]  # failure_of checked it
     try:
-        shape = tuple(int(d) for d in result["probs_shape"])
-        probs = np.frombuffer(base64.b64decode(result["probs_b64"]), dtype=np.float32).reshape(shape)
-    except (KeyError, ValueError, TypeError) as exc:
-        return SeedResult(ok=False, error=f"the harness returned unreadable predictions: {exc}", duration_s=elapsed(), **base)
-    if shape != (len(data.y_val), ds.num_classes) or not np.isfinite(probs).all():
-        return SeedResult(ok=False, duration_s=elapsed(), **base,
-                          error=f"predictions of shape {shape} (or non-finite) for {len(data.y_val)} samples and {ds.num_classes} classes")
-    try:
-        curve = learning_curve(result, data.y_val, ds.num_classes)
-    except (KeyError, ValueError, TypeError) as exc:
-        return SeedResult(ok=False, error=f"the harness returned an unreadable learning curve: {exc}", duration_s=elapsed(), **base)
+        probs = predictions(result, container_job)
+        curve = learning_curve(result, container_job, data.y_val)
+    except BadPredictions as exc:
+        return SeedResult(ok=False, reason="bad_predictions", error=f"the harness returned unusable predictions: {exc}",
+                          **{**common, "duration_s": elapsed()})
     metrics, details = score(data.y_val, probs, ds.class_names)  # every metric here, from our own labels
-    return SeedResult(ok=True, metrics=metrics, details=details, learning_curve=curve,
-                      train_time_s=float(result.get("train_time_s", 0.0)), samples_per_s=float(result.get("samples_per_s", 0.0)),
-                      device=str(result.get("device", "cpu")), duration_s=elapsed(), **base)
+    return SeedResult(ok=True, metrics=finite(metrics), details=finite(details), learning_curve=curve,
+                      train_time_s=result.train_time_s, samples_per_s=result.samples_per_s, device=result.device,
+                      **{**common, "duration_s": elapsed()})
 
 
-def learning_curve(result: dict, y_val: np.ndarray, num_classes: int) -> list[EpochStats]:
+def _decode(b64: str | None, shape: list[int] | None, want: tuple[int, ...], dtype: type, what: str) -> np.ndarray:
+    """base64 -> an array of exactly `want`, its length checked before it is decoded."""
+    if b64 is None or shape is None:
+        raise BadPredictions(f"no {what}")
+    if tuple(shape) != want:
+        raise BadPredictions(f"{what} of shape {tuple(shape)}, the job needs {want}")
+    expected = b64_len(int(np.prod(want)) * np.dtype(dtype).itemsize)
+    if len(b64) != expected:
+        raise BadPredictions(f"{what}: {len(b64):,} characters of base64 where {want} {np.dtype(dtype).name} needs {expected:,}")
+    try:
+        return np.frombuffer(base64.b64decode(b64, validate=True), dtype=dtype).reshape(want)
+    except (binascii.Error, ValueError) as exc:
+        raise BadPredictions(f"{what}: {exc}") from None
+
+
+def predictions(result: TrainOutcome, job: TrainJob) -> np.ndarray:
+    """The final class probabilities, (n_val, num_classes) float32, all finite."""
+    probs = _decode(result.probs_b64, result.probs_shape, (job.n_val, job.num_classes), np.float32, "predictions")
+    if not np.isfinite(probs).all():
+        raise BadPredictions("predictions hold non-finite values")
+    return probs
+
+
+def learning_curve(result: TrainOutcome, job: TrainJob, y_val: np.ndarray) -> list[EpochStats]:
     """The container's training curve, with validation loss and accuracy per epoch computed here."""
+    if len(result.curve) > job.hparams.epochs:
+        raise BadPredictions(f"a learning curve of {len(result.curve)} points for {job.hparams.epochs} epochs")
     per_epoch = None
-    if result.get("epoch_probs_b64"):
-        shape = tuple(int(d) for d in result["epoch_probs_shape"])
-        per_epoch = np.frombuffer(base64.b64decode(result["epoch_probs_b64"]), dtype=np.float16).reshape(shape)
-    return [EpochStats(**row) for row in epoch_curve(result.get("curve", []), per_epoch, y_val, num_classes)]
+    if result.epoch_probs_b64 is not None:
+        per_epoch = _decode(result.epoch_probs_b64, result.epoch_probs_shape,
+                            (len(result.curve), job.n_val, job.num_classes), np.float16, "per-epoch predictions")
+    points = [{"epoch": p.epoch, "train_loss": p.train_loss, "train_accuracy": p.train_accuracy, "grad_norm": p.grad_norm}
+              for p in result.curve]
+    try:
+        rows = epoch_curve(points, per_epoch, y_val, job.num_classes)
+    except ValueError as exc:
+        raise BadPredictions(f"learning curve: {exc}") from None
+    return [EpochStats(**finite(row)) for row in rows]

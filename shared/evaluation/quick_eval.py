@@ -8,6 +8,8 @@ dynamics and curves on the trusted side in both cases.
 
 from __future__ import annotations
 
+import math
+
 import copy
 import json
 import time
@@ -74,6 +76,10 @@ class QuickEvalConfig:
             raise ValueError("confidence_level must lie strictly between 0 and 1")
 
 
+def _finite(value: object) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None  # type: ignore[arg-type]
+
+
 def epoch_curve(points: Sequence[dict], per_epoch_probs: Sequence[np.ndarray] | np.ndarray | None,
                 y_val: np.ndarray, num_classes: int) -> list[dict[str, float]]:
     """The training curve with validation loss and accuracy per epoch, computed here from the
@@ -83,14 +89,17 @@ def epoch_curve(points: Sequence[dict], per_epoch_probs: Sequence[np.ndarray] | 
     labels = list(range(num_classes))
     curve = []
     for i, point in enumerate(points):
-        row = {"epoch": int(point["epoch"]), "train_loss": float(point["train_loss"]),
-               "train_accuracy": float(point["train_accuracy"])}
-        if point.get("grad_norm") is not None:
+        row = {"epoch": int(point["epoch"]), "train_loss": _finite(point.get("train_loss")),
+               "train_accuracy": _finite(point.get("train_accuracy"))}  # None: not finite (diverged)
+        if _finite(point.get("grad_norm")) is not None:
             row["grad_norm"] = float(point["grad_norm"])
         if per_epoch_probs is not None:
             probs = np.clip(np.asarray(per_epoch_probs[i], dtype=np.float64), 1e-7, 1.0)
             if probs.shape != (len(y_val), num_classes):
                 raise ValueError(f"epoch {row['epoch']}: predictions of shape {probs.shape} for {len(y_val)} samples")
+            if not np.isfinite(probs).all():  # NaN survives the clip: no validation figures this epoch
+                curve.append(row)
+                continue
             row["val_loss"] = float(skm.log_loss(y_val, probs / probs.sum(1, keepdims=True), labels=labels))
             row["val_accuracy"] = float(skm.accuracy_score(y_val, probs.argmax(1)))
         curve.append(row)

@@ -232,7 +232,7 @@ class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     error: str | None = None
     reason: str | None = None  # syntax, class_not_found, not_a_module, flagged, exception, bad_output,
-    # output_shape, timeout, oom, pids, output_too_large, exited, harness_failed
+    # output_shape, timeout, oom, pids, output_too_large, exited, harness_failed, bad_report
     output_shape: list[int] | None = None
     param_count: int | None = None
     trainable_params: int | None = None
@@ -244,6 +244,9 @@ class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):
     oom_killed: bool = False
     flags: list[str] = []  # the pre-check's findings (dangerous constructs, each with its line)
     flops: int | None = None  # floating-point operations of one forward pass of the probe batch
+    # who states output_shape, param_count, trainable_params, layers and flops: "model_process",
+    # the generated code's own process (it can forge them); None on a rejection
+    reported_by: str | None = None
 
 
 # ---- evaluation ----
@@ -263,8 +266,10 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
 
 class EpochStats(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int
-    train_loss: float
-    train_accuracy: float
+    # None: not finite (a diverging model, or a forged curve); NaN would travel as null and fail
+    # a strict decoder, losing the whole seed
+    train_loss: float | None
+    train_accuracy: float | None
     val_loss: float | None = None  # computed by the evaluator from the epoch's predictions
     val_accuracy: float | None = None
     grad_norm: float | None = None  # mean gradient norm over the epoch's steps, when tracked
@@ -280,7 +285,7 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     error: str | None = None
     # ---- why a seed failed (ok=False), in fields, as a rejected validation says why ----
-    reason: str | None = None  # timeout, oom, pids, exited, exception, harness_failed, bad_predictions, dead_letter, ...
+    reason: str | None = None  # timeout, oom, pids, exited, exception, harness_failed, bad_report, bad_predictions, dead_letter, ...
     exception_type: str | None = None
     timed_out: bool = False
     oom_killed: bool = False

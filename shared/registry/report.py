@@ -18,10 +18,11 @@ def _validation(it: IterationRecord) -> dict[str, Any]:
     v = it.validation
     if v is None:
         return {"ok": None, "error": None, "reason": None, "output_shape": None, "param_count": None}
-    # output shape, parameters, layers and FLOPs are the model process's own claims: the code runs there
     return {"ok": v.ok, "error": v.error, "reason": v.reason, "output_shape": v.output_shape,
             "param_count": v.param_count, "trainable_params": v.trainable_params, "duration_s": v.duration_s,
-            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail, "claims_by": "model process"}
+            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail,
+            # output_shape, param_count, trainable_params, layers and flops are the code's own claims
+            "reported_by": v.reported_by}
 
 
 def iteration_report(it: IterationRecord) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
              f"target: {goal.target_accuracy:.4f} on the {goal.goal_statistic} of validation accuracy", ""]
     for it in iterations:
         v = it.validation
-        params = f"{v.param_count:,} params, " if v is not None and v.param_count else ""
+        params = f"{v.param_count:,} params (reported by the model's process), " if v is not None and v.param_count else ""
         lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}: {params}{_outcome(it)}")
         for failure in (it.evaluation.failed_seeds if it.evaluation else []):
             lines.append(f"      seed {failure.seed} failed ({failure.reason or 'error'}): {failure.error}")

@@ -4,16 +4,13 @@ container killed, waited for and removed."""
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import struct
 import time
-from typing import Any
-
 from docker.errors import APIError, NotFound
 
-MAX_STDOUT_BYTES = 768 * 1024 * 1024  # the result line carries predictions
+READY_STDOUT_BYTES = 64 * 1024  # before its job a container says only "@@READY"
 
 
 class Attached:
@@ -23,18 +20,23 @@ class Attached:
         self.container, self.raw, self.started_at, self.cap = container, sock._sock, started_at, cap
         self._sock = sock  # keeps the response object (and so the connection) alive
         self.buffer, self.stdout, self.stderr = bytearray(), bytearray(), bytearray()
+        self.stdout_limit = READY_STDOUT_BYTES  # bytes; the runner raises it to what the job implies
+        self.overflow = False  # stdout passed stdout_limit: the read stopped there
 
     def read(self, deadline: float, until: bytes | None = None) -> bool:
-        """Demultiplex frames until `until` is in stdout (or EOF when None). False at the deadline."""
+        """Demultiplex frames until `until` is in stdout (or EOF when None). False at the deadline;
+        True, with `overflow` set, as soon as stdout passes `stdout_limit`."""
         while True:
             if until is not None and until in self.stdout:
+                return True
+            if self.overflow:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             self.raw.settimeout(remaining)
             try:
-                chunk = self.raw.recv(1 << 20)
+                chunk = self.raw.recv(1 << 20)  # at most 1 MiB past the limit is ever held
             except (socket.timeout, TimeoutError):
                 return False
             if not chunk:
@@ -46,8 +48,13 @@ class Attached:
                     break
                 payload = bytes(self.buffer[8 : 8 + size])
                 del self.buffer[: 8 + size]
-                if kind == 1 and len(self.stdout) < MAX_STDOUT_BYTES:
+                if kind == 1:
                     self.stdout += payload
+                    if len(self.stdout) > self.stdout_limit:
+                        self.overflow = True
+                        del self.stdout[self.stdout_limit:]
+                        self.buffer.clear()
+                        return True
                 elif kind == 2:
                     self.stderr += payload
                     if len(self.stderr) > 2 * self.cap:
@@ -93,22 +100,24 @@ def final_state(container) -> tuple[int | None, bool]:
         return None, False
 
 
-def last_stage(stdout: bytes | bytearray, nonce: str) -> str:
+def last_stage(stdout: bytearray, nonce: str) -> str:
     marker = f"@@STAGE {nonce} ".encode()
-    at = bytes(stdout).rfind(marker)
+    at = stdout.rfind(marker)
     if at < 0:
         return "start"
-    return bytes(stdout[at + len(marker) :]).split(b"\n", 1)[0].decode("ascii", "replace")[:32]
+    return bytes(stdout[at + len(marker) : at + len(marker) + 32]).split(b"\n", 1)[0].decode("ascii", "replace")
 
 
-def find_result(stdout: bytes | bytearray, nonce: str) -> dict[str, Any] | None:
+def find_result(stdout: bytearray, nonce: str) -> bytes | None:
+    """The supervisor's "@@RESULT <nonce>" line's JSON, undecoded, or None."""
     marker = f"@@RESULT {nonce} ".encode()
-    at = bytes(stdout).rfind(marker)
+    at = stdout.rfind(marker)
     if at < 0:
         return None
-    line = bytes(stdout[at + len(marker) :]).split(b"\n", 1)[0]
-    try:
-        report = json.loads(line)
-    except ValueError:
-        return None
-    return report if isinstance(report, dict) else None
+    end = stdout.find(b"\n", at)
+    with memoryview(stdout) as view:  # one copy of the line, not two
+        line = view[at + len(marker) : end if end >= 0 else len(stdout)]
+        try:
+            return line.tobytes()
+        finally:
+            line.release()

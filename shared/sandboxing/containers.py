@@ -7,7 +7,6 @@ is believed; whatever the generated code prints is kept as a capped tail for the
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import secrets
@@ -18,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import docker
+import msgspec
 import structlog
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
 from shared.sandboxing.container_io import Attached, final_state, find_result, kill, last_stage, remove
+from shared.sandboxing.protocol import BadReport, ContainerJob, Report, decode_report, max_report_bytes
 from shared.runtime.config import replica_name
 from shared.errors import SandboxUnavailableError
 
@@ -55,9 +56,10 @@ class Limits:
 
 @dataclass
 class RunOutcome:
-    """What happened to one container; `report` is the supervisor's, when it finished."""
+    """What happened to one container; `report` is the supervisor's, decoded strictly, when it
+    finished and its report was well-formed (else `bad_report` says why)."""
 
-    report: dict[str, Any] | None
+    report: Report | None
     exit_code: int | None
     timed_out: bool
     oom_killed: bool
@@ -65,6 +67,8 @@ class RunOutcome:
     stderr_tail: str = ""
     pooled: bool = False
     stage: str = "start"  # the last stage the harness saw the code reach (import, init, forward, ...)
+    bad_report: str | None = None  # why the report was rejected: malformed, or more bytes than the job implies
+    report_limit: int = 0  # bytes of stdout the job allowed
 
 
 def gpu_request(gpu_ids: tuple[str, ...] = ()) -> DeviceRequest:
@@ -129,17 +133,25 @@ class ContainerRunner:
     # ---- housekeeping ----
     def remove_strays(self) -> int:
         """Remove what a crashed run of this owner left behind, and any project container past its expiry."""
-        mine = self.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={self.owner}"})
+        # Another process (a second CLI, a replica) may remove any of these between the list and
+        # the look at its labels: one that vanished is skipped, never an error.
+        mine = self._list({"label": f"{OWNER_LABEL}={self.owner}"})
         now, expired = time.time(), []
-        for container in self.client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+        for container in self._list({"label": OWNER_LABEL}):
             try:
                 if container not in mine and float(container.labels.get(EXPIRES_LABEL, "inf")) < now:
                     expired.append(container)
-            except ValueError:
+            except (ValueError, NotFound):
                 continue
         for container in mine + expired:
             remove(container)
         return len(mine) + len(expired)
+
+    def _list(self, filters: dict) -> list:
+        try:
+            return self.client.containers.list(all=True, filters=filters, ignore_removed=True)
+        except NotFound:  # an engine that lost one mid-listing: what is left is found next time
+            return []
 
     def start_pool(self) -> None:
         """Start keeping `pool_size` warm containers (no-op for a pool size of 0)."""
@@ -284,7 +296,7 @@ class ContainerRunner:
             sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             container.start()
             warm = Attached(container, sock, started, self.limits.max_output_bytes)
-            if not warm.read(started + START_TIMEOUT_S, until=READY_LINE):
+            if not warm.read(started + START_TIMEOUT_S, until=READY_LINE) or warm.overflow:
                 tail = bytes(warm.stderr[-2000:]).decode("utf-8", "replace")
                 raise SandboxUnavailableError(f"the sandbox harness did not start within {START_TIMEOUT_S:g} s: {tail}")
             return warm
@@ -296,9 +308,10 @@ class ContainerRunner:
                 raise SandboxUnavailableError(f"cannot start a container: {exc}") from exc
             raise
 
-    def run(self, job: dict[str, Any], blob: bytes, timeout_s: float, job_id: str = "") -> RunOutcome:
+    def run(self, job: ContainerJob, blob: bytes, timeout_s: float, job_id: str = "") -> RunOutcome:
         """Blocking: hand the job to a warm (or a freshly started) container, read its result,
-        remove it. The hard timeout counts from the hand-over; the container is always removed."""
+        remove it. The hard timeout counts from the hand-over; the container is always removed,
+        and killed first when it timed out or wrote more than the job implies."""
         began = time.monotonic()
         nonce = secrets.token_hex(16)
         warm = self._take()
@@ -307,17 +320,19 @@ class ContainerRunner:
             warm = self._start(job_id or nonce[:12])
         log.debug("container_job", job_id=job_id, container=warm.container.short_id, pooled=pooled)
         deadline = time.monotonic() + timeout_s
-        job = {**job, "threads": max(1, int(self.limits.cpus))}
+        job = msgspec.structs.replace(job, threads=max(1, int(self.limits.cpus)))
+        limit = max_report_bytes(job, self.limits.max_output_bytes)
+        warm.stdout_limit = len(warm.stdout) + limit
         timed_out = False
         with self._running_lock:
             self._running.add(warm.container)
         try:
-            header = {"nonce": nonce, "job": job, "blob_len": len(blob),
+            header = {"nonce": nonce, "job": msgspec.to_builtins(job), "blob_len": len(blob),
                       "max_output_bytes": self.limits.max_output_bytes,
                       "max_total_output_bytes": self.limits.max_total_output_bytes}
             warm.raw.settimeout(max(0.1, deadline - time.monotonic()))
             try:
-                warm.raw.sendall(json.dumps(header).encode() + b"\n" + blob)
+                warm.raw.sendall(msgspec.json.encode(header) + b"\n" + blob)
                 timed_out = not warm.read(deadline)
             except (socket.timeout, TimeoutError):
                 timed_out = True
@@ -325,15 +340,25 @@ class ContainerRunner:
                 pass
             finally:
                 warm.close()
-            if timed_out:
+            if timed_out or warm.overflow:
                 kill(warm.container)
             exit_code, oom = final_state(warm.container)
         finally:
             with self._running_lock:
                 self._running.discard(warm.container)
             remove(warm.container)
+        report, bad = None, None
+        if warm.overflow:
+            bad = f"the container wrote more than {limit:,} bytes of report, all its job can explain; it was killed"
+        elif (line := find_result(warm.stdout, nonce)) is not None:
+            try:
+                report = decode_report(line, job)
+            except BadReport as exc:
+                bad = f"the harness's report is malformed: {exc}"
         return RunOutcome(
-            report=find_result(warm.stdout, nonce),
+            report=report,
+            bad_report=bad,
+            report_limit=limit,
             exit_code=exit_code,
             timed_out=timed_out,
             oom_killed=oom,

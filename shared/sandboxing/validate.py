@@ -14,9 +14,13 @@ from typing import Literal, Protocol
 import msgspec
 
 from shared.sandboxing.containers import RunOutcome
+from shared.sandboxing.protocol import ContainerJob, ValidateJob, ValidateOutcome
 from shared.messaging.messages import ValidateRequest, ValidationResult
 
 PrecheckPolicy = Literal["reject", "flag"]
+# Who states a valid model's figures (output shape, parameters, layers, FLOPs): the generated
+# code runs in that process and can forge them, so every place that shows them says so.
+REPORTED_BY = "model_process"
 # CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" under
 # concurrent validations, seen in the bench's burst): one parse at a time.
 _PARSE_LOCK = threading.Lock()
@@ -50,7 +54,7 @@ RISKY_ATTRIBUTES = {
 class Runner(Protocol):
     limits: object
 
-    def run(self, job: dict, blob: bytes, timeout_s: float, job_id: str = "") -> RunOutcome: ...
+    def run(self, job: ContainerJob, blob: bytes, timeout_s: float, job_id: str = "") -> RunOutcome: ...
 
 
 def flag_constructs(tree: ast.AST) -> list[str]:
@@ -108,61 +112,83 @@ def _count(value: object) -> int | None:
     return None
 
 
-def outcome_to_result(outcome: RunOutcome, timeout_s: float, memory: str, pids: int | None = None) -> ValidationResult:
-    """Believe only the harness: a model is valid when the supervisor reports that the harness
-    completed and the model process delivered its measurement. Causes the trusted side can see
-    (timeout, OOM kill, pids cap, output flood) come before whatever the code said."""
-    report = outcome.report or {}
-    tail = (report.get("output_tail") or outcome.stderr_tail or "")[-4000:]
-    common = dict(duration_s=round(outcome.duration_s, 3), output_tail=tail,
-                  timed_out=outcome.timed_out, oom_killed=outcome.oom_killed or bool(report.get("oom_kills")))
-    result = report.get("result") if report.get("harness_completed") else None
-    process = report.get("process") or {}
-    stage = process.get("stage") if process.get("stage") not in (None, "start") else outcome.stage
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a container job failed, in the fields both ValidationResult and SeedResult carry."""
+
+    reason: str
+    error: str
+    exception_type: str | None = None
+
+
+def common_fields(outcome: RunOutcome) -> dict:
+    """What every result of a container says about how it ran: time, tail, timeout, OOM kill."""
+    report = outcome.report
+    tail = ((report.output_tail if report else "") or outcome.stderr_tail or "")[-4000:]
+    return dict(duration_s=round(outcome.duration_s, 3), output_tail=tail, timed_out=outcome.timed_out,
+                oom_killed=outcome.oom_killed or bool(report and report.oom_kills))
+
+
+def failure_of(outcome: RunOutcome, timeout_s: float, memory: str, pids: int | None = None) -> Failure | None:
+    """Believe only the harness: None when the supervisor reports that the harness completed and
+    the model process delivered an ok result. Causes the trusted side can see (timeout, OOM kill,
+    a report larger than the job implies or malformed, pids cap, output flood) come before
+    whatever the code said."""
+    report = outcome.report
+    process = (report.process if report else None)
+    stage = process.stage if process and process.stage != "start" else outcome.stage
     if outcome.timed_out:
-        return ValidationResult(ok=False, reason="timeout", error=f"timed out after {timeout_s:g} s (during {stage}); "
-                                "the container was killed", **common)
-    if common["oom_killed"]:
-        return ValidationResult(ok=False, reason="oom", error=f"out of memory: killed at the {memory} memory cap (during {stage})", **common)
-    if not report:
-        return ValidationResult(ok=False, reason="harness_failed", error="the harness gave no result (container exit code "
-                                f"{outcome.exit_code}); the code may have killed the harness's processes", **common)
-    if report.get("output_too_large"):
-        return ValidationResult(ok=False, reason="output_too_large", error=f"the code wrote more than "
-                                f"{report.get('output_bytes', 0) // 1024} KiB to stdout/stderr; its processes were killed", **common)
-    if not report.get("harness_completed"):
-        code = report.get("exit_code")
-        error = ("the harness's result was too large" if report.get("result_overflow")
-                 else f"the harness's worker ended with exit code {code} before it reported; the code may have killed it")
-        return ValidationResult(ok=False, reason="harness_failed", error=error, **common)
-    cap = f" of {pids}" if pids else ""
-    if report.get("pids_cap_hits") and not (isinstance(result, dict) and result.get("ok")):
-        detail = f" ({result.get('error')})" if isinstance(result, dict) and result.get("error") else ""
-        return ValidationResult(ok=False, reason="pids", error=f"too many processes or threads: hit the pids cap{cap} "
-                                f"during {stage}{detail}", **common)
-    if not isinstance(result, dict):
-        if process.get("report_overflow"):
+        return Failure(reason="timeout", error=f"timed out after {timeout_s:g} s (during {stage}); the container was killed")
+    if outcome.oom_killed or (report and report.oom_kills):
+        return Failure(reason="oom", error=f"out of memory: killed at the {memory} memory cap (during {stage})")
+    if outcome.bad_report:
+        return Failure(reason="bad_report", error=outcome.bad_report)
+    if report is None:
+        return Failure(reason="harness_failed", error="the harness gave no result (container exit code "
+                       f"{outcome.exit_code}); the code may have killed the harness's processes")
+    if report.output_too_large:
+        return Failure(reason="output_too_large", error=f"the code wrote more than {report.output_bytes // 1024} KiB "
+                       "to stdout/stderr; its processes were killed")
+    if not report.harness_completed:
+        error = ("the harness's result was too large" if report.result_overflow
+                 else f"the harness's worker ended with exit code {report.exit_code} before it reported; the code may have killed it")
+        return Failure(reason="harness_failed", error=error)
+    result = report.result
+    if report.pids_cap_hits and not (result and result.ok):
+        detail = f" ({result.error})" if result and result.error else ""
+        cap = f" of {pids}" if pids else ""
+        return Failure(reason="pids", error=f"too many processes or threads: hit the pids cap{cap} during {stage}{detail}")
+    if result is None:
+        if process and process.report_overflow:
             error = "the model process wrote too much to the harness's report channel"
-        elif process.get("signal"):
-            error = f"the model's process was killed by {_signal_name(int(process['signal']))} during {stage}"
+        elif process and process.signal:
+            error = f"the model's process was killed by {_signal_name(process.signal)} during {stage}"
         else:
-            error = f"the model's code ended its process (exit code {process.get('exit_code')}) during {stage}, before the harness finished"
-        return ValidationResult(ok=False, reason="exited", error=error, **common)
-    if not result.get("ok"):
-        return ValidationResult(ok=False, reason=str(result.get("reason") or "exception"), error=str(result.get("error")),
-                                exception_type=result.get("exception_type"), **common)
-    try:
-        return ValidationResult(
-            ok=True,
-            output_shape=[int(d) for d in result["output_shape"]],
-            param_count=int(result["param_count"]),
-            trainable_params=int(result["trainable_params"]),
-            layers=[dict(layer) for layer in (result.get("layers") or [])[:200]],
-            flops=_count(result.get("flops")),
-            **common,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        return ValidationResult(ok=False, reason="harness_failed", error=f"the model process's report is malformed: {exc!r}", **common)
+            code = process.exit_code if process else None
+            error = f"the model's code ended its process (exit code {code}) during {stage}, before the harness finished"
+        return Failure(reason="exited", error=error)
+    if not result.ok:
+        return Failure(reason=result.reason or "exception", error=result.error or "the model's process reported a failure",
+                       exception_type=result.exception_type)
+    return None
+
+
+def outcome_to_result(outcome: RunOutcome, timeout_s: float, memory: str, pids: int | None = None) -> ValidationResult:
+    """The container's outcome as a validation: a rejection with its reason, or the figures the
+    model's process reported (its own claims: the code runs in that process and can forge them)."""
+    common = common_fields(outcome)
+    failure = failure_of(outcome, timeout_s, memory, pids)
+    if failure is not None:
+        return ValidationResult(ok=False, reason=failure.reason, error=failure.error,
+                                exception_type=failure.exception_type, **common)
+    result = outcome.report.result  # type: ignore[union-attr]  # failure_of checked it
+    missing = [name for name in ("output_shape", "param_count", "trainable_params") if getattr(result, name) is None]
+    if missing or not isinstance(result, ValidateOutcome):
+        return ValidationResult(ok=False, reason="bad_report", error="the model process's report is malformed: "
+                                f"no {', '.join(missing) or 'validation result'}", **common)
+    return ValidationResult(
+        ok=True, output_shape=list(result.output_shape), param_count=result.param_count,
+        trainable_params=result.trainable_params, layers=[msgspec.to_builtins(layer) for layer in result.layers],
+        flops=_count(result.flops), reported_by=REPORTED_BY, **common)
 
 
 def validate(request: ValidateRequest, runner: Runner, timeout_s: float, memory: str,
@@ -171,8 +197,7 @@ def validate(request: ValidateRequest, runner: Runner, timeout_s: float, memory:
     rejected, flags = precheck(request.source, request.class_name, policy)
     if rejected is not None:
         return msgspec.structs.replace(rejected, duration_s=round(time.monotonic() - started, 3))
-    job = {"mode": "validate", "source": request.source, "class_name": request.class_name,
-           "input_shape": list(request.input_shape)}
+    job = ValidateJob(source=request.source, class_name=request.class_name, input_shape=list(request.input_shape))
     outcome = runner.run(job, b"", timeout_s, job_id=f"{request.run_id}-{request.iteration}-validate")
     result = outcome_to_result(outcome, timeout_s, memory, getattr(runner.limits, "pids", None))
     if flags:

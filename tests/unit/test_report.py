@@ -130,7 +130,7 @@ def test_format_report(records, report):
     assert f"run {RUN}" in text
     assert "status: goal_achieved" in text
     assert "target: 0.9000" in text
-    assert "#1 SmallCNN: 12,345 params, val_accuracy 0.9300 ± 0.0141" in text
+    assert "#1 SmallCNN: 12,345 params (reported by the model's process), val_accuracy 0.9300 ± 0.0141" in text
     assert "over 2 seeds" in text
     low, high = report["iterations"][0]["evaluation"]["aggregated"]["val_accuracy"]["ci_95"]
     assert f"[{low:.4f}, {high:.4f}]" in text

@@ -1,6 +1,7 @@
 """The sandbox's trusted-side logic: the AST pre-check, and container outcomes turned into reasons."""
 
 import ast
+import json
 
 import pytest
 
@@ -9,13 +10,17 @@ from shared.sandboxing.validate import flag_constructs, outcome_to_result, prech
 from shared.runtime.config import load_config
 from shared.errors import ConfigFileError
 from shared.sandboxing.containers import RunOutcome
+from shared.sandboxing.protocol import ValidateJob, decode_report
 from shared.messaging.messages import ValidationResult
 
+JOB = ValidateJob(source="", class_name="Net", input_shape=[2, 3])
 MODEL = "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x\n"
 
 
 def outcome(report=None, **kw):
-    base = dict(report=report, exit_code=0, timed_out=False, oom_killed=False, duration_s=0.5)
+    """A container's outcome whose report went through the real strict decoder."""
+    decoded = None if report is None else decode_report(json.dumps(report).encode(), JOB)
+    base = dict(report=decoded, exit_code=0, timed_out=False, oom_killed=False, duration_s=0.5)
     return RunOutcome(**{**base, **kw})
 
 
@@ -60,8 +65,7 @@ def test_a_valid_report_becomes_the_measured_facts():
     assert result.ok and result.output_shape == [2, 10] and result.param_count == 7
 
 
-@pytest.mark.parametrize("flops, kept", [(2560, 2560), (0, 0), (-1, None), (2.5, None), ("2560", None),
-                                          (True, None), (2**63, None), (None, None)])
+@pytest.mark.parametrize("flops, kept", [(2560, 2560), (0, 0), (-1, None), (2.5, None), (2**63, None), (None, None)])
 def test_flops_are_kept_only_as_a_non_negative_int(flops, kept):
     report = {"ok": True, "output_shape": [2, 10], "param_count": 650, "trainable_params": 650, "layers": [], "flops": flops}
     result = outcome_to_result(outcome(completed(report)), 60, "2g")
@@ -84,7 +88,7 @@ def test_describe_prints_the_flops_beside_the_parameters():
     ({}, completed(None, process={"stage": "import", "exit_code": 7}), "exited", "(exit code 7) during import"),
     ({}, completed(None, process={"stage": "init", "signal": 11}), "exited", "killed by SIGSEGV during init"),
     ({}, completed({"ok": False, "reason": "exception", "error": "ValueError in forward"}), "exception", "ValueError in forward"),
-    ({}, completed({"ok": True, "output_shape": "x"}), "harness_failed", "report is malformed"),
+    ({}, completed({"ok": True, "output_shape": [2, 10]}), "bad_report", "no param_count, trainable_params"),
 ])
 def test_each_outcome_has_its_specific_reason(kw, report, reason, fragment):
     result = outcome_to_result(outcome(report, **kw), 60, "2g", pids=128)
