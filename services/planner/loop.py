@@ -52,7 +52,7 @@ class Planner:
         record = RunRecord(run_id=goal.run_id, goal=goal)
         try:
             # off the loop: a large data set takes seconds to read, and leases and heartbeats must go on
-            data = await asyncio.to_thread(load_dataset, goal.dataset, data_dir=self.config.evaluator.data_dir)
+            data = await asyncio.to_thread(load_dataset, goal.dataset, data_dir=self.config.data.dir)
             record.dataset_facts = data.facts()
         except DatasetError as exc:
             record.status, record.error, record.finished_at = "failed", str(exc), time.time()
@@ -355,9 +355,9 @@ class Planner:
 
     def _facts(self, run: RunRecord) -> DatasetFacts:
         f = run.dataset_facts
-        n_train = int(f["num_samples"] * (1 - self.config.evaluator.val_fraction))
+        n_train = int(f["num_samples"] * (1 - self.config.data.val_fraction))
         if run.goal.subset_size:
-            n_train = min(n_train, int(run.goal.subset_size * (1 - self.config.evaluator.val_fraction)))
+            n_train = min(n_train, int(run.goal.subset_size * (1 - self.config.data.val_fraction)))
         return DatasetFacts(name=f["name"], kind=f["kind"], input_shape=tuple(f["input_shape"]),
                             num_classes=int(f["num_classes"]), num_train=n_train)
 

@@ -14,10 +14,11 @@ import numpy as np
 
 from shared.sandboxing.validate import outcome_to_result
 from shared.data.datasets import load_dataset, split
-from shared.errors import DatasetError
+from shared.errors import DatasetError, DatasetUnavailableError
 from shared.messaging.messages import EpochStats, EvalJob, SeedResult
 from shared.evaluation.metrics import score
 from shared.evaluation.quick_eval import epoch_curve
+from shared.runtime.config import DataConfig
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
@@ -26,15 +27,19 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fraction: float = 0.2,
-                 evaluator: str = "", data_dir: str | None = None) -> SeedResult:
+def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, data_config: DataConfig | None = None,
+                 evaluator: str = "evaluator") -> SeedResult:
+    """-> the seed's result, a failed one when the code failed. Raises DatasetUnavailableError
+    when `evaluator` (a replica's name, for the message) cannot load the data set: a fault of
+    this machine, not of the code (and SandboxUnavailableError from the runner likewise)."""
     started = time.monotonic()
+    data_config = data_config or DataConfig()
     base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator)
     try:
-        ds = load_dataset(job.dataset, data_dir=data_dir)
+        ds = load_dataset(job.dataset, data_dir=data_config.dir)
     except DatasetError as exc:
-        return SeedResult(ok=False, error=str(exc), **base)
-    data = split(ds, job.seed, val_fraction, job.subset_size)
+        raise DatasetUnavailableError(evaluator, job.dataset, str(exc)) from exc
+    data = split(ds, job.seed, data_config.val_fraction, job.subset_size)
     container_job = {
         "mode": "train", "source": job.source, "class_name": job.class_name, "seed": job.seed,
         "hparams": {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr,

@@ -21,6 +21,7 @@ from sklearn import metrics as skm
 from torch import nn
 
 from shared.data.datasets import load_dataset, split
+from shared.runtime.config import DataConfig
 from shared.evaluation.dynamics import analyse_learning
 from shared.evaluation.metrics import SCALAR_METRICS, score
 from shared.evaluation.stats import aggregate, goal_statistic, metric_bounds
@@ -54,11 +55,11 @@ class QuickEvalConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
-    val_fraction: float = 0.2
+    val_fraction: float = DataConfig().val_fraction  # data.val_fraction's default
     device: str = "auto"
     compile: bool = False
     augment: bool = False  # random crop and flip of image batches during training
-    data_dir: str | None = None
+    data_dir: str | None = None  # None: data.dir's default
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics_to_track if m not in SCALAR_METRICS]
