@@ -89,7 +89,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       augment=args.augment)
         try:
             results[seed] = evaluate_job(job, runner, timeout_s=config.evaluator.train_timeout_s,
-                                         memory=config.evaluator.memory, data_config=config.data, evaluator="researcher evaluate")
+                                         memory=config.evaluator.memory, data_config=config.data)
         except DatasetUnavailableError as exc:  # checked above; gone since (a data dir unmounted, say)
             runner.remove_strays()
             print(f"error: {exc}", file=sys.stderr)

@@ -49,8 +49,9 @@ class DatasetUnavailableError(MachineryError):
 
     def __init__(self, replica: str, dataset: str, detail: str) -> None:
         self.replica, self.dataset, self.detail = replica, dataset, detail
-        super().__init__(f"{replica} cannot load data set {dataset!r}: {detail}; put the data set in the data.dir "
-                         f"(RESEARCHER_DATA__DIR) that {replica} reads, or stop it")
+        who = f"evaluator {replica!r}" if replica else "the evaluator"
+        super().__init__(f"{who} cannot load data set {dataset!r}: {detail}; put the data set in the data.dir "
+                         f"(RESEARCHER_DATA__DIR) that {who} reads, or stop it")
 
 
 class SandboxUnavailableError(MachineryError):

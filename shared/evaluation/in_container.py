@@ -28,7 +28,7 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, data_config: DataConfig | None = None,
-                 evaluator: str = "evaluator") -> SeedResult:
+                 evaluator: str = "") -> SeedResult:
     """-> the seed's result, a failed one when the code failed. Raises DatasetUnavailableError
     when `evaluator` (a replica's name, for the message) cannot load the data set: a fault of
     this machine, not of the code (and SandboxUnavailableError from the runner likewise)."""

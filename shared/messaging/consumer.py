@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError
 
 from shared.errors import MessageError
-from shared.messaging.bus import decode, settle
+from shared.messaging.bus import decode, settle, sleep_unless
 from shared.runtime.log import bind_run
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ class Consumer(Generic[T]):
                 continue  # nothing to do
             except Exception as exc:  # NATS reconnecting: wait and pull again
                 log.warning("fetch_failed", stream=self.stream, error=f"{type(exc).__name__}: {exc}")
-                await _wait(stop, RETRY_S)
+                await sleep_unless(stop, RETRY_S)
                 continue
             for msg in msgs:
                 await self._deliver(msg)
@@ -121,11 +121,3 @@ class Consumer(Generic[T]):
         while True:
             await asyncio.sleep(max(1.0, self.config.ack_wait / 3))
             await delivery.in_progress()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less when `stop` is set meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
