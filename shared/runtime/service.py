@@ -116,13 +116,18 @@ class Service:
         tasks = [asyncio.create_task(beat(self.nc, self.stop))]
         tasks += [asyncio.create_task(consumer.run(self.stop)) for consumer in self._consumers]
         tasks += [asyncio.create_task(periodic()) for periodic in self._periodic]
-        stopping = asyncio.create_task(self.stop.wait())
-        done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-        crashed = [t for t in done if t is not stopping and t.exception() is not None]
-        self.stop.set()  # a loop that died takes the service down, to be restarted whole
+        for task in tasks:
+            task.add_done_callback(self._stop_on_crash)
+        await self.stop.wait()
         for responder in self._responders:
             await responder.close()  # the answers in flight finish before leaving
-        await asyncio.gather(*tasks, return_exceptions=True)  # a consumer drains the message in hand
-        stopping.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)  # a consumer finishes the message in hand
+        crashed = [o for o in outcomes if isinstance(o, Exception)]
         if crashed:
-            raise crashed[0].exception()
+            raise crashed[0]
+
+    def _stop_on_crash(self, task: asyncio.Task) -> None:
+        """A loop that died takes the service down, to be restarted whole (not limp on without it)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("loop_crashed", error=f"{type(task.exception()).__name__}: {task.exception()}")
+            self.stop.set()
