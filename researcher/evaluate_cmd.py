@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, get_args
 
 import msgspec
 
-from shared.errors import ConfigFileError, DatasetError, SandboxUnavailableError
+from shared.errors import ConfigFileError, DatasetError, DatasetUnavailableError, SandboxUnavailableError
 from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe
 from shared.registry.records import Evaluation
 from shared.runtime.config import load_config
@@ -93,7 +93,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         config = load_config()
         source = args.file.read_text(encoding="utf-8")
-        load_dataset(args.dataset, data_dir=config.evaluator.data_dir)
+        load_dataset(args.dataset, data_dir=config.data.dir)
     except (OSError, UnicodeDecodeError, DatasetError, ConfigFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -107,8 +107,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for seed in tqdm(seeds, desc="seeds", unit="seed", file=sys.stderr, leave=False):
         job = EvalJob(job_id=f"cli-{seed}", run_id="cli", iteration=0, seed=seed, dataset=args.dataset,
                       class_name=args.class_name, source=source, recipe=recipe_from(args), subset_size=args.subset_size)
-        results[seed] = evaluate_job(job, runner, timeout_s=config.evaluator.train_timeout_s, memory=config.evaluator.memory,
-                                     val_fraction=config.evaluator.val_fraction, data_dir=config.evaluator.data_dir)
+        try:
+            results[seed] = evaluate_job(job, runner, timeout_s=config.evaluator.train_timeout_s,
+                                         memory=config.evaluator.memory, data_config=config.data)
+        except DatasetUnavailableError as exc:  # checked above; gone since (a data dir unmounted, say)
+            runner.remove_strays()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     runner.remove_strays()
     evaluation = summarise(results, seeds)
     value = evaluation.score(args.goal_statistic)
@@ -171,7 +176,7 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-accuracy", type=float, default=None)
     p.add_argument("--goal-statistic", choices=get_args(GoalStatistic), default="mean")
     p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None, help="where torchvision data sets live (default: evaluator.data_dir)")
+    p.add_argument("--data-dir", default=None, help="where torchvision data sets live (default: data.dir)")
     p.add_argument("--output-dir", type=Path, default=None, help="write the confusion matrix and learning curves here")
     p.add_argument("--download", action="store_true", help="fetch a missing torchvision data set (needs torchvision and internet)")
     p.add_argument("--json", action="store_true")
@@ -180,7 +185,8 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
     if args.model_file and not args.class_name:
         p.error("--model-file needs --class-name")
     try:
-        data_dir = args.data_dir or load_config().evaluator.data_dir
+        settings = load_config().data
+        data_dir = args.data_dir or settings.dir
         dataset = load_dataset(args.dataset, data_dir=data_dir, download_missing=args.download)
         model = (load_trusted_model(args.model_file, args.class_name) if args.model_file
                  else reference_model(dataset.input_shape, dataset.num_classes))
@@ -188,7 +194,7 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
                                  batch_size=args.batch_size, subset_size=args.subset_size, lr=args.lr,
                                  optimizer=args.optimizer, weight_decay=args.weight_decay,
                                  target_accuracy=args.target_accuracy, goal_statistic=args.goal_statistic,
-                                 device=args.device, data_dir=data_dir, augment=args.augment,
+                                 device=args.device, data_dir=data_dir, val_fraction=settings.val_fraction, augment=args.augment,
                                  output_dir=str(args.output_dir) if args.output_dir else None,
                                  save_confusion_matrix_plot=bool(args.output_dir), export_learning_curves=bool(args.output_dir))
     except (OSError, ValueError, DatasetError, ConfigFileError) as exc:

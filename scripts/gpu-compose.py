@@ -84,7 +84,7 @@ def evaluator_service(gpu_id: str, standalone: bool) -> str:
         '    command: ["python", "-m", "services.evaluator.main"]\n'
         "    environment:\n"
         f"      NATS_URL: {q(nats_url)}\n"
-        "      RESEARCHER_EVALUATOR__DATA_DIR: /data\n"
+        "      RESEARCHER_DATA__DIR: /data\n"
         "      RESEARCHER_HEALTH_FILE: /tmp/researcher-health\n"
         "      # the training containers this evaluator starts get this GPU too\n"
         f"      RESEARCHER_EVALUATOR__GPUS: {q(gpu_id)}\n"

@@ -38,7 +38,23 @@ class ConfigFileError(ResearcherError):
         super().__init__(f"configuration {path}: {detail}")
 
 
-class SandboxUnavailableError(ResearcherError):
+class MachineryError(ResearcherError):
+    """A fault of the machinery a job runs on, not of the job: the job goes back to the queue
+    for another replica, and the run is told why; it is never recorded as a failed seed."""
+
+
+class DatasetUnavailableError(MachineryError):
+    """An evaluator cannot load a job's data set (missing or malformed files, a name its version
+    does not know): its data, not the job, is at fault."""
+
+    def __init__(self, replica: str, dataset: str, detail: str) -> None:
+        self.replica, self.dataset, self.detail = replica, dataset, detail
+        who = f"evaluator {replica!r}" if replica else "the evaluator"
+        super().__init__(f"{who} cannot load data set {dataset!r}: {detail}; put the data set in the data.dir "
+                         f"(RESEARCHER_DATA__DIR) that {who} reads, or stop it")
+
+
+class SandboxUnavailableError(MachineryError):
     """The Docker engine or the sandbox image cannot be used: a fault of the machinery."""
 
     def __init__(self, detail: str) -> None:

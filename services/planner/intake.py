@@ -13,7 +13,8 @@ import structlog
 from shared.data.catalog import check_goal
 from shared.errors import MessageError
 from shared.messaging import subjects
-from shared.messaging.bus import decode, encode, through_outages
+from shared.messaging.bus import encode, through_outages
+from shared.messaging.consumer import Delivery
 from shared.messaging.messages import RUN_ID, Goal, GoalAnswer
 from shared.registry.records import RunRecord
 from shared.runtime.log import bind_run
@@ -44,26 +45,25 @@ class Intake:
         log.info("goal_accepted", goal=goal.goal, dataset=goal.dataset)
         return GoalAnswer(run_id=goal.run_id, accepted=True)
 
-    async def on_published(self, msg) -> None:
+    async def on_published(self, goal: Goal, delivery: Delivery) -> None:
         """A goal from the GOALS stream: a run, or a failed run saying why it could not be one."""
-        try:
-            goal = decode(msg.data, Goal, msg.subject)
-        except MessageError as exc:
-            await self._malformed(msg.data, exc)
-            return
         problems = check_goal(goal)
+        if problems and not RUN_ID.match(goal.run_id):  # no run can carry it: logged and dropped
+            raise MessageError("Goal", "; ".join(problems), subjects.GOALS_SUBJECT)
         if problems:
             await self.fail(goal, "goal rejected: " + "; ".join(problems))
             return
         await self.planner.on_goal(goal)
 
-    async def _malformed(self, data: bytes, exc: MessageError) -> None:
+    async def on_malformed(self, data: bytes, exc: MessageError) -> None:
+        """A published goal that does not decode: a failed run when it still names a usable run id;
+        otherwise `exc` again (there is nothing to attach it to: the consumer logs and drops it)."""
         try:
             run_id = msgspec.json.decode(data, type=_Named).run_id
         except (msgspec.ValidationError, msgspec.DecodeError):
             run_id = ""
         if not RUN_ID.match(run_id):
-            raise exc  # nothing to attach it to: logged and terminated by the consumer
+            raise exc
         await self.fail(Goal(run_id=run_id, goal="(a malformed goal)", dataset=""), f"goal rejected: {exc}")
 
     async def fail(self, goal: Goal, error: str) -> None:

@@ -53,7 +53,7 @@ class Planner:
         record = RunRecord(run_id=goal.run_id, goal=goal)
         try:
             # off the loop: a large data set takes seconds to read, and leases and heartbeats must go on
-            data = await asyncio.to_thread(load_dataset, goal.dataset, data_dir=self.config.evaluator.data_dir)
+            data = await asyncio.to_thread(load_dataset, goal.dataset, data_dir=self.config.data.dir)
             record.dataset_facts = data.facts()
         except DatasetError as exc:
             record.status, record.error, record.finished_at = "failed", str(exc), time.time()
@@ -340,7 +340,7 @@ class Planner:
 
     def _num_train(self, run: RunRecord) -> int:
         assert run.dataset_facts is not None
-        return run.dataset_facts.num_train(self.config.evaluator.val_fraction, run.goal.subset_size)
+        return run.dataset_facts.num_train(self.config.data.val_fraction, run.goal.subset_size)
 
     def _context(self, run: RunRecord, history: list[IterationRecord], best_it: int | None) -> str:
         assert run.dataset_facts is not None

@@ -34,8 +34,9 @@ from sklearn.model_selection import train_test_split
 from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_csv_name  # noqa: F401 - re-exported
 from shared.errors import DatasetError, DatasetNotFoundError
 from shared.messaging.messages import DatasetFacts
+from shared.runtime.config import DataConfig
 
-DEFAULT_DATA_DIR = "~/.cache/pytorch-researcher/data"
+DEFAULT_DATA_DIR = DataConfig().dir  # data.dir's default, for callers with no configuration
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,7 @@ def _load(key: str, root: Path, download_missing: bool) -> Dataset:
     return LOADERS[key](root)
 
 
-def split(ds: Dataset, seed: int, val_fraction: float = 0.2, subset_size: int | None = None) -> Split:
+def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fraction, subset_size: int | None = None) -> Split:
     """Stratified subset and train/validation split drawn from `seed`, then normalised with the
     training split's statistics (per channel for images, per feature for tables)."""
     x, y = ds.x, ds.y

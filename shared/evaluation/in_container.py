@@ -20,10 +20,11 @@ import numpy as np
 from shared.sandboxing.protocol import Hparams, TrainJob, TrainOutcome, b64_len
 from shared.sandboxing.validate import common_fields, failure_of
 from shared.data.datasets import load_dataset, split
-from shared.errors import DatasetError
+from shared.errors import DatasetError, DatasetUnavailableError
 from shared.messaging.messages import EpochStats, EvalJob, SeedResult
 from shared.evaluation.metrics import score
 from shared.evaluation.quick_eval import epoch_curve
+from shared.runtime.config import DataConfig
 
 
 class BadPredictions(ValueError):
@@ -50,15 +51,19 @@ def finite(value: Any) -> Any:
     return value
 
 
-def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, val_fraction: float = 0.2,
-                 evaluator: str = "", data_dir: str | None = None) -> SeedResult:
+def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, data_config: DataConfig | None = None,
+                 evaluator: str = "") -> SeedResult:
+    """-> the seed's result, a failed one when the code failed. Raises DatasetUnavailableError
+    when `evaluator` (a replica's name, for the message) cannot load the data set: a fault of
+    this machine, not of the code (and SandboxUnavailableError from the runner likewise)."""
     started = time.monotonic()
+    data_config = data_config or DataConfig()
     base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator)
     try:
-        ds = load_dataset(job.dataset, data_dir=data_dir)
+        ds = load_dataset(job.dataset, data_dir=data_config.dir)
     except DatasetError as exc:
-        return SeedResult(ok=False, error=str(exc), **base)
-    data = split(ds, job.seed, val_fraction, job.subset_size)
+        raise DatasetUnavailableError(evaluator, job.dataset, str(exc)) from exc
+    data = split(ds, job.seed, data_config.val_fraction, job.subset_size)
     recipe = job.recipe
     container_job = TrainJob(
         source=job.source, class_name=job.class_name, seed=job.seed, augment=recipe.augment,

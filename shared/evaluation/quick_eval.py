@@ -25,6 +25,7 @@ from torch import nn
 
 from shared.data.datasets import load_dataset, split
 from shared.evaluation.aggregate import summarise as aggregate_seeds
+from shared.runtime.config import DataConfig
 from shared.evaluation.metrics import SCALAR_METRICS, score
 from shared.evaluation.trainloop import TrainSettings, pick_device, train_model
 from shared.messaging.messages import DEFAULT_RECIPE, EpochStats, SeedResult
@@ -58,11 +59,11 @@ class QuickEvalConfig:
     lr: float = DEFAULT_RECIPE.lr
     optimizer: str = DEFAULT_RECIPE.optimizer
     weight_decay: float = DEFAULT_RECIPE.weight_decay
-    val_fraction: float = 0.2
+    val_fraction: float = DataConfig().val_fraction  # data.val_fraction's default
     device: str = "auto"
     compile: bool = False
     augment: bool = DEFAULT_RECIPE.augment  # random crop and flip of image batches during training
-    data_dir: str | None = None
+    data_dir: str | None = None  # None: data.dir's default
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics_to_track if m not in SCALAR_METRICS]

@@ -1,4 +1,5 @@
-"""Typed configuration: defaults here, one YAML file over them, environment variables over that.
+"""Typed configuration: the one block of defaults is the structs below (a comment on each key),
+one YAML file over them, environment variables over that.
 
 The file is `$RESEARCHER_CONFIG` (or `config/researcher.yaml` when it exists). Any key can be
 overridden as `RESEARCHER_<SECTION>__<KEY>` (e.g. `RESEARCHER_SANDBOX__MEMORY=4g`); `NATS_URL`
@@ -20,23 +21,53 @@ from shared.errors import ConfigFileError
 DEFAULT_FILE = Path("config/researcher.yaml")
 
 
+class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Read by the planner (a data set's facts), the evaluators (its samples) and the CLI."""
+
+    dir: str = "~/.cache/pytorch-researcher/data"  # torchvision data sets in their on-disk layout (compose: /data)
+    val_fraction: float = 0.2  # share of the training data held out for validation, per seed
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError("data.val_fraction must be between 0 and 1 (exclusive)")
+
+
 class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     step_timeout_s: float = 180.0  # one assemble or validate request, seconds
     step_retries: int = 3  # attempts of a step before the iteration is recorded as failed
     eval_timeout_s: float = 1800.0  # all seeds of one iteration, seconds
-    min_epochs: int = 5  # bounds of the built-in search's epochs
-    max_epochs: int = 20
+    min_epochs: int = 5  # lower bound of the built-in search's epochs
+    max_epochs: int = 20  # upper bound of the built-in search's epochs (a goal's max_epochs caps it further)
+    # ---- the planner's JetStream consumers (goals, results, dead-letter advisories) ----
+    ack_wait_s: float = 60.0  # a message not acked this long after delivery is delivered again, seconds
+    max_deliver: int = 5  # deliveries of one goal or result before JetStream gives up on it
+    fetch_batch: int = 8  # messages pulled per fetch
+    nak_delay_s: float = 2.0  # a message whose handler failed comes back after this long, seconds
     submit_concurrency: int = 8  # goal submissions answered at once per planner
+
+    def __post_init__(self) -> None:
+        if (self.ack_wait_s <= 0 or self.max_deliver < 1 or self.fetch_batch < 1 or self.nak_delay_s < 0
+                or self.submit_concurrency < 1):
+            raise ValueError("planner.ack_wait_s must be > 0, planner.max_deliver and planner.fetch_batch >= 1, "
+                             "planner.nak_delay_s >= 0, planner.submit_concurrency >= 1")
+
+
+class AssemblerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    concurrency: int = 8  # requests answered at once per replica (an LLM call may take a while)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("assembler.concurrency must be at least 1")
 
 
 class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    image: str = "pytorch-researcher/sandbox:latest"
+    image: str = "pytorch-researcher/sandbox:latest"  # runs generated code; `make images` builds it
     runtime: str | None = None  # OCI runtime; "runsc" where gVisor is installed
-    memory: str = "2g"  # memory cap, swap equal to it
-    cpus: float = 1.0
-    pids: int = 128
+    memory: str = "2g"  # memory cap of one validation container, swap equal to it
+    cpus: float = 1.0  # CPU cap of one validation container
+    pids: int = 128  # processes and threads in one container
     tmpfs_size: str = "64m"  # the only writable path, /tmp
-    tmpfs_inodes: int = 4096
+    tmpfs_inodes: int = 4096  # files /tmp may hold
     nofile: int = 256  # open files
     fsize_bytes: int = 64 * 1024 * 1024  # largest file the code may write
     validate_timeout_s: float = 60.0  # hard wall clock, start to exit
@@ -55,24 +86,27 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    memory: str = "4g"
-    cpus: float = 2.0
+    memory: str = "4g"  # memory cap of one training container, swap equal to it
+    cpus: float = 2.0  # CPU cap of one training container
     # auto: every GPU when the engine has the nvidia runtime; none; all; or only these devices,
     # host indices or UUIDs: "0", "0,2", "GPU-6f1c..." (quote a lone index in YAML: "0", not 0)
     gpus: str | int | None = "auto"  # null (or RESEARCHER_EVALUATOR__GPUS=none) is "none"; 0 is "0"
     train_timeout_s: float = 1800.0  # one seed, seconds
-    ack_wait_s: float = 60.0  # JetStream ack wait; long jobs send in-progress heartbeats
     drain_timeout_s: float = 30.0  # a stopping evaluator's wait for its job; then it hands the job back
     pool_size: int = 1  # warm training containers (torch imported) per replica, started while a job trains; 0 = cold
+    # ---- the EVAL work queue's consumer, shared by every replica ----
+    ack_wait_s: float = 60.0  # JetStream ack wait, seconds; a job in training sends in-progress heartbeats
     max_deliver: int = 3  # deliveries before a job goes to the dead-letter subject
-    data_dir: str = "~/.cache/pytorch-researcher/data"
-    val_fraction: float = 0.2
+    nak_delay_s: float = 10.0  # a job this replica cannot run (no data set, no Docker) is offered again after this, seconds
 
     def __post_init__(self) -> None:
         self.gpus = "none" if self.gpus is None else str(self.gpus).strip()
         gpu_devices(self.gpus)  # malformed: an error at load, naming the key
-        if self.drain_timeout_s < 0 or self.max_deliver < 1 or self.pool_size < 0:
-            raise ValueError("evaluator.drain_timeout_s and evaluator.pool_size must be >= 0, evaluator.max_deliver >= 1")
+        if self.drain_timeout_s < 0 or self.max_deliver < 1 or self.pool_size < 0 or self.nak_delay_s < 0:
+            raise ValueError("evaluator.drain_timeout_s, evaluator.pool_size and evaluator.nak_delay_s must be >= 0, "
+                             "evaluator.max_deliver >= 1")
+        if self.ack_wait_s <= 0:
+            raise ValueError("evaluator.ack_wait_s must be > 0")
 
 
 def gpu_devices(setting: str) -> tuple[str, tuple[str, ...]]:
@@ -94,13 +128,13 @@ class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     enabled: bool | None = None  # false: no LLM for this role even where one is configured (tools: not inherited)
     base_url: str | None = None  # e.g. http://localhost:11434/v1 (Ollama); null: no LLM for this role
-    model: str | None = None
+    model: str | None = None  # e.g. qwen2.5-coder:7b, gpt-4o-mini
     api_key_env: str | None = None  # the environment variable holding the API key (the key itself is never configured or logged)
     timeout_s: float | None = None  # one HTTP request, seconds
     max_retries: int | None = None  # on connection errors, timeouts, 408/409/429/5xx, with exponential backoff
     token_budget: int | None = None  # tokens in + out per run for this role; past it the built-in step runs
-    max_reply_tokens: int | None = None
-    temperature: float | None = None
+    max_reply_tokens: int | None = None  # cap on one reply's length, tokens
+    temperature: float | None = None  # sampling temperature of every request
     json_mode: bool | None = None  # ask for response_format json_object (Ollama, vLLM, llama.cpp and OpenAI have it)
 
 
@@ -138,12 +172,21 @@ def resolve_llm(llm: LLMConfig, role: str) -> dict[str, Any]:
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    log_level: str = "info"
+    nats_url: str = "nats://127.0.0.1:4222"  # NATS_URL overrides it
+    log_level: str = "info"  # debug | info | warning | error
+    data: DataConfig = msgspec.field(default_factory=DataConfig)  # data sets, for every service
     planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
+    assembler: AssemblerConfig = msgspec.field(default_factory=AssemblerConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     evaluator: EvaluatorConfig = msgspec.field(default_factory=EvaluatorConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
+
+
+# Keys that moved: an old file (or variable) that still has one is told where it lives now.
+MOVED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("evaluator", "data_dir"): ("data", "dir"),
+    ("evaluator", "val_fraction"): ("data", "val_fraction"),
+}
 
 
 def replica_name() -> str:
@@ -179,6 +222,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_ABSENT = object()
+
+
+def _check_moved(raw: dict[str, Any], source: str, variables: bool = False) -> None:
+    """A key of MOVED_KEYS in `raw` -> ConfigFileError saying where it lives now."""
+    for old, new in MOVED_KEYS.items():
+        node: Any = raw
+        for part in old:
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is _ABSENT:
+            continue
+        if variables:
+            detail = (f"RESEARCHER_{'__'.join(old).upper()} has moved: set RESEARCHER_{'__'.join(new).upper()} instead")
+        else:
+            detail = f"{'.'.join(old)} has moved to {'.'.join(new)}: write it under `{new[0]}:` as `{new[-1]}:`"
+        raise ConfigFileError(source, detail)
+
+
 def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
     environ = dict(os.environ) if environ is None else environ
     chosen = path or environ.get("RESEARCHER_CONFIG") or (DEFAULT_FILE if DEFAULT_FILE.exists() else None)
@@ -190,13 +251,16 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigFileError(str(chosen), str(exc)) from exc
         if not isinstance(raw, dict):
             raise ConfigFileError(str(chosen), "the top level must be a mapping of keys to values")
+    _check_moved(raw, str(chosen))
     try:
         msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigFileError(str(chosen), f"{exc}; see shared/runtime/config.py for every key") from exc
+    overrides = _env_overrides(environ)
+    where = "environment (RESEARCHER_<SECTION>__<KEY> variables)"
+    _check_moved(overrides, where, variables=True)
     try:
         # strict=False lets environment strings become numbers and booleans
-        return msgspec.convert(_merge(raw, _env_overrides(environ)), Config, strict=False)
+        return msgspec.convert(_merge(raw, overrides), Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigFileError("environment (RESEARCHER_<SECTION>__<KEY> variables)",
-                              f"{exc}; see shared/runtime/config.py for every key") from exc
+        raise ConfigFileError(where, f"{exc}; see shared/runtime/config.py for every key") from exc

@@ -34,8 +34,11 @@ def configure_logging(service: str, level: str = "info", stream=None) -> structl
     return structlog.get_logger()
 
 
-def bind_run(run_id: str, **fields) -> None:
-    """Start of every handler: forget the last message's context, bind this one's."""
+def bind_run(run_id: str | None, **fields) -> None:
+    """Start of every handler: forget the last message's context, bind this one's (a message of
+    no run, a JetStream advisory say, binds no run_id)."""
     service = structlog.contextvars.get_contextvars().get("service")
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(service=service, run_id=run_id, **fields)
+    if run_id is not None:
+        fields["run_id"] = run_id
+    structlog.contextvars.bind_contextvars(service=service, **fields)

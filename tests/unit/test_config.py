@@ -25,7 +25,8 @@ def test_defaults_with_no_file_and_no_environment(no_default_file):
     assert config.nats_url == "nats://127.0.0.1:4222"
     assert config.sandbox.memory == "2g"
     assert config.sandbox.cpus == 1.0
-    assert config.evaluator.val_fraction == 0.2
+    assert config.data.val_fraction == 0.2
+    assert config.assembler.concurrency == 8
     assert config.planner == PlannerConfig()
 
 
@@ -153,3 +154,51 @@ def test_a_bad_environment_variable_is_not_blamed_on_the_file(tmp_path):
     # the file is fine: the message must point at the variable, not tell the reader to edit the file
     assert caught.value.path != str(path)
     assert str(path) not in str(caught.value)
+
+
+# ---- keys that moved ----
+@pytest.mark.parametrize("key, moved_to", [("data_dir", "data.dir"), ("val_fraction", "data.val_fraction")])
+def test_an_old_file_with_a_moved_key_is_told_where_it_went(tmp_path, key, moved_to):
+    path = write(tmp_path, f"evaluator:\n  memory: 4g\n  {key}: /srv/data\n")
+    with pytest.raises(ConfigFileError) as caught:
+        load_config(path, environ={})
+    assert f"evaluator.{key} has moved to {moved_to}" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_an_old_variable_with_a_moved_key_names_the_new_variable(no_default_file):
+    with pytest.raises(ConfigFileError, match="RESEARCHER_EVALUATOR__DATA_DIR has moved: set RESEARCHER_DATA__DIR"):
+        load_config(environ={"RESEARCHER_EVALUATOR__DATA_DIR": "/data"})
+
+
+def test_the_data_section_from_file_and_environment(tmp_path):
+    path = write(tmp_path, "data:\n  dir: /srv/data\n  val_fraction: 0.25\n")
+    config = load_config(path, environ={"RESEARCHER_DATA__DIR": "/data"})
+    assert config.data.dir == "/data" and config.data.val_fraction == 0.25
+
+
+# ---- settings that were constants in modules ----
+def test_consumer_and_concurrency_settings_are_configurable(tmp_path):
+    path = write(tmp_path, "planner:\n  ack_wait_s: 30\n  max_deliver: 7\n  fetch_batch: 2\n  nak_delay_s: 0.5\n"
+                           "assembler:\n  concurrency: 3\n")
+    config = load_config(path, environ={"RESEARCHER_EVALUATOR__NAK_DELAY_S": "4"})
+    assert (config.planner.ack_wait_s, config.planner.max_deliver, config.planner.fetch_batch,
+            config.planner.nak_delay_s) == (30.0, 7, 2, 0.5)
+    assert config.assembler.concurrency == 3 and config.evaluator.nak_delay_s == 4.0
+
+
+@pytest.mark.parametrize("text, key", [("planner:\n  fetch_batch: 0\n", "planner.fetch_batch"),
+                                       ("assembler:\n  concurrency: 0\n", "assembler.concurrency"),
+                                       ("data:\n  val_fraction: 1.5\n", "data.val_fraction"),
+                                       ("evaluator:\n  ack_wait_s: 0\n", "evaluator.ack_wait_s")])
+def test_out_of_range_settings_name_their_key(tmp_path, text, key):
+    with pytest.raises(ConfigFileError, match=key.replace(".", r"\.")):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_the_shipped_file_holds_no_repeated_defaults():
+    """config/researcher.yaml lists only overrides: as shipped it changes nothing."""
+    from pathlib import Path
+
+    shipped = Path(__file__).parents[2] / "config" / "researcher.yaml"
+    assert load_config(shipped, environ={}) == Config()

@@ -1,0 +1,80 @@
+"""One seed job on an evaluator: train in a container, score on the trusted side, publish the
+result; hand the job back when this replica stops before it is done, or when its machinery (the
+data set, the Docker engine) fails it, which is no fault of the job's."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from shared.errors import MachineryError
+from shared.evaluation.in_container import evaluate_job
+from shared.messaging import subjects
+from shared.messaging.bus import encode, publish_event, through_outages
+from shared.messaging.consumer import Delivery
+from shared.messaging.messages import EvalJob, Event, SeedResult
+from shared.runtime.config import Config
+from shared.sandboxing.containers import ContainerRunner
+
+log = structlog.get_logger()
+
+
+class JobHandler:
+    """The EVAL consumer's handler on replica `replica`; `stop` set means the replica is stopping."""
+
+    def __init__(self, nc, js, runner: ContainerRunner, config: Config, replica: str, stop: asyncio.Event) -> None:
+        self.nc, self.js, self.runner, self.config, self.replica, self.stop = nc, js, runner, config, replica, stop
+
+    async def __call__(self, job: EvalJob, delivery: Delivery) -> None:
+        """Train and score one seed; publish its result (the consumer then acks). Stopping, it waits
+        up to drain_timeout_s for the job, then hands it back for another replica at once."""
+        structlog.contextvars.bind_contextvars(iteration=job.iteration, seed=job.seed, job_id=job.job_id)
+        log.info("job_started", delivery=delivery.number)
+        work = asyncio.create_task(asyncio.to_thread(
+            evaluate_job, job, self.runner, timeout_s=self.config.evaluator.train_timeout_s,
+            memory=self.config.evaluator.memory, data_config=self.config.data, evaluator=self.replica))
+        try:
+            result = await self._finish_or_hand_back(work)
+        except MachineryError as exc:
+            await self._cannot_run(job, delivery, exc)
+            return
+        if result is None:
+            await delivery.hand_back()
+            log.warning("job_handed_back",
+                        reason=f"stopping; the job did not finish within {self.config.evaluator.drain_timeout_s:g} s")
+            return
+        # the message id makes a redelivered job's second result a duplicate the stream drops
+        await through_outages(lambda: self.js.publish(subjects.results_subject(job.run_id), encode(result),
+                                                      headers={"Nats-Msg-Id": job.job_id}), "publish result")
+        log.info("job_done", ok=result.ok, error=result.error, metrics=result.metrics, duration_s=result.duration_s)
+
+    async def _finish_or_hand_back(self, work: asyncio.Task) -> SeedResult | None:
+        """-> the job's result, or None when the replica stopped and the job did not finish in time."""
+        stopping = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if work.done():
+            return work.result()
+        drain_s = self.config.evaluator.drain_timeout_s
+        log.info("draining", wait_s=drain_s)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), timeout=drain_s)
+        except asyncio.TimeoutError:
+            self.runner.abort_running()  # its container is killed; the thread returns a failure we do not publish
+            await asyncio.gather(work, return_exceptions=True)
+            return None
+
+    async def _cannot_run(self, job: EvalJob, delivery: Delivery, exc: MachineryError) -> None:
+        """Not a failed seed: the job goes back to the queue for another replica (or this one,
+        mended), and the run hears which replica could not take it and why."""
+        delay_s = self.config.evaluator.nak_delay_s
+        await delivery.hand_back(delay_s)
+        log.error("evaluator_unavailable", reason=type(exc).__name__, error=str(exc), retry_in_s=delay_s)
+        await publish_event(self.nc, Event(
+            run_id=job.run_id, kind="evaluator_unavailable", iteration=job.iteration,
+            message=f"seed {job.seed}: evaluator {self.replica} cannot run it, handed back for another replica: {exc}",
+            data={"replica": self.replica, "job_id": job.job_id, "seed": job.seed, "reason": type(exc).__name__,
+                  "error": str(exc), "delivery": delivery.number, "retry_in_s": delay_s}))

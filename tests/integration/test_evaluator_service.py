@@ -1,0 +1,57 @@
+"""The evaluator service's main, driven with an injected client, configuration and stop against a
+real nats-server and Docker: a job whose data set this replica lacks is a fault of the replica,
+not of the job: it goes back to the queue (nak, not a failed seed) and the run is told which
+replica could not take it and why."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from services.evaluator import main as evaluator_main
+from shared.messaging import subjects
+from shared.messaging.bus import connect, decode, encode, ensure_streams
+from shared.messaging.messages import EvalJob, Event, TrainingRecipe
+from shared.runtime.config import Config, DataConfig, EvaluatorConfig
+from tests.integration.test_consumer import until
+
+pytestmark = [pytest.mark.docker]
+
+
+async def test_a_replica_without_the_data_set_hands_the_job_back_and_tells_the_run(docker_engine, nats_url, nc, tmp_path,
+                                                                                   monkeypatch):
+    replica = f"tests-nodata-{os.getpid()}"
+    monkeypatch.setenv("RESEARCHER_REPLICA", replica)
+    config = Config(nats_url=nats_url, data=DataConfig(dir=str(tmp_path / "empty")),
+                    evaluator=EvaluatorConfig(gpus="none", pool_size=0, ack_wait_s=60.0, nak_delay_s=0.2, max_deliver=5))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    events: list[Event] = []
+
+    async def on_event(msg) -> None:
+        events.append(decode(msg.data, Event, msg.subject))
+
+    await nc.subscribe(subjects.events_subject("nodata"), cb=on_event)
+    job = EvalJob(job_id="nodata.it0001.seed0", run_id="nodata", iteration=1, seed=0, dataset="mnist",
+                  class_name="Net", source="", recipe=TrainingRecipe(epochs=1))
+    await js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
+    stop = asyncio.Event()
+    service = asyncio.create_task(evaluator_main.main(nc=await connect(nats_url, "evaluator-under-test"),
+                                                      config=config, stop=stop))
+    try:
+        # handed back with a nak: delivered again long before its 60 s ack wait would bring it back
+        await until(lambda: len(events) >= 2 or service.done(), timeout=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, timeout=60)
+    first, second = events[:2]
+    assert first.kind == "evaluator_unavailable" and first.iteration == 1
+    assert first.data["replica"] == replica and first.data["seed"] == 0 and first.data["reason"] == "DatasetUnavailableError"
+    assert f"evaluator {replica!r} cannot load data set 'mnist'" in first.data["error"]
+    assert replica in first.message and "handed back" in first.message
+    assert [first.data["delivery"], second.data["delivery"]] == [1, 2]
+    # no failed seed was published for it: the job is still the queue's
+    assert (await js.stream_info(subjects.RESULTS_STREAM)).state.messages == 0
+    assert (await js.stream_info(subjects.EVAL_STREAM)).state.messages == 1
