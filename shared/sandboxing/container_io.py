@@ -66,6 +66,14 @@ class Attached:
         return not readable
 
     def close(self) -> None:
+        """Shut the connection down, not only this handle: the HTTP response still holds a reference
+        to the socket, so close() alone would leave it open, and an engine still copying the
+        container's output into it (we stopped reading at a bound) would block there holding the
+        container's lock, hanging every later inspect, kill and remove of it."""
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.raw.close()
         except OSError:
