@@ -170,7 +170,7 @@ class Planner:
         await self.registry.update_run(run.run_id, lambda r: replace(r, current_iteration=n))
         by = "the planning LLM" if proposal.proposer == "llm" else "the built-in search"
         why = f": {proposal.reasoning}" if proposal.reasoning else ""
-        await self.event(run.run_id, "proposed", f"iteration {n}: {by} proposed {_describe(proposal.model_config)}{why}",
+        await self.event(run.run_id, "proposed", f"iteration {n}: {by} proposed {proposal.describe()}{why}",
                          n, {"model_config": proposal.model_config, "proposer": proposal.proposer})
 
     async def _request(self, subject: str, payload: bytes, reply_type, run: RunRecord, it: IterationRecord,
@@ -355,10 +355,3 @@ class Planner:
 def _code_generations(it: IterationRecord) -> int:
     """The tools LLM's code replies for this iteration so far, failed ones included."""
     return sum(1 for c in it.llm_calls if c.role == "tools" and c.purpose == "code")
-
-
-def _describe(config: dict) -> str:
-    kinds = [layer.get("type", "?") for layer in config.get("layers", []) if isinstance(layer, dict)]
-    convs, linears = kinds.count("Conv2d"), kinds.count("Linear")
-    return (f"{config.get('class_name', 'model')} ({convs} conv, {linears} linear, {config.get('optimizer')} "
-            f"lr={config.get('lr', 0):.2g}, {config.get('epochs')} epochs)")

@@ -17,7 +17,7 @@ from services.planner.llm_plan import ask_plan, plan_context
 from services.planner.records import tokens_used
 from services.planner.search import SearchBounds, propose
 from shared.llm.client import LLMClient
-from shared.messaging.messages import LLMCall
+from shared.messaging.messages import LLMCall, TrainingRecipe
 from shared.registry.records import IterationRecord, Proposer as ProposerName, RunRecord
 from shared.runtime.config import Config
 
@@ -43,6 +43,14 @@ class Proposal:
     reasoning: str = ""
     search_params: dict | None = None  # the built-in search's trial, kept so it can rebuild its study
     calls: list[LLMCall] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line for the run's events: the class, its layers by kind, and the recipe."""
+        config = self.model_config
+        kinds = [layer.get("type", "?") for layer in config.get("layers", []) if isinstance(layer, dict)]
+        recipe = TrainingRecipe.from_model_config(config)
+        return (f"{config.get('class_name', 'model')} ({kinds.count('Conv2d')} conv, {kinds.count('Linear')} linear, "
+                f"{recipe.optimizer} lr={recipe.lr:.2g}, {recipe.epochs} epochs)")
 
 
 @dataclass(frozen=True)
