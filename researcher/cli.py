@@ -125,7 +125,10 @@ class GoalRejected(Exception):
 def _flagged(problem: str) -> str:
     """"num_seeds must be ..." -> "--num-seeds: num_seeds must be ...": what a CLI user types."""
     field = problem.split(" ", 1)[0].rstrip(":")
-    return f"--{field.replace('_', '-')}: {problem}" if field in Goal.__struct_fields__ and field != "goal" else problem
+    if field not in Goal.__struct_fields__ or field == "goal":
+        return problem
+    said = problem[len(field) + 1:].lstrip() if problem.startswith(f"{field}:") else problem  # "dataset: unknown ..."
+    return f"--{field.replace('_', '-')}: {said}"
 
 
 def check_locally(goal: Goal) -> None:
