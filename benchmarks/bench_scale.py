@@ -51,9 +51,8 @@ async def phase(stack: LocalStack, replicas: int, jobs: int, epochs: int, subset
     sub = await nc.subscribe(subjects.results_subject(run_id), cb=on_result)
     started = time.perf_counter()
     for seed in range(jobs):
-        job = EvalJob(job_id=f"{run_id}.it0001.seed{seed}", run_id=run_id, iteration=1, seed=seed, dataset="digits",
-                      class_name=model.class_name, source=model.source,
-                      recipe=TrainingRecipe(epochs=epochs, batch_size=64), subset_size=subset)
+        job = EvalJob.with_recipe(TrainingRecipe(epochs=epochs, batch_size=64), job_id=f"{run_id}.it0001.seed{seed}", run_id=run_id, iteration=1, seed=seed, dataset="digits",
+                      class_name=model.class_name, source=model.source, subset_size=subset)
         await js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
     await asyncio.wait_for(done.wait(), timeout=1800)
     elapsed = time.perf_counter() - started

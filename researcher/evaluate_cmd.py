@@ -105,8 +105,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     seeds = list(range(args.num_seeds))
     results = {}
     for seed in tqdm(seeds, desc="seeds", unit="seed", file=sys.stderr, leave=False):
-        job = EvalJob(job_id=f"cli-{seed}", run_id="cli", iteration=0, seed=seed, dataset=args.dataset,
-                      class_name=args.class_name, source=source, recipe=recipe_from(args), subset_size=args.subset_size)
+        job = EvalJob.with_recipe(recipe_from(args), job_id=f"cli-{seed}", run_id="cli", iteration=0, seed=seed, dataset=args.dataset,
+                      class_name=args.class_name, source=source, subset_size=args.subset_size)
         try:
             results[seed] = evaluate_job(job, runner, timeout_s=config.evaluator.train_timeout_s,
                                          memory=config.evaluator.memory, data_config=config.data)

@@ -73,8 +73,10 @@ class JobHandler:
         delay_s = self.config.evaluator.nak_delay_s
         await delivery.hand_back(delay_s)
         log.error("evaluator_unavailable", reason=type(exc).__name__, error=str(exc), retry_in_s=delay_s)
+        last = delivery.number >= self.config.evaluator.max_deliver
+        then = "its last delivery: JetStream dead-letters it" if last else "handed back for another replica"
         await publish_event(self.nc, Event(
             run_id=job.run_id, kind="evaluator_unavailable", iteration=job.iteration,
-            message=f"seed {job.seed}: evaluator {self.replica} cannot run it, handed back for another replica: {exc}",
+            message=f"seed {job.seed}: evaluator {self.replica} cannot run it, {then}: {exc}",
             data={"replica": self.replica, "job_id": job.job_id, "seed": job.seed, "reason": type(exc).__name__,
                   "error": str(exc), "delivery": delivery.number, "retry_in_s": delay_s}))

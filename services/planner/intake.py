@@ -45,6 +45,15 @@ class Intake:
         log.info("goal_accepted", goal=goal.goal, dataset=goal.dataset)
         return GoalAnswer(run_id=goal.run_id, accepted=True)
 
+    async def unanswered(self, goal: Goal, answer) -> None:
+        """A goal sent to the submit subject with no reply subject: a rejection cannot be told, so
+        it becomes a failed run, as a published one does (an accepted one is queued as usual)."""
+        if isinstance(answer, GoalAnswer) and not answer.accepted:
+            if RUN_ID.match(goal.run_id):
+                await self.fail(goal, "goal rejected: " + answer.error)
+            else:
+                log.warning("goal_rejected_unanswered", error=answer.error)
+
     async def on_published(self, goal: Goal, delivery: Delivery) -> None:
         """A goal from the GOALS stream: a run, or a failed run saying why it could not be one."""
         problems = check_goal(goal)

@@ -34,7 +34,8 @@ def complete_config(config: dict[str, Any], facts: DatasetFacts, max_epochs: int
     settings it left out take the recipe's defaults, so the record shows what really ran."""
     defaults = msgspec.structs.asdict(DEFAULT_RECIPE)
     defaults.pop("augment")  # not the LLM's to choose: the data kind decides (later)
-    return {**defaults, "epochs": min(DEFAULT_RECIPE.epochs, max_epochs), **config,
+    chosen = {k: v for k, v in config.items() if k != "augment"}
+    return {**defaults, "epochs": min(DEFAULT_RECIPE.epochs, max_epochs), **chosen,
             "input_shape": list(facts.input_shape), "num_classes": facts.num_classes}
 
 

@@ -57,6 +57,14 @@ class Planner:
             record.dataset_facts = data.facts()
         except DatasetError as exc:
             record.status, record.error, record.finished_at = "failed", str(exc), time.time()
+        else:
+            least = record.dataset_facts.smallest_subset(self.config.data.val_fraction)
+            if goal.subset_size is not None and goal.subset_size < least:
+                record.status, record.finished_at = "failed", time.time()
+                record.error = (f"goal rejected: subset_size {goal.subset_size} is too small for {goal.dataset} "
+                                f"({record.dataset_facts.num_classes} classes, validation share "
+                                f"{self.config.data.val_fraction:g}): every class needs a sample on both sides of the "
+                                f"split, so subset_size must be at least {least}")
         if await self.registry.create_run(record):
             log.info("run_created", goal=goal.goal, dataset=goal.dataset, status=record.status)
             await self.event(goal.run_id, "run_started", f"run started: {goal.goal!r} on {goal.dataset}")
@@ -79,8 +87,9 @@ class Planner:
         bind_run(job.run_id, iteration=job.iteration, seed=job.seed)
         if (await self.registry.seed_results(job.run_id, job.iteration, [job.seed])).get(job.seed):
             return  # the last evaluator finished it after all; that result stands
-        error = (f"dead-lettered after {deliveries} deliveries: each evaluator that took the job died or stopped "
-                 f"before finishing it; the job is kept on {subjects.dead_job_subject(job.run_id)}")
+        error = (f"dead-lettered after {deliveries} deliveries: no evaluator finished it (each one that took it "
+                 "died, stopped, or could not run it: see the run's evaluator_unavailable events); the job is kept on "
+                 f"{subjects.dead_job_subject(job.run_id)}")
         await self.on_result(SeedResult(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed,
                                         ok=False, error=error, reason="dead_letter", evaluator="dead-letter"))
 
@@ -257,9 +266,9 @@ class Planner:
         source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
         recipe = TrainingRecipe.from_model_config(it.model_config)
         for seed in it.seeds:
-            job = EvalJob(job_id=f"{run.run_id}.it{it.iteration:04d}.seed{seed}", run_id=run.run_id,
-                          iteration=it.iteration, seed=seed, dataset=run.goal.dataset, class_name=it.class_name,
-                          source=source, recipe=recipe, subset_size=run.goal.subset_size)
+            job = EvalJob.with_recipe(recipe, job_id=f"{run.run_id}.it{it.iteration:04d}.seed{seed}", run_id=run.run_id,
+                                      iteration=it.iteration, seed=seed, dataset=run.goal.dataset,
+                                      class_name=it.class_name, source=source, subset_size=run.goal.subset_size)
             # the job id is the message id: a re-dispatch after a crash is dropped as a duplicate
             await self.js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
         summary, calls = it.summary, []

@@ -26,7 +26,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
 
         intake = Intake(js, planner)
         await service.responder(settings.submit_concurrency).serve(
-            subjects.GOAL_SUBMIT_SUBJECT, subjects.PLANNER_QUEUE, Goal, intake.submit)
+            subjects.GOAL_SUBMIT_SUBJECT, subjects.PLANNER_QUEUE, Goal, intake.submit, unanswered=intake.unanswered)
 
         async def on_result(result: SeedResult, delivery: Delivery) -> None:
             await planner.on_result(result)

@@ -63,7 +63,11 @@ def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, data_co
         ds = load_dataset(job.dataset, data_dir=data_config.dir)
     except DatasetError as exc:
         raise DatasetUnavailableError(evaluator, job.dataset, str(exc)) from exc
-    data = split(ds, job.seed, data_config.val_fraction, job.subset_size)
+    try:
+        data = split(ds, job.seed, data_config.val_fraction, job.subset_size)
+    except ValueError as exc:  # a subset too small for a stratified split: the job's fault, not the code's
+        return SeedResult(ok=False, reason="bad_subset", error=f"cannot split {job.dataset} with subset_size "
+                          f"{job.subset_size}: {exc}", duration_s=round(time.monotonic() - started, 3), **base)
     recipe = job.recipe
     container_job = TrainJob(
         source=job.source, class_name=job.class_name, seed=job.seed, augment=recipe.augment,

@@ -50,8 +50,16 @@ async def decode_request(msg, type_: type[T]) -> T | None:
         return decode(msg.data, type_, msg.subject)
     except MessageError as exc:
         log.warning("rejected_message", error=str(exc))
-        await msg.respond(encode(ErrorReply(error=str(exc))))
+        await _respond(msg, ErrorReply(error=str(exc)))
         return None
+
+
+async def _respond(msg, reply: msgspec.Struct) -> None:
+    """Answer, when the request named a reply subject (a plain publish did not)."""
+    if msg.reply:
+        await msg.respond(encode(reply))
+    else:
+        log.warning("request_without_reply", subject=msg.subject)
 
 
 class Responder:
@@ -63,9 +71,13 @@ class Responder:
         self._subs: list = []
         self._tasks: set[asyncio.Task] = set()
 
-    async def serve(self, subject: str, queue: str, type_: type[T], work: Callable[[T], Awaitable[msgspec.Struct]]) -> None:
+    async def serve(self, subject: str, queue: str, type_: type[T], work: Callable[[T], Awaitable[msgspec.Struct]],
+                    unanswered: Callable[[T, msgspec.Struct], Awaitable[None]] | None = None) -> None:
         """Decode each request as `type_` (a malformed one gets an ErrorReply), bind its run id for
-        the logs, and respond with `work(request)`."""
+        the logs, and respond with `work(request)`; a fault of `work` is logged and answered with an
+        ErrorReply, so no requester waits out its timeout. A request published without a reply
+        subject is still worked, and its answer goes to `unanswered` (or the log)."""
+        from shared.messaging.messages import ErrorReply
 
         async def answer(msg) -> None:
             async with self._slots:
@@ -73,7 +85,15 @@ class Responder:
                 if request is None:
                     return
                 bind_run(request.run_id, iteration=getattr(request, "iteration", None))
-                await msg.respond(encode(await work(request)))
+                try:
+                    reply = await work(request)
+                except Exception as exc:  # noqa: BLE001 - a fault of the machinery, answered
+                    log.exception("request_failed", subject=msg.subject)
+                    reply = ErrorReply(error=f"{subject} failed: {type(exc).__name__}: {exc}")
+                if msg.reply or unanswered is None:
+                    await _respond(msg, reply)
+                else:
+                    await unanswered(request, reply)
 
         async def on_message(msg) -> None:
             task = asyncio.create_task(answer(msg))

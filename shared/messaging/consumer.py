@@ -106,6 +106,10 @@ class Consumer(Generic[T]):
                     await self.on_malformed(msg.data, exc)
                 except MessageError:
                     pass  # nothing more to do with it than the log line above
+                except Exception:  # NATS away while it was being recorded, say: try it again later
+                    log.exception("handler_failed", stream=self.stream, malformed=True)
+                    await settle(msg, "nak", **({"delay": self.nak_delay_s} if self.nak_delay_s > 0 else {}))
+                    return
             await settle(msg, "term")  # never redeliver what can never decode
             return
         bind_run(getattr(message, "run_id", None), subject=msg.subject)

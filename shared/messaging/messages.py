@@ -36,6 +36,15 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
         drawn = min(self.num_samples, subset_size) if subset_size else self.num_samples
         return int(drawn * (1 - val_fraction))
 
+    def smallest_subset(self, val_fraction: float) -> int:
+        """The fewest samples a stratified train/validation split of this set can take: each class
+        needs a sample on both sides (the validation side is ceil(n * val_fraction), as
+        scikit-learn rounds it)."""
+        n = 2 * self.num_classes
+        while math.ceil(n * val_fraction) < self.num_classes or n - math.ceil(n * val_fraction) < self.num_classes:
+            n += 1
+        return n
+
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 
@@ -260,8 +269,23 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     dataset: str
     class_name: str
     source: str
-    recipe: TrainingRecipe = DEFAULT_RECIPE
+    # ---- the training recipe, flat on the wire as it always was: a job queued by an older planner,
+    # or read by an evaluator not yet upgraded, keeps its settings (build one with `with_recipe`) ----
+    epochs: int = DEFAULT_RECIPE.epochs
+    batch_size: int = DEFAULT_RECIPE.batch_size
+    lr: float = DEFAULT_RECIPE.lr
+    optimizer: str = DEFAULT_RECIPE.optimizer
+    weight_decay: float = DEFAULT_RECIPE.weight_decay
     subset_size: int | None = None
+    augment: bool = DEFAULT_RECIPE.augment
+
+    @classmethod
+    def with_recipe(cls, recipe: TrainingRecipe, **fields: Any) -> "EvalJob":
+        return cls(**fields, **msgspec.structs.asdict(recipe))
+
+    @property
+    def recipe(self) -> TrainingRecipe:
+        return msgspec.convert({k: getattr(self, k) for k in TrainingRecipe.__struct_fields__}, TrainingRecipe)
 
 
 class EpochStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,9 +20,8 @@ def runner(docker_engine):
 
 
 def job(source, class_name, **recipe):
-    return EvalJob(job_id="t.it0001.seed0", run_id="t", iteration=1, seed=0, dataset="digits",
-                   class_name=class_name, source=source,
-                   recipe=TrainingRecipe(**{"epochs": 3, "batch_size": 64, "lr": 3e-3, **recipe}))
+    return EvalJob.with_recipe(TrainingRecipe(**{"epochs": 3, "batch_size": 64, "lr": 3e-3, **recipe}), job_id="t.it0001.seed0", run_id="t", iteration=1, seed=0, dataset="digits",
+                   class_name=class_name, source=source)
 
 
 def test_generated_cnn_trains_and_is_scored_outside(runner):

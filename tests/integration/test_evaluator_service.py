@@ -34,8 +34,8 @@ async def test_a_replica_without_the_data_set_hands_the_job_back_and_tells_the_r
         events.append(decode(msg.data, Event, msg.subject))
 
     await nc.subscribe(subjects.events_subject("nodata"), cb=on_event)
-    job = EvalJob(job_id="nodata.it0001.seed0", run_id="nodata", iteration=1, seed=0, dataset="mnist",
-                  class_name="Net", source="", recipe=TrainingRecipe(epochs=1))
+    job = EvalJob.with_recipe(TrainingRecipe(epochs=1), job_id="nodata.it0001.seed0", run_id="nodata", iteration=1, seed=0, dataset="mnist",
+                  class_name="Net", source="")
     await js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
     stop = asyncio.Event()
     service = asyncio.create_task(evaluator_main.main(nc=await connect(nats_url, "evaluator-under-test"),

@@ -55,6 +55,10 @@ async def test_a_submitted_goal_is_answered_with_every_problem(planner_stack):
         assert garbage["ok"] is False and "malformed Goal" in garbage["error"] and "$.run_id" in garbage["error"]
         registry = await Registry.open(nc.jetstream())
         assert await registry.get_run(bad.run_id) is None  # answered, not recorded
+        unanswerable = goal(patience=0)  # sent with no reply subject: nobody to tell, so it is recorded
+        await nc.publish(subjects.GOAL_SUBMIT_SUBJECT, encode(unanswerable))
+        run = await wait_run(registry, unanswerable.run_id)
+        assert run.status == "failed" and "patience must be an integer from 1 to 1000, not 0" in run.error
     finally:
         await nc.close()
 
@@ -66,6 +70,19 @@ async def test_an_accepted_goal_is_queued_and_becomes_a_run(planner_stack):
         assert await submit_goal(nc, good) == "accepted"
         run = await wait_run(await Registry.open(nc.jetstream()), good.run_id)
         assert run.status == "running" and run.dataset_facts.name == "digits" and run.dataset_facts.num_classes == 10
+    finally:
+        await nc.close()
+
+
+async def test_a_subset_too_small_for_the_data_set_fails_the_run_naming_the_least(planner_stack):
+    """Only the planner, with the data set's facts, can tell: digits has 10 classes, so a stratified
+    split with a validation share of 0.2 needs at least 46 samples."""
+    nc = await connect(planner_stack.url, "test")
+    try:
+        small = goal(subset_size=20)
+        assert await submit_goal(nc, small) == "accepted"
+        run = await wait_run(await Registry.open(nc.jetstream()), small.run_id)
+        assert run.status == "failed" and "subset_size must be at least 46" in run.error
     finally:
         await nc.close()
 

@@ -80,8 +80,8 @@ def check(runner, source):
 
 
 def train(runner, source, epochs=1):
-    job = EvalJob(job_id="hostile-seed0", run_id="hostile", iteration=1, seed=0, dataset="iris", class_name="Model",
-                  source=source, recipe=TrainingRecipe(epochs=epochs, batch_size=16))
+    job = EvalJob.with_recipe(TrainingRecipe(epochs=epochs, batch_size=16), job_id="hostile-seed0", run_id="hostile", iteration=1, seed=0, dataset="iris", class_name="Model",
+                  source=source)
     return evaluate_job(job, runner, timeout_s=120, memory="2g")
 
 

@@ -146,3 +146,12 @@ def test_the_catalog_names_exactly_the_loaders():
     from shared.data.catalog import NAMES
     assert sorted(NAMES) == sorted(LOADERS)
     assert known_datasets() == sorted(LOADERS) + ["csv:PATH:TARGET"]
+
+
+@pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer"])
+def test_the_smallest_subset_is_the_least_a_stratified_split_takes(name):
+    ds = load_dataset(name)
+    least = ds.facts().smallest_subset(0.2)
+    split(ds, 0, 0.2, least)
+    with pytest.raises(ValueError):
+        split(ds, 0, 0.2, least - 1)

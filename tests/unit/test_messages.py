@@ -12,9 +12,8 @@ from shared.messaging.messages import (DEFAULT_RECIPE, AssembleRequest, EpochSta
 GOAL = Goal(run_id="run-1", goal="beat 95% on digits", dataset="wine", target_accuracy=0.95,
             max_iterations=7, num_seeds=3, patience=2, goal_statistic="ci_lower", subset_size=500,
             max_epochs=12, submitted_at=1_700_000_000.5)
-EVAL_JOB = EvalJob(job_id="run-1.it0002.seed1", run_id="run-1", iteration=2, seed=1, dataset="digits",
+EVAL_JOB = EvalJob.with_recipe(TrainingRecipe(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4), job_id="run-1.it0002.seed1", run_id="run-1", iteration=2, seed=1, dataset="digits",
                    class_name="SmallCNN", source="import torch\nclass SmallCNN: ...\n",
-                   recipe=TrainingRecipe(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4),
                    subset_size=None)
 SEED_RESULT = SeedResult(job_id="run-1.it0002.seed1", run_id="run-1", iteration=2, seed=1, ok=True,
                          metrics={"val_accuracy": 0.93, "val_loss": 0.21},
@@ -121,3 +120,13 @@ def test_model_config_travels_as_a_plain_json_object():
     config = {"class_name": "Net", "layers": [{"type": "linear", "out": 10}], "dropout": 0.1}
     request = AssembleRequest(run_id="r", iteration=1, model_config=config)
     assert decode(encode(request), AssembleRequest).model_config == config
+
+
+def test_a_job_of_the_flat_shape_keeps_its_recipe():
+    """Jobs queued before the recipe type, and evaluators not yet upgraded, see the same fields."""
+    old = msgspec.json.encode({"job_id": "j", "run_id": "r", "iteration": 1, "seed": 0, "dataset": "digits",
+                               "class_name": "M", "source": "x", "epochs": 3, "batch_size": 256, "lr": 0.05,
+                               "optimizer": "sgd", "weight_decay": 0.01, "augment": True})
+    assert decode(old, EvalJob).recipe == TrainingRecipe(epochs=3, batch_size=256, lr=0.05, optimizer="sgd",
+                                                         weight_decay=0.01, augment=True)
+    assert msgspec.json.decode(encode(EVAL_JOB))["epochs"] == 4  # and a new job is flat on the wire

@@ -112,8 +112,7 @@ class FakeRunner:
                           oom_killed=False, duration_s=0.1)
 
 
-EVAL = EvalJob(job_id="j", run_id="r", iteration=1, seed=0, dataset="iris", class_name="Net", source="",
-               recipe=TrainingRecipe(epochs=2))
+EVAL = EvalJob.with_recipe(TrainingRecipe(epochs=2), job_id="j", run_id="r", iteration=1, seed=0, dataset="iris", class_name="Net", source="")
 
 
 def trained(job, **override):
