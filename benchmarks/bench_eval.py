@@ -70,7 +70,7 @@ def plain_loop(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, batc
 
 def engine_loop(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float,
                 device: torch.device, compile_model: bool) -> float:
-    settings = TrainSettings(epochs=epochs, batch_size=batch, lr=lr, optimizer="adam", seed=0,
+    settings = TrainSettings(epochs=epochs, batch_size=batch, lr=lr, optimizer="adam", weight_decay=0.0, seed=0,
                              track_val_each_epoch=False, compile=compile_model)
     out = train_model(model, x, y, x[:256], settings, device)
     return out.samples_per_s

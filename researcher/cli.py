@@ -11,6 +11,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+from typing import get_args
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
@@ -20,7 +21,7 @@ from shared.data.catalog import check_goal, known_datasets
 from shared.errors import ConfigFileError, MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams
-from shared.messaging.messages import TERMINAL_STATUSES, ErrorReply, Event, Goal, GoalAnswer
+from shared.messaging.messages import GOAL_LIMITS, TERMINAL_STATUSES, ErrorReply, Event, Goal, GoalAnswer, GoalStatistic
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.report import build_report, export_run, format_report, load_records
 from shared.registry.store import Registry
@@ -34,15 +35,18 @@ from shared.runtime.log import configure_logging
 
 
 def _goal_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(known_datasets())}")
-    p.add_argument("--target-accuracy", type=float, default=0.9)
-    p.add_argument("--max-iterations", type=int, default=5)
-    p.add_argument("--num-seeds", type=int, default=2)
-    p.add_argument("--patience", type=int, default=3, help="iterations without a better best before stopping")
-    p.add_argument("--goal-statistic", choices=["mean", "ci_lower"], default="mean",
+    """A goal's flags; their defaults are Goal's own, their ranges GOAL_LIMITS."""
+    d, limits = Goal(run_id="-", goal="-"), GOAL_LIMITS
+    p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(known_datasets())}")
+    p.add_argument("--target-accuracy", type=float, default=d.target_accuracy, help="a fraction in (0, 1]")
+    p.add_argument("--max-iterations", type=int, default=d.max_iterations, help="%d to %d" % limits["max_iterations"])
+    p.add_argument("--num-seeds", type=int, default=d.num_seeds, help="%d to %d" % limits["num_seeds"])
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="iterations without a better best before stopping, %d to %d" % limits["patience"])
+    p.add_argument("--goal-statistic", choices=get_args(GoalStatistic), default=d.goal_statistic,
                    help="judge the goal on the mean over seeds or the lower bound of its 95%% interval")
-    p.add_argument("--subset-size", type=int, default=None)
-    p.add_argument("--max-epochs", type=int, default=20)
+    p.add_argument("--subset-size", type=int, default=d.subset_size, help="at least %d" % limits["subset_size"][0])
+    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="%d to %d" % limits["max_epochs"])
 
 
 _LLM_ROLES = (("llm", "PLANNING", "planning"), ("tools_llm", "TOOLS", "tools"))

@@ -114,6 +114,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             runner.remove_strays()
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except SandboxUnavailableError as exc:  # the Docker engine went away mid-run
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
     runner.remove_strays()
     evaluation = summarise(results, seeds)
     value = evaluation.score(args.goal_statistic)

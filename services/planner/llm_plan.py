@@ -78,7 +78,7 @@ def _iteration_summary(it: IterationRecord) -> dict[str, Any]:
     if it.state == "rejected" or (v is not None and not v.ok):
         out["outcome"] = f"rejected ({v.reason if v else 'unknown'}): {v.error if v else ''}"
     elif v is not None:
-        out["parameters"] = v.param_count
+        out["parameters"] = v.param_count  # as the model's process reports it: the code runs there
     evaluation = it.evaluation
     if evaluation is None:
         return _with_decision(out, it)

@@ -24,8 +24,9 @@ from shared.data.datasets import load_dataset
 from shared.errors import DatasetError, MessageError
 from shared.llm.client import LLMClient, llm_settings
 from shared.runtime.log import bind_run
-from shared.messaging.messages import (TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, Event,
-                                       Goal, LLMCall, SeedResult, TrainingRecipe, ValidateRequest, ValidationResult)
+from shared.messaging.messages import (PROBE_BATCH, TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback,
+                                       EvalJob, Event, Goal, LLMCall, SeedResult, TrainingRecipe, ValidateRequest,
+                                       ValidationResult)
 from shared.registry.records import CodeAttempt, IterationRecord, ModelSummary, RunRecord
 from shared.registry.store import Registry
 
@@ -233,7 +234,8 @@ class Planner:
         facts = run.dataset_facts
         assert facts is not None  # a run whose data could not be read failed at its start
         request = ValidateRequest(run_id=run.run_id, iteration=it.iteration, source=source, class_name=it.class_name,
-                                  input_shape=[2, *facts.input_shape], expected_output_shape=[2, facts.num_classes])
+                                  input_shape=[PROBE_BATCH, *facts.input_shape],
+                                  expected_output_shape=[PROBE_BATCH, facts.num_classes])
         result = await self._request(subjects.VALIDATE_SUBJECT, encode(request), ValidationResult, run, it)
         if result is None:
             return
@@ -246,7 +248,7 @@ class Planner:
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
             r, state="validated", validation=result, attempts=0))
         await self.event(run.run_id, "validated", f"iteration {it.iteration}: valid, {result.param_count:,} parameters, "
-                         f"output {tuple(result.output_shape or [])}", it.iteration, {"param_count": result.param_count})
+                         f"output {tuple(result.output_shape or [])} (as the model's process reports them)", it.iteration, {"param_count": result.param_count})
 
     async def _retry_code(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
         """The tools LLM's code was rejected: back to assembling, with the error for a fix while it

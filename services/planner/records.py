@@ -13,7 +13,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode
 from shared.errors import MessageError
-from shared.messaging.messages import LLMCall, ModelFacts, SummaryReply, SummaryRequest
+from shared.messaging.messages import PROBE_BATCH, LLMCall, ModelFacts, SummaryReply, SummaryRequest
 from shared.evaluation.plots import evaluation_plots
 from shared.registry.records import Evaluation, IterationRecord, ModelSummary, RunRecord
 from shared.registry.store import Registry
@@ -60,7 +60,7 @@ def model_facts(run: RunRecord, it: IterationRecord) -> ModelFacts:
                       input_shape=list(run.dataset_facts.input_shape) if run.dataset_facts else [],
                       output_shape=v.output_shape[1:] if v and v.output_shape else None,
                       parameters=v.param_count if v else None, trainable_parameters=v.trainable_params if v else None,
-                      flops_per_sample=v.flops // 2 if v and v.flops is not None else None,  # the probe batch holds 2
+                      flops_per_sample=v.flops // PROBE_BATCH if v and v.flops is not None else None,
                       layers=v.layers if v else [])
 
 

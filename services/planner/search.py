@@ -17,14 +17,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution,
                                   FloatDistribution, IntDistribution)
 from optuna.samplers import TPESampler
 
-from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts
+from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts, Optimizer
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -97,7 +97,7 @@ def search_space(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()
         "batch_norm": CategoricalDistribution([False, True]),
         "activation": CategoricalDistribution(["ReLU", "GELU", "SiLU"]),
         "dropout": FloatDistribution(0.0, 0.5),
-        "optimizer": CategoricalDistribution(["adam", "adamw", "sgd"]),
+        "optimizer": CategoricalDistribution(list(get_args(Optimizer))),
         "lr": FloatDistribution(1e-4, 3e-2, log=True),
         "use_weight_decay": CategoricalDistribution([False, True]),  # False: weight_decay 0
         "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),

@@ -28,11 +28,13 @@ PREDICT_BATCH = 1024
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"  # adam | adamw | sgd
-    weight_decay: float = 0.0
+    # ---- the recipe: no defaults here, every caller passes a TrainingRecipe's (shared.messaging.messages:
+    # this file is also copied into the sandbox image, where the library is not) ----
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str  # adam | adamw | sgd
+    weight_decay: float
     seed: int = 0
     track_val_each_epoch: bool = True  # probabilities for x_val after every epoch, for learning curves
     track_gradient_norms: bool = False

@@ -21,7 +21,6 @@ import structlog
 from shared.runtime.config import Config, resolve_llm
 from shared.messaging.messages import LLMCall
 from shared.llm.prompts import render
-from shared.llm.usage import usage_by_role  # noqa: F401 - re-exported; the report imports it without openai
 
 log = structlog.get_logger()
 T = TypeVar("T")

@@ -191,6 +191,7 @@ class ModelFacts(msgspec.Struct, frozen=True, kw_only=True):
 
     class_name: str
     assembler: str = ""
+    reported_by: str = "model_process"  # whose word the figures below are (summary.json says so)
     input_shape: list[int] = []  # without the batch dimension
     output_shape: list[int] | None = None  # without the batch dimension
     parameters: int | None = None
@@ -226,6 +227,9 @@ class SummaryReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # ---- sandbox ----
+PROBE_BATCH = 2  # samples in the sandbox's probe forward pass (its FLOPs are for this many)
+
+
 class ValidateRequest(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = ""
     iteration: int = 0

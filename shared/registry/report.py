@@ -55,7 +55,8 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         best = {"iteration": chosen.iteration, "score": run.best_score, "goal_statistic": run.goal.goal_statistic,
                 "val_accuracy": msgspec.to_builtins(chosen.evaluation.summary()) if chosen.evaluation else None,
                 "model_config": chosen.model_config,
-                "param_count": chosen.validation.param_count if chosen.validation else None}
+                "param_count": chosen.validation.param_count if chosen.validation else None,
+                "reported_by": chosen.validation.reported_by if chosen.validation else None}
     return {
         "run_id": run.run_id,
         "goal": run.goal.goal,

@@ -29,7 +29,8 @@ def eval_limits(config: Config, gpus: bool) -> Limits:
     s, e = config.sandbox, config.evaluator
     return Limits(image=s.image, memory=e.memory, cpus=e.cpus, pids=s.pids, tmpfs_size=s.tmpfs_size,
                   tmpfs_inodes=s.tmpfs_inodes, nofile=s.nofile, fsize_bytes=s.fsize_bytes,
-                  max_output_bytes=s.max_output_bytes, runtime=s.runtime, gpus=gpus)
+                  max_output_bytes=s.max_output_bytes, max_total_output_bytes=s.max_total_output_bytes,
+                  runtime=s.runtime, gpus=gpus)
 
 
 def want_gpus(setting: str, runtimes: dict) -> tuple[bool, tuple[str, ...]]:

@@ -6,7 +6,8 @@ import msgspec
 import pytest
 
 from shared.runtime.config import load_config
-from shared.llm.client import LLMClient, ask_json, llm_settings, usage_by_role
+from shared.llm.client import LLMClient, ask_json, llm_settings
+from shared.llm.usage import usage_by_role
 from tests.llm_server import Reply, ScriptedLLM
 
 

@@ -6,6 +6,13 @@ import torch
 from torch import nn
 
 from shared.evaluation.trainloop import TrainSettings, train_model
+from shared.messaging.messages import DEFAULT_RECIPE
+
+
+def recipe_settings(**kw):
+    """TrainSettings with the recipe's defaults where a test does not set them."""
+    recipe = {k: getattr(DEFAULT_RECIPE, k) for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay")}
+    return TrainSettings(**{**recipe, **kw})
 
 
 def data(n=240, features=6, classes=3, seed=0):
@@ -22,7 +29,7 @@ def mlp(seed=0):
 
 def test_it_learns_and_returns_probabilities_for_every_epoch():
     x, y = data()
-    out = train_model(mlp(), x[:200], y[:200], x[200:], TrainSettings(epochs=20, batch_size=32, lr=0.02, track_gradient_norms=True))
+    out = train_model(mlp(), x[:200], y[:200], x[200:], recipe_settings(epochs=20, batch_size=32, lr=0.02, track_gradient_norms=True))
     assert out.failure is None
     assert [p["epoch"] for p in out.curve] == list(range(1, 21))
     assert out.curve[-1]["train_loss"] < out.curve[0]["train_loss"]
@@ -35,7 +42,7 @@ def test_it_learns_and_returns_probabilities_for_every_epoch():
 
 def test_the_same_seed_gives_the_same_run():
     x, y = data()
-    settings = TrainSettings(epochs=3, batch_size=16, seed=7)
+    settings = recipe_settings(epochs=3, batch_size=16, seed=7)
     a = train_model(mlp(), x, y, x[:10], settings)
     b = train_model(mlp(), x, y, x[:10], settings)
     assert a.curve == b.curve and np.array_equal(a.val_probs, b.val_probs)
@@ -44,14 +51,14 @@ def test_the_same_seed_gives_the_same_run():
 def test_divergence_is_a_failure_not_a_crash():
     x, y = data()
     x[0, 0] = np.inf
-    out = train_model(mlp(), x, y, x[:10], TrainSettings(epochs=2, batch_size=300))
+    out = train_model(mlp(), x, y, x[:10], recipe_settings(epochs=2, batch_size=300))
     assert out.failure == {"reason": "diverged", "error": "training loss became nan at epoch 1"}
 
 
 def test_an_unknown_optimizer_is_named():
     x, y = data()
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
-        train_model(mlp(), x, y, x[:10], TrainSettings(optimizer="lion"))
+        train_model(mlp(), x, y, x[:10], recipe_settings(optimizer="lion"))
 
 
 def test_augmentation_crops_and_flips_reproducibly():
@@ -64,5 +71,5 @@ def test_augmentation_crops_and_flips_reproducibly():
     assert not torch.equal(a, x)  # this seed shifts and flips
     images = torch.randn(16, 3, 8, 8)
     out = train_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3)), images,
-                      torch.randint(0, 3, (16,)), images[:4], TrainSettings(epochs=2, batch_size=8, augment=True))
+                      torch.randint(0, 3, (16,)), images[:4], recipe_settings(epochs=2, batch_size=8, augment=True))
     assert out.failure is None and len(out.curve) == 2
