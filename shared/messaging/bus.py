@@ -18,7 +18,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailabl
 from shared.messaging import subjects
 from shared.errors import MessageError
 from shared.runtime.log import bind_run
-from shared.messaging.messages import Event
+from shared.messaging.messages import ErrorReply, Event
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -44,8 +44,6 @@ def decode(data: bytes, type_: type[T], subject: str = "") -> T:
 
 async def decode_request(msg, type_: type[T]) -> T | None:
     """Decode a request at the edge; a malformed one is answered with an ErrorReply and logged."""
-    from shared.messaging.messages import ErrorReply
-
     try:
         return decode(msg.data, type_, msg.subject)
     except MessageError as exc:
@@ -77,8 +75,6 @@ class Responder:
         the logs, and respond with `work(request)`; a fault of `work` is logged and answered with an
         ErrorReply, so no requester waits out its timeout. A request published without a reply
         subject is still worked, and its answer goes to `unanswered` (or the log)."""
-        from shared.messaging.messages import ErrorReply
-
         async def answer(msg) -> None:
             async with self._slots:
                 request = await decode_request(msg, type_)

@@ -102,14 +102,19 @@ class CurvePoint(msgspec.Struct, frozen=True, kw_only=True):
     grad_norm: Finite | None = None
 
 
-class ValidateOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    """The model process's answer to a validate job: every figure is the code's own claim."""
+class _Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What the model process says of any job: whether it worked, and if not, why."""
 
     ok: bool
     reason: Short | None = None
     error: Error | None = None
     exception_type: Short | None = None
     traceback: Error | None = None
+
+
+class ValidateOutcome(_Outcome, frozen=True, kw_only=True):
+    """The model process's answer to a validate job: every figure is the code's own claim."""
+
     output_shape: Annotated[list[Dim], Meta(max_length=MAX_DIMS)] | None = None
     param_count: Count | None = None
     trainable_params: Count | None = None
@@ -117,14 +122,9 @@ class ValidateOutcome(msgspec.Struct, frozen=True, kw_only=True):
     flops: int | float | None = None  # kept only as a non-negative int64; a counter may fail
 
 
-class TrainOutcome(msgspec.Struct, frozen=True, kw_only=True):
+class TrainOutcome(_Outcome, frozen=True, kw_only=True):
     """The model process's answer to a train job: predictions for x_val and its training curve."""
 
-    ok: bool
-    reason: Short | None = None
-    error: Error | None = None
-    exception_type: Short | None = None
-    traceback: Error | None = None
     probs_b64: str | None = None  # (n_val, num_classes) float32; length checked before decoding
     probs_shape: Annotated[list[Dim], Meta(max_length=2)] | None = None
     epoch_probs_b64: str | None = None  # (epochs, n_val, num_classes) float16

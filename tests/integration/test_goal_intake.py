@@ -30,6 +30,16 @@ def planner_stack(tmp_path_factory):
         yield stack
 
 
+@pytest.fixture
+async def nc(planner_stack):
+    """A connection of the test's own to the module's stack (not conftest's server of its own)."""
+    client = await connect(planner_stack.url, "test")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 async def wait_run(registry: Registry, run_id: str, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -40,79 +50,64 @@ async def wait_run(registry: Registry, run_id: str, timeout: float = 20.0):
     raise AssertionError(f"no run record for {run_id} after {timeout} s")
 
 
-async def test_a_submitted_goal_is_answered_with_every_problem(planner_stack):
-    nc = await connect(planner_stack.url, "test")
-    try:
-        bad = goal(num_seeds=0, target_accuracy=95.0, dataset="cifar11")
-        answer = decode((await nc.request(subjects.GOAL_SUBMIT_SUBJECT, encode(bad), timeout=5)).data, GoalAnswer)
-        assert answer.accepted is False and answer.run_id == bad.run_id
-        text = answer.error
-        assert "num_seeds must be an integer from 1 to 100, not 0" in text
-        assert "target_accuracy must be in (0, 1]" in text and "unknown data set 'cifar11'" in text
-        with pytest.raises(GoalRejected, match="--num-seeds"):  # the CLI's path, past its own checks
-            await submit_goal(nc, bad)
-        garbage = json.loads((await nc.request(subjects.GOAL_SUBMIT_SUBJECT, b'{"run_id": 5}', timeout=5)).data)
-        assert garbage["ok"] is False and "malformed Goal" in garbage["error"] and "$.run_id" in garbage["error"]
-        registry = await Registry.open(nc.jetstream())
-        assert await registry.get_run(bad.run_id) is None  # answered, not recorded
-        unanswerable = goal(patience=0)  # sent with no reply subject: nobody to tell, so it is recorded
-        await nc.publish(subjects.GOAL_SUBMIT_SUBJECT, encode(unanswerable))
-        run = await wait_run(registry, unanswerable.run_id)
-        assert run.status == "failed" and "patience must be an integer from 1 to 1000, not 0" in run.error
-    finally:
-        await nc.close()
+async def test_a_submitted_goal_is_answered_with_every_problem(nc):
+    bad = goal(num_seeds=0, target_accuracy=95.0, dataset="cifar11")
+    answer = decode((await nc.request(subjects.GOAL_SUBMIT_SUBJECT, encode(bad), timeout=5)).data, GoalAnswer)
+    assert answer.accepted is False and answer.run_id == bad.run_id
+    text = answer.error
+    assert "num_seeds must be an integer from 1 to 100, not 0" in text
+    assert "target_accuracy must be in (0, 1]" in text and "unknown data set 'cifar11'" in text
+    with pytest.raises(GoalRejected, match="--num-seeds"):  # the CLI's path, past its own checks
+        await submit_goal(nc, bad)
+    garbage = json.loads((await nc.request(subjects.GOAL_SUBMIT_SUBJECT, b'{"run_id": 5}', timeout=5)).data)
+    assert garbage["ok"] is False and "malformed Goal" in garbage["error"] and "$.run_id" in garbage["error"]
+    registry = await Registry.open(nc.jetstream())
+    assert await registry.get_run(bad.run_id) is None  # answered, not recorded
+    unanswerable = goal(patience=0)  # sent with no reply subject: nobody to tell, so it is recorded
+    await nc.publish(subjects.GOAL_SUBMIT_SUBJECT, encode(unanswerable))
+    run = await wait_run(registry, unanswerable.run_id)
+    assert run.status == "failed" and "patience must be an integer from 1 to 1000, not 0" in run.error
 
 
-async def test_an_accepted_goal_is_queued_and_becomes_a_run(planner_stack):
-    nc = await connect(planner_stack.url, "test")
-    try:
-        good = goal(max_iterations=1, num_seeds=1)
-        assert await submit_goal(nc, good) == "accepted"
-        run = await wait_run(await Registry.open(nc.jetstream()), good.run_id)
-        assert run.status == "running" and run.dataset_facts.name == "digits" and run.dataset_facts.num_classes == 10
-    finally:
-        await nc.close()
+async def test_an_accepted_goal_is_queued_and_becomes_a_run(nc):
+    good = goal(max_iterations=1, num_seeds=1)
+    assert await submit_goal(nc, good) == "accepted"
+    run = await wait_run(await Registry.open(nc.jetstream()), good.run_id)
+    assert run.status == "running" and run.dataset_facts.name == "digits" and run.dataset_facts.num_classes == 10
 
 
-async def test_a_subset_too_small_for_the_data_set_fails_the_run_naming_the_least(planner_stack):
+async def test_a_subset_too_small_for_the_data_set_fails_the_run_naming_the_least(nc):
     """Only the planner, with the data set's facts, can tell: digits has 10 classes, so a stratified
     split with a validation share of 0.2 needs at least 46 samples."""
-    nc = await connect(planner_stack.url, "test")
-    try:
-        small = goal(subset_size=20)
-        assert await submit_goal(nc, small) == "accepted"
-        run = await wait_run(await Registry.open(nc.jetstream()), small.run_id)
-        assert run.status == "failed" and "subset_size must be at least 46" in run.error
-    finally:
-        await nc.close()
+    small = goal(subset_size=20)
+    assert await submit_goal(nc, small) == "accepted"
+    run = await wait_run(await Registry.open(nc.jetstream()), small.run_id)
+    assert run.status == "failed" and "subset_size must be at least 46" in run.error
 
 
-async def test_goals_published_without_a_reply_leave_a_failed_run_that_says_why(planner_stack):
-    nc = await connect(planner_stack.url, "test")
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js)
-        registry = await Registry.open(js)
-        events: list[Event] = []
-        out_of_range, malformed = goal(patience=0, target_accuracy=95.0), f"intake-{uuid.uuid4().hex[:8]}"
-        async def on_event(msg) -> None:
-            events.append(decode(msg.data, Event))
+async def test_goals_published_without_a_reply_leave_a_failed_run_that_says_why(nc, planner_stack):
+    js = nc.jetstream()
+    await ensure_streams(js)
+    registry = await Registry.open(js)
+    events: list[Event] = []
+    out_of_range, malformed = goal(patience=0, target_accuracy=95.0), f"intake-{uuid.uuid4().hex[:8]}"
 
-        for run_id in (out_of_range.run_id, malformed):
-            await nc.subscribe(subjects.events_subject(run_id), cb=on_event)
-        await js.publish(subjects.GOALS_SUBJECT, encode(out_of_range))
-        await js.publish(subjects.GOALS_SUBJECT, json.dumps({"run_id": malformed, "goal": "x", "num_seeds": "two"}).encode())
-        await js.publish(subjects.GOALS_SUBJECT, b"not json at all")  # nothing to attach it to: logged, dropped
-        first, second = await wait_run(registry, out_of_range.run_id), await wait_run(registry, malformed)
-        assert first.status == "failed" and "patience must be an integer from 1 to 1000, not 0" in first.error
-        assert "target_accuracy must be in (0, 1]" in first.error and first.finished_at is not None
-        assert second.status == "failed" and "malformed Goal" in second.error and "$.num_seeds" in second.error
-        deadline = time.monotonic() + 5
-        while len(events) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert sorted(e.kind for e in events) == ["run_finished", "run_finished"]
-    finally:
-        await nc.close()
+    async def on_event(msg) -> None:
+        events.append(decode(msg.data, Event))
+
+    for run_id in (out_of_range.run_id, malformed):
+        await nc.subscribe(subjects.events_subject(run_id), cb=on_event)
+    await js.publish(subjects.GOALS_SUBJECT, encode(out_of_range))
+    await js.publish(subjects.GOALS_SUBJECT, json.dumps({"run_id": malformed, "goal": "x", "num_seeds": "two"}).encode())
+    await js.publish(subjects.GOALS_SUBJECT, b"not json at all")  # nothing to attach it to: logged, dropped
+    first, second = await wait_run(registry, out_of_range.run_id), await wait_run(registry, malformed)
+    assert first.status == "failed" and "patience must be an integer from 1 to 1000, not 0" in first.error
+    assert "target_accuracy must be in (0, 1]" in first.error and first.finished_at is not None
+    assert second.status == "failed" and "malformed Goal" in second.error and "$.num_seeds" in second.error
+    deadline = time.monotonic() + 5
+    while len(events) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sorted(e.kind for e in events) == ["run_finished", "run_finished"]
     log = (planner_stack.log_dir / "planner.log").read_text()
     assert "malformed Goal" in log  # the bytes that named no run
 
