@@ -112,6 +112,7 @@ class Service:
     async def run(self, **ready_info: Any) -> None:
         """Log `<name>_ready` (researcher/stack.py waits for that line), beat the health file,
         serve until stopped, then stop taking work and finish what is in hand."""
+        await self.nc.flush()  # the server holds every subscription before anyone is told we are ready
         log.info(f"{self.name}_ready", **ready_info)
         tasks = [asyncio.create_task(beat(self.nc, self.stop))]
         tasks += [asyncio.create_task(consumer.run(self.stop)) for consumer in self._consumers]
