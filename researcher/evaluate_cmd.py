@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, get_args
 import msgspec
 
 from shared.errors import ConfigFileError, DatasetError, DatasetUnavailableError, SandboxUnavailableError
-from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe
+from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe, meets_target
 from shared.registry.records import Evaluation
 from shared.runtime.config import load_config
 
@@ -120,7 +120,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     runner.remove_strays()
     evaluation = summarise(results, seeds)
     value = evaluation.score(args.goal_statistic)
-    achieved = None if args.target_accuracy is None else bool(value is not None and value >= args.target_accuracy)
+    achieved = None if args.target_accuracy is None else meets_target(value, args.target_accuracy)
     if args.json:
         print(json.dumps(finite({**msgspec.to_builtins(evaluation), "goal_statistic": args.goal_statistic,
                                  "goal_value": value, "goal_achieved": achieved}), indent=2, allow_nan=False))  # no NaN tokens

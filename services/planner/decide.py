@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.messaging.messages import Goal, GoalStatistic
+from shared.messaging.messages import Goal, GoalStatistic, meets_target, versus_target
 from shared.registry.records import EMPTY_SUMMARY, Decision, IterationRecord
 
 
@@ -23,20 +23,21 @@ def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | 
             since_best += 1
     score = iteration_score(current, goal.goal_statistic)
     label = "mean" if goal.goal_statistic == "mean" else "lower 95% bound"
-    if score is not None and score >= goal.target_accuracy:
+    if meets_target(score, goal.target_accuracy):
         return Decision(action="goal_achieved", status="goal_achieved",
-                        reasoning=f"validation accuracy {label} {score:.4f} >= target {goal.target_accuracy:.4f}"), best_it, best_score
+                        reasoning=f"validation accuracy {label} {versus_target(score, goal.target_accuracy)}"), best_it, best_score
     if current.iteration >= goal.max_iterations:
         return Decision(action="stop", status="max_iterations",
                         reasoning=f"iteration budget of {goal.max_iterations} spent; best {label} "
-                                  f"{_fmt(best_score)} below target {goal.target_accuracy:.4f}"), best_it, best_score
+                                  + (versus_target(best_score, goal.target_accuracy) if best_score is not None
+                                     else f"n/a, target {goal.target_accuracy:.4f}")), best_it, best_score
     if since_best >= goal.patience:
         return Decision(action="stop", status="no_progress",
                         reasoning=f"no better result in the last {since_best} iterations (patience {goal.patience}); "
                                   f"best {label} {_fmt(best_score)}"), best_it, best_score
     accuracy = current.evaluation.summary() if current.evaluation else EMPTY_SUMMARY
     if score is not None:
-        why = f"{label} {score:.4f} below target {goal.target_accuracy:.4f}"
+        why = f"{label} {versus_target(score, goal.target_accuracy)}"
     elif accuracy.n:
         why = (f"only {accuracy.n} seed(s) succeeded (mean {accuracy.mean:.4f}), too few for a 95% interval, "
                "so its lower bound is undefined")

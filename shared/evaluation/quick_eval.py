@@ -28,7 +28,7 @@ from shared.evaluation.aggregate import summarise as aggregate_seeds
 from shared.runtime.config import DataConfig
 from shared.evaluation.metrics import SCALAR_METRICS, score
 from shared.evaluation.trainloop import TrainSettings, pick_device, train_model
-from shared.messaging.messages import DEFAULT_RECIPE, EpochStats, SeedResult
+from shared.messaging.messages import DEFAULT_RECIPE, EpochStats, SeedResult, meets_target
 from shared.registry.records import Evaluation
 
 
@@ -135,8 +135,7 @@ def summarise(seed_results: list[SeedResult], config: QuickEvalConfig) -> dict[s
                                  intervals=config.compute_confidence_intervals)
     value = evaluation.score(config.goal_statistic)  # type: ignore[arg-type]
     return {**msgspec.to_builtins(evaluation), "goal_statistic": config.goal_statistic, "goal_value": value,
-            "goal_achieved": bool(config.target_accuracy is not None and value is not None
-                                  and value >= config.target_accuracy)}
+            "goal_achieved": config.target_accuracy is not None and meets_target(value, config.target_accuracy)}
 
 
 def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None) -> dict[str, Any]:

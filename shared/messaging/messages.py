@@ -121,6 +121,27 @@ def goal_problems(goal: Goal) -> list[str]:
     return problems
 
 
+# An accuracy is a ratio of counts, and a mean over seeds of ratios lands a rounding error away from
+# the fraction it stands for: (103/120 + 113/120) / 2 is 0.8999999999999999, which is 0.90.
+TARGET_TOLERANCE = 1e-9
+
+
+def meets_target(value: float | None, target: float) -> bool:
+    """Whether a goal statistic reaches its target; a value a rounding error below it does."""
+    return value is not None and math.isfinite(value) and value >= target - TARGET_TOLERANCE
+
+
+def versus_target(value: float, target: float) -> str:
+    """"0.8997 below target 0.9000" with enough digits that the two never print alike while one
+    misses the other (0.899996 is shown as such, not as 0.9000)."""
+    reached = meets_target(value, target)
+    for digits in range(4, 10):
+        shown, wanted = f"{value:.{digits}f}", f"{target:.{digits}f}"
+        if reached or shown != wanted:
+            break
+    return f"{shown} {'>=' if reached else 'below'} target {wanted}"
+
+
 class GoalAnswer(msgspec.Struct, frozen=True, kw_only=True):
     """The planner's answer to a submitted goal: accepted (queued, with its run id) or rejected
     with every problem at once."""

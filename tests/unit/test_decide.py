@@ -185,3 +185,21 @@ def test_one_seed_on_the_lower_bound_is_not_reported_as_rejected():
     assert "rejected or failed" not in decision.reasoning
 
 
+
+
+# ---- the goal check is exact ----
+def test_a_mean_that_equals_the_target_reaches_it():
+    # 103/120 and 113/120: their mean is 0.8999999999999999 in floating point, which is 0.90
+    record = evaluated(1, [103 / 120, 113 / 120])
+    assert record.score("mean") < 0.9  # the rounding error this guards against
+    decision, _, _ = decide(goal(target_accuracy=0.9), [record])
+    assert decision.action == "goal_achieved", decision.reasoning
+    assert "0.9000 >= target 0.9000" in decision.reasoning
+
+
+def test_a_mean_just_below_the_target_says_so_with_the_digits_that_differ():
+    decision, _, _ = decide(goal(target_accuracy=0.9), [evaluated(1, [0.899996, 0.899996])])
+    assert decision.action == "iterate"
+    assert "0.899996 below target 0.900000" in decision.reasoning  # never "0.9000 below target 0.9000"
+    decision, _, _ = decide(goal(target_accuracy=0.9, max_iterations=1), [evaluated(1, [0.899996, 0.899996])])
+    assert "0.899996 below target 0.900000" in decision.reasoning
