@@ -15,7 +15,8 @@ from typing import get_args
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from researcher import evaluate_cmd, validate_cmd
+from researcher import evaluate_cmd, runs_cmd, validate_cmd
+from researcher.home import HomeBusyError
 from researcher.stack import LocalStack
 from shared.data.catalog import check_goal, known_datasets
 from shared.errors import ConfigFileError, MessageError
@@ -45,7 +46,7 @@ def _goal_args(p: argparse.ArgumentParser) -> None:
                    help="iterations without a better best before stopping, %d to %d" % limits["patience"])
     p.add_argument("--goal-statistic", choices=get_args(GoalStatistic), default=d.goal_statistic,
                    help="judge the goal on the mean over seeds or the lower bound of its 95%% interval")
-    p.add_argument("--subset-size", type=int, default=d.subset_size, help="at least %d" % limits["subset_size"][0])
+    p.add_argument("--subset-size", type=int, default=d.subset_size, help="samples drawn from the data set, at least %d (default: all of them)" % limits["subset_size"][0])
     p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="%d to %d" % limits["max_epochs"])
 
 
@@ -84,28 +85,45 @@ def _nats_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-url", default=os.environ.get("NATS_URL"), help="a running stack (default: $NATS_URL)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytorch-researcher")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default (not the absent ones: None, or off for a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="researcher", description="An autonomous ML research agent for PyTorch.")
+    root.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = root.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one goal to its report (an embedded stack when no NATS URL is given)")
+    run = sub.add_parser("run", formatter_class=_Help,
+                         help="run one goal to its report (an embedded stack when no NATS URL is given)")
     run.add_argument("goal")
     _goal_args(run)
     _nats_arg(run)
     _llm_args(run)
     run.add_argument("--json", action="store_true", help="print the report as JSON")
-    run.add_argument("--log-dir", type=Path, default=None, help="service logs of the embedded stack")
-    submit = sub.add_parser("submit", help="publish a goal to a running stack and print its run id")
+    run.add_argument("--export", type=Path, default=None, metavar="DIR",
+                     help="when the run ends, write its export (as `researcher export`) to DIR")
+    runs_cmd.add_home_arg(run)
+    run.add_argument("--log-dir", type=Path, default=None,
+                     help="service logs of the embedded stack (default: logs/<time>/ in its home)")
+    submit = sub.add_parser("submit", formatter_class=_Help, help="publish a goal to a running stack and print its run id")
     submit.add_argument("goal")
     _goal_args(submit)
     _nats_arg(submit)
-    report = sub.add_parser("report", help="print a run's report")
-    report.add_argument("run_id")
-    report.add_argument("--json", action="store_true")
-    _nats_arg(report)
-    export = sub.add_parser("export", help="write a run's configs, code and results to a directory")
-    export.add_argument("run_id")
-    export.add_argument("directory", type=Path)
-    _nats_arg(export)
+    runs_cmd.add_parsers(sub, _nats_arg)
     validate_cmd.add_parser(sub)
     evaluate_cmd.add_parser(sub)
     return root
@@ -163,11 +181,13 @@ async def submit_goal(nc, goal: Goal, timeout_s: float = 10.0) -> str:
 
 
 async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> tuple[RunRecord, list[IterationRecord]]:
-    """Show events and a progress bar over iterations until the run is terminal; -> its records."""
+    """Show events, and on a terminal a progress bar over iterations, until the run is terminal
+    (without a terminal, a line per event and no bar redrawn among them); -> its records."""
     from tqdm import tqdm
 
     registry = await Registry.open(nc.jetstream())
-    bar = tqdm(total=goal.max_iterations, desc="iterations", unit="it", file=sys.stderr, disable=quiet, leave=False)
+    bar = tqdm(total=goal.max_iterations, desc="iterations", unit="it", file=sys.stderr, leave=False,
+               disable=quiet or not sys.stderr.isatty())
 
     async def on_event(msg) -> None:
         event = decode(msg.data, Event, msg.subject)
@@ -219,8 +239,10 @@ async def _run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         url = args.nats_url
         if not url:
-            print("starting an embedded stack (nats-server + planner, assembler, sandbox, evaluator)...", file=sys.stderr)
-            local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=llm_env(args)))
+            home = runs_cmd.home_of(args)
+            print(f"starting an embedded stack (nats-server + planner, assembler, sandbox, evaluator) in {home.path}...",
+                  file=sys.stderr)
+            local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=llm_env(args), home=home))
             url = local.url
             print(f"service logs: {local.log_dir}", file=sys.stderr)
         nc = await connect(url, "researcher-cli")
@@ -228,9 +250,15 @@ async def _run(args: argparse.Namespace) -> int:
             how = await submit_goal(nc, goal)
             print(f"run {goal.run_id} {how}", file=sys.stderr)
             records = await follow(nc, goal)
+            if args.export:
+                await export_run(await Registry.open(nc.jetstream()), goal.run_id, args.export)
+                print(f"exported run {goal.run_id} to {args.export}", file=sys.stderr)
         finally:
             await nc.close()
     show(records, args.json)
+    if not args.nats_url:
+        print(f"later: researcher report {goal.run_id} | researcher export {goal.run_id} DIR | researcher runs",
+              file=sys.stderr)
     return 1 if records[0].status == "failed" else 0
 
 
@@ -244,32 +272,6 @@ async def _submit(args: argparse.Namespace) -> int:
         await nc.close()
     print(f"run {goal.run_id} {how}", file=sys.stderr)
     print(goal.run_id)
-    return 0
-
-
-async def _report(args: argparse.Namespace) -> int:
-    nc = await connect(_need_url(args), "researcher-cli")
-    try:
-        records = await load_records(await Registry.open(nc.jetstream()), args.run_id)
-    finally:
-        await nc.close()
-    if records is None:
-        print(f"no run {args.run_id!r} in the registry at {args.nats_url}", file=sys.stderr)
-        return 1
-    show(records, args.json)
-    return 0
-
-
-async def _export(args: argparse.Namespace) -> int:
-    nc = await connect(_need_url(args), "researcher-cli")
-    try:
-        out = await export_run(await Registry.open(nc.jetstream()), args.run_id, args.directory)
-    except KeyError:
-        print(f"no run {args.run_id!r} in the registry at {args.nats_url}", file=sys.stderr)
-        return 1
-    finally:
-        await nc.close()
-    print(f"exported run {args.run_id} to {out}")
     return 0
 
 
@@ -291,12 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         return validate_cmd.run(args)
     if args.command == "evaluate":
         return evaluate_cmd.run_evaluate(args)
-    handler = {"run": _run, "submit": _submit, "report": _report, "export": _export}[args.command]
+    handler = {"run": _run, "submit": _submit, "report": runs_cmd.report, "export": runs_cmd.export,
+               "runs": runs_cmd.runs}[args.command]
     try:
         return asyncio.run(handler(args))
     except GoalRejected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (HomeBusyError, runs_cmd.NoRegistry) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def research_agent_main(argv: list[str] | None = None) -> int:

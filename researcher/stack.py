@@ -1,5 +1,7 @@
 """An embedded stack for `researcher run` without a NATS server: a nats-server with JetStream
-and the four services, each its own OS process, started for one run and stopped after it."""
+and the four services, each its own OS process, started for one run and stopped after it. Its
+JetStream store (the registry) and logs live in a Home (researcher/home.py) that outlives it,
+or, with no home given (tests, benchmarks), in a temporary directory removed with it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from researcher.home import Home
 
 SERVICES = ("planner", "assembler", "sandbox", "evaluator")
 
@@ -44,30 +48,53 @@ def start_nats_server(port: int, store_dir: str, log) -> subprocess.Popen:
     raise RuntimeError(f"nats-server did not start on port {port}")
 
 
-class LocalStack:
-    """Context manager; `url` is the NATS URL, `log_dir` holds one log file per process."""
+def stop(proc: subprocess.Popen, sig_timeout: float) -> None:
+    """SIGTERM (services drain on it), SIGKILL after `sig_timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=sig_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
-    def __init__(self, log_dir: Path | None = None, services: tuple[str, ...] = SERVICES, env: dict | None = None) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.log_dir = Path(log_dir or Path(".researcher") / "logs" / stamp).resolve()
+
+class LocalStack:
+    """Context manager; `url` is the NATS URL, `log_dir` holds one log file per process. With a
+    `home`, the store is the home's (locked for this stack alone) and the logs go under it."""
+
+    def __init__(self, log_dir: Path | None = None, services: tuple[str, ...] = SERVICES, env: dict | None = None,
+                 home: Home | None = None) -> None:
+        self.home, self._lock = home, None
+        self._temp = None if home else tempfile.TemporaryDirectory(prefix="researcher-stack-")
+        root = home.logs if home else Path(self._temp.name) / "logs"
+        self.log_dir = Path(log_dir or root / time.strftime("%Y%m%d-%H%M%S")).resolve()
+        self.store = home.store if home else Path(self._temp.name) / "jetstream"
         self.services, self.extra_env = services, env or {}
         self.procs: dict[str, subprocess.Popen] = {}
-        self._store = tempfile.TemporaryDirectory(prefix="researcher-js-")
         self.url = ""
 
     def __enter__(self) -> "LocalStack":
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        self.url = f"nats://127.0.0.1:{port}"
-        self.start_nats(port)
-        for name in self.services:
-            self.start_service(name)
-        self.wait_ready(self.services)
+        try:
+            if self.home:  # a reader (`researcher report`) may hold it for a moment
+                self._lock = self.home.lock("researcher run", wait_s=15.0)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            port = free_port()
+            self.url = f"nats://127.0.0.1:{port}"
+            self.start_nats(port)
+            if self._lock:
+                self._lock.announce(self.url)
+            for name in self.services:
+                self.start_service(name)
+            self.wait_ready(self.services)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def start_nats(self, port: int) -> None:
         log = open(self.log_dir / "nats-server.log", "ab")
-        self.procs["nats"] = start_nats_server(port, self._store.name, log)
+        self.procs["nats"] = start_nats_server(port, str(self.store), log)
 
     def start_service(self, name: str, replica: str | None = None) -> subprocess.Popen:
         key = replica or name
@@ -96,13 +123,8 @@ class LocalStack:
 
     def stop_process(self, key: str, sig_timeout: float = 20.0) -> None:
         proc = self.procs.pop(key, None)
-        if proc and proc.poll() is None:
-            proc.terminate()  # services drain on SIGTERM
-            try:
-                proc.wait(timeout=sig_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc:
+            stop(proc, sig_timeout)
 
     def __exit__(self, *exc) -> None:
         services = [k for k in self.procs if k != "nats"]
@@ -112,4 +134,7 @@ class LocalStack:
         for key in services:
             self.stop_process(key)
         self.stop_process("nats", 5.0)
-        self._store.cleanup()
+        if self._lock:
+            self._lock.release()
+        if self._temp:
+            self._temp.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 
@@ -12,6 +13,12 @@ from researcher.stack import free_port, start_nats_server
 from shared.messaging.bus import connect
 
 SANDBOX_IMAGE = "pytorch-researcher/sandbox:latest"
+
+# `researcher run` keeps its registry in a home that outlives it; the tests' runs (in this process
+# and in the commands it starts) go to one of their own, never the user's. A test that looks at a
+# home's contents gives its command a fresh one (--home, or RESEARCHER_HOME in its environment).
+_TESTS_HOME = tempfile.TemporaryDirectory(prefix="researcher-tests-home-")
+os.environ["RESEARCHER_HOME"] = _TESTS_HOME.name
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,12 +22,16 @@ from shared.data.datasets import load_dataset
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def test_researcher_run_reaches_the_goal_on_digits(docker_engine, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "researcher.cli", "run", "small CNN for digits", "--dataset", "digits",
-         "--target-accuracy", "0.90", "--max-iterations", "4", "--num-seeds", "2", "--json",
-         "--log-dir", str(tmp_path / "logs")],
-        capture_output=True, text=True, timeout=600)
+def cli(*args: str, home, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "researcher.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "RESEARCHER_HOME": str(home)})
+
+
+def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(docker_engine, tmp_path):
+    home = tmp_path / "home"
+    proc = cli("run", "small CNN for digits", "--dataset", "digits", "--target-accuracy", "0.90",
+               "--max-iterations", "4", "--num-seeds", "2", "--json", "--export", str(tmp_path / "at-the-end"),
+               home=home, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["status"] == "goal_achieved"
@@ -38,6 +43,22 @@ def test_researcher_run_reaches_the_goal_on_digits(docker_engine, tmp_path):
         acc = it["evaluation"]["aggregated"]["val_accuracy"]
         assert len(acc["values"]) == 2 and acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1]
     assert "iteration 1: the built-in search proposed" in proc.stderr  # progress shown while it ran
+    assert "\r" not in proc.stderr  # no terminal: a line per event, no progress bar redrawn among them
+    run_id = report["run_id"]
+    assert (tmp_path / "at-the-end" / "experiments" / run_id / "model_code.py").is_file()  # --export
+    assert list((home / "logs").glob("*/planner.log"))  # the logs are in the home, not in the working directory
+
+    # no stack runs any more: the home's registry answers on its own
+    listed = cli("runs", home=home)
+    assert listed.returncode == 0 and run_id in listed.stdout and "goal_achieved" in listed.stdout, listed.stderr
+    again = cli("report", run_id, "--json", home=home)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == report
+    exported = cli("export", run_id, str(tmp_path / "later"), home=home)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "later" / "experiments" / run_id / "results.json").is_file()
+    missing = cli("report", "no-such-run", home=home)
+    assert missing.returncode == 1 and "no run 'no-such-run'" in missing.stderr
 
 
 def test_unknown_dataset_fails_at_once_in_the_cli():

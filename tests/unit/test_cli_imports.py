@@ -46,6 +46,8 @@ def heavy_imports(argv: list[str]) -> list[str]:
     ["report", "0123456789abcdef"],
     ["report", "0123456789abcdef", "--json"],
     ["export", "0123456789abcdef", "out"],
+    ["runs"],
+    ["--version"],
     ["validate", "--help"],
     ["evaluate", "--help"],
 ], ids=lambda argv: " ".join(argv))

@@ -44,7 +44,7 @@ def test_round_trip_keeps_nested_structs_typed():
 def test_defaults_fill_absent_optional_fields():
     goal = decode(b'{"run_id": "r", "goal": "g"}', Goal)
     assert goal == Goal(run_id="r", goal="g")
-    assert (goal.dataset, goal.target_accuracy, goal.goal_statistic, goal.subset_size) == ("digits", 0.9, "mean", None)
+    assert (goal.dataset, goal.target_accuracy, goal.goal_statistic, goal.subset_size) == ("digits", 0.95, "mean", None)
 
 
 def test_wrong_type_names_the_type_and_the_path():

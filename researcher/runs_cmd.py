@@ -1,0 +1,161 @@
+"""`researcher report`, `export` and `runs`: read the registry of a running stack (--nats-url), or
+else the embedded stack's home, which outlives `researcher run` (researcher/home.py): joined when
+its stack is running, otherwise opened with a nats-server of this command's own for as long as it
+reads. Light imports only: these commands start in well under a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from researcher.home import Home, HomeBusyError, default_home
+from researcher.stack import free_port, start_nats_server, stop
+from shared.messaging.bus import connect
+from shared.registry.records import RunRecord
+from shared.registry.report import build_report, export_run, format_report, load_records
+from shared.registry.store import Registry
+
+
+def add_home_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", type=Path, default=None, metavar="DIR",
+                   help=f"the embedded stack's home: its registry and logs (default: $RESEARCHER_HOME or {default_home()})")
+
+
+def add_parsers(sub, nats_arg) -> None:
+    report = sub.add_parser("report", help="print a run's report")
+    report.add_argument("run_id")
+    report.add_argument("--json", action="store_true", help="the machine-readable report")
+    nats_arg(report)
+    add_home_arg(report)
+    export = sub.add_parser("export", help="write a run's configs, code, results, plots and best model to a directory")
+    export.add_argument("run_id")
+    export.add_argument("directory", type=Path)
+    nats_arg(export)
+    add_home_arg(export)
+    runs = sub.add_parser("runs", help="list the runs in the registry, oldest first")
+    runs.add_argument("--json", action="store_true", help="one JSON object per run")
+    nats_arg(runs)
+    add_home_arg(runs)
+
+
+class NoRegistry(Exception):
+    """Nothing to read: no stack given and no home with a store."""
+
+
+@asynccontextmanager
+async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple[Registry, str]]:
+    """-> (registry, where it is, for messages)."""
+    if nats_url:
+        async with _connected(nats_url) as registry:
+            yield registry, nats_url
+        return
+    if not home.has_store():
+        raise NoRegistry(f"no runs yet in {home.path} (the embedded stack's home; `researcher run` fills it); "
+                         "for a stack started with `make up`, pass --nats-url nats://localhost:4222")
+    for _ in range(2):  # a stack may start between the two looks
+        url = home.running_stack()
+        if url:
+            async with _connected(url) as registry:
+                yield registry, f"{home.path} (the running embedded stack)"
+            return
+        try:
+            lock = home.lock("researcher (reading the registry)", wait_s=5.0)
+        except HomeBusyError:
+            continue
+        try:
+            port = free_port()
+            with open(home.path / "reader-nats-server.log", "ab") as log:
+                proc = start_nats_server(port, str(home.store), log)
+            try:
+                async with _connected(f"nats://127.0.0.1:{port}") as registry:
+                    yield registry, str(home.path)
+            finally:
+                stop(proc, 5.0)
+        finally:
+            lock.release()
+        return
+    raise HomeBusyError(home.path, {})
+
+
+@asynccontextmanager
+async def _connected(url: str) -> AsyncIterator[Registry]:
+    nc = await connect(url, "researcher-cli")
+    try:
+        yield await Registry.open(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def home_of(args: argparse.Namespace) -> Home:
+    return Home(args.home.expanduser() if getattr(args, "home", None) else default_home())
+
+
+async def report(args: argparse.Namespace) -> int:
+    async with open_registry(args.nats_url, home_of(args)) as (registry, where):
+        records = await load_records(registry, args.run_id)
+    if records is None:
+        print(f"no run {args.run_id!r} in the registry at {where}; `researcher runs` lists those there", file=sys.stderr)
+        return 1
+    print(json.dumps(build_report(*records), indent=2) if args.json else format_report(*records))
+    return 0
+
+
+async def export(args: argparse.Namespace) -> int:
+    async with open_registry(args.nats_url, home_of(args)) as (registry, where):
+        try:
+            out = await export_run(registry, args.run_id, args.directory)
+        except KeyError:
+            print(f"no run {args.run_id!r} in the registry at {where}; `researcher runs` lists those there",
+                  file=sys.stderr)
+            return 1
+    print(f"exported run {args.run_id} to {out}")
+    return 0
+
+
+async def runs(args: argparse.Namespace) -> int:
+    try:
+        async with open_registry(args.nats_url, home_of(args)) as (registry, where):
+            found = await registry.list_runs()
+    except NoRegistry as exc:  # nothing run yet is an answer, not an error
+        print(exc, file=sys.stderr)
+        return 0
+    if args.json:
+        for run in found:
+            print(json.dumps(run_row(run)))
+        return 0
+    if not found:
+        print(f"no runs in the registry at {where}", file=sys.stderr)
+        return 0
+    print(f"{len(found)} run(s) in {where}", file=sys.stderr)
+    print(format_runs(found))
+    return 0
+
+
+def run_row(run: RunRecord) -> dict:
+    return {"run_id": run.run_id, "status": run.status, "dataset": run.goal.dataset, "goal": run.goal.goal,
+            "goal_statistic": run.goal.goal_statistic, "target": run.goal.target_accuracy,
+            "best_score": run.best_score, "best_iteration": run.best_iteration,
+            "iterations": run.current_iteration, "max_iterations": run.goal.max_iterations,
+            "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error}
+
+
+def format_runs(found: list[RunRecord]) -> str:
+    header = ("RUN", "STATUS", "DATASET", "BEST", "TARGET", "ITERS", "STARTED", "GOAL")
+    rows = [header]
+    for run in found:
+        best = "-" if run.best_score is None else f"{run.best_score:.4f}"
+        rows.append((run.run_id, run.status, _cut(run.goal.dataset, 24), best, f"{run.goal.target_accuracy:.4f}",
+                     f"{run.current_iteration}/{run.goal.max_iterations}",
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at)), _cut(run.goal.goal, 48)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
