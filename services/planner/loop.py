@@ -248,7 +248,7 @@ class Planner:
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
             r, state="validated", validation=result, attempts=0))
         await self.event(run.run_id, "validated", f"iteration {it.iteration}: valid, {result.param_count:,} parameters, "
-                         f"output {tuple(result.output_shape or [])} (as the model's process reports them)", it.iteration, {"param_count": result.param_count})
+                         f"output {tuple((result.output_shape or [])[1:])} per sample (as the model's process reports them)", it.iteration, {"param_count": result.param_count})
 
     async def _retry_code(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
         """The tools LLM's code was rejected: back to assembling, with the error for a fix while it
@@ -359,7 +359,7 @@ class Planner:
                             self._max_epochs(run), self.config.llm.history_limit)
 
     async def event(self, run_id: str, kind: str, message: str, iteration: int | None = None, data: dict | None = None) -> None:
-        log.info("event", kind=kind, message=message, iteration=iteration)
+        log.info(kind, message=message, iteration=iteration)  # one readable line; the data is in the registry
         await publish_event(self.nc, Event(run_id=run_id, kind=kind, message=message, iteration=iteration, data=data or {}))
 
 

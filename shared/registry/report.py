@@ -10,17 +10,21 @@ import msgspec
 import yaml
 
 from shared.llm.usage import usage_by_role
+from shared.messaging.messages import PROBE_BATCH
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
 
 
 def _validation(it: IterationRecord) -> dict[str, Any]:
+    """The sandbox's verdict with its shapes and FLOPs per sample (the probe pass ran PROBE_BATCH)."""
     v = it.validation
     if v is None:
         return {"ok": None, "error": None, "reason": None, "output_shape": None, "param_count": None}
-    return {"ok": v.ok, "error": v.error, "reason": v.reason, "output_shape": v.output_shape,
+    return {"ok": v.ok, "error": v.error, "reason": v.reason,
+            "output_shape": v.output_shape[1:] if v.output_shape else v.output_shape,  # one sample's, no batch axis
             "param_count": v.param_count, "trainable_params": v.trainable_params, "duration_s": v.duration_s,
-            "layers": v.layers, "flops": v.flops, "output_tail": v.output_tail,
+            "layers": v.layers, "flops_per_sample": v.flops // PROBE_BATCH if v.flops is not None else None,
+            "output_tail": v.output_tail,
             # output_shape, param_count, trainable_params, layers and flops are the code's own claims
             "reported_by": v.reported_by}
 
@@ -121,7 +125,10 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
              f"target: {goal.target_accuracy:.4f} on the {goal.goal_statistic} of validation accuracy", ""]
     for it in iterations:
         v = it.validation
-        params = f"{v.param_count:,} params (reported by the model's process), " if v is not None and v.param_count else ""
+        params = ""
+        if v is not None and v.param_count:
+            flops = f", {v.flops // PROBE_BATCH:,} FLOPs per sample" if v.flops is not None else ""
+            params = f"{v.param_count:,} params{flops} (reported by the model's process), "
         lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}: {params}{_outcome(it)}")
         for failure in (it.evaluation.failed_seeds if it.evaluation else []):
             lines.append(f"      seed {failure.seed} failed ({failure.reason or 'error'}): {failure.error}")

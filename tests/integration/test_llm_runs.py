@@ -105,7 +105,7 @@ def test_researcher_run_with_a_planning_and_a_tools_llm(docker_engine, tmp_path)
     assert "nn.Linear(64, 5)" in repair[-2]["content"] and "output_shape" in repair[-1]["content"]
     assert "(2, 10)" in repair[-1]["content"] or "[2, 10]" in repair[-1]["content"]
     assert "the sandbox rejected the tools LLM's code (flagged" in proc.stderr  # in the run's events
-    assert first["validation"]["ok"] is True and first["validation"]["output_shape"] == [2, 10]
+    assert first["validation"]["ok"] is True and first["validation"]["output_shape"] == [10]
     assert first["validation"]["param_count"] == 64 * 64 + 64 + 64 * 10 + 10
     assert first["evaluation"]["aggregated"]["val_accuracy"]["n"] == 1
 

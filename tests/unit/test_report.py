@@ -23,7 +23,8 @@ def seed(iteration: int, s: int, accuracy: float) -> SeedResult:
 def evaluated_iteration() -> IterationRecord:
     return IterationRecord(
         run_id=RUN, iteration=1, state="decided", model_config=CNN, class_name="SmallCNN",
-        validation=ValidationResult(ok=True, output_shape=[2, 10], param_count=12_345, trainable_params=12_345),
+        validation=ValidationResult(ok=True, output_shape=[2, 10], param_count=12_345, trainable_params=12_345,
+                                    flops=2 * 40_000),  # the probe pass: PROBE_BATCH samples
         seeds=[0, 1], evaluation=summarise({0: seed(1, 0, 0.92), 1: seed(1, 1, 0.94)}, [0, 1]),
         decision=Decision(action="goal_achieved", status="goal_achieved",
                           reasoning="validation accuracy mean 0.9300 >= target 0.9000"),
@@ -76,7 +77,8 @@ def test_an_evaluated_iteration(report):
     assert it["model_config"] == CNN
     assert it["class_name"] == "SmallCNN"
     v = it["validation"]
-    assert (v["ok"], v["error"], v["output_shape"], v["param_count"]) == (True, None, [2, 10], 12_345)
+    assert (v["ok"], v["error"], v["output_shape"], v["param_count"]) == (True, None, [10], 12_345)  # per sample
+    assert v["flops_per_sample"] == 40_000
     accuracy = it["evaluation"]["aggregated"]["val_accuracy"]
     assert accuracy["mean"] == pytest.approx(0.93)
     assert accuracy["std"] == pytest.approx(0.0141421356)
@@ -130,7 +132,8 @@ def test_format_report(records, report):
     assert f"run {RUN}" in text
     assert "status: goal_achieved" in text
     assert "target: 0.9000" in text
-    assert "#1 SmallCNN: 12,345 params (reported by the model's process), val_accuracy 0.9300 ± 0.0141" in text
+    assert ("#1 SmallCNN: 12,345 params, 40,000 FLOPs per sample (reported by the model's process), "
+            "val_accuracy 0.9300 ± 0.0141") in text
     assert "over 2 seeds" in text
     low, high = report["iterations"][0]["evaluation"]["aggregated"]["val_accuracy"]["ci_95"]
     assert f"[{low:.4f}, {high:.4f}]" in text
