@@ -38,7 +38,7 @@ async def test_a_run_written_before_the_typed_records_still_reports(nc, tmp_path
     assert first.code_attempts[0].reason == "output_shape" and first.summary.narrative.architecture == "an MLP"
     assert run.dataset_facts.num_classes == 10
     text = format_report(run, iterations)
-    assert "#1 SmallCNN: 650 params (reported by the model's process), val_accuracy" in text
+    assert "#1 SmallCNN: 650 params, 1,280 FLOPs per sample (reported by the model's process), val_accuracy" in text
     assert "rejected: RuntimeError: boom" in text
     report = build_report(run, iterations)
     assert report["iterations"][0]["evaluation"]["aggregated"]["val_accuracy"] == msgspec.to_builtins(first.evaluation.summary())
