@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import get_args
 
+import msgspec
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from researcher import evaluate_cmd, runs_cmd, validate_cmd
@@ -247,9 +248,16 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"service logs: {local.log_dir}", file=sys.stderr)
         nc = await connect(url, "researcher-cli")
         try:
+            if not args.nats_url:
+                await _tell_resumed(nc)
             how = await submit_goal(nc, goal)
             print(f"run {goal.run_id} {how}", file=sys.stderr)
-            records = await follow(nc, goal)
+            try:
+                records = await follow(nc, goal)
+            except asyncio.CancelledError:  # Ctrl-C (or SIGTERM): the run ends with the command
+                if not args.nats_url:
+                    await _mark_stopped(nc, goal.run_id)
+                raise
             if args.export:
                 await export_run(await Registry.open(nc.jetstream()), goal.run_id, args.export)
                 print(f"exported run {goal.run_id} to {args.export}", file=sys.stderr)
@@ -260,6 +268,32 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"later: researcher report {goal.run_id} | researcher export {goal.run_id} DIR | researcher runs",
               file=sys.stderr)
     return 1 if records[0].status == "failed" else 0
+
+
+async def _tell_resumed(nc) -> None:
+    """Runs of an earlier command that was killed (SIGKILL: no chance to stop them) are resumed by
+    this stack's planner; say so, since they share its evaluator with the new run."""
+    registry = await Registry.open(nc.jetstream())
+    for run in await registry.list_runs():
+        if run.status == "running":
+            print(f"resuming run {run.run_id} ({run.goal.goal!r}), left unfinished by an earlier command; "
+                  f"`researcher report {run.run_id}` shows it", file=sys.stderr)
+
+
+async def _mark_stopped(nc, run_id: str) -> None:
+    """The embedded stack ends with its command, so its run does too: recorded as stopped, not
+    left to be resumed by the next `researcher run`."""
+    def stopped(run: RunRecord) -> RunRecord:
+        if run.status in TERMINAL_STATUSES:
+            return run
+        return msgspec.structs.replace(run, status="stopped", finished_at=time.time(),
+                                       error="stopped: the researcher run command was interrupted")
+    try:
+        registry = await Registry.open(nc.jetstream())
+        await asyncio.wait_for(registry.update_run(run_id, stopped), timeout=5)
+        print(f"run {run_id} stopped; `researcher report {run_id}` shows what it did", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the stack may be gone already; nothing more to do
+        print(f"run {run_id} could not be marked stopped ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 async def _submit(args: argparse.Namespace) -> int:
@@ -303,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except (HomeBusyError, runs_cmd.NoRegistry) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def research_agent_main(argv: list[str] | None = None) -> int:
