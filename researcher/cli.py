@@ -20,6 +20,7 @@ from researcher import evaluate_cmd, runs_cmd, validate_cmd
 from researcher.home import HomeBusyError
 from researcher.stack import LocalStack
 from shared.data.catalog import check_goal, known_datasets
+from shared.data.files import LOCAL_HINT
 from shared.errors import ConfigFileError, MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams
@@ -154,9 +155,10 @@ def _flagged(problem: str) -> str:
     return f"--{field.replace('_', '-')}: {said}"
 
 
-def check_locally(goal: Goal) -> None:
-    """What the CLI can check before any stack is touched: every field's range and the data set's name."""
-    problems = check_goal(goal)
+def check_locally(goal: Goal, data_dir: str | None = None) -> None:
+    """What the CLI can check before any stack is touched: every field's range and the data set's
+    name; with `data_dir` (an embedded stack's, which reads this machine's data.dir), its files too."""
+    problems = check_goal(goal, data_dir, LOCAL_HINT)
     if problems:
         raise GoalRejected(problems)
 
@@ -236,7 +238,9 @@ def _check_llm_flags(args: argparse.Namespace) -> str | None:
 
 async def _run(args: argparse.Namespace) -> int:
     goal = make_goal(args)
-    check_locally(goal)
+    # an embedded stack's services read this configuration's data.dir: its files are checked
+    # before the stack starts; a running stack checks them itself when the goal is submitted
+    check_locally(goal, None if args.nats_url else load_config().data.dir)
     with ExitStack() as stack:
         url = args.nats_url
         if not url:

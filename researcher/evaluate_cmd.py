@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, get_args
 
 import msgspec
 
+from shared.data.files import LOCAL_HINT, with_hint
 from shared.errors import ConfigFileError, DatasetError, DatasetUnavailableError, SandboxUnavailableError
 from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe, meets_target
 from shared.registry.records import Evaluation
@@ -93,8 +94,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         config = load_config()
         source = args.file.read_text(encoding="utf-8")
+        # the evaluator service's rule, as this command trains the way it does: a CSV file in data.dir
         load_dataset(args.dataset, data_dir=config.data.dir)
-    except (OSError, UnicodeDecodeError, DatasetError, ConfigFileError) as exc:
+    except DatasetError as exc:
+        print(f"error: --dataset: {with_hint(exc, LOCAL_HINT)}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError, ConfigFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -164,6 +169,10 @@ def load_trusted_model(path: Path, class_name: str) -> nn.Module:
     return cls()
 
 
+QUICK_HINT = ("or pass --data-dir DIR where the files are, or --download to fetch a torchvision set (needs "
+              "torchvision matching torch, and internet access)")
+
+
 def quick_evaluator_main(argv: list[str] | None = None) -> int:
     from shared.data.datasets import load_dataset
     from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once
@@ -190,7 +199,8 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
     try:
         settings = load_config().data
         data_dir = args.data_dir or settings.dir
-        dataset = load_dataset(args.dataset, data_dir=data_dir, download_missing=args.download)
+        # trusted: the user's own files in the user's own process, so a CSV path may lie anywhere
+        dataset = load_dataset(args.dataset, data_dir=data_dir, download_missing=args.download, any_csv_path=True)
         model = (load_trusted_model(args.model_file, args.class_name) if args.model_file
                  else reference_model(dataset.input_shape, dataset.num_classes))
         config = QuickEvalConfig(dataset_name=args.dataset, num_seeds=args.num_seeds, epochs=args.epochs,
@@ -200,7 +210,10 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
                                  device=args.device, data_dir=data_dir, val_fraction=settings.val_fraction, augment=args.augment,
                                  output_dir=str(args.output_dir) if args.output_dir else None,
                                  save_confusion_matrix_plot=bool(args.output_dir), export_learning_curves=bool(args.output_dir))
-    except (OSError, ValueError, DatasetError, ConfigFileError) as exc:
+    except DatasetError as exc:
+        print(f"error: --dataset: {with_hint(exc, QUICK_HINT)}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, ConfigFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = quick_evaluate_once(model, config)

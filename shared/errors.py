@@ -26,10 +26,20 @@ class DatasetNotFoundError(DatasetError):
         super().__init__(f"data set {name!r} not found: expected {' and '.join(expected)}; {how}")
 
 
+class OutsideDataDirError(DatasetError):
+    """A CSV path that resolves outside the data directory: refused, since goals come over NATS."""
+
+    def __init__(self, given: str, root: str, resolved: str) -> None:
+        self.given, self.root, self.resolved = given, root, resolved
+        super().__init__(f"CSV file {given!r} lies outside the data directory {root} (it resolves to {resolved}); "
+                         f"put the file in {root} and name it relative to it, as csv:FILE.csv:TARGET")
+
+
 class UnknownDatasetError(DatasetError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name, self.known = name, known
-        super().__init__(f"unknown data set {name!r}; known: {', '.join(known)}")
+    def __init__(self, name: str, known: list[str], suggestion: str = "") -> None:
+        self.name, self.known, self.suggestion = name, known, suggestion
+        guess = f"; did you mean {suggestion}? " if suggestion else "; "
+        super().__init__(f"unknown data set {name!r}{guess}known: {', '.join(known)}")
 
 
 class ConfigFileError(ResearcherError):
@@ -50,8 +60,9 @@ class DatasetUnavailableError(MachineryError):
     def __init__(self, replica: str, dataset: str, detail: str) -> None:
         self.replica, self.dataset, self.detail = replica, dataset, detail
         who = f"evaluator {replica!r}" if replica else "the evaluator"
-        super().__init__(f"{who} cannot load data set {dataset!r}: {detail}; put the data set in the data.dir "
-                         f"(RESEARCHER_DATA__DIR) that {who} reads, or stop it")
+        super().__init__(f"{who} cannot load data set {dataset!r}: {detail}; put the data set in the data "
+                         f"directory {who} reads (data.dir, RESEARCHER_DATA__DIR; under `make up`, ./data or the "
+                         f"folder RESEARCHER_DATA_DIR names on that evaluator's machine), or stop that evaluator")
 
 
 class SandboxUnavailableError(MachineryError):

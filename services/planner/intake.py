@@ -1,16 +1,19 @@
 """Goals come in two ways: submitted as a request (a planner checks it and answers at once) or
 published on the GOALS stream by any client. Both are checked alike, and a bad goal is never
 dropped in silence: a published one becomes a failed run that says why, so `researcher report`
-and the run's events answer for it."""
+and the run's events answer for it. A goal whose data the stack cannot read (files missing
+from data.dir, a CSV path outside it) is refused here too, saying where the stack looked."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
 import structlog
 
 from shared.data.catalog import check_goal
+from shared.data.files import STACK_HINT
 from shared.errors import MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import encode, through_outages
@@ -32,10 +35,15 @@ class Intake:
     def __init__(self, js, planner) -> None:
         self.js, self.planner = js, planner
 
+    async def problems(self, goal: Goal) -> list[str]:
+        """check_goal against the data directory this planner reads: off the loop, as a CSV's
+        header row may come from a slow disk."""
+        return await asyncio.to_thread(check_goal, goal, self.planner.config.data.dir, STACK_HINT)
+
     async def submit(self, goal: Goal) -> GoalAnswer:
         """A submitted goal: rejected with every problem, or queued on GOALS (durably) and accepted."""
         bind_run(goal.run_id)
-        problems = check_goal(goal)
+        problems = await self.problems(goal)
         if problems:
             log.info("goal_rejected", problems=problems)
             return GoalAnswer(run_id=goal.run_id, accepted=False, problems=problems)
@@ -56,7 +64,7 @@ class Intake:
 
     async def on_published(self, goal: Goal, delivery: Delivery) -> None:
         """A goal from the GOALS stream: a run, or a failed run saying why it could not be one."""
-        problems = check_goal(goal)
+        problems = await self.problems(goal)
         if problems and not RUN_ID.match(goal.run_id):  # no run can carry it: logged and dropped
             raise MessageError("Goal", "; ".join(problems), subjects.GOALS_SUBJECT)
         if problems:

@@ -4,6 +4,11 @@ in milliseconds. `shared.data.datasets` maps each of these names to its loader."
 
 from __future__ import annotations
 
+import difflib
+import os
+from pathlib import Path
+
+from shared.data.files import FILES, csv_file, csv_header, image_files, target_column, with_hint
 from shared.errors import DatasetError, UnknownDatasetError
 from shared.messaging.messages import Goal, goal_problems
 
@@ -33,16 +38,34 @@ def dataset_key(name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in NAMES:
-        raise UnknownDatasetError(name, known_datasets())
+        close = difflib.get_close_matches(key, [*NAMES, *ALIASES], n=1)
+        raise UnknownDatasetError(name, known_datasets(), ALIASES.get(close[0], close[0]) if close else "")
     return key
 
 
-def check_goal(goal: Goal) -> list[str]:
-    """Every problem of a goal (goal_problems), its data set's name included; [] when it is sound."""
+def check_files(key: str, data_dir: str | os.PathLike[str]) -> None:
+    """That the data set `key` (a dataset_key) can be read from `data_dir`, without reading it: a
+    torchvision set's files exist; a CSV file lies inside the data directory, exists, and its
+    header row names the target. DatasetError otherwise, saying where it looked."""
+    root = Path(data_dir).expanduser()
+    if key in FILES:
+        image_files(key, root)
+    elif key.startswith("csv:"):
+        _, path_text, target = parse_csv_name(key)
+        path = csv_file(path_text, root)
+        target_column(path, csv_header(path), target)
+
+
+def check_goal(goal: Goal, data_dir: str | os.PathLike[str] | None = None, hint: str = "") -> list[str]:
+    """Every problem of a goal (goal_problems), its data set's name included; with `data_dir`, also
+    whether its files can be read there (check_files), a missing file or a path outside followed
+    by `hint` (what to set, where it is shown). [] when it is sound."""
     problems = goal_problems(goal)
     if goal.dataset.strip():
         try:
-            dataset_key(goal.dataset)
+            key = dataset_key(goal.dataset)
+            if data_dir is not None:
+                check_files(key, data_dir)
         except DatasetError as exc:
-            problems.append(f"dataset: {exc}")
+            problems.append(f"dataset: {with_hint(exc, hint) if hint else exc}")
     return problems

@@ -4,7 +4,9 @@ smoke tests.
 
 The image data sets are read from exactly the files and folders torchvision's loaders use
 (`cifar-10-batches-py/`, `cifar-100-python/`, `MNIST/raw/`, `FashionMNIST/raw/`,
-`train_32x32.mat`), so a data directory torchvision downloaded into works as it is. They are
+`train_32x32.mat`; `shared.data.files.FILES` names each, and the checks at submission look for
+the same), so a data directory torchvision downloaded into works as it is. A CSV file is read
+from the data directory only (`shared.data.files.csv_file`). They are
 read here rather than through torchvision itself: the only torchvision wheel for this
 project's torch (torchvision 0.28.0 for torch 2.13.0+cpu) is a CUDA build whose `_C.so` needs
 libtorch_cuda.so, so `import torchvision` fails with "operator torchvision::nms does not exist"
@@ -32,6 +34,7 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_csv_name  # noqa: F401 - re-exported
+from shared.data.files import SOURCES, csv_file, csv_unreadable, image_files, target_column
 from shared.errors import DatasetError, DatasetNotFoundError
 from shared.messaging.messages import DatasetFacts
 from shared.runtime.config import DataConfig
@@ -94,21 +97,6 @@ MNIST_CLASSES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 -
                  "8 - eight", "9 - nine")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
-SOURCES = {  # how to get the files by hand; {root} is the data directory
-    "cifar10": "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into {root}",
-    "cifar100": "download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into {root}",
-    "mnist": "download train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz from "
-             "https://ossci-datasets.s3.amazonaws.com/mnist/ into {root}/MNIST/raw",
-    "fashion_mnist": "download train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz from "
-                     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ into {root}/FashionMNIST/raw",
-    "svhn": "download train_32x32.mat from http://ufldl.stanford.edu/housenumbers/ into {root}",
-}
-DOWNLOAD_HINT = ("; or, where this machine reaches the internet and torchvision matching torch is installed, "
-                 "pass download_missing=True (quick-evaluator --download)")
-
-
-def _not_found(name: str, root: Path, expected: list[str]) -> DatasetNotFoundError:
-    return DatasetNotFoundError(name, expected, SOURCES[name].format(root=root) + DOWNLOAD_HINT)
 
 
 def _images(name: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> Dataset:
@@ -131,23 +119,15 @@ def _unpickle(path: Path) -> dict:
 
 
 def _cifar10(root: Path) -> Dataset:
-    folder = root / "cifar-10-batches-py"
-    batches = [folder / f"data_batch_{i}" for i in range(1, 6)]
-    missing = [str(p) for p in batches + [folder / "batches.meta"] if not p.is_file()]
-    if missing:
-        raise _not_found("cifar10", root, missing[:2] + (["..."] if len(missing) > 2 else []))
+    *batches, meta = image_files("cifar10", root)
     parts = [_unpickle(p) for p in batches]
     x = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
     y = np.concatenate([np.asarray(p["labels"]) for p in parts])
-    return _images("cifar10", x, y, tuple(_unpickle(folder / "batches.meta")["label_names"]))
+    return _images("cifar10", x, y, tuple(_unpickle(meta)["label_names"]))
 
 
 def _cifar100(root: Path) -> Dataset:
-    folder = root / "cifar-100-python"
-    train, meta = folder / "train", folder / "meta"
-    missing = [str(p) for p in (train, meta) if not p.is_file()]
-    if missing:
-        raise _not_found("cifar100", root, missing)
+    train, meta = image_files("cifar100", root)
     part = _unpickle(train)
     x = np.asarray(part["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
     return _images("cifar100", x, np.asarray(part["fine_labels"]), tuple(_unpickle(meta)["fine_label_names"]))
@@ -169,52 +149,46 @@ def _idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _mnist_like(name: str, folder_name: str, classes: tuple[str, ...]) -> Callable[[Path], Dataset]:
+def _mnist_like(name: str, classes: tuple[str, ...]) -> Callable[[Path], Dataset]:
     def load(root: Path) -> Dataset:
-        raw = root / folder_name / "raw"
-        files = {}
-        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
-            found = [p for p in (raw / stem, raw / f"{stem}.gz") if p.is_file()]
-            if not found:
-                raise _not_found(name, root, [str(raw / stem) + "[.gz]"])
-            files[stem] = found[0]
-        x = _idx(files["train-images-idx3-ubyte"], 2051)
-        y = _idx(files["train-labels-idx1-ubyte"], 2049)
+        images, labels = image_files(name, root)
+        x, y = _idx(images, 2051), _idx(labels, 2049)
         if len(x) != len(y):
-            raise DatasetError(f"{raw}: {len(x)} images but {len(y)} labels; the two files are from different sets")
+            raise DatasetError(f"{images.parent}: {len(x)} images but {len(y)} labels; the two files are from "
+                               "different sets")
         return _images(name, x[:, None, :, :], y, classes)
     return load
 
 
 def _svhn(root: Path) -> Dataset:
-    path = root / "train_32x32.mat"
-    if not path.is_file():
-        raise _not_found("svhn", root, [str(path)])
+    (path,) = image_files("svhn", root)
     from scipy.io import loadmat  # scipy comes with scikit-learn
 
-    mat = loadmat(path)
-    x = np.transpose(mat["X"], (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W), as torchvision does
-    y = mat["y"].astype(np.int64).squeeze(1)
+    try:
+        mat = loadmat(path)
+        x = np.transpose(mat["X"], (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W), as torchvision does
+        y = mat["y"].astype(np.int64).squeeze(1)
+    except Exception as exc:  # noqa: BLE001 - scipy's MatReadError, a ValueError, a missing key: a bad file each
+        raise DatasetError(f"{path}: not SVHN's train_32x32.mat ({type(exc).__name__}: {exc}); download it again") from exc
     y[y == 10] = 0  # SVHN labels the digit 0 as 10
     return _images("svhn", x, y, tuple(str(d) for d in range(10)))
 
 
 # ---- CSV ----
-def _csv(spec: str) -> Dataset:
-    """`csv:PATH:TARGET`: numeric feature columns, and a target column whose distinct values are the classes."""
-    _, path_text, target = parse_csv_name(spec)
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise DatasetNotFoundError(spec, [str(path)], "give the path of a CSV file with a header row")
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
-        reader = csv.reader(handle)
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]  # (line, cells)
+def _csv(spec: str, path: Path) -> Dataset:
+    """`csv:PATH:TARGET` read from `path` (csv_file's): numeric feature columns, and a target
+    column whose distinct values are the classes."""
+    target = parse_csv_name(spec)[2]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]  # (line, cells)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise csv_unreadable(path, exc) from exc
     if len(rows) < 2:
         raise DatasetError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0][1]], rows[1:]
-    if target not in header:
-        raise DatasetError(f"{path}: no target column {target!r}; columns: {', '.join(header)}")
-    t = header.index(target)
+    t = target_column(path, header, target)
     features = [i for i in range(len(header)) if i != t]
     x = np.empty((len(body), len(features)), dtype=np.float32)
     for n, (line, row) in enumerate(body):
@@ -248,8 +222,8 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "synthetic": lambda root: _synthetic(),
     "cifar10": _cifar10,
     "cifar100": _cifar100,
-    "mnist": _mnist_like("mnist", "MNIST", MNIST_CLASSES),
-    "fashion_mnist": _mnist_like("fashion_mnist", "FashionMNIST", FASHION_CLASSES),
+    "mnist": _mnist_like("mnist", MNIST_CLASSES),
+    "fashion_mnist": _mnist_like("fashion_mnist", FASHION_CLASSES),
     "svhn": _svhn,
 }
 _cache: dict[tuple[str, str], Dataset] = {}
@@ -274,21 +248,23 @@ def download(key: str, root: Path) -> None:
         raise DatasetError(f"downloading {key!r} into {root} failed: {exc}") from exc
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, download_missing: bool = False) -> Dataset:
-    """The data set called `name`; torchvision's are read from `data_dir` (default
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, download_missing: bool = False,
+                 any_csv_path: bool = False) -> Dataset:
+    """The data set called `name`; torchvision's and CSV files are read from `data_dir` (default
     ~/.cache/pytorch-researcher/data). Nothing is downloaded unless `download_missing` is set: a
     missing data set raises DatasetNotFoundError saying which files are expected where and how
-    to get them."""
+    to get them. A CSV path outside `data_dir` is refused unless `any_csv_path` is set, which
+    only trusted local commands do (quick-evaluator, on its user's own files)."""
     key = dataset_key(name)
     root = Path(data_dir or DEFAULT_DATA_DIR).expanduser()
+    # a CSV path is checked before the cache, so a load allowed anywhere never serves a confined one
+    csv_path = csv_file(parse_csv_name(key)[1], root, confine=not any_csv_path) if key.startswith("csv:") else None
     if (key, str(root)) not in _cache:
-        _cache[(key, str(root))] = _load(key, root, download_missing)
+        _cache[(key, str(root))] = _csv(key, csv_path) if csv_path else _load(key, root, download_missing)
     return _cache[(key, str(root))]
 
 
 def _load(key: str, root: Path, download_missing: bool) -> Dataset:
-    if key.startswith("csv:"):
-        return _csv(key)
     try:
         return LOADERS[key](root)
     except DatasetNotFoundError:

@@ -63,7 +63,7 @@ class QuickEvalConfig:
     device: str = "auto"
     compile: bool = False
     augment: bool = DEFAULT_RECIPE.augment  # random crop and flip of image batches during training
-    data_dir: str | None = None  # None: data.dir's default
+    data_dir: str | None = None  # None: data.dir's default; a CSV path relative to it, or absolute anywhere
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics_to_track if m not in SCALAR_METRICS]
@@ -141,7 +141,8 @@ def summarise(seed_results: list[SeedResult], config: QuickEvalConfig) -> dict[s
 def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None) -> dict[str, Any]:
     """Train and evaluate a trusted `model` over `config.num_seeds` seeds in this process."""
     config = config or QuickEvalConfig()
-    dataset = load_dataset(config.dataset_name, data_dir=config.data_dir)
+    # a trusted caller's own files, in its own process: a CSV path need not lie in the data directory
+    dataset = load_dataset(config.dataset_name, data_dir=config.data_dir, any_csv_path=True)
     device = pick_device(config.device)
     seed_results = []
     started = time.perf_counter()
