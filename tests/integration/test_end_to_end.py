@@ -65,7 +65,7 @@ def test_unknown_dataset_fails_at_once_in_the_cli():
     proc = subprocess.run([sys.executable, "-m", "researcher.cli", "run", "g", "--dataset", "cifar11"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "unknown data set 'cifar11'; known: breast_cancer, cifar10" in proc.stderr
+    assert "unknown data set 'cifar11'; did you mean cifar10? known: breast_cancer, cifar10" in proc.stderr
 
 
 async def _wait_terminal(registry, run_id, timeout=300.0):
@@ -106,7 +106,7 @@ async def test_bad_input_is_rejected_and_a_broken_config_is_an_iteration(docker_
         await js.publish(subjects.GOALS_SUBJECT, encode(Goal(run_id=unknown_id, goal="g", dataset="cifar11")))
 
         failed = await _wait_terminal(registry, unknown_id, 60)
-        assert failed.status == "failed" and "unknown data set 'cifar11'; known:" in failed.error
+        assert failed.status == "failed" and "unknown data set 'cifar11'; did you mean cifar10? known:" in failed.error
 
         run = await _wait_terminal(registry, broken_id)
         report = await load_report(registry, broken_id)

@@ -4,6 +4,7 @@ real planner process; no Docker is needed to reject a goal."""
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,9 +25,21 @@ def goal(**kw) -> Goal:
 
 
 @pytest.fixture(scope="module")
-def planner_stack(tmp_path_factory):
+def data_dir(tmp_path_factory):
+    """The planner's data.dir: no torchvision set, one CSV file; a secret beside it, outside."""
+    root = tmp_path_factory.mktemp("intake-data")
+    (root / "data").mkdir()
+    (root / "data" / "plants.csv").write_text("height,width,kind\n" + "".join(
+        f"{i},{i % 7},{'ab'[i % 2]}\n" for i in range(60)))
+    (root / "secret.csv").write_text("a,kind\n1,x\n")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def planner_stack(tmp_path_factory, data_dir):
     """One planner for the module: every test uses run ids of its own."""
-    with LocalStack(log_dir=tmp_path_factory.mktemp("intake") / "logs", services=("planner",)) as stack:
+    with LocalStack(log_dir=tmp_path_factory.mktemp("intake") / "logs", services=("planner",),
+                    env={"RESEARCHER_DATA__DIR": str(data_dir)}) as stack:
         yield stack
 
 
@@ -118,3 +131,69 @@ def test_researcher_submit_exits_2_naming_the_field_a_stack_rejects(planner_stac
     done = subprocess.run([sys.executable, "-m", "researcher.cli", "submit", "x", "--num-seeds", "0",
                            "--nats-url", planner_stack.url], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "--num-seeds: num_seeds must be an integer from 1 to 100" in done.stderr
+
+
+# ---- data the stack cannot read: refused at submission, saying where it looked ----
+async def answer_to(nc, bad: Goal) -> GoalAnswer:
+    return decode((await nc.request(subjects.GOAL_SUBMIT_SUBJECT, encode(bad), timeout=5)).data, GoalAnswer)
+
+
+async def test_a_torchvision_set_without_its_files_is_refused_naming_them_and_make_up(nc, data_dir):
+    answer = await answer_to(nc, goal(dataset="cifar10"))
+    assert answer.accepted is False and len(answer.problems) == 1
+    problem = answer.problems[0]
+    assert f"expected {data_dir / 'cifar-10-batches-py/data_batch_1'}" in problem
+    assert f"extract it into {data_dir}" in problem and "cifar-10-python.tar.gz" in problem
+    assert "./data" in problem and "RESEARCHER_DATA_DIR" in problem  # where `make up` reads it
+    registry = await Registry.open(nc.jetstream())
+    assert await registry.get_run(answer.run_id) is None  # refused, not accepted and failed later
+
+
+@pytest.mark.parametrize("dataset, says", [
+    ("csv:{outside}:kind", "lies outside the data directory {root}"),
+    ("csv:../secret.csv:kind", "lies outside the data directory {root}"),
+    ("csv:absent.csv:kind", "expected {root}/absent.csv"),
+    ("csv:plants.csv:species", "no target column 'species'; columns: height, width, kind"),
+])
+async def test_a_csv_the_stack_cannot_read_is_refused(nc, data_dir, dataset, says):
+    spec = dataset.format(outside=data_dir.parent / "secret.csv")
+    answer = await answer_to(nc, goal(dataset=spec))
+    assert answer.accepted is False and says.format(root=data_dir) in answer.error
+
+
+async def test_a_csv_in_the_data_directory_named_relative_to_it_becomes_a_run(nc):
+    good = goal(dataset="csv:plants.csv:kind", max_iterations=1, num_seeds=1)
+    assert await submit_goal(nc, good) == "accepted"
+    run = await wait_run(await Registry.open(nc.jetstream()), good.run_id)
+    assert run.status == "running" and run.dataset_facts.num_samples == 60 and run.dataset_facts.class_names == ["a", "b"]
+
+
+async def test_a_published_goal_on_missing_data_becomes_a_failed_run_saying_where(nc, data_dir):
+    js = nc.jetstream()
+    await ensure_streams(js)
+    missing = goal(dataset="mnist")
+    await js.publish(subjects.GOALS_SUBJECT, encode(missing))
+    run = await wait_run(await Registry.open(js), missing.run_id)
+    assert run.status == "failed" and str(data_dir / "MNIST/raw/train-images-idx3-ubyte[.gz]") in run.error
+    assert "RESEARCHER_DATA_DIR" in run.error
+
+
+def test_researcher_submit_names_the_flag_for_a_csv_outside_the_stacks_data(planner_stack, data_dir):
+    done = subprocess.run([sys.executable, "-m", "researcher.cli", "submit", "x", "--dataset", "csv:/etc/hostname:x",
+                           "--nats-url", planner_stack.url], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert f"--dataset: CSV file '/etc/hostname' lies outside the data directory {data_dir}" in done.stderr
+
+
+def test_researcher_run_on_a_missing_set_exits_2_before_any_stack_starts(tmp_path):
+    """The embedded stack would read this data.dir: the CLI checks it first, in seconds."""
+    env = {**os.environ, "RESEARCHER_DATA__DIR": str(tmp_path / "data")}
+    env.pop("NATS_URL", None)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "researcher.cli", "run", "x", "--dataset", "svhn",
+                           "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 20  # an interpreter and the openai import on a busy machine, no stack
+    assert f"--dataset: data set 'svhn' not found: expected {tmp_path / 'data' / 'train_32x32.mat'}" in done.stderr
+    assert "RESEARCHER_DATA__DIR=DIR" in done.stderr  # what to set on this machine
+    assert "starting an embedded stack" not in done.stderr and not (tmp_path / "logs").exists()

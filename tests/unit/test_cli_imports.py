@@ -30,8 +30,8 @@ print(json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules))
 """
 
 
-def heavy_imports(argv: list[str]) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}  # submit, report, export: no stack
+def heavy_imports(argv: list[str], **extra_env: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"} | extra_env  # submit, report, export: no stack
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(HEAVY)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -53,6 +53,12 @@ def heavy_imports(argv: list[str]) -> list[str]:
 ], ids=lambda argv: " ".join(argv))
 def test_light_commands_import_nothing_heavy(argv):
     assert heavy_imports(argv) == []
+
+
+def test_run_on_missing_data_stops_before_the_data_libraries(tmp_path):
+    """`researcher run` checks the data set's files without numpy; only the LLM flags' check
+    (openai) has been imported when it refuses."""
+    assert heavy_imports(["run", "a small CNN", "--dataset", "cifar10"], RESEARCHER_DATA__DIR=str(tmp_path)) == ["openai"]
 
 
 def test_validate_imports_no_torch():
