@@ -21,6 +21,7 @@ from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, publish_event, through_outages
 from shared.runtime.config import Config
 from shared.data.datasets import load_dataset
+from shared.data.files import STACK_HINT, with_hint
 from shared.errors import DatasetError, MessageError
 from shared.llm.client import LLMClient, llm_settings
 from shared.runtime.log import bind_run
@@ -57,7 +58,7 @@ class Planner:
             data = await asyncio.to_thread(load_dataset, goal.dataset, data_dir=self.config.data.dir)
             record.dataset_facts = data.facts()
         except DatasetError as exc:
-            record.status, record.error, record.finished_at = "failed", str(exc), time.time()
+            record.status, record.error, record.finished_at = "failed", with_hint(exc, STACK_HINT), time.time()
         else:
             least = record.dataset_facts.smallest_subset(self.config.data.val_fraction)
             if goal.subset_size is not None and goal.subset_size < least:
