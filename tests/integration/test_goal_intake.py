@@ -187,7 +187,7 @@ def test_researcher_submit_names_the_flag_for_a_csv_outside_the_stacks_data(plan
 
 def test_researcher_run_on_a_missing_set_exits_2_before_any_stack_starts(tmp_path):
     """The embedded stack would read this data.dir: the CLI checks it first, in seconds."""
-    env = {**os.environ, "RESEARCHER_DATA__DIR": str(tmp_path / "data")}
+    env = {**os.environ, "RESEARCHER_DATA__DIR": str(tmp_path / "data"), "RESEARCHER_HOME": str(tmp_path / "home")}
     env.pop("NATS_URL", None)
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "researcher.cli", "run", "x", "--dataset", "svhn",
@@ -196,4 +196,5 @@ def test_researcher_run_on_a_missing_set_exits_2_before_any_stack_starts(tmp_pat
     assert time.monotonic() - started < 20  # an interpreter and the openai import on a busy machine, no stack
     assert f"--dataset: data set 'svhn' not found: expected {tmp_path / 'data' / 'train_32x32.mat'}" in done.stderr
     assert "RESEARCHER_DATA__DIR=DIR" in done.stderr  # what to set on this machine
-    assert "starting an embedded stack" not in done.stderr and not (tmp_path / "logs").exists()
+    assert "starting an embedded stack" not in done.stderr
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "home").exists()
