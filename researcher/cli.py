@@ -50,6 +50,8 @@ def _goal_args(p: argparse.ArgumentParser) -> None:
                    help="judge the goal on the mean over seeds or the lower bound of its 95%% interval")
     p.add_argument("--subset-size", type=int, default=d.subset_size, help="samples drawn from the data set, at least %d (default: all of them)" % limits["subset_size"][0])
     p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="%d to %d" % limits["max_epochs"])
+    p.add_argument("--require-llm", action="store_true", help="fail the run instead of falling back to the built-in "
+                   "search or assembler when a configured LLM cannot be reached or answers nothing usable")
 
 
 _LLM_ROLES = (("llm", "PLANNING", "planning"), ("tools_llm", "TOOLS", "tools"))
@@ -135,7 +137,8 @@ def make_goal(args: argparse.Namespace) -> Goal:
     return Goal(run_id=uuid.uuid4().hex[:16], goal=args.goal, dataset=args.dataset,
                 target_accuracy=args.target_accuracy, max_iterations=args.max_iterations,
                 num_seeds=args.num_seeds, patience=args.patience, goal_statistic=args.goal_statistic,
-                subset_size=args.subset_size, max_epochs=args.max_epochs, submitted_at=time.time())
+                subset_size=args.subset_size, max_epochs=args.max_epochs, submitted_at=time.time(),
+                require_llm=args.require_llm)
 
 
 class GoalRejected(Exception):
@@ -229,11 +232,28 @@ def _check_llm_flags(args: argparse.Namespace) -> str | None:
         config = load_config(environ={**os.environ, **env})
     except ConfigFileError as exc:
         return str(exc)
-    for _, _, role in _LLM_ROLES:
-        settings = llm_settings(config, role)
-        if settings:
-            print(f"{role} LLM: {settings.model} at {settings.base_url}", file=sys.stderr)
-    return None
+    return None if args.nats_url else _check_llm_endpoints(args, [llm_settings(config, role) for _, _, role in _LLM_ROLES])
+
+
+# Seconds `researcher run` waits for each LLM endpoint before it starts an embedded stack.
+CLI_CHECK_TIMEOUT_S = 5.0
+
+
+def _check_llm_endpoints(args: argparse.Namespace, configured: list) -> str | None:
+    """The embedded stack's LLMs, checked before it starts: trouble is shown at once, and with
+    --require-llm it is an error (the run would fail at its start)."""
+    from shared.llm.check import check_endpoints, describe_check, required_error, unconfigured_problem
+
+    roles = [s for s in configured if s]
+    unconfigured = unconfigured_problem(args.require_llm, roles)
+    if unconfigured:
+        return _flagged(unconfigured)
+    failed = []
+    for call, settings in zip(asyncio.run(check_endpoints(roles, CLI_CHECK_TIMEOUT_S)), roles):
+        print(describe_check(call, settings), file=sys.stderr)
+        if call.outcome != "ok":
+            failed.append(f"the {call.role} LLM failed its check ({call.outcome}: {call.error})")
+    return required_error("; ".join(failed)) if failed and args.require_llm else None
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -370,6 +390,8 @@ def research_agent_main(argv: list[str] | None = None) -> int:
             forwarded += [f"--{name.replace('_', '-')}", getattr(args, name)]
     if args.json:
         forwarded.append("--json")
+    if args.require_llm:
+        forwarded.append("--require-llm")
     return main(forwarded)
 
 

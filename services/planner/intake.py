@@ -14,6 +14,7 @@ import structlog
 
 from shared.data.catalog import check_goal
 from shared.data.files import STACK_HINT
+from shared.llm.check import unconfigured_problem
 from shared.errors import MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import encode, through_outages
@@ -37,8 +38,10 @@ class Intake:
 
     async def problems(self, goal: Goal) -> list[str]:
         """check_goal against the data directory this planner reads: off the loop, as a CSV's
-        header row may come from a slow disk."""
-        return await asyncio.to_thread(check_goal, goal, self.planner.config.data.dir, STACK_HINT)
+        header row may come from a slow disk; and what this planner's LLM configuration cannot give it."""
+        problems = await asyncio.to_thread(check_goal, goal, self.planner.config.data.dir, STACK_HINT)
+        llm = unconfigured_problem(goal.require_llm, self.planner.guard.roles)
+        return [*problems, llm] if llm else problems
 
     async def submit(self, goal: Goal) -> GoalAnswer:
         """A submitted goal: rejected with every problem, or queued on GOALS (durably) and accepted."""

@@ -14,6 +14,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from services.planner.decide import decide, iteration_score
 from shared.evaluation.aggregate import summarise
 from services.planner.leases import RunLeases
+from services.planner.llm_guard import LLMGuard, required_error
 from services.planner.llm_plan import ask_plan, merge_decision, plan_context
 from services.planner.proposers import RunView, choose, proposers
 from services.planner.records import request_summary, store_calls, store_plots, tokens_used
@@ -28,7 +29,7 @@ from shared.runtime.log import bind_run
 from shared.messaging.messages import (PROBE_BATCH, TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback,
                                        EvalJob, Event, Goal, LLMCall, SeedResult, TrainingRecipe, ValidateRequest,
                                        ValidationResult)
-from shared.registry.records import CodeAttempt, IterationRecord, ModelSummary, RunRecord
+from shared.registry.records import CodeAttempt, Decision, IterationRecord, ModelSummary, RunRecord
 from shared.registry.store import Registry
 
 log = structlog.get_logger()
@@ -45,6 +46,7 @@ class Planner:
         planning, tools = llm_settings(config, "planning"), llm_settings(config, "tools")
         self.planning = LLMClient(planning) if planning else None
         self.proposers = proposers(config, self.planning)
+        self.guard = LLMGuard(registry, self.event, [s for s in (planning, tools) if s], config.llm.check_timeout_s)
         # the assembler's LLM work can outlast an ordinary step: its attempts, each with retries
         self.llm_step_timeout_s = max(config.planner.step_timeout_s, tools.timeout_s * (tools.max_retries + 1)
                                       * config.llm.code_attempts + 30) if tools else config.planner.step_timeout_s
@@ -151,7 +153,9 @@ class Planner:
     async def _step(self, run: RunRecord) -> None:
         n = run.current_iteration
         it = await self.registry.get_iteration(run.run_id, n) if n else None
-        if it is None or it.state == "decided":
+        if self.guard.pending(run):
+            await self.guard.check(run)
+        elif it is None or it.state == "decided":
             await self._propose(run)
         elif it.state == "proposed":
             await self._assemble(run, it)
@@ -169,6 +173,8 @@ class Planner:
         view = RunView(run=run, history=await self.registry.iterations(run.run_id, run.current_iteration),
                        max_epochs=self._max_epochs(run), num_train=self._num_train(run))
         proposal, declined = await choose(self.proposers, view)
+        if declined and await self.guard.refuse(run, f"at iteration {n} {declined[-1].why}"):
+            return
         for d in declined:
             await self.event(run.run_id, "llm_fallback", f"iteration {n}: {d.why}; the built-in search proposes instead",
                              n, {"error": d.why})
@@ -224,6 +230,9 @@ class Planner:
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
             r, state="assembled", class_name=reply.class_name, code_artifact=name, attempts=0, assembler=reply.assembler,
             llm_calls=[*r.llm_calls, *calls]))
+        if reply.note and await self.guard.refuse(run, f"at iteration {it.iteration} the tools LLM's code could not be "
+                                                        f"used ({reply.llm_calls[-1].error})"):
+            return
         if reply.note:
             await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: {reply.note}", it.iteration)
         by = "the tools LLM" if reply.assembler == "llm" else "the deterministic assembler"
@@ -260,6 +269,9 @@ class Planner:
         more = _code_generations(it) < self.config.llm.code_attempts
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
             r, state="proposed", attempts=0, code_attempts=[*r.code_attempts, attempt]))
+        if not more and await self.guard.refuse(run, f"at iteration {it.iteration} the sandbox rejected all "
+                                                     f"{self.config.llm.code_attempts} of the tools LLM's attempts ({error})"):
+            return
         then = ("asking it for a fix" if more else
                 f"its {self.config.llm.code_attempts} attempts are spent, so the deterministic assembler builds it")
         await self.event(run.run_id, "code_rejected", f"iteration {it.iteration}: the sandbox rejected the tools LLM's code "
@@ -326,6 +338,9 @@ class Planner:
             calls = answer.calls
             if answer.value is not None:
                 decision = merge_decision(decision, answer.value)
+            elif run.goal.require_llm:  # the run ends here, its iteration decided with the reason
+                why = f"at iteration {it.iteration} the planning LLM's decision could not be used ({answer.error})"
+                decision = Decision(action="stop", status="failed", reasoning=required_error(why))
             else:
                 await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: the planning LLM's decision could "
                                  f"not be used ({answer.error}); the built-in search proposes next", it.iteration,
@@ -337,7 +352,7 @@ class Planner:
         status = decision.status or "running"
         await self.registry.update_run(run.run_id, lambda r: replace(
             r, status=status, best_iteration=best_it, best_score=best_score,
-            finished_at=now if decision.status else None))
+            finished_at=now if decision.status else None, error=decision.reasoning if status == "failed" else r.error))
         if decision.disagreement:
             await self.event(run.run_id, "disagreement", f"iteration {it.iteration}: {decision.disagreement}", it.iteration)
         await self.event(run.run_id, "decided", f"iteration {it.iteration}: {decision.action}: {decision.reasoning}",

@@ -80,12 +80,13 @@ class PlanningLLM:
         last = view.history[-1].decision if view.history else None
         if last is not None and last.next_config:
             return Proposal(model_config=last.next_config, proposer=self.name, reasoning=last.reasoning)
-        if view.history:
+        if view.history and not view.run.goal.require_llm:
             return None  # it was asked when the last iteration was decided and chose no config
+        # first, or (where the run requires the LLM) after a decision that chose no config: asked now
         facts = view.run.dataset_facts
         assert facts is not None  # a run without facts has failed before any proposal
-        context = plan_context(view.run.goal, facts, view.num_train, view.history, None, view.max_epochs,
-                               self.history_limit)
+        context = plan_context(view.run.goal, facts, view.num_train, view.history, view.run.best_iteration,
+                               view.max_epochs, self.history_limit)
         answer = await ask_plan(self.client, context, facts, view.max_epochs, iteration=None,
                                 tokens_used=tokens_used(view.history, "planning"))
         if answer.value is None:

@@ -78,18 +78,55 @@ class LLMClient:
         t0 = time.monotonic()
         try:
             response = await self._client.chat.completions.create(**kwargs)
-        except openai.APITimeoutError:
-            outcome, error = "timeout", f"no reply within {s.timeout_s:g} s ({s.max_retries} retries)"
-        except openai.APIConnectionError as exc:
-            outcome, error = "unreachable", f"cannot reach {s.base_url}: {exc.__cause__ or exc}"
-        except openai.APIStatusError as exc:
-            outcome, error = f"http_{exc.status_code}", f"HTTP {exc.status_code} from {s.base_url}: {_status_detail(exc)}"
-        except openai.OpenAIError as exc:  # a body that is not a chat completion, say
-            outcome, error = "bad_response", f"{type(exc).__name__}: {exc}"
+        except openai.OpenAIError as exc:
+            outcome, error = _failure(exc, s)
         else:
             return _completed(record, response, time.monotonic() - t0)
         log.warning("llm_call_failed", role=s.role, purpose=purpose, outcome=outcome, error=error)
         return LLMCall(**record, outcome=outcome, error=error, latency_s=round(time.monotonic() - t0, 3))
+
+    async def list_models(self) -> list[str] | LLMCall:
+        """The endpoint's model ids (GET /models: no tokens spent, no model loaded); or, when the
+        request fails or the body is not a model list, the failed call that says why."""
+        s, t0 = self.settings, time.monotonic()
+        record = dict(role=s.role, purpose="check", model=s.model, started_at=time.time())
+        try:
+            # raw: the parsed form of a body that is not JSON is an AttributeError, not an OpenAIError
+            raw = await self._client.models.with_raw_response.list()
+        except openai.OpenAIError as exc:
+            outcome, error = _failure(exc, s)
+        else:
+            try:
+                return [m.id for m in msgspec.json.decode(raw.content, type=_ModelList).data]
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                outcome = "bad_response"
+                error = (f"GET {s.base_url.rstrip('/')}/models answered {_excerpt(raw.content)}, not an OpenAI model "
+                         "list: is this the API's URL (it usually ends in /v1)?")
+        return LLMCall(**record, outcome=outcome, error=error, latency_s=round(time.monotonic() - t0, 3))
+
+
+class _ModelEntry(msgspec.Struct):
+    id: str
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_ModelEntry]
+
+
+def _failure(exc: openai.OpenAIError, s: LLMSettings) -> tuple[str, str]:
+    """An exception of the openai client as an LLMCall's outcome and error."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", f"no reply within {s.timeout_s:g} s ({s.max_retries} retries)"
+    if isinstance(exc, openai.APIConnectionError):
+        return "unreachable", f"cannot reach {s.base_url}: {exc.__cause__ or exc}"
+    if isinstance(exc, openai.APIStatusError):
+        return f"http_{exc.status_code}", f"HTTP {exc.status_code} from {s.base_url}: {_status_detail(exc)}"
+    return "bad_response", f"{type(exc).__name__}: {exc}"  # a body that is not a chat completion, say
+
+
+def _excerpt(body: bytes | str, limit: int = 80) -> str:
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    return repr(text[:limit] + ("..." if len(text) > limit else "")) if text.strip() else "an empty body"
 
 
 def _status_detail(exc: openai.APIStatusError) -> str:
@@ -100,6 +137,10 @@ def _status_detail(exc: openai.APIStatusError) -> str:
 
 
 def _completed(record: dict, response: Any, latency: float) -> LLMCall:
+    if isinstance(response, (str, bytes)):  # what the client makes of a body that is not JSON (an HTML page)
+        return LLMCall(**record, latency_s=round(latency, 3), outcome="bad_response",
+                       error=f"the answer is not a chat completion but {_excerpt(response)}: is the base URL the API's "
+                             "(it usually ends in /v1)?")
     usage = getattr(response, "usage", None)
     tokens = dict(tokens_in=getattr(usage, "prompt_tokens", None), tokens_out=getattr(usage, "completion_tokens", None),
                   latency_s=round(latency, 3))

@@ -88,6 +88,9 @@ class Goal(msgspec.Struct, frozen=True, kw_only=True):
     subset_size: int | None = None  # samples drawn from the data set; None = all
     max_epochs: int = 20
     submitted_at: float = 0.0
+    # fail the run instead of falling back when a configured LLM cannot be used (the check at the
+    # start, a proposal, a decision, code): for measuring a model, not only getting a result
+    require_llm: bool = False
 
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

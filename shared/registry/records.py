@@ -206,6 +206,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     best_iteration: int | None = None
     best_score: float | None = None  # the goal statistic of the best iteration
     dataset_facts: DatasetFacts | None = None  # None when the data set could not be read
+    llm_check: list[LLMCall] | None = None  # the check of each configured LLM at the start; None: not made
     created_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared.llm.usage import usage_by_role
+from shared.llm.usage import format_sources, llm_sources, usage_by_role
 from shared.messaging.messages import PROBE_BATCH
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
@@ -74,6 +74,7 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "iterations": [iteration_report(it) for it in iterations],
         "best": best,
         "llm_usage": _llm_usage(iterations),
+        "llm_sources": llm_sources(run, iterations),  # the LLMs' share of the work, and each fallback's why
         "created_at": run.created_at,
         "finished_at": run.finished_at,
         "wall_time_s": _wall_time(run),
@@ -141,6 +142,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     for role, row in _llm_usage(iterations)["per_role"].items():
         lines.append(f"{role} LLM: {row['calls']} calls ({row['failed']} failed), {row['tokens_in']:,} tokens in, "
                      f"{row['tokens_out']:,} out, {row['latency_s']:.1f} s")
+    lines += format_sources(llm_sources(run, iterations))
     wall = _wall_time(run)
     if wall is not None:
         lines.append(f"wall time: {wall} s")

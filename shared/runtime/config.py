@@ -149,6 +149,9 @@ class LLMConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tools: LLMRoleConfig = msgspec.field(default_factory=LLMRoleConfig)  # writes module code, summaries
     code_attempts: int = 3  # tools-LLM code generations per iteration (first + fixes) before the deterministic assembler
     history_limit: int = 8  # iterations shown to the planning LLM in full (the best one always is)
+    # the check of each endpoint when a run starts (its model list, no retries), seconds: short, as
+    # it only asks whether the server is there; trouble is an event, or a failed run with require_llm
+    check_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.code_attempts < 1 or self.history_limit < 1:
