@@ -154,3 +154,45 @@ class ScriptedLLM:
                 }, reply.headers)
 
         return Handler
+
+
+class NotAnAPI:
+    """A web server where an API should be (a base URL missing /v1, say): every request, GET or
+    POST, is answered 200 with an HTML page, which no OpenAI client can use."""
+
+    PAGE = b"<html><body><h1>It works!</h1></body></html>"
+
+    def __init__(self) -> None:
+        page = self.PAGE
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _page(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            do_GET = do_POST = _page
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="not-an-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> "NotAnAPI":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
