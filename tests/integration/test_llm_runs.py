@@ -131,6 +131,11 @@ def test_researcher_run_with_a_planning_and_a_tools_llm(docker_engine, tmp_path)
     assert usage["planning"]["tokens_in"] > 0 and usage["planning"]["tokens_out"] > 0
     assert usage["tools"]["calls"] >= 4 and usage["tools"]["failed"] >= 1
     assert report["llm_usage"]["total"]["calls"] == usage["planning"]["calls"] + usage["tools"]["calls"]
+    # iteration 2's search proposal was the LLM's choice (no config), not a fallback; its code was one
+    sources = report["llm_sources"]
+    assert sources["proposals"] == {"llm": 1, "builtin": 1, "fell_back": 0, "fallbacks": []}
+    assert (sources["code"]["llm"], sources["code"]["fell_back"], sources["code"]["llm_generations"]) == (1, 1, 4)
+    assert sources["code"]["fallbacks"][0]["reason"].startswith("http_500: HTTP 500 from")
     assert "sk-test-planner" not in (tmp_path / "logs").joinpath("planner.log").read_text()
 
 
@@ -171,6 +176,9 @@ async def test_the_planning_llm_iterates_with_a_changed_config_then_stops(docker
     assert first["proposer"] == "builtin"
     assert [(c["purpose"], c["outcome"]) for c in first["llm_calls"]][0] == ("propose", "timeout")
     assert any(e.kind == "llm_fallback" and "no reply within 1.5 s" in e.message for e in events)
+    assert report["llm_sources"]["proposals"] == {"llm": 1, "builtin": 1, "fell_back": 1, "fallbacks": [
+        {"iteration": 1, "reason": "timeout: no reply within 1.5 s (0 retries)"}]}
+    assert report["llm_sources"]["code"]["deterministic"] == 2 and report["llm_sources"]["code"]["fell_back"] == 0
     # the changed config, checked when decided, is iteration 2's
     assert first["decision"]["proposer"] == "llm" and first["decision"]["next_config"]["class_name"] == "WiderMLP"
     assert second["proposer"] == "llm" and second["model_config"] == first["decision"]["next_config"]
