@@ -30,9 +30,10 @@ PLANNER, CODER = "planner-model", "coder-model"
 NO_RETRIES = {"RESEARCHER_LLM__PLANNING__MAX_RETRIES": "0", "RESEARCHER_LLM__TOOLS__MAX_RETRIES": "0"}
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, home, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The CLI with an embedded stack's home of the test's own (a home has one owner at a time)."""
     return subprocess.run([sys.executable, "-m", "researcher.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, "RESEARCHER_HOME": str(home), **(env or {})})
 
 
 def closed_url() -> str:
@@ -41,19 +42,20 @@ def closed_url() -> str:
 
 # ---- no Docker: these end before any model is built ----
 
-def test_require_llm_without_an_llm_is_refused_before_a_stack_starts():
+def test_require_llm_without_an_llm_is_refused_before_a_stack_starts(tmp_path):
     t0 = time.monotonic()
-    proc = cli("run", "digits", "--require-llm", timeout=60)
+    proc = cli("run", "digits", "--require-llm", home=tmp_path, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "--require-llm: this stack has no LLM configured to require" in proc.stderr
     assert "--llm-base-url and --llm-model" in proc.stderr and "starting an embedded stack" not in proc.stderr
     assert time.monotonic() - t0 < 30
 
 
-def test_require_llm_with_an_unreachable_endpoint_fails_the_command_within_seconds():
+def test_require_llm_with_an_unreachable_endpoint_fails_the_command_within_seconds(tmp_path):
     url = closed_url()
     t0 = time.monotonic()
-    proc = cli("run", "digits", "--require-llm", "--llm-base-url", url, "--llm-model", PLANNER, timeout=60)
+    proc = cli("run", "digits", "--require-llm", "--llm-base-url", url, "--llm-model", PLANNER, home=tmp_path,
+               timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert f"planning LLM {PLANNER} at {url}: unreachable: cannot reach {url}" in proc.stderr
     assert "the LLM is required (--require-llm) and the planning LLM failed its check (unreachable" in proc.stderr
@@ -102,7 +104,7 @@ async def test_require_llm_fails_the_run_at_its_start_naming_the_failure(unreach
 
 def test_require_llm_on_a_stack_without_an_llm_is_rejected_at_submission(tmp_path):
     with LocalStack(log_dir=tmp_path / "logs", services=("planner",)) as stack:
-        proc = cli("submit", "digits", "--require-llm", "--nats-url", stack.url, timeout=60)
+        proc = cli("submit", "digits", "--require-llm", "--nats-url", stack.url, home=tmp_path, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "--require-llm: this stack has no LLM configured to require" in proc.stderr
     assert "llm.planning.base_url and llm.planning.model" in proc.stderr
@@ -122,7 +124,7 @@ def test_an_unreachable_and_a_garbage_endpoint_are_said_up_front_and_their_fallb
         proc = cli("run", "digits", "--dataset", "digits", "--max-iterations", "1", "--num-seeds", "1",
                    "--max-epochs", "1", "--subset-size", "600", "--json", "--log-dir", str(tmp_path / "logs"),
                    "--llm-base-url", planning_url, "--llm-model", PLANNER,
-                   "--tools-llm-base-url", garbage.url, "--tools-llm-model", CODER, env=NO_RETRIES)
+                   "--tools-llm-base-url", garbage.url, "--tools-llm-model", CODER, home=tmp_path / "home", env=NO_RETRIES)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
     # the CLI's own check, then the run's llm_check events, all before the first proposal
@@ -174,7 +176,7 @@ def test_a_working_llm_is_counted_with_no_fallbacks(docker_engine, tmp_path):
         proc = cli("run", "digits", "--dataset", "digits", "--max-iterations", "2", "--num-seeds", "1",
                    "--target-accuracy", "0.999", "--max-epochs", "1", "--subset-size", "600", "--json",
                    "--log-dir", str(tmp_path / "logs"), "--require-llm",
-                   "--llm-base-url", llm.url, "--llm-model", PLANNER, "--tools-llm-model", CODER, env=NO_RETRIES)
+                   "--llm-base-url", llm.url, "--llm-model", PLANNER, "--tools-llm-model", CODER, home=tmp_path / "home", env=NO_RETRIES)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
     assert report["status"] == "max_iterations", report["error"]
