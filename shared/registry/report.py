@@ -11,6 +11,7 @@ import yaml
 
 from shared.llm.usage import usage_by_role
 from shared.messaging.messages import PROBE_BATCH
+from shared.registry.best_model import export_best
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
 
@@ -149,7 +150,8 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
 
 async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
     """registry.json, configs/models/, src/models/, experiments/<run_id>/{model_config.yaml,
-    model_code.py, summary.json, results.json} (the best iteration), with every iteration beside it."""
+    model_code.py, summary.json, results.json} (the best iteration), with every iteration beside it,
+    and experiments/<run_id>/best/ (its code, weights and preprocessing: shared.registry.best_model)."""
     records = await load_records(registry, run_id)
     if records is None:
         raise KeyError(run_id)
@@ -170,6 +172,7 @@ async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
         _write_experiment(folder, it, code, run_id, plots)
         if it.iteration == run.best_iteration:  # the experiment's top level holds its best model
             _write_experiment(out / "experiments" / run_id, it, code, run_id, plots)
+            await export_best(registry, run, it, code, out / "experiments" / run_id / "best")
         entries.append({"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
                         "config": f"configs/models/{stem}.yaml", "code": f"src/models/{stem}.py" if code else None,
                         "valid": it.validation.ok if it.validation else None,
