@@ -348,11 +348,12 @@ fi
 # 2. Wheelhouse
 # --------------------------------------------------------------------------------------------
 
-# safetensors: the harness writes a seed's trained weights with it (shared/evaluation/weights.py reads them)
+# safetensors: the harness writes a seed's trained weights with it (shared/evaluation/weights.py reads
+# them). Its wheels are manylinux_2_17 only, and pip does not widen an explicit --platform: both named.
 SAFETENSORS_SPEC="${SAFETENSORS_SPEC:-safetensors==0.8.0}"
-WHEELS_WANT="$TORCH_SPEC numpy $SAFETENSORS_SPEC cp311 manylinux_2_28_x86_64"
+WHEELS_WANT="$TORCH_SPEC numpy $SAFETENSORS_SPEC cp311 manylinux_2_28+2_17_x86_64"
 fill_wheelhouse "$WHEELS_DIR" "$WHEELS_WANT" "[2/3] wheelhouse build/wheels ($TORCH_SPEC numpy $SAFETENSORS_SPEC)" \
-    --platform manylinux_2_28_x86_64 "$TORCH_SPEC" numpy "$SAFETENSORS_SPEC"
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 "$TORCH_SPEC" numpy "$SAFETENSORS_SPEC"
 
 # --------------------------------------------------------------------------------------------
 # 3. Sandbox image
