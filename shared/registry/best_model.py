@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 
 from shared.messaging.messages import SeedResult
-from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord
+from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord, SeedRow
 from shared.registry.store import Registry
 
 NORMALISE = ("x = (x - mean) / std, with mean and std of the seed's own training split: per channel for images "
              "(shape (C, 1, 1)), per feature for tables (shape (F,)); they broadcast over a batch")
 
 
-def _seed_entry(result: SeedResult | None, seed: int, weights_written: bool) -> dict[str, Any]:
-    if result is None:
-        return {"ok": False, "weights": None, "weights_error": "no result was recorded for this seed"}
+def _seed_entry(result: SeedResult | None, row: SeedRow | None, seed: int, weights_written: bool) -> dict[str, Any]:
+    if result is None:  # the evaluation's row still says how the seed did
+        return {"ok": row.ok if row else None, "val_accuracy": row.metrics.get(DEFAULT_METRIC) if row else None,
+                "weights": None, "weights_error": "the registry holds no result of this seed (recorded before weights were)"}
     entry: dict[str, Any] = {"ok": result.ok, "val_accuracy": result.metrics.get(DEFAULT_METRIC),
                              "weights": f"seed_{seed}.safetensors" if weights_written else None}
     if not result.ok:
@@ -50,13 +51,14 @@ async def export_best(registry: Registry, run: RunRecord, it: IterationRecord, c
     if code:
         (folder / "model_code.py").write_bytes(code)
     results = await registry.seed_results(run.run_id, it.iteration, it.seeds)
+    rows = {row.seed: row for row in it.evaluation.seed_results} if it.evaluation else {}
     seeds = {}
     for seed in it.seeds:
         result = results.get(seed)
         data = await registry.get_artifact(result.weights) if result is not None and result.weights else None
         if data is not None:
             (folder / f"seed_{seed}.safetensors").write_bytes(data)
-        seeds[str(seed)] = _seed_entry(result, seed, data is not None)
+        seeds[str(seed)] = _seed_entry(result, rows.get(seed), seed, data is not None)
     facts = run.dataset_facts
     best_seed = it.evaluation.best_seed if it.evaluation else None
     info = {

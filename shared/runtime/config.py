@@ -85,6 +85,9 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("sandbox.pool_size must be >= 0 and sandbox.concurrency >= 1")
 
 
+MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
+
+
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory: str = "4g"  # memory cap of one training container, swap equal to it
     cpus: float = 2.0  # CPU cap of one training container
@@ -111,6 +114,9 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                              "evaluator.max_weights_bytes must be >= 0, evaluator.max_deliver >= 1")
         if self.ack_wait_s <= 0:
             raise ValueError("evaluator.ack_wait_s must be > 0")
+        if self.max_weights_bytes > MAX_WEIGHTS_BYTES:  # base64 in the harness's report, which is capped at 512 MiB
+            raise ValueError(f"evaluator.max_weights_bytes must be at most {MAX_WEIGHTS_BYTES} (256 MiB), "
+                             f"not {self.max_weights_bytes}")
 
 
 def gpu_devices(setting: str) -> tuple[str, tuple[str, ...]]:
