@@ -2,7 +2,7 @@
 # Build the container images pytorch-researcher needs:
 #   1. a base image with Python 3.11 (python:3.11-slim when it can be had, otherwise a local
 #      Debian bookworm twin made with debootstrap + docker import: no registry needed);
-#   2. a wheelhouse build/wheels (torch + numpy for cp311 manylinux x86_64), filled by the
+#   2. a wheelhouse build/wheels (torch + numpy + safetensors for cp311 manylinux x86_64), filled by the
 #      host's pip, because pip inside `docker build` cannot reach (or trust) the index;
 #   3. the sandbox image pytorch-researcher/sandbox:latest from sandbox-image/Dockerfile.
 # Idempotent: every step is skipped when its result already exists and is up to date.
@@ -11,6 +11,7 @@
 #   BASE_IMAGE     base image to build on (default: python:3.11-slim if present or pullable,
 #                  else pytorch-researcher/base:bookworm, made locally)
 #   TORCH_SPEC     pip requirement for torch (default torch==2.13.0, a 190 MB CPU wheel)
+#   SAFETENSORS_SPEC  pip requirement for safetensors in the sandbox (default safetensors==0.8.0)
 #   SANDBOX_IMAGE  tag of the sandbox image (default pytorch-researcher/sandbox:latest)
 #   DEBIAN_MIRROR  mirror for debootstrap (default: the one apt is configured with)
 #   PULL           0 to never try `docker pull` (default 1); PULL_TIMEOUT seconds (default 60)
@@ -347,9 +348,12 @@ fi
 # 2. Wheelhouse
 # --------------------------------------------------------------------------------------------
 
-WHEELS_WANT="$TORCH_SPEC numpy cp311 manylinux_2_28_x86_64"
-fill_wheelhouse "$WHEELS_DIR" "$WHEELS_WANT" "[2/3] wheelhouse build/wheels ($TORCH_SPEC numpy)" \
-    --platform manylinux_2_28_x86_64 "$TORCH_SPEC" numpy
+# safetensors: the harness writes a seed's trained weights with it (shared/evaluation/weights.py reads
+# them). Its wheels are manylinux_2_17 only, and pip does not widen an explicit --platform: both named.
+SAFETENSORS_SPEC="${SAFETENSORS_SPEC:-safetensors==0.8.0}"
+WHEELS_WANT="$TORCH_SPEC numpy $SAFETENSORS_SPEC cp311 manylinux_2_28+2_17_x86_64"
+fill_wheelhouse "$WHEELS_DIR" "$WHEELS_WANT" "[2/3] wheelhouse build/wheels ($TORCH_SPEC numpy $SAFETENSORS_SPEC)" \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 "$TORCH_SPEC" numpy "$SAFETENSORS_SPEC"
 
 # --------------------------------------------------------------------------------------------
 # 3. Sandbox image

@@ -164,6 +164,24 @@ def _b64(array):
     return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
 
 
+def _weights(model, max_bytes):
+    """The trained state dict as safetensors bytes (base64), or why not: never fails the seed.
+    Only when the job asks (max_weights_bytes > 0), so an older trusted side gets the report it
+    always had. The trusted side decodes them strictly: they come from the code's process."""
+    try:
+        from safetensors.torch import save  # imported here: a validation never pays for it
+
+        tensors = {name: t.detach().cpu().contiguous().clone() for name, t in model.state_dict().items()}
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size > max_bytes:
+            return {"weights_error": f"the trained weights hold {size:,} bytes, over the limit of {max_bytes:,} "
+                                     "(evaluator.max_weights_bytes)"}
+        data = save(tensors)  # clones: tied parameters would otherwise be refused as shared memory
+    except BaseException as exc:  # noqa: BLE001 - the code's state dict may be anything
+        return {"weights_error": f"{type(exc).__name__} while saving the weights: {exc}"[:500]}
+    return {"weights_b64": base64.b64encode(data).decode()}
+
+
 def train(job, blob, stage):
     """Train on (x_train, y_train); return class probabilities for x_val (after every epoch when
     learning curves are tracked). There are no labels for x_val in here."""
@@ -192,6 +210,9 @@ def train(job, blob, stage):
     if out.val_probs_per_epoch:
         epochs = np.stack(out.val_probs_per_epoch).astype(np.float16)
         result.update(epoch_probs_b64=_b64(epochs), epoch_probs_shape=list(epochs.shape))
+    max_weights = int(job.get("max_weights_bytes", 0))
+    if max_weights > 0:
+        result.update(_weights(model, max_weights))
     return result
 
 
@@ -229,7 +250,7 @@ def model_process(job, blob, report_w, token):
 STAGES = ("import", "init", "forward", "train", "predict")
 # The trusted side rejects longer strings (shared/sandboxing/protocol.py): an exception message of
 # any size from the code is cut here, head and tail kept, so it stays a plain "exception".
-MAX_TEXT = {"error": 4000, "traceback": 4000, "reason": 64, "exception_type": 200}
+MAX_TEXT = {"error": 4000, "traceback": 4000, "reason": 64, "exception_type": 200, "weights_error": 1000}
 
 
 def _bounded(final):

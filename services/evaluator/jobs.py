@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+import nats.errors
 import structlog
 
 from shared.errors import MachineryError
-from shared.evaluation.in_container import evaluate_job
+from shared.evaluation.in_container import Trained, train_seed
 from shared.messaging import subjects
 from shared.messaging.bus import encode, publish_event, through_outages
 from shared.messaging.consumer import Delivery
 from shared.messaging.messages import EvalJob, Event, SeedResult
+from shared.registry.store import Registry, weights_artifact
 from shared.runtime.config import Config
 from shared.sandboxing.containers import ContainerRunner
 
@@ -32,26 +35,42 @@ class JobHandler:
         structlog.contextvars.bind_contextvars(iteration=job.iteration, seed=job.seed, job_id=job.job_id)
         log.info("job_started", delivery=delivery.number)
         work = asyncio.create_task(asyncio.to_thread(
-            evaluate_job, job, self.runner, timeout_s=self.config.evaluator.train_timeout_s,
-            memory=self.config.evaluator.memory, data_config=self.config.data, evaluator=self.replica))
+            train_seed, job, self.runner, timeout_s=self.config.evaluator.train_timeout_s,
+            memory=self.config.evaluator.memory, data_config=self.config.data, evaluator=self.replica,
+            max_weights_bytes=self.config.evaluator.max_weights_bytes))
         try:
-            result = await self._finish_or_hand_back(work)
+            trained = await self._finish_or_hand_back(work)
         except MachineryError as exc:
             await self._cannot_run(job, delivery, exc)
             return
-        if result is None:
+        if trained is None:
             await delivery.hand_back()
             log.warning("job_handed_back",
                         reason=f"stopping; the job did not finish within {self.config.evaluator.drain_timeout_s:g} s")
             return
+        result = await self._keep_weights(job, trained)
         # the message id makes a redelivered job's second result a duplicate the stream drops
         await through_outages(lambda: self.js.publish(subjects.results_subject(job.run_id), encode(result),
                                                       headers={"Nats-Msg-Id": job.job_id}), "publish result")
         # the headline figure only: every metric of the seed is in the registry
         log.info("job_done", ok=result.ok, error=result.error, val_accuracy=result.metrics.get("val_accuracy"),
-                 duration_s=result.duration_s)
+                 duration_s=result.duration_s, weights_kept=result.weights is not None, weights_error=result.weights_error)
 
-    async def _finish_or_hand_back(self, work: asyncio.Task) -> SeedResult | None:
+    async def _keep_weights(self, job: EvalJob, trained: Trained) -> SeedResult:
+        """The checked weights into the registry's object store (too large for a message), before
+        the result that names them is published. One that cannot be stored costs only the weights."""
+        if trained.weights is None:
+            return trained.result
+        name = weights_artifact(job.run_id, job.iteration, job.seed)
+        try:
+            registry = await through_outages(lambda: Registry.open(self.js), "open the registry")
+            await through_outages(lambda: registry.put_artifact(name, trained.weights), "store weights")
+        except nats.errors.Error as exc:
+            log.warning("weights_not_stored", error=f"{type(exc).__name__}: {exc}")
+            return msgspec.structs.replace(trained.result, weights_error=f"could not be stored in the registry: {exc}")
+        return msgspec.structs.replace(trained.result, weights=name)
+
+    async def _finish_or_hand_back(self, work: asyncio.Task) -> Trained | None:
         """-> the job's result, or None when the replica stopped and the job did not finish in time."""
         stopping = asyncio.create_task(self.stop.wait())
         try:

@@ -70,6 +70,9 @@ class Split:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    # the normalisation applied, (1, C, 1, 1) for images, (1, F) for tables: a trained model needs it
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
 
 
 def _digits() -> Dataset:
@@ -285,4 +288,4 @@ def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fractio
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True) + 1e-6
     norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-    return Split(norm(x_train), y_train.astype(np.int64), norm(x_val), y_val.astype(np.int64))
+    return Split(norm(x_train), y_train.astype(np.int64), norm(x_val), y_val.astype(np.int64), mean, std)

@@ -13,7 +13,7 @@ import binascii
 import io
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from shared.errors import DatasetError, DatasetUnavailableError
 from shared.messaging.messages import EpochStats, EvalJob, SeedResult
 from shared.evaluation.metrics import score
 from shared.evaluation.quick_eval import epoch_curve
+from shared.evaluation.weights import kept_weights, preprocessing
 from shared.runtime.config import DataConfig
 
 
@@ -51,11 +52,25 @@ def finite(value: Any) -> Any:
     return value
 
 
+class Trained(NamedTuple):
+    result: SeedResult
+    weights: bytes | None = None  # the checked safetensors file, for the registry
+
+
 def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, data_config: DataConfig | None = None,
                  evaluator: str = "") -> SeedResult:
-    """-> the seed's result, a failed one when the code failed. Raises DatasetUnavailableError
-    when `evaluator` (a replica's name, for the message) cannot load the data set: a fault of
-    this machine, not of the code (and SandboxUnavailableError from the runner likewise)."""
+    """-> the seed's result, a failed one when the code failed (train_seed, keeping no weights)."""
+    return train_seed(job, runner, timeout_s=timeout_s, memory=memory, data_config=data_config,
+                      evaluator=evaluator).result
+
+
+def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_config: DataConfig | None = None,
+               evaluator: str = "", max_weights_bytes: int = 0) -> Trained:
+    """-> the seed's result, a failed one when the code failed, with its trained weights when
+    `max_weights_bytes` > 0 asks for them (a seed without them says why in `weights_error`).
+    Raises DatasetUnavailableError when `evaluator` (a replica's name, for the message) cannot load
+    the data set: a fault of this machine, not of the code (and SandboxUnavailableError from the
+    runner likewise)."""
     started = time.monotonic()
     data_config = data_config or DataConfig()
     base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator)
@@ -66,33 +81,35 @@ def evaluate_job(job: EvalJob, runner, *, timeout_s: float, memory: str, data_co
     try:
         data = split(ds, job.seed, data_config.val_fraction, job.subset_size)
     except ValueError as exc:  # a subset too small for a stratified split: the job's fault, not the code's
-        return SeedResult(ok=False, reason="bad_subset", error=f"cannot split {job.dataset} with subset_size "
-                          f"{job.subset_size}: {exc}", duration_s=round(time.monotonic() - started, 3), **base)
+        return Trained(SeedResult(ok=False, reason="bad_subset", error=f"cannot split {job.dataset} with subset_size "
+                                  f"{job.subset_size}: {exc}", duration_s=round(time.monotonic() - started, 3), **base))
     recipe = job.recipe
     container_job = TrainJob(
         source=job.source, class_name=job.class_name, seed=job.seed, augment=recipe.augment,
         hparams=Hparams(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
                         weight_decay=recipe.weight_decay),
-        n_val=len(data.y_val), num_classes=ds.num_classes)
+        n_val=len(data.y_val), num_classes=ds.num_classes, max_weights_bytes=max_weights_bytes)
     blob = _npz(x_train=data.x_train, y_train=data.y_train, x_val=data.x_val)
     outcome = runner.run(container_job, blob, timeout_s, job_id=job.job_id)
     elapsed = lambda: round(time.monotonic() - started, 3)  # noqa: E731
     common = {**common_fields(outcome), **base}
     failure = failure_of(outcome, timeout_s, memory, getattr(getattr(runner, "limits", None), "pids", None))
     if failure is not None:
-        return SeedResult(ok=False, error=f"training failed: {failure.error}", reason=failure.reason,
-                          exception_type=failure.exception_type, **{**common, "duration_s": elapsed()})
+        return Trained(SeedResult(ok=False, error=f"training failed: {failure.error}", reason=failure.reason,
+                                  exception_type=failure.exception_type, **{**common, "duration_s": elapsed()}))
     result = outcome.report.result  # type: ignore[union-attr]  # failure_of checked it
     try:
         probs = predictions(result, container_job)
         curve = learning_curve(result, container_job, data.y_val)
     except BadPredictions as exc:
-        return SeedResult(ok=False, reason="bad_predictions", error=f"the harness returned unusable predictions: {exc}",
-                          **{**common, "duration_s": elapsed()})
+        return Trained(SeedResult(ok=False, reason="bad_predictions", **{**common, "duration_s": elapsed()},
+                                  error=f"the harness returned unusable predictions: {exc}"))
     metrics, details = score(data.y_val, probs, ds.class_names)  # every metric here, from our own labels
-    return SeedResult(ok=True, metrics=finite(metrics), details=finite(details), learning_curve=curve,
-                      train_time_s=result.train_time_s, samples_per_s=result.samples_per_s, device=result.device,
-                      **{**common, "duration_s": elapsed()})
+    weights, weights_error = kept_weights(result, container_job)
+    return Trained(SeedResult(ok=True, metrics=finite(metrics), details=finite(details), learning_curve=curve,
+                              train_time_s=result.train_time_s, samples_per_s=result.samples_per_s,
+                              device=result.device, preprocessing=preprocessing(data.mean, data.std),
+                              weights_error=weights_error, **{**common, "duration_s": elapsed()}), weights)
 
 
 def _decode(b64: str | None, shape: list[int] | None, want: tuple[int, ...], dtype: type, what: str) -> np.ndarray:

@@ -114,18 +114,24 @@ def learning_curves_png(curves: list[list[dict]], *, title: str = "") -> bytes:
     return _png(fig)
 
 
+def seeds_label(seeds: Sequence[str | int]) -> str:
+    """Which seeds a figure shows, for its title: a plot of one seed must say which."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
 def evaluation_plots(evaluation: Evaluation, class_names: Sequence[str], title: str) -> dict[str, Callable[[], bytes]]:
     """The plots of an evaluation, by file name, each drawn when called: the best seed's confusion
-    matrix (the title says which seed) and every seed's learning curves."""
+    matrix and every seed's learning curves, each title saying which seeds it shows."""
     final, best = evaluation.final, evaluation.best_seed
-    curves = [[msgspec.to_builtins(e) for e in curve] for curve in evaluation.learning_curves.values() if curve]
+    drawn = {seed: curve for seed, curve in evaluation.learning_curves.items() if curve}
+    curves = [[msgspec.to_builtins(e) for e in curve] for curve in drawn.values()]
+    which = seeds_label(list(drawn))
     wanted: dict[str, Callable[[], bytes]] = {}
     if final is not None and final.confusion_matrix:
         names = [row.class_name for row in final.per_class] or list(class_names) or [
             str(i) for i in range(len(final.confusion_matrix))]
         wanted["confusion_matrix.png"] = lambda: confusion_matrix_png(final.confusion_matrix or [], names,
-                                                                      title=f"{title}, seed {best}")
+                                                                      title=f"{title}, {seeds_label([best])} (the best)")
     if curves:
-        wanted["learning_curves.png"] = lambda: learning_curves_png(
-            curves, title=f"{title}, {len(curves)} seed{'s' if len(curves) > 1 else ''}")
+        wanted["learning_curves.png"] = lambda: learning_curves_png(curves, title=f"{title}, {which}")
     return wanted

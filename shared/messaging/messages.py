@@ -329,6 +329,14 @@ class EpochStats(msgspec.Struct, frozen=True, kw_only=True):
     grad_norm: float | None = None  # mean gradient norm over the epoch's steps, when tracked
 
 
+class Preprocessing(msgspec.Struct, frozen=True, kw_only=True):
+    """A seed's input normalisation, x -> (x - mean) / std with its training split's statistics."""
+
+    shape: list[int]  # of mean and std, broadcasting over a batch: (C, 1, 1) for images, (F,) for tables
+    mean: list[float]  # flattened
+    std: list[float]  # flattened; holds the 1e-6 that keeps a constant feature finite
+
+
 class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     """Per-seed result; every metric computed by the evaluator, outside the container."""
 
@@ -353,6 +361,10 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float = 0.0
     evaluator: str = ""
     device: str = "cpu"
+    # ---- what using the trained model takes (ok=True) ----
+    preprocessing: Preprocessing | None = None
+    weights: str | None = None  # artifact name of its safetensors weights, checked (shared.evaluation.weights)
+    weights_error: str | None = None  # why none were kept: too big, malformed, an image without the feature
 
 
 # ---- progress events ----

@@ -11,6 +11,7 @@ import yaml
 
 from shared.llm.usage import format_sources, llm_sources, usage_by_role
 from shared.messaging.messages import PROBE_BATCH
+from shared.registry.best_model import export_best
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
 
@@ -112,6 +113,9 @@ def _outcome(it: IterationRecord) -> str:
     accuracy = it.evaluation.summary() if it.evaluation else None
     if v is not None and not v.ok:
         return f"rejected: {v.error}"
+    if accuracy is not None and accuracy.n == 1 and accuracy.mean is not None:  # one seed: say which
+        only = next((row.seed for row in it.evaluation.seed_results if row.ok), None)  # type: ignore[union-attr]
+        return f"val_accuracy {accuracy.mean:.4f} from one seed (seed {only})"
     if accuracy is not None and accuracy.n and accuracy.mean is not None:
         ci = f" [{accuracy.ci_95[0]:.4f}, {accuracy.ci_95[1]:.4f}]" if accuracy.ci_95 else ""
         return f"val_accuracy {accuracy.mean:.4f} ± {accuracy.std or 0.0:.4f}{ci} over {accuracy.n} seeds"
@@ -139,6 +143,12 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
                 lines.append(f"      !! {it.decision.disagreement}")
     if run.best_iteration is not None and run.best_score is not None:
         lines += ["", f"best: iteration {run.best_iteration} ({goal.goal_statistic} {run.best_score:.4f})"]
+        chosen = best_iteration(run, iterations)
+        final = chosen.evaluation if chosen is not None and chosen.evaluation else None
+        if final is not None and final.best_seed is not None and final.final is not None:
+            score = final.final.val_accuracy
+            lines.append(f"      its best seed: {final.best_seed}" + (f" (val_accuracy {score:.4f})" if score is not None
+                                                                       else "") + ", the one its confusion matrix shows")
     for role, row in _llm_usage(iterations)["per_role"].items():
         lines.append(f"{role} LLM: {row['calls']} calls ({row['failed']} failed), {row['tokens_in']:,} tokens in, "
                      f"{row['tokens_out']:,} out, {row['latency_s']:.1f} s")
@@ -151,7 +161,8 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
 
 async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
     """registry.json, configs/models/, src/models/, experiments/<run_id>/{model_config.yaml,
-    model_code.py, summary.json, results.json} (the best iteration), with every iteration beside it."""
+    model_code.py, summary.json, results.json} (the best iteration), with every iteration beside it,
+    and experiments/<run_id>/best/ (its code, weights and preprocessing: shared.registry.best_model)."""
     records = await load_records(registry, run_id)
     if records is None:
         raise KeyError(run_id)
@@ -172,6 +183,7 @@ async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
         _write_experiment(folder, it, code, run_id, plots)
         if it.iteration == run.best_iteration:  # the experiment's top level holds its best model
             _write_experiment(out / "experiments" / run_id, it, code, run_id, plots)
+            await export_best(registry, run, it, code, out / "experiments" / run_id / "best")
         entries.append({"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
                         "config": f"configs/models/{stem}.yaml", "code": f"src/models/{stem}.py" if code else None,
                         "valid": it.validation.ok if it.validation else None,

@@ -53,6 +53,11 @@ def seed_key(run_id: str, iteration: int, seed: int) -> str:
     return f"{iteration_key(run_id, iteration)}.seed{seed}"
 
 
+def weights_artifact(run_id: str, iteration: int, seed: int) -> str:
+    """The object name of a seed's trained weights, beside its iteration's code and plots."""
+    return f"{run_id}/it{iteration:04d}/seed{seed}.safetensors"
+
+
 class Registry:
     def __init__(self, js: JetStreamContext, runs, iterations, artifacts) -> None:
         self.js, self._runs, self._iterations, self._artifacts = js, runs, iterations, artifacts

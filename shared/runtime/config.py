@@ -85,6 +85,9 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("sandbox.pool_size must be >= 0 and sandbox.concurrency >= 1")
 
 
+MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
+
+
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory: str = "4g"  # memory cap of one training container, swap equal to it
     cpus: float = 2.0  # CPU cap of one training container
@@ -94,6 +97,9 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     train_timeout_s: float = 1800.0  # one seed, seconds
     drain_timeout_s: float = 30.0  # a stopping evaluator's wait for its job; then it hands the job back
     pool_size: int = 1  # warm training containers (torch imported) per replica, started while a job trains; 0 = cold
+    # bytes of one seed's trained weights (safetensors) kept in the registry for the export; larger
+    # ones are skipped, the seed says why and keeps its scores; 0 keeps none
+    max_weights_bytes: int = 64 * 1024 * 1024
     # ---- the EVAL work queue's consumer, shared by every replica ----
     ack_wait_s: float = 60.0  # JetStream ack wait, seconds; a job in training sends in-progress heartbeats
     max_deliver: int = 3  # deliveries before a job goes to the dead-letter subject
@@ -102,11 +108,15 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         self.gpus = "none" if self.gpus is None else str(self.gpus).strip()
         gpu_devices(self.gpus)  # malformed: an error at load, naming the key
-        if self.drain_timeout_s < 0 or self.max_deliver < 1 or self.pool_size < 0 or self.nak_delay_s < 0:
-            raise ValueError("evaluator.drain_timeout_s, evaluator.pool_size and evaluator.nak_delay_s must be >= 0, "
-                             "evaluator.max_deliver >= 1")
+        if (self.drain_timeout_s < 0 or self.max_deliver < 1 or self.pool_size < 0 or self.nak_delay_s < 0
+                or self.max_weights_bytes < 0):
+            raise ValueError("evaluator.drain_timeout_s, evaluator.pool_size, evaluator.nak_delay_s and "
+                             "evaluator.max_weights_bytes must be >= 0, evaluator.max_deliver >= 1")
         if self.ack_wait_s <= 0:
             raise ValueError("evaluator.ack_wait_s must be > 0")
+        if self.max_weights_bytes > MAX_WEIGHTS_BYTES:  # base64 in the harness's report, which is capped at 512 MiB
+            raise ValueError(f"evaluator.max_weights_bytes must be at most {MAX_WEIGHTS_BYTES} (256 MiB), "
+                             f"not {self.max_weights_bytes}")
 
 
 def gpu_devices(setting: str) -> tuple[str, tuple[str, ...]]:

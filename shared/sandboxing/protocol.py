@@ -67,6 +67,9 @@ class TrainJob(msgspec.Struct, frozen=True, kw_only=True, tag_field="mode", tag=
     # ---- what the answer must hold (the harness ignores these keys) ----
     n_val: int = 0  # rows of x_val: predictions are (n_val, num_classes)
     num_classes: int = 0
+    # bytes; > 0 asks the harness for the trained weights (safetensors), up to this size. An image
+    # built before this key ignores it and returns none; 0 (an older trusted side) asks for none.
+    max_weights_bytes: int = 0
 
 
 ContainerJob = Union[ValidateJob, TrainJob]
@@ -85,6 +88,7 @@ def max_report_bytes(job: ContainerJob, max_output_bytes: int) -> int:
         cells = max(job.n_val, 0) * max(job.num_classes, 0)
         epochs = max(job.hparams.epochs, 0)
         budget += b64_len(4 * cells) + b64_len(2 * cells * epochs) + 512 * epochs  # the curve's points
+        budget += b64_len(max(job.max_weights_bytes, 0))
     return budget
 
 
@@ -133,6 +137,9 @@ class TrainOutcome(_Outcome, frozen=True, kw_only=True):
     train_time_s: NonNegative = 0.0  # seconds
     samples_per_s: NonNegative = 0.0
     device: Short = "cpu"
+    # ---- the trained weights, when the job asked (max_weights_bytes > 0) ----
+    weights_b64: str | None = None  # safetensors bytes; length checked before decoding
+    weights_error: Error | None = None  # why the harness returned none (too big, not savable)
 
 
 class Process(msgspec.Struct, frozen=True, kw_only=True):

@@ -45,6 +45,10 @@ async def test_a_run_written_before_the_typed_records_still_reports(nc, tmp_path
     await export_run(registry, "old-run", tmp_path)
     results = json.loads((tmp_path / "experiments/old-run/results.json").read_text())
     assert results["evaluation"]["best_seed"] == old["best_seed"]
+    # best/ of a run from before weights were kept: each seed says why it has none
+    best = json.loads((tmp_path / "experiments/old-run/best/preprocessing.json").read_text())
+    assert best["best_seed"] is None and best["class_name"] == "SmallCNN"
+    assert all(seed["weights"] is None and seed["weights_error"] for seed in best["seeds"].values())
 
 
 async def test_a_failed_run_of_before_with_empty_facts_still_reports(nc):

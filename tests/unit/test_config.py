@@ -190,7 +190,9 @@ def test_consumer_and_concurrency_settings_are_configurable(tmp_path):
 @pytest.mark.parametrize("text, key", [("planner:\n  fetch_batch: 0\n", "planner.fetch_batch"),
                                        ("assembler:\n  concurrency: 0\n", "assembler.concurrency"),
                                        ("data:\n  val_fraction: 1.5\n", "data.val_fraction"),
-                                       ("evaluator:\n  ack_wait_s: 0\n", "evaluator.ack_wait_s")])
+                                       ("evaluator:\n  ack_wait_s: 0\n", "evaluator.ack_wait_s"),
+                                       ("evaluator:\n  max_weights_bytes: -1\n", "evaluator.max_weights_bytes"),
+                                       ("evaluator:\n  max_weights_bytes: 300000000\n", "evaluator.max_weights_bytes")])
 def test_out_of_range_settings_name_their_key(tmp_path, text, key):
     with pytest.raises(ConfigFileError, match=key.replace(".", r"\.")):
         load_config(write(tmp_path, text), environ={})

@@ -6,7 +6,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from shared.evaluation.plots import CURVES_SIZE, DPI, confusion_matrix_png, confusion_matrix_size, learning_curves_png
+from shared.evaluation.plots import CURVES_SIZE, DPI, confusion_matrix_png, confusion_matrix_size, learning_curves_png, seeds_label
 
 
 def pixels(png: bytes) -> tuple[int, ...]:
@@ -60,3 +60,8 @@ def test_confusion_matrix_shape_must_match_the_names():
 ])
 def test_learning_curves_png(curves):
     assert pixels(learning_curves_png(curves, title="SmallCNN on digits"))[:2] == expected(CURVES_SIZE)
+
+
+def test_a_figure_says_which_seeds_it_shows():
+    assert seeds_label([3]) == "seed 3"
+    assert seeds_label(["0", "1", "4"]) == "seeds 0, 1, 4"

@@ -139,6 +139,7 @@ def test_format_report(records, report):
     assert f"[{low:.4f}, {high:.4f}]" in text
     assert "-> goal_achieved: validation accuracy mean 0.9300 >= target 0.9000" in text
     assert "best: iteration 1 (mean 0.9300)" in text
+    assert "its best seed: 1 (val_accuracy 0.9400), the one its confusion matrix shows" in text
     assert "wall time: 12.5 s" in text
 
 
@@ -161,4 +162,4 @@ def test_format_report_with_one_seed_has_no_interval():
                           evaluation=summarise({0: seed(1, 0, 0.8)}, [0]))
     text = format_report(run_record(best_iteration=1, best_score=0.8), [one])
     line = next(line for line in text.splitlines() if "#1" in line)
-    assert line.endswith("val_accuracy 0.8000 ± 0.0000 over 1 seeds")  # no [low, high] interval
+    assert line.endswith("val_accuracy 0.8000 from one seed (seed 0)")  # which seed, and no [low, high] interval
