@@ -1,0 +1,67 @@
+"""Load an exported best model (`experiments/<run_id>/best/`, shared/registry/best_model.py) and
+predict with it:
+
+    from researcher.load import load_best
+    best = load_best("export/experiments/RUN_ID/best")   # imports model_code.py: the generated code runs here
+    labels = best.predict(inputs)                        # class names, for inputs shaped (N, *input_shape)
+
+Loading imports the generated code into this process, outside any sandbox: the user's choice,
+made by calling this. The weights are read by the safetensors library (no pickle)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class BestModel:
+    model: Any  # the generated nn.Module, in eval mode, its seed's weights loaded
+    seed: int
+    class_names: list[str]  # output column i is class_names[i]
+    input_shape: list[int]  # one sample's
+    mean: Any  # np.ndarray, the seed's training-split statistics, broadcast over a batch
+    std: Any
+
+    def prepare(self, inputs) -> Any:
+        """Samples as shared.data.datasets.load_dataset gives them -> the normalised float32 batch."""
+        import numpy as np
+        import torch
+
+        x = np.asarray(inputs, dtype=np.float32)
+        if list(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"inputs shaped {list(x.shape)}; this model takes (N, {', '.join(map(str, self.input_shape))})")
+        return torch.as_tensor((x - self.mean) / self.std, dtype=torch.float32)
+
+    def predict(self, inputs) -> list[str]:
+        """The class name of each sample."""
+        import torch
+
+        with torch.no_grad():
+            return [self.class_names[i] for i in self.model(self.prepare(inputs)).argmax(1).tolist()]
+
+
+def load_best(folder: str | Path, seed: int | None = None) -> BestModel:
+    """The model of `folder` (an export's best/) with the weights of `seed` (default: its best seed)."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    info = json.loads((folder / "preprocessing.json").read_text())
+    chosen = info["best_seed"] if seed is None else seed
+    entry = info["seeds"].get(str(chosen)) if chosen is not None else None
+    if not entry or not entry.get("weights"):
+        why = entry.get("weights_error") if entry else "no seed of this export has weights"
+        raise ValueError(f"{folder}: no weights for seed {chosen}: {why}")
+    spec = importlib.util.spec_from_file_location(f"model_code_{info['run_id']}", folder / "model_code.py")
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)  # the generated code runs here
+    model = getattr(code, info["class_name"])()
+    model.load_state_dict(load_file(folder / entry["weights"]))
+    model.eval()
+    return BestModel(model=model, seed=int(chosen), class_names=list(info["class_names"]),
+                     input_shape=list(info["input_shape"]), mean=np.array(entry["mean"], dtype=np.float32),
+                     std=np.array(entry["std"], dtype=np.float32))
