@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from researcher.load import load_best
 from researcher.stack import SERVICES, LocalStack
 from shared.messaging import subjects
 from shared.messaging.bus import connect, encode, ensure_streams
@@ -57,6 +58,12 @@ def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(do
     exported = cli("export", run_id, str(tmp_path / "later"), home=home)
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "later" / "experiments" / run_id / "results.json").is_file()
+    # the exported best model loads and predicts, with no retraining: near the accuracy its run recorded
+    best = load_best(tmp_path / "later" / "experiments" / run_id / "best")
+    digits = load_dataset("digits")
+    predicted = best.predict(digits.x)
+    accuracy = sum(p == digits.class_names[y] for p, y in zip(predicted, digits.y)) / len(digits.y)
+    assert accuracy >= report["best"]["val_accuracy"]["mean"] - 0.1, accuracy  # the whole set, its training part included
     missing = cli("report", "no-such-run", home=home)
     assert missing.returncode == 1 and "no run 'no-such-run'" in missing.stderr
 
