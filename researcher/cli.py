@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -18,6 +19,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from researcher import evaluate_cmd, runs_cmd, validate_cmd
 from researcher.home import HomeBusyError
+from researcher.interrupts import signals_as_exceptions
 from researcher.stack import LocalStack
 from shared.data.catalog import check_goal, known_datasets
 from shared.data.files import LOCAL_HINT
@@ -256,11 +258,13 @@ def _check_llm_endpoints(args: argparse.Namespace, configured: list) -> str | No
     return required_error("; ".join(failed)) if failed and args.require_llm else None
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     goal = make_goal(args)
     # an embedded stack's services read this configuration's data.dir: its files are checked
     # before the stack starts; a running stack checks them itself when the goal is submitted
     check_locally(goal, None if args.nats_url else load_config().data.dir)
+    # The embedded stack is entered outside the event loop: whatever ends the loop (a signal as an
+    # exception, a crash), the stack's __exit__ stops its processes.
     with ExitStack() as stack:
         url = args.nats_url
         if not url:
@@ -270,23 +274,7 @@ async def _run(args: argparse.Namespace) -> int:
             local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=llm_env(args), home=home))
             url = local.url
             print(f"service logs: {local.log_dir}", file=sys.stderr)
-        nc = await connect(url, "researcher-cli")
-        try:
-            if not args.nats_url:
-                await _tell_resumed(nc)
-            how = await submit_goal(nc, goal)
-            print(f"run {goal.run_id} {how}", file=sys.stderr)
-            try:
-                records = await follow(nc, goal)
-            except asyncio.CancelledError:  # Ctrl-C (or SIGTERM): the run ends with the command
-                if not args.nats_url:
-                    await _mark_stopped(nc, goal.run_id)
-                raise
-            if args.export:
-                await export_run(await Registry.open(nc.jetstream()), goal.run_id, args.export)
-                print(f"exported run {goal.run_id} to {args.export}", file=sys.stderr)
-        finally:
-            await nc.close()
+        records = asyncio.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url))
     show(records, args.json)
     if not args.nats_url:
         print(f"later: researcher report {goal.run_id} | researcher export {goal.run_id} DIR | researcher runs",
@@ -320,6 +308,28 @@ async def _mark_stopped(nc, run_id: str) -> None:
         print(f"run {run_id} could not be marked stopped ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
+async def _submit_and_follow(url: str, goal: Goal, export: Path | None,
+                             embedded: bool) -> tuple[RunRecord, list[IterationRecord]]:
+    nc = await connect(url, "researcher-cli")
+    try:
+        if embedded:
+            await _tell_resumed(nc)
+        how = await submit_goal(nc, goal)
+        print(f"run {goal.run_id} {how}", file=sys.stderr)
+        try:
+            records = await follow(nc, goal)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the run ends with the command
+            if embedded:
+                await _mark_stopped(nc, goal.run_id)
+            raise
+        if export:
+            await export_run(await Registry.open(nc.jetstream()), goal.run_id, export)
+            print(f"exported run {goal.run_id} to {export}", file=sys.stderr)
+        return records
+    finally:
+        await nc.close()
+
+
 async def _submit(args: argparse.Namespace) -> int:
     goal = make_goal(args)
     check_locally(goal)
@@ -347,13 +357,24 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
+    with signals_as_exceptions():
+        try:
+            return _command(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "validate":
         return validate_cmd.run(args)
     if args.command == "evaluate":
         return evaluate_cmd.run_evaluate(args)
-    handler = {"run": _run, "submit": _submit, "report": runs_cmd.report, "export": runs_cmd.export,
-               "runs": runs_cmd.runs}[args.command]
     try:
+        if args.command == "run":
+            return _run(args)
+        handler = {"submit": _submit, "report": runs_cmd.report, "export": runs_cmd.export,
+                   "runs": runs_cmd.runs}[args.command]
         return asyncio.run(handler(args))
     except GoalRejected as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,18 +5,48 @@ or, with no home given (tests, benchmarks), in a temporary directory removed wit
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from researcher.home import Home
 
 SERVICES = ("planner", "assembler", "sandbox", "evaluator")
+# A service bounds its own stop (shared/runtime/service.py: grace, clean-ups, then a watchdog; the
+# evaluator's grace is its drain + 5 s); past this the stack kills it, seconds.
+SERVICE_STOP_S = 60.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def spawn(cmd: list[str], **popen) -> subprocess.Popen:
+    """Popen for a process of a stack: it ends with this process however that ends. Linux sends
+    it SIGTERM when this process dies, SIGKILL included (PR_SET_PDEATHSIG; a service then stops
+    within its grace period, nats-server shuts down), and it has a process group of its own, so a
+    Ctrl-C at the terminal reaches only the CLI, which stops the services before their server."""
+    if _prctl is None:
+        return subprocess.Popen(cmd, process_group=0, **popen)
+    # The kernel ties the signal to the *thread* that forks: a worker thread ending would take the
+    # child with it. The main thread lives as long as the process.
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("start a stack's processes from the main thread: PR_SET_PDEATHSIG fires when the "
+                           "thread that started them ends")
+    parent = os.getpid()
+
+    def die_with_parent() -> None:  # in the child, between fork and exec (the setting survives exec)
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: no signal would ever come
+            os._exit(1)
+
+    return subprocess.Popen(cmd, process_group=0, preexec_fn=die_with_parent, **popen)
 
 
 def find_nats_server() -> str:
@@ -34,8 +64,8 @@ def free_port() -> int:
 
 def start_nats_server(port: int, store_dir: str, log) -> subprocess.Popen:
     """A nats-server with JetStream on 127.0.0.1:port, returned once it accepts connections."""
-    proc = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store_dir],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store_dir],
+                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -101,7 +131,7 @@ class LocalStack:
         # Unique per stack: a second stack on this machine must not take this one's containers for strays.
         env = {**os.environ, **self.extra_env, "NATS_URL": self.url, "RESEARCHER_REPLICA": f"{key}-{os.getpid()}"}
         log = open(self.log_dir / f"{key}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.main"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = spawn([sys.executable, "-m", f"services.{name}.main"], stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[key] = proc
         return proc
 
@@ -121,7 +151,7 @@ class LocalStack:
         if pending:
             raise RuntimeError(f"services not ready after {timeout:.0f} s: {', '.join(sorted(pending))}; logs in {self.log_dir}")
 
-    def stop_process(self, key: str, sig_timeout: float = 20.0) -> None:
+    def stop_process(self, key: str, sig_timeout: float = SERVICE_STOP_S) -> None:
         proc = self.procs.pop(key, None)
         if proc:
             stop(proc, sig_timeout)

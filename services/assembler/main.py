@@ -18,7 +18,7 @@ log = structlog.get_logger()
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
-    async with Service("assembler", config) as service:
+    async with Service("assembler", config, stop=stop) as service:
         settings = llm_settings(service.config, "tools")
         tools = LLMClient(settings) if settings else None
         if tools:
@@ -32,7 +32,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
                 return reply
             return answer
 
-        await service.connect(nc, stop)
+        await service.connect(nc)
         responder = service.responder(service.config.assembler.concurrency)  # both subjects share the slots
         await responder.serve(subjects.ASSEMBLE_SUBJECT, subjects.ASSEMBLER_QUEUE, AssembleRequest, with_tools(assemble_code))
         await responder.serve(subjects.SUMMARY_SUBJECT, subjects.ASSEMBLER_QUEUE, SummaryRequest, with_tools(summarise_code))

@@ -13,16 +13,20 @@ from shared.runtime.service import Service
 from shared.sandboxing.containers import stable_replica_name
 from shared.sandboxing.runners import make_eval_runner
 
+HAND_BACK_S = 5.0  # a stopping evaluator's time to hand its job back after the drain, seconds
+
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
     name = stable_replica_name()
-    async with Service("evaluator", config, client_name=f"evaluator-{name}") as service:
+    async with Service("evaluator", config, client_name=f"evaluator-{name}", stop=stop) as service:
         settings = service.config.evaluator
+        # stopping, the job in hand gets drain_timeout_s, then is handed back (a message to NATS)
+        service.grace_s = max(service.grace_s, settings.drain_timeout_s + HAND_BACK_S)
         runner = make_eval_runner(service.config, owner=f"evaluator-{name}")
         service.on_stop(runner.close)  # the warm containers go with the replica
         removed = runner.remove_strays()
         runner.start_pool()  # the next job's container starts (and imports torch) while this one trains
-        await service.connect(nc, stop, jetstream=True)
+        await service.connect(nc, jetstream=True)
         await service.consume(
             stream=subjects.EVAL_STREAM, subject=subjects.EVAL_SUBJECT, durable=subjects.EVAL_CONSUMER, type_=EvalJob,
             handle=JobHandler(service.nc, service.js, runner, service.config, name, service.stop),

@@ -18,7 +18,7 @@ log = structlog.get_logger()
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
-    async with Service("sandbox", config) as service:
+    async with Service("sandbox", config, stop=stop) as service:
         settings = service.config.sandbox
         runner = make_runner(service.config, owner=f"sandbox-{stable_replica_name()}")
         service.on_stop(runner.close)  # the warm containers go with the service
@@ -31,7 +31,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
             log.info("validated", ok=result.ok, reason=result.reason, duration_s=result.duration_s, flags=len(result.flags))
             return result
 
-        await service.connect(nc, stop)
+        await service.connect(nc)
         responder = service.responder(settings.concurrency)
         await responder.serve(subjects.VALIDATE_SUBJECT, subjects.SANDBOX_QUEUE, ValidateRequest, check)
         await service.run(image=settings.image, pool_size=settings.pool_size, concurrency=settings.concurrency,

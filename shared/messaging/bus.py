@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Awaitable, Callable, TypeVar
 
 import msgspec
@@ -104,23 +103,55 @@ class Responder:
         await asyncio.gather(*self._tasks, return_exceptions=True)  # finish what was asked
 
 
+# ---- reconnecting: a server restarting is waited out; one gone for good costs little ----
+RECONNECT_FIRST_S = 0.5  # the wait before the second attempt (the first is at once), seconds
+RECONNECT_MAX_S = 5.0  # the backoff's ceiling: how long a restarted server waits to be found at most, seconds
+LOG_REPEATS_EVERY = 100  # a repeated error is logged the 1st, 2nd, 4th, ... 64th time, then every this many
+
+
+def reconnect_delay(attempts: int) -> float:
+    """Seconds before the next reconnect attempt after `attempts` failed ones: none, then doubling
+    from RECONNECT_FIRST_S to RECONNECT_MAX_S. (A fixed 0.5 s had a service whose server was gone
+    for good try twice a second for as long as it lived.)"""
+    return 0.0 if attempts <= 0 else min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(attempts - 1, 16))
+
+
+def worth_logging(repeats: int) -> bool:
+    """Whether the `repeats`-th time in a row an error comes is logged: a server gone for good
+    then writes a line every few minutes, not one per attempt."""
+    return repeats & (repeats - 1) == 0 or repeats % LOG_REPEATS_EVERY == 0
+
+
 async def connect(url: str, name: str) -> NATS:
-    """Connect with endless reconnects, so a restarting nats-server does not stop a service."""
+    """Connect with endless reconnects, so a restarting nats-server does not stop a service; the
+    reconnects back off (reconnect_delay) and a repeated error is logged sparingly (worth_logging).
+    A service stopping closes the client (Service), which ends the reconnecting."""
+    last = {"error": "", "repeats": 0}
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats_error", error=str(exc))
+        error = str(exc) or type(exc).__name__
+        last["repeats"] = last["repeats"] + 1 if error == last["error"] else 1
+        last["error"] = error
+        if worth_logging(last["repeats"]):
+            log.warning("nats_error", error=error, repeats=last["repeats"])
 
     async def on_disconnect() -> None:
         log.warning("nats_disconnected")
 
     async def on_reconnect() -> None:
+        last["repeats"] = 0
         log.info("nats_reconnected")
+
+    def next_server(servers, _info) -> tuple[None, float]:
+        # nats-py's hook: None keeps its own choice of server; the delay is ours
+        return None, reconnect_delay(min((s.reconnects for s in servers), default=0))
 
     return await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=RECONNECT_FIRST_S,  # between the first connection's attempts (the hook is for reconnects)
+        reconnect_to_server_handler=next_server,
         connect_timeout=5,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
@@ -217,15 +248,6 @@ async def settle(msg, how: str, **kwargs) -> bool:
     except (nats_errors.Error, asyncio.TimeoutError) as exc:
         log.warning("settle_failed", how=how, error=f"{type(exc).__name__}: {exc}")
         return False
-
-
-def stop_event() -> asyncio.Event:
-    """An event set on SIGTERM or SIGINT, for a main() that drains on shutdown."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:

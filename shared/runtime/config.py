@@ -187,12 +187,20 @@ def resolve_llm(llm: LLMConfig, role: str) -> dict[str, Any]:
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"  # NATS_URL overrides it
     log_level: str = "info"  # debug | info | warning | error
+    # after SIGTERM: how long a service finishes the work in hand (an answer, a message) before it
+    # is cancelled and the service closes anyway, seconds; the evaluator takes drain_timeout_s + 5
+    # when that is longer
+    stop_grace_s: float = 20.0
     data: DataConfig = msgspec.field(default_factory=DataConfig)  # data sets, for every service
     planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
     assembler: AssemblerConfig = msgspec.field(default_factory=AssemblerConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     evaluator: EvaluatorConfig = msgspec.field(default_factory=EvaluatorConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
+
+    def __post_init__(self) -> None:
+        if self.stop_grace_s < 0:
+            raise ValueError("stop_grace_s must be >= 0 (seconds; RESEARCHER_STOP_GRACE_S)")
 
 
 # Keys that moved: an old file (or variable) that still has one is told where it lives now.

@@ -135,17 +135,16 @@ class ContainerRunner:
         """Remove what a crashed run of this owner left behind, and any project container past its expiry."""
         # Another process (a second CLI, a replica) may remove any of these between the list and
         # the look at its labels: one that vanished is skipped, never an error.
-        mine = self._list({"label": f"{OWNER_LABEL}={self.owner}"})
-        now, expired = time.time(), []
+        removed, now, expired = self._remove_own(), time.time(), []
         for container in self._list({"label": OWNER_LABEL}):
             try:
-                if container not in mine and float(container.labels.get(EXPIRES_LABEL, "inf")) < now:
+                if float(container.labels.get(EXPIRES_LABEL, "inf")) < now:
                     expired.append(container)
             except (ValueError, NotFound):
                 continue
-        for container in mine + expired:
+        for container in expired:
             remove(container)
-        return len(mine) + len(expired)
+        return removed + len(expired)
 
     def _list(self, filters: dict) -> list:
         try:
@@ -160,13 +159,24 @@ class ContainerRunner:
             self._filler.start()
 
     def close(self) -> None:
-        """Stop refilling and remove the warm containers."""
+        """Stop refilling and remove every container of this owner: the warm ones, one the filler
+        is starting and any with a job still in hand (its run() returns, failed). By label, so that
+        what a thread cut short left behind goes too; again after the filler has ended, for the one
+        it may have created meanwhile (removed under it, its start fails at once)."""
         self._stop.set()
         self._wake.set()
-        if self._filler is not None:
-            self._filler.join(timeout=START_TIMEOUT_S)
         for warm in self._drain():
             warm.discard()
+        self._remove_own()
+        if self._filler is not None:
+            self._filler.join(timeout=START_TIMEOUT_S)
+            self._remove_own()
+
+    def _remove_own(self) -> int:
+        mine = self._list({"label": f"{OWNER_LABEL}={self.owner}"})
+        for container in mine:
+            remove(container)
+        return len(mine)
 
     def abort_running(self) -> int:
         """SIGKILL every container with a job in hand (their run() calls return at once, failed);
