@@ -25,7 +25,7 @@ from shared.data.catalog import check_goal, known_datasets
 from shared.data.files import LOCAL_HINT
 from shared.errors import ConfigFileError, MessageError
 from shared.messaging import subjects
-from shared.messaging.bus import connect, decode, encode, ensure_streams
+from shared.messaging.bus import TRANSIENT_ERRORS, connect, decode, encode, ensure_streams
 from shared.messaging.messages import GOAL_LIMITS, TERMINAL_STATUSES, ErrorReply, Event, Goal, GoalAnswer, GoalStatistic
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.report import build_report, export_run, format_report, load_records
@@ -274,7 +274,13 @@ def _run(args: argparse.Namespace) -> int:
             local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=llm_env(args), home=home))
             url = local.url
             print(f"service logs: {local.log_dir}", file=sys.stderr)
-        records = asyncio.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url))
+        try:
+            records = asyncio.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url))
+        except TRANSIENT_ERRORS as exc:
+            logs = "" if args.nats_url else f"; the service logs are in {local.log_dir}"
+            print(f"error: the NATS server at {url} stopped answering while run {goal.run_id} was followed "
+                  f"({type(exc).__name__}: {exc}){logs}", file=sys.stderr)
+            return 1
     show(records, args.json)
     if not args.nats_url:
         print(f"later: researcher report {goal.run_id} | researcher export {goal.run_id} DIR | researcher runs",
@@ -327,7 +333,10 @@ async def _submit_and_follow(url: str, goal: Goal, export: Path | None,
             print(f"exported run {goal.run_id} to {export}", file=sys.stderr)
         return records
     finally:
-        await nc.close()
+        try:
+            await asyncio.wait_for(nc.close(), 5.0)
+        except Exception:  # noqa: BLE001 - a server gone: nothing to tell it, and what went wrong is raised
+            pass
 
 
 async def _submit(args: argparse.Namespace) -> int:

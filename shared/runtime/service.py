@@ -92,12 +92,15 @@ class Service:
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         for cleanup in reversed(self._cleanups):
             what = getattr(cleanup, "__qualname__", repr(cleanup))
+            # closing containers blocks on the Docker API: in a thread
+            work = asyncio.ensure_future(cleanup() if inspect.iscoroutinefunction(cleanup) else asyncio.to_thread(cleanup))
             try:
-                # closing containers blocks on the Docker API: in a thread
-                work = cleanup() if inspect.iscoroutinefunction(cleanup) else asyncio.to_thread(cleanup)
-                await asyncio.wait_for(work, CLOSE_S)
-            except asyncio.TimeoutError:
-                log.error("cleanup_timed_out", cleanup=what, timeout_s=CLOSE_S)
+                # asyncio.wait, not wait_for: a timeout of the clean-up's own (NATS gone) is a failure, not ours
+                if not (await asyncio.wait({work}, timeout=CLOSE_S))[0]:
+                    work.cancel()
+                    log.error("cleanup_timed_out", cleanup=what, timeout_s=CLOSE_S)
+                    continue
+                work.result()
             except Exception:
                 log.exception("cleanup_failed", cleanup=what)
         await self._leave_nats()
