@@ -33,13 +33,17 @@ help:
 	@echo "  bench-cli      start-up of researcher --help, report and validate: seconds and peak RSS against python -c pass"
 	@echo "                 and against the cold container"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
-	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:4222, on"
+	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:\$$(NATS_PORT), on"
 	@echo "          every interface with NATS_BIND=0.0.0.0 for evaluators elsewhere; EVALUATORS=N replicas)"
 	@echo "  down    $(COMPOSE) down --remove-orphans (GPU evaluators too; the JetStream volume stays)"
 	@echo "  logs    $(COMPOSE) logs \$$(LOGS_ARGS) (default: -f --tail=200)"
 	@echo "  ps      $(COMPOSE) ps"
 	@echo "  goal    venv, then researcher run \"\$$(GOAL)\" --nats-url \$$(NATS_URL): publishes a goal to the running"
 	@echo "          stack and follows it to the report (DATASET, TARGET, ITERATIONS, SEEDS)"
+	@echo "  submit  the same goal, not followed: prints its run id"
+	@echo "  report  RUN=<run id>: researcher report on the running stack; export RUN=<run id> [OUT=dir]: its"
+	@echo "          export (default build/runs/<run id>); runs: its runs. NATS_URL defaults to"
+	@echo "          nats://127.0.0.1:\$$(NATS_PORT) (NATS_BIND's address when it names one), where up publishes it"
 	@echo "  scale   EVALUATORS=N: N evaluator replicas in the running stack (one JetStream work queue)"
 	@echo "  up-gpu  [GPUS=0,1] like up, with one evaluator per GPU pinned to it (scripts/gpu-compose.py"
 	@echo "          writes $(GPU_COMPOSE); GPUS unset: every GPU nvidia-smi lists) and no CPU evaluator"
@@ -49,7 +53,8 @@ help:
 	@echo "  bench-scale    evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
-	@echo "           NATS_URL=$(NATS_URL) EVALUATORS=$(EVALUATORS) GPUS=$(GPUS) GPU=$(GPU) NATS_BIND=$(or $(NATS_BIND),127.0.0.1)"
+	@echo "           NATS_PORT=$(NATS_PORT) NATS_BIND=$(or $(NATS_BIND),127.0.0.1) NATS_URL=$(NATS_URL)"
+	@echo "           EVALUATORS=$(EVALUATORS) GPUS=$(GPUS) GPU=$(GPU)"
 
 # The machine itself (packages, the Docker engine), before anything that needs it; quick when done.
 setup:
@@ -107,10 +112,20 @@ bench-scale: venv images
 # pytorch-researcher/service:latest (services/Dockerfile), which `test` builds too (the compose
 # end-to-end test runs the stack from it).
 # ---------------------------------------------------------------------------------------------
-.PHONY: service-image up up-gpu down logs ps scale goal evaluator evaluator-down compose-check
+.PHONY: service-image up up-gpu down logs ps scale goal submit report export runs evaluator evaluator-down compose-check
 LOGS_ARGS  ?= -f --tail=200
-# The running stack's NATS as this machine sees it (goal); for `evaluator`, the head's address.
-NATS_URL   ?= nats://127.0.0.1:4222
+# Where `make up` publishes NATS (compose.yaml: "$${NATS_BIND:-127.0.0.1}:$${NATS_PORT:-4222}:4222"),
+# and so where goal, submit, report, export and runs look for it: NATS_URL is derived from these
+# two unless given. For `evaluator`, NATS_URL must be given: the head's address.
+NATS_PORT  ?= 4222
+NATS_BIND  ?=
+export NATS_PORT NATS_BIND
+# a server bound to every interface is reached on 127.0.0.1 from this machine
+NATS_HOST   = $(if $(filter-out 0.0.0.0,$(NATS_BIND)),$(NATS_BIND),127.0.0.1)
+NATS_URL   ?= nats://$(NATS_HOST):$(NATS_PORT)
+# `make report/export RUN=<run id>`; export writes to OUT
+RUN        ?=
+OUT        ?= build/runs/$(RUN)
 EVALUATORS ?=
 # GPU ids for up-gpu and `evaluator GPU=1`: "0,1" or UUIDs; empty: every GPU nvidia-smi lists.
 GPUS       ?=
@@ -164,6 +179,18 @@ scale: compose-check
 goal: venv
 	$(VENV)/bin/researcher run "$(GOAL)" --dataset $(DATASET) --target-accuracy $(TARGET) \
 	  --max-iterations $(ITERATIONS) --num-seeds $(SEEDS) --nats-url $(NATS_URL)
+
+# The same goal, published without following it: prints its run id.
+submit: venv
+	$(VENV)/bin/researcher submit "$(GOAL)" --dataset $(DATASET) --target-accuracy $(TARGET) \
+	  --max-iterations $(ITERATIONS) --num-seeds $(SEEDS) --nats-url $(NATS_URL)
+
+report export: venv
+	@test -n "$(RUN)" || { echo "error: which run? make $@ RUN=<run id> (make submit and make runs print them)" >&2; exit 1; }
+	$(VENV)/bin/researcher $@ $(RUN) $(if $(filter export,$@),$(OUT)) --nats-url $(NATS_URL)
+
+runs: venv
+	$(VENV)/bin/researcher runs --nats-url $(NATS_URL)
 
 # Another machine: evaluators only, on the head's work queue (its NATS published with
 # NATS_BIND=0.0.0.0). NATS_URL must be given: a container's 127.0.0.1 is the container itself.
