@@ -186,7 +186,8 @@ submit: venv
 	  --max-iterations $(ITERATIONS) --num-seeds $(SEEDS) --nats-url $(NATS_URL)
 
 report export: venv
-	@test -n "$(RUN)" || { echo "error: which run? make $@ RUN=<run id> (make submit and make runs print them)" >&2; exit 1; }
+	@test -n "$(RUN)" || { echo "error: which run? make $@ RUN=<run id> (make submit and make runs print them)" >&2; \
+	  exit 1; }
 	$(VENV)/bin/researcher $@ $(RUN) $(if $(filter export,$@),$(OUT)) --nats-url $(NATS_URL)
 
 runs: venv

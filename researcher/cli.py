@@ -12,7 +12,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import get_args
+from typing import Awaitable, Callable, get_args
 
 import msgspec
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
@@ -188,9 +188,11 @@ async def submit_goal(nc, goal: Goal, timeout_s: float = 10.0) -> str:
     return "accepted"
 
 
-async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> tuple[RunRecord, list[IterationRecord]]:
+async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0,
+                 submit: Callable[[], Awaitable[None]] | None = None) -> tuple[RunRecord, list[IterationRecord]]:
     """Show events, and on a terminal a progress bar over iterations, until the run is terminal
-    (without a terminal, a line per event and no bar redrawn among them); -> its records."""
+    (without a terminal, a line per event and no bar redrawn among them); -> its records.
+    `submit` is called once the events are subscribed to, so none of the first ones is missed."""
     from tqdm import tqdm
 
     registry = await Registry.open(nc.jetstream())
@@ -205,6 +207,9 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0) -> tu
 
     sub = await nc.subscribe(subjects.events_subject(goal.run_id), cb=on_event)
     try:
+        if submit is not None:
+            await nc.flush()  # the server holds the subscription
+            await submit()
         while True:  # the registry decides, the events only show progress
             run = await registry.get_run(goal.run_id)
             if run is not None and run.status in TERMINAL_STATUSES:
@@ -320,11 +325,14 @@ async def _submit_and_follow(url: str, goal: Goal, export: Path | None,
     try:
         if embedded:
             await _tell_resumed(nc)
-        how = await submit_goal(nc, goal)
-        print(f"run {goal.run_id} {how}", file=sys.stderr)
+
+        async def submit() -> None:
+            how = await submit_goal(nc, goal)
+            print(f"run {goal.run_id} {how}", file=sys.stderr)
+
         try:
-            records = await follow(nc, goal)
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the run ends with the command
+            records = await follow(nc, goal, submit=submit)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):  # a signal: the run ends with the command
             if embedded:
                 await _mark_stopped(nc, goal.run_id)
             raise

@@ -93,7 +93,8 @@ class Service:
         for cleanup in reversed(self._cleanups):
             what = getattr(cleanup, "__qualname__", repr(cleanup))
             # closing containers blocks on the Docker API: in a thread
-            work = asyncio.ensure_future(cleanup() if inspect.iscoroutinefunction(cleanup) else asyncio.to_thread(cleanup))
+            blocking = not inspect.iscoroutinefunction(cleanup)
+            work = asyncio.ensure_future(asyncio.to_thread(cleanup) if blocking else cleanup())
             try:
                 # asyncio.wait, not wait_for: a timeout of the clean-up's own (NATS gone) is a failure, not ours
                 if not (await asyncio.wait({work}, timeout=CLOSE_S))[0]:

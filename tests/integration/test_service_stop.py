@@ -40,7 +40,8 @@ def wait_for_event(proc: subprocess.Popen, path: Path, event: str, timeout: floa
     while time.monotonic() < deadline:
         if any(e.get("event") == event for e in log_events(path)):
             return
-        assert proc.poll() is None, f"the service exited ({proc.returncode}) before {event}:\n{path.read_text()[-3000:]}"
+        ended = proc.poll()
+        assert ended is None, f"the service exited ({ended}) before {event}:\n{path.read_text()[-3000:]}"
         time.sleep(0.05)
     raise AssertionError(f"no {event} in {path} after {timeout} s:\n{path.read_text()[-3000:]}")
 

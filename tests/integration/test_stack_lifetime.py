@@ -82,7 +82,8 @@ class Run:
             self.note_processes()
             if done():
                 return
-            assert self.proc.poll() is None, f"researcher run ended ({self.proc.returncode}) before {what}:\n{self.stderr()}"
+            ended = self.proc.poll()
+            assert ended is None, f"researcher run ended ({ended}) before {what}:\n{self.stderr()}"
             time.sleep(0.1)
         raise AssertionError(f"no {what} after {timeout} s:\n{self.stderr()}")
 
@@ -98,7 +99,8 @@ class Run:
         return path.exists() and text in path.read_text(errors="replace")
 
     def containers(self, docker_engine) -> list:
-        return [c for owner in self.owners for c in docker_engine.containers.list(all=True, filters={"label": owner}, ignore_removed=True)]
+        return [c for owner in self.owners
+                for c in docker_engine.containers.list(all=True, filters={"label": owner}, ignore_removed=True)]
 
     def left(self, docker_engine) -> tuple[list[int], list]:
         self.seen.update({pid: started_at(pid) for pid in replicas_of(self.proc.pid) if pid not in self.seen})
