@@ -23,9 +23,9 @@ from researcher.interrupts import signals_as_exceptions
 from researcher.stack import LocalStack
 from shared.data.catalog import check_goal, known_datasets
 from shared.data.files import LOCAL_HINT
-from shared.errors import ConfigFileError, MessageError
+from shared.errors import ConfigFileError, MessageError, NatsUnreachableError
 from shared.messaging import subjects
-from shared.messaging.bus import TRANSIENT_ERRORS, connect, decode, encode, ensure_streams
+from shared.messaging.bus import COMMAND_CONNECT_S, TRANSIENT_ERRORS, connect, decode, encode, ensure_streams
 from shared.messaging.messages import GOAL_LIMITS, TERMINAL_STATUSES, ErrorReply, Event, Goal, GoalAnswer, GoalStatistic
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.report import build_report, export_run, format_report, load_records
@@ -321,7 +321,7 @@ async def _mark_stopped(nc, run_id: str) -> None:
 
 async def _submit_and_follow(url: str, goal: Goal, export: Path | None,
                              embedded: bool) -> tuple[RunRecord, list[IterationRecord]]:
-    nc = await connect(url, "researcher-cli")
+    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S)
     try:
         if embedded:
             await _tell_resumed(nc)
@@ -350,7 +350,7 @@ async def _submit_and_follow(url: str, goal: Goal, export: Path | None,
 async def _submit(args: argparse.Namespace) -> int:
     goal = make_goal(args)
     check_locally(goal)
-    nc = await connect(_need_url(args), "researcher-cli")
+    nc = await connect(_need_url(args), "researcher-cli", first_within_s=COMMAND_CONNECT_S)
     try:
         how = await submit_goal(nc, goal)
     finally:
@@ -396,7 +396,7 @@ def _command(args: argparse.Namespace) -> int:
     except GoalRejected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (HomeBusyError, runs_cmd.NoRegistry) as exc:
+    except (HomeBusyError, runs_cmd.NoRegistry, NatsUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from typing import AsyncIterator
 
 from researcher.home import Home, HomeBusyError, default_home
 from researcher.stack import free_port, start_nats_server, stop
-from shared.messaging.bus import connect
+from shared.messaging.bus import COMMAND_CONNECT_S, connect
 from shared.registry.records import RunRecord
 from shared.registry.report import build_report, export_run, format_report, load_records
 from shared.registry.store import Registry
@@ -84,7 +84,7 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
 
 @asynccontextmanager
 async def _connected(url: str) -> AsyncIterator[Registry]:
-    nc = await connect(url, "researcher-cli")
+    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S)
     try:
         yield await Registry.open(nc.jetstream())
     finally:

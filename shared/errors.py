@@ -42,6 +42,16 @@ class UnknownDatasetError(DatasetError):
         super().__init__(f"unknown data set {name!r}{guess}known: {', '.join(known)}")
 
 
+class NatsUnreachableError(ResearcherError):
+    """No NATS server answered where a command was told to find one."""
+
+    def __init__(self, url: str, waited_s: float) -> None:
+        self.url, self.waited_s = url, waited_s
+        super().__init__(f"no NATS server answered at {url} within {waited_s:g} s: is the stack up (`make up`, "
+                         "`make ps`)? The URL comes from --nats-url or NATS_URL; through the Makefile from "
+                         "NATS_PORT and NATS_BIND unless NATS_URL is given")
+
+
 class ConfigFileError(ResearcherError):
     def __init__(self, path: str, detail: str) -> None:
         self.path, self.detail = path, detail

@@ -15,7 +15,7 @@ from nats import errors as nats_errors
 from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from shared.messaging import subjects
-from shared.errors import MessageError
+from shared.errors import MessageError, NatsUnreachableError
 from shared.runtime.log import bind_run
 from shared.messaging.messages import ErrorReply, Event
 
@@ -107,6 +107,7 @@ class Responder:
 RECONNECT_FIRST_S = 0.5  # the wait before the second attempt (the first is at once), seconds
 RECONNECT_MAX_S = 5.0  # the backoff's ceiling: how long a restarted server waits to be found at most, seconds
 LOG_REPEATS_EVERY = 100  # a repeated error is logged the 1st, 2nd, 4th, ... 64th time, then every this many
+COMMAND_CONNECT_S = 5.0  # a command's (researcher submit, report, ...) wait for its server, seconds
 
 
 def reconnect_delay(attempts: int) -> float:
@@ -122,10 +123,17 @@ def worth_logging(repeats: int) -> bool:
     return repeats & (repeats - 1) == 0 or repeats % LOG_REPEATS_EVERY == 0
 
 
-async def connect(url: str, name: str) -> NATS:
+async def connect(url: str, name: str, *, first_within_s: float | None = None) -> NATS:
     """Connect with endless reconnects, so a restarting nats-server does not stop a service; the
     reconnects back off (reconnect_delay) and a repeated error is logged sparingly (worth_logging).
-    A service stopping closes the client (Service), which ends the reconnecting."""
+    A service stopping closes the client (Service), which ends the reconnecting. first_within_s:
+    a command's bound on the first connection (NatsUnreachableError past it), where a service waits
+    for its server as long as it takes."""
+    if first_within_s is not None:
+        try:
+            return await asyncio.wait_for(connect(url, name), first_within_s)
+        except asyncio.TimeoutError:
+            raise NatsUnreachableError(url, first_within_s) from None
     last = {"error": "", "repeats": 0}
 
     async def on_error(exc: Exception) -> None:
