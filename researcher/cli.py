@@ -17,9 +17,8 @@ from typing import Awaitable, Callable, get_args
 import msgspec
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from researcher import evaluate_cmd, runs_cmd, validate_cmd
+from researcher import evaluate_cmd, interrupts, runs_cmd, validate_cmd
 from researcher.home import HomeBusyError
-from researcher.interrupts import signals_as_exceptions
 from researcher.stack import LocalStack
 from shared.data.catalog import check_goal, known_datasets
 from shared.data.files import LOCAL_HINT
@@ -280,7 +279,7 @@ def _run(args: argparse.Namespace) -> int:
             url = local.url
             print(f"service logs: {local.log_dir}", file=sys.stderr)
         try:
-            records = asyncio.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url))
+            records = interrupts.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url))
         except TRANSIENT_ERRORS as exc:
             logs = "" if args.nats_url else f"; the service logs are in {local.log_dir}"
             print(f"error: the NATS server at {url} stopped answering while run {goal.run_id} was followed "
@@ -374,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
-    with signals_as_exceptions():
+    with interrupts.signals_as_exceptions():
         try:
             return _command(args)
         except KeyboardInterrupt:
@@ -392,7 +391,7 @@ def _command(args: argparse.Namespace) -> int:
             return _run(args)
         handler = {"submit": _submit, "report": runs_cmd.report, "export": runs_cmd.export,
                    "runs": runs_cmd.runs}[args.command]
-        return asyncio.run(handler(args))
+        return interrupts.run(handler(args))
     except GoalRejected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

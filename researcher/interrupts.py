@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-import sys
 import threading
 from contextlib import contextmanager
+from typing import Awaitable, TypeVar
+
+T = TypeVar("T")
+_main_task: list[asyncio.Task] = []  # the task `run` is running, while it runs
+_caught: list[int] = []  # the signal that cancelled it
 
 
 class Interrupted(SystemExit):
@@ -14,14 +19,20 @@ class Interrupted(SystemExit):
     wherever it lands (as it does KeyboardInterrupt); the exit status is 128 + the signal."""
 
 
+def _exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(128 + signum)
+
+
 @contextmanager
 def signals_as_exceptions():
     """SIGTERM and SIGHUP raise Interrupted, SIGINT KeyboardInterrupt, at once, so the finally
     blocks run: an embedded stack stops its services before their server, a validation's
-    container is removed. (Python's default for SIGTERM ends the process on the spot; asyncio's
-    for SIGINT waits for the event loop, which a stack starting up keeps busy.) A second signal
-    while stopping is ignored: the stop is bounded, and were the CLI killed, PR_SET_PDEATHSIG
-    ends the stack's processes (researcher/stack.py)."""
+    container is removed. Inside `run` the signal cancels its task instead, whose own handlers
+    then still have their NATS connection (asyncio cancels every task, the client's too, when an
+    exception leaves its loop), and `run` raises the exception once the task has ended. (Python's
+    default for SIGTERM ends the process on the spot; asyncio's for SIGINT waits for the event
+    loop, which a stack starting up keeps busy.) A second signal while stopping is ignored: the
+    stop is bounded, and were the CLI killed, PR_SET_PDEATHSIG ends the stack's processes."""
     if threading.current_thread() is not threading.main_thread():  # signal.signal would refuse
         yield
         return
@@ -32,7 +43,11 @@ def signals_as_exceptions():
             signal.signal(sig, signal.SIG_IGN)
         # os.write: print() could be in the middle of a write to the same stream
         os.write(2, f"researcher: {signal.Signals(signum).name}, stopping...\n".encode())
-        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(128 + signum)
+        if _main_task and not _main_task[0].done():
+            _caught.append(signum)
+            _main_task[0].get_loop().call_soon_threadsafe(_main_task[0].cancel)
+            return
+        raise _exception(signum)
 
     before = {sig: signal.signal(sig, interrupted) for sig in caught}
     try:
@@ -40,3 +55,21 @@ def signals_as_exceptions():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def run(work: Awaitable[T]) -> T:
+    """asyncio.run(work), where a signal cancels `work` and is raised (as above) once it has ended."""
+
+    async def main() -> T:
+        _main_task.append(asyncio.current_task())
+        try:
+            return await work
+        finally:
+            _main_task.clear()
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if not _caught:
+            raise
+        raise _exception(_caught.pop()) from None

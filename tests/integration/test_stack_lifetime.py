@@ -148,6 +148,8 @@ def test_nothing_of_an_embedded_stack_outlives_its_command(docker_engine, tmp_pa
         began = time.monotonic()
         ENDINGS[ending](run)
         assert run.proc.wait(timeout=LEFT_S) == status, run.stderr()
+        if ending in ("sigterm", "sigint") and moment != "starting":  # its run ends with it, recorded
+            assert "stopped; `researcher report" in run.stderr(), run.stderr()
         if ending == "crash":  # said plainly, not as a traceback
             assert "stopped answering while run" in run.stderr() and "Traceback" not in run.stderr(), run.stderr()
         deadline = began + LEFT_S
