@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shared.messaging.messages import SeedResult
 from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord, SeedRow
 from shared.registry.store import Registry
@@ -39,6 +37,8 @@ def _seed_entry(result: SeedResult | None, row: SeedRow | None, seed: int, weigh
         entry["weights_error"] = (result.weights_error or (f"the registry no longer holds {result.weights}" if result.weights
                                   else "none were kept: recorded before weights were, or evaluator.max_weights_bytes is 0"))
     if result.preprocessing is not None:
+        import numpy as np  # here: report and export are read by commands that start without numpy
+
         p = result.preprocessing
         entry["mean"] = np.reshape(p.mean, p.shape).tolist()
         entry["std"] = np.reshape(p.std, p.shape).tolist()
