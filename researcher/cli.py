@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -150,13 +151,17 @@ class GoalRejected(Exception):
         super().__init__("the goal was rejected:\n" + "\n".join(f"  {_flagged(p)}" for p in problems))
 
 
+_FIELD = re.compile(r"\b(" + "|".join(f for f in Goal.__struct_fields__ if "_" in f) + r")\b")
+
+
 def _flagged(problem: str) -> str:
-    """"num_seeds must be ..." -> "--num-seeds: num_seeds must be ...": what a CLI user types."""
+    """A goal problem in what a CLI user types: "num_seeds must be ..." -> "--num-seeds: must be
+    ...", and a field named inside the text ("needs num_seeds >= 2") as its flag too."""
     field = problem.split(" ", 1)[0].rstrip(":")
     if field not in Goal.__struct_fields__ or field == "goal":
         return problem
-    said = problem[len(field) + 1:].lstrip() if problem.startswith(f"{field}:") else problem  # "dataset: unknown ..."
-    return f"--{field.replace('_', '-')}: {said}"
+    said = problem[len(field):].lstrip(": ")
+    return f"--{field.replace('_', '-')}: {_FIELD.sub(lambda m: '--' + m.group(1).replace('_', '-'), said)}"
 
 
 def check_locally(goal: Goal, data_dir: str | None = None) -> None:

@@ -130,7 +130,7 @@ def test_researcher_submit_exits_2_naming_the_field_a_stack_rejects(planner_stac
     (the CLI checks the same locally first, so a goal it passes must get the same answer)."""
     done = subprocess.run([sys.executable, "-m", "researcher.cli", "submit", "x", "--num-seeds", "0",
                            "--nats-url", planner_stack.url], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "--num-seeds: num_seeds must be an integer from 1 to 100" in done.stderr
+    assert done.returncode == 2 and "--num-seeds: must be an integer from 1 to 100" in done.stderr
 
 
 # ---- data the stack cannot read: refused at submission, saying where it looked ----

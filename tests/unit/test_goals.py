@@ -51,7 +51,7 @@ def test_the_limits_cover_every_integer_field():
 def test_the_cli_names_the_flag_a_user_types():
     with pytest.raises(GoalRejected) as caught:
         check_locally(goal(num_seeds=0))
-    assert "--num-seeds: num_seeds must be an integer from 1 to 100, not 0" in str(caught.value)
+    assert "--num-seeds: must be an integer from 1 to 100, not 0" in str(caught.value)
 
 
 @pytest.mark.parametrize("argv", [
