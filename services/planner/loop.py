@@ -17,7 +17,7 @@ from services.planner.leases import RunLeases
 from services.planner.llm_guard import LLMGuard, required_error
 from services.planner.llm_plan import ask_plan, merge_decision, plan_context
 from services.planner.proposers import RunView, choose, proposers
-from services.planner.records import request_summary, store_calls, store_plots, tokens_used
+from services.planner.records import drop_weights, request_summary, store_calls, store_plots, tokens_used
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, publish_event, through_outages
 from shared.runtime.config import Config
@@ -350,6 +350,9 @@ class Planner:
         await self.registry.update_iteration(run.run_id, it.iteration, lambda r: replace(
             r, state="decided", decision=decision, finished_at=now, llm_calls=[*r.llm_calls, *stored]))
         status = decision.status or "running"
+        seeds_of = {h.iteration: h.seeds for h in history}
+        for superseded in {it.iteration, run.best_iteration} - {best_it, None}:  # the best's weights alone are kept
+            await drop_weights(self.registry, run.run_id, superseded, seeds_of.get(superseded, []))
         await self.registry.update_run(run.run_id, lambda r: replace(
             r, status=status, best_iteration=best_it, best_score=best_score,
             finished_at=now if decision.status else None, error=decision.reasoning if status == "failed" else r.error))

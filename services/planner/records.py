@@ -1,5 +1,6 @@
 """What the planner keeps beside an iteration's record: its plots and its LLM exchanges as
-artifacts in the registry's object store, and its model summary (summary.json)."""
+artifacts in the registry's object store, and its model summary (summary.json); and what it lets
+go: the trained weights of iterations that are not the best."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ async def store_plots(registry: Registry, run: RunRecord, it: IterationRecord, e
             continue
         stored[filename] = await registry.put_artifact(f"{run.run_id}/it{it.iteration:04d}/{filename}", png)
     return stored
+
+
+async def drop_weights(registry: Registry, run_id: str, iteration: int, seeds: list[int]) -> int:
+    """Delete an iteration's seed weights (only the best iteration's are exported, and a home
+    keeps every run: megabytes per seed add up); the seed results keep what they scored.
+    -> how many were deleted. A failure to delete is logged, never fails the run."""
+    dropped = 0
+    for seed, result in (await registry.seed_results(run_id, iteration, seeds)).items():
+        if result.weights:
+            try:
+                dropped += await registry.delete_artifact(result.weights)
+            except Exception as exc:  # noqa: BLE001 - NATS away: the weights stay, nothing else is lost
+                log.warning("weights_not_dropped", iteration=iteration, seed=seed, error=f"{type(exc).__name__}: {exc}")
+    return dropped
 
 
 async def store_calls(registry: Registry, run_id: str, n: int, calls: list[LLMCall]) -> list[LLMCall]:

@@ -153,6 +153,14 @@ class Registry:
         await self._artifacts.put(name, data)
         return name
 
+    async def delete_artifact(self, name: str) -> bool:
+        """False when there was no such artifact."""
+        try:
+            await self._artifacts.delete(name)
+        except (ObjectNotFoundError, NotFoundError):
+            return False
+        return True
+
     async def get_artifact(self, name: str) -> bytes | None:
         try:
             result = await self._artifacts.get(name)

@@ -127,7 +127,11 @@ async def test_a_planner_killed_mid_run_continues_it_when_started_again(docker_e
         stack.start_service("planner")
         run = await _wait_terminal(registry, g.run_id, timeout=300)
         report = await load_report(registry, g.run_id)
+        kept = {i: [seed for seed, result in (await registry.seed_results(g.run_id, i, [0, 1])).items()
+                    if result.weights and await registry.get_artifact(result.weights)] for i in (1, 2)}
         await nc.close()
+    # the best iteration's trained weights are kept for its export, the other's let go
+    assert kept[run.best_iteration] == [0, 1] and kept[3 - run.best_iteration] == [], kept
     assert run.status == "max_iterations"
     assert [it["iteration"] for it in report["iterations"]] == [1, 2]
     assert_every_iteration_evaluated(report, seeds=2)
