@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, get_args
 
 import msgspec
 
+from researcher.goals import DefaultsHelp
 from shared.data.files import LOCAL_HINT, with_hint
 from shared.errors import ConfigFileError, DatasetError, DatasetUnavailableError, SandboxUnavailableError
 from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe, meets_target
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="train and score one model file the way the evaluator service does",
+    p = sub.add_parser("evaluate", formatter_class=DefaultsHelp, help="train and score one model file the way the evaluator service does",
                        description="Train one model file in the locked-down container, one container per seed, and "
                                    "score its predictions outside. Exit 0: evaluated; 1: every seed failed; 2: usage.")
     p.add_argument("file", type=Path)
@@ -177,7 +178,7 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
     from shared.data.datasets import load_dataset
     from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once
 
-    p = argparse.ArgumentParser(prog="quick-evaluator", description="Multi-seed quick evaluation of a trusted model, "
+    p = argparse.ArgumentParser(prog="quick-evaluator", formatter_class=DefaultsHelp, description="Multi-seed quick evaluation of a trusted model, "
                                 "in-process (a built-in baseline unless --model-file is given).")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--model-file", type=Path, default=None, help="your own (trusted) model file")

@@ -57,6 +57,23 @@ def signals_as_exceptions():
             signal.signal(sig, handler)
 
 
+def ignore_signals(notice: str) -> None:
+    """From now on SIGTERM, SIGHUP and SIGINT only say `notice` (once): the work that is left (an
+    embedded stack stopping after its run's report is out) is bounded, and cut short it would
+    leave the stack to PR_SET_PDEATHSIG rather than to its orderly stop."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    told = []
+
+    def tell(_signum: int, _frame) -> None:
+        if not told:
+            told.append(True)
+            os.write(2, f"researcher: {notice}\n".encode())
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, tell)
+
+
 def run(work: Awaitable[T]) -> T:
     """asyncio.run(work), where a signal cancels `work` and is raised (as above) once it has ended."""
 

@@ -20,6 +20,7 @@ import msgspec
 import nats
 from nats.errors import Error as NatsError
 
+from researcher.goals import DefaultsHelp
 from shared.messaging import subjects
 from shared.messaging.bus import encode
 from shared.runtime.config import Config, load_config
@@ -32,7 +33,7 @@ class UsageError(Exception):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("validate", help="validate one model file in the locked-down sandbox",
+    p = sub.add_parser("validate", formatter_class=DefaultsHelp, help="validate one model file in the locked-down sandbox",
                        description="Validate one model file in the locked-down sandbox: exit 0 valid, 1 rejected, "
                                    "2 usage error, 3 sandbox unavailable.")
     p.add_argument("file", type=Path, help="Python source defining an nn.Module")

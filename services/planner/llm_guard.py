@@ -12,7 +12,7 @@ import structlog
 
 from shared.llm.check import check_endpoints, describe_check, required_error
 from shared.llm.client import LLMSettings
-from shared.registry.records import RunRecord
+from shared.registry.records import RunRecord, unless_ended
 from shared.registry.store import Registry
 
 log = structlog.get_logger()
@@ -53,6 +53,6 @@ class LLMGuard:
 
     async def fail(self, run_id: str, error: str) -> None:
         log.warning("run_failed", error=error)
-        await self.registry.update_run(run_id, lambda r: msgspec.structs.replace(
-            r, status="failed", error=error, finished_at=time.time()))
+        await self.registry.update_run(run_id, unless_ended(lambda r: msgspec.structs.replace(
+            r, status="failed", error=error, finished_at=time.time())))
         await self.emit(run_id, "run_finished", f"run failed: {error}", data={"status": "failed"})

@@ -29,7 +29,7 @@ from shared.runtime.log import bind_run
 from shared.messaging.messages import (PROBE_BATCH, TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback,
                                        EvalJob, Event, Goal, LLMCall, SeedResult, TrainingRecipe, ValidateRequest,
                                        ValidationResult)
-from shared.registry.records import CodeAttempt, Decision, IterationRecord, ModelSummary, RunRecord
+from shared.registry.records import CodeAttempt, Decision, IterationRecord, ModelSummary, RunRecord, unless_ended
 from shared.registry.store import Registry
 
 log = structlog.get_logger()
@@ -61,6 +61,10 @@ class Planner:
             record.dataset_facts = data.facts()
         except DatasetError as exc:
             record.status, record.error, record.finished_at = "failed", with_hint(exc, STACK_HINT), time.time()
+        except Exception as exc:  # noqa: BLE001 - a loader's own fault still ends the run with its reason, never a hang
+            log.exception("dataset_unreadable")
+            record.status, record.finished_at = "failed", time.time()
+            record.error = f"data set {goal.dataset!r} could not be read: {type(exc).__name__}: {exc}"
         else:
             least = record.dataset_facts.smallest_subset(self.config.data.val_fraction)
             if goal.subset_size is not None and goal.subset_size < least:
@@ -136,8 +140,8 @@ class Planner:
             except Exception as exc:  # a fault of the machinery: record it, end the run, keep serving
                 log.exception("run_failed")
                 error = f"planner error: {type(exc).__name__}: {exc}"
-                await self.registry.update_run(run_id, lambda r: replace(
-                    r, status="failed", error=error, finished_at=time.time()))
+                await self.registry.update_run(run_id, unless_ended(lambda r: replace(
+                    r, status="failed", error=error, finished_at=time.time())))
                 await self.event(run_id, "run_finished", f"run failed: {error}", data={"status": "failed"})
                 return
 
@@ -353,9 +357,9 @@ class Planner:
         seeds_of = {h.iteration: h.seeds for h in history}
         for superseded in {it.iteration, run.best_iteration} - {best_it, None}:  # the best's weights alone are kept
             await drop_weights(self.registry, run.run_id, superseded, seeds_of.get(superseded, []))
-        await self.registry.update_run(run.run_id, lambda r: replace(
+        await self.registry.update_run(run.run_id, unless_ended(lambda r: replace(
             r, status=status, best_iteration=best_it, best_score=best_score,
-            finished_at=now if decision.status else None, error=decision.reasoning if status == "failed" else r.error))
+            finished_at=now if decision.status else None, error=decision.reasoning if status == "failed" else r.error)))
         if decision.disagreement:
             await self.event(run.run_id, "disagreement", f"iteration {it.iteration}: {decision.disagreement}", it.iteration)
         await self.event(run.run_id, "decided", f"iteration {it.iteration}: {decision.action}: {decision.reasoning}",

@@ -33,8 +33,9 @@ def dataset_key(name: str) -> str:
     """The registered name for `name` (case and spaces ignored; `csv:PATH:TARGET` as given);
     UnknownDatasetError otherwise. Loads nothing."""
     if name.strip().lower().startswith("csv:"):
-        parse_csv_name(name.strip())
-        return name.strip()
+        spec = "csv:" + name.strip()[4:]  # `CSV:` too, so every later check sees the csv: it is
+        parse_csv_name(spec)
+        return spec
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in NAMES:

@@ -8,11 +8,11 @@ one shape that did change (a failed run's facts, once {}) is upgraded on read by
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import msgspec
 
-from shared.messaging.messages import (DatasetFacts, EpochStats, Goal, GoalStatistic, LLMCall, ModelFacts, Narrative,
+from shared.messaging.messages import (TERMINAL_STATUSES, DatasetFacts, EpochStats, Goal, GoalStatistic, LLMCall, ModelFacts, Narrative,
                                        RunStatus, ValidationResult)
 
 IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "rejected", "decided"]
@@ -209,6 +209,12 @@ class RunRecord(msgspec.Struct, kw_only=True):
     llm_check: list[LLMCall] | None = None  # the check of each configured LLM at the start; None: not made
     created_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
+
+
+def unless_ended(change: Callable[[RunRecord], RunRecord]) -> Callable[[RunRecord], RunRecord]:
+    """`change` for a run that has not ended: an ended one (say, stopped by its interrupted
+    command while a step was under way) stays as it ended."""
+    return lambda run: run if run.status in TERMINAL_STATUSES else change(run)
 
 
 class IterationRecord(msgspec.Struct, kw_only=True):

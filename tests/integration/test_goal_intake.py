@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from researcher.cli import GoalRejected, submit_goal
+from researcher.goals import GoalRejected, submit_goal
 from researcher.stack import LocalStack
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from researcher.cli import submit_goal
+from researcher.goals import submit_goal
 from researcher.stack import LocalStack, free_port
 from shared.llm.prompts import render
 from shared.messaging import subjects

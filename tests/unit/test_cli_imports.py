@@ -56,9 +56,9 @@ def test_light_commands_import_nothing_heavy(argv):
 
 
 def test_run_on_missing_data_stops_before_the_data_libraries(tmp_path):
-    """`researcher run` checks the data set's files without numpy; only the LLM flags' check
-    (openai) has been imported when it refuses."""
-    assert heavy_imports(["run", "a small CNN", "--dataset", "cifar10"], RESEARCHER_DATA__DIR=str(tmp_path)) == ["openai"]
+    """`researcher run` checks the data set's files without numpy, first: not even the LLM
+    flags' check (openai) has been imported when it refuses."""
+    assert heavy_imports(["run", "a small CNN", "--dataset", "cifar10"], RESEARCHER_DATA__DIR=str(tmp_path)) == []
 
 
 def test_validate_imports_no_torch():

@@ -168,3 +168,11 @@ def test_quick_evaluator_names_its_own_flags_for_a_missing_set(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("error: --dataset: data set 'svhn' not found") and str(tmp_path / "train_32x32.mat") in err
     assert "--data-dir DIR" in err and "--download" in err and "download_missing" not in err
+
+
+def test_an_upper_case_csv_prefix_is_checked_as_csv(tmp_path):
+    """`CSV:` names the same kind of data set as `csv:`: the path rule holds for it too."""
+    outside = check_goal(Goal(run_id="r", goal="g", dataset="CSV:/etc/hostname:x"), str(tmp_path), "")
+    assert len(outside) == 1 and "lies outside the data directory" in outside[0]
+    (tmp_path / "t.csv").write_text("a,y\n1,0\n2,1\n")
+    assert dataset_key("CSV:t.csv:y") == "csv:t.csv:y"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from researcher.cli import GoalRejected, check_locally, main
+from researcher.cli import main
+from researcher.goals import GoalRejected, check_locally
 from shared.data.catalog import check_goal
 from shared.messaging.messages import GOAL_LIMITS, Goal, goal_problems
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from researcher.cli import llm_env, parser
+from researcher.cli import parser
+from researcher.goals import llm_env
 from shared.runtime.config import load_config
 from shared.errors import ConfigFileError
 from shared.llm.client import llm_settings
