@@ -100,6 +100,11 @@ class HomeLock:
     def __init__(self, home: Home, handle) -> None:
         self.home, self._handle = home, handle
 
+    def fileno(self) -> int:
+        """The lock's descriptor: a process given it (a nats-server on the store) holds the lock
+        until it exits too, so the store is never opened twice while its server shuts down."""
+        return self._handle.fileno()
+
     def announce(self, url: str) -> None:
         """Tell readers where this stack listens (stack.json, written whole, then renamed)."""
         partial = self.home.stack_file.with_suffix(".json.partial")

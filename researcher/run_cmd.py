@@ -99,7 +99,7 @@ def _check_llm_endpoints(args: argparse.Namespace, configured: list) -> str | No
         return flagged(unconfigured)
     failed = []
     for call, settings in zip(asyncio.run(check_endpoints(roles, CLI_CHECK_TIMEOUT_S)), roles):
-        print(describe_check(call, settings), file=sys.stderr)
+        print(describe_check(call, settings, args.require_llm), file=sys.stderr)
         if call.outcome != "ok":
             failed.append(f"the {call.role} LLM failed its check ({call.outcome}: {call.error})")
     return required_error("; ".join(failed)) if failed and args.require_llm else None

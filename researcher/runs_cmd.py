@@ -57,6 +57,7 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
     if not home.has_store():
         raise NoRegistry(f"no runs yet in {home.path} (the embedded stack's home; `researcher run` fills it); "
                          "for a stack started with `make up`, pass --nats-url nats://localhost:4222")
+    busy = HomeBusyError(home.path, {})
     for _ in range(2):  # a stack may start between the two looks
         url = home.running_stack()
         if url:
@@ -65,12 +66,13 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
             return
         try:
             lock = home.lock("researcher (reading the registry)", wait_s=5.0)
-        except HomeBusyError:
+        except HomeBusyError as exc:
+            busy = exc
             continue
         try:
             port = free_port()
             with open(home.path / "reader-nats-server.log", "ab") as log:
-                proc = start_nats_server(port, str(home.store), log)
+                proc = start_nats_server(port, str(home.store), log, lock.fileno())
             try:
                 async with _connected(f"nats://127.0.0.1:{port}") as registry:
                     yield registry, str(home.path)
@@ -79,7 +81,7 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
         finally:
             lock.release()
         return
-    raise HomeBusyError(home.path, {})
+    raise busy
 
 
 @asynccontextmanager
@@ -95,12 +97,18 @@ def home_of(args: argparse.Namespace) -> Home:
     return Home(args.home.expanduser() if getattr(args, "home", None) else default_home())
 
 
+def _no_such_run(args: argparse.Namespace, where: str) -> int:
+    again = f" --nats-url {args.nats_url}" if args.nats_url else (f" --home {args.home}" if args.home else "")
+    print(f"no run {args.run_id!r} in the registry at {where}; `researcher runs{again}` lists those there",
+          file=sys.stderr)
+    return 1
+
+
 async def report(args: argparse.Namespace) -> int:
     async with open_registry(args.nats_url, home_of(args)) as (registry, where):
         records = await load_records(registry, args.run_id)
     if records is None:
-        print(f"no run {args.run_id!r} in the registry at {where}; `researcher runs` lists those there", file=sys.stderr)
-        return 1
+        return _no_such_run(args, where)
     print(json.dumps(build_report(*records), indent=2) if args.json else format_report(*records))
     return 0
 
@@ -110,9 +118,7 @@ async def export(args: argparse.Namespace) -> int:
         try:
             out = await export_run(registry, args.run_id, args.directory)
         except KeyError:
-            print(f"no run {args.run_id!r} in the registry at {where}; `researcher runs` lists those there",
-                  file=sys.stderr)
-            return 1
+            return _no_such_run(args, where)
     print(f"exported run {args.run_id} to {out}")
     return 0
 

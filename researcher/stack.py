@@ -42,6 +42,8 @@ def spawn(cmd: list[str], **popen) -> subprocess.Popen:
     parent = os.getpid()
 
     def die_with_parent() -> None:  # in the child, between fork and exec (the setting survives exec)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a CLI that is stopping ignores them; not its child
+            signal.signal(sig, signal.SIG_DFL)
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the call: no signal would ever come
             os._exit(1)
@@ -62,10 +64,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nats_server(port: int, store_dir: str, log) -> subprocess.Popen:
-    """A nats-server with JetStream on 127.0.0.1:port, returned once it accepts connections."""
+def start_nats_server(port: int, store_dir: str, log, lock_fd: int | None = None) -> subprocess.Popen:
+    """A nats-server with JetStream on 127.0.0.1:port, returned once it accepts connections.
+    `lock_fd`: a home's lock (researcher/home.py), which the server then holds as long as it runs,
+    even after the command that started it is gone."""
     proc = spawn([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store_dir],
-                 stdout=log, stderr=subprocess.STDOUT)
+                 stdout=log, stderr=subprocess.STDOUT, pass_fds=() if lock_fd is None else (lock_fd,))
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -124,7 +128,7 @@ class LocalStack:
 
     def start_nats(self, port: int) -> None:
         log = open(self.log_dir / "nats-server.log", "ab")
-        self.procs["nats"] = start_nats_server(port, str(self.store), log)
+        self.procs["nats"] = start_nats_server(port, str(self.store), log, self._lock.fileno() if self._lock else None)
 
     def start_service(self, name: str, replica: str | None = None) -> subprocess.Popen:
         key = replica or name

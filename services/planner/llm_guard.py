@@ -33,8 +33,7 @@ class LLMGuard:
         await self.registry.update_run(run.run_id, lambda r: msgspec.structs.replace(r, llm_check=calls))
         failed = []
         for call, settings in zip(calls, self.roles):
-            line = describe_check(call, settings)
-            log.info("llm_check", role=call.role, outcome=call.outcome, error=call.error)
+            line = describe_check(call, settings, run.goal.require_llm)
             await self.emit(run.run_id, "llm_check", line, data={"role": call.role, "model": call.model,
                                                                  "base_url": settings.base_url, "outcome": call.outcome,
                                                                  "error": call.error})

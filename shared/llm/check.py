@@ -65,9 +65,11 @@ def unconfigured_problem(require_llm: bool, roles: list[LLMSettings]) -> str | N
             "(config/researcher.yaml, or RESEARCHER_LLM__PLANNING__BASE_URL and RESEARCHER_LLM__PLANNING__MODEL)")
 
 
-def describe_check(call: LLMCall, settings: LLMSettings) -> str:
-    """One line for the run's events and the CLI: the role, its model and endpoint, the outcome."""
+def describe_check(call: LLMCall, settings: LLMSettings, require_llm: bool = False) -> str:
+    """One line for the run's events and the CLI: the role, its model and endpoint, the outcome,
+    and what the run does about a failure (falls back, or with --require-llm fails)."""
     where = f"{call.role} LLM {call.model} at {settings.base_url}"
     if call.outcome == "ok":
         return f"{where}: answers ({call.reply}, {call.latency_s:.2f} s)"
-    return f"{where}: {call.outcome}: {call.error}. Where it fails, {FALLBACK.get(call.role, 'it is skipped')}"
+    then = "the run fails (--require-llm)" if require_llm else f"where it fails, {FALLBACK.get(call.role, 'it is skipped')}"
+    return f"{where}: {call.outcome}: {call.error}. {then[0].upper()}{then[1:]}"

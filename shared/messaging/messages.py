@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 import msgspec
 
-# stopped: the planning LLM chose to end the run before its budget was spent
+# stopped: the planning LLM chose to end the run before its budget was spent, or the command that
+# drove an embedded stack was interrupted (or killed: the next embedded stack on its home says so)
 RunStatus = Literal["running", "goal_achieved", "no_progress", "max_iterations", "stopped", "failed"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"goal_achieved", "no_progress", "max_iterations", "stopped", "failed"})
 GoalStatistic = Literal["mean", "ci_lower"]
