@@ -171,12 +171,16 @@ def _weights(model, max_bytes):
     try:
         from safetensors.torch import save  # imported here: a validation never pays for it
 
-        tensors = {name: t.detach().cpu().contiguous().clone() for name, t in model.state_dict().items()}
-        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        state = model.state_dict()
+        size = sum(t.numel() * t.element_size() for t in state.values())  # before any copy: memory is capped here
         if size > max_bytes:
             return {"weights_error": f"the trained weights hold {size:,} bytes, over the limit of {max_bytes:,} "
                                      "(evaluator.max_weights_bytes)"}
-        data = save(tensors)  # clones: tied parameters would otherwise be refused as shared memory
+        # clones: tied parameters would otherwise be refused as shared memory
+        data = save({name: t.detach().cpu().contiguous().clone() for name, t in state.items()})
+        if len(data) > max_bytes:  # the header counts too, as the trusted side counts it
+            return {"weights_error": f"the weights file holds {len(data):,} bytes, over the limit of {max_bytes:,} "
+                                     "(evaluator.max_weights_bytes)"}
     except BaseException as exc:  # noqa: BLE001 - the code's state dict may be anything
         return {"weights_error": f"{type(exc).__name__} while saving the weights: {exc}"[:500]}
     return {"weights_b64": base64.b64encode(data).decode()}
