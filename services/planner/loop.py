@@ -235,7 +235,7 @@ class Planner:
             r, state="assembled", class_name=reply.class_name, code_artifact=name, attempts=0, assembler=reply.assembler,
             llm_calls=[*r.llm_calls, *calls]))
         if reply.note and await self.guard.refuse(run, f"at iteration {it.iteration} the tools LLM's code could not be "
-                                                        f"used ({reply.llm_calls[-1].error})"):
+                                                        f"used ({reply.note})"):
             return
         if reply.note:
             await self.event(run.run_id, "llm_fallback", f"iteration {it.iteration}: {reply.note}", it.iteration)
