@@ -20,9 +20,9 @@ from pathlib import Path
 from researcher.home import Home
 
 SERVICES = ("planner", "assembler", "sandbox", "evaluator")
-# A service bounds its own stop (shared/runtime/service.py: grace, clean-ups, then a watchdog; the
-# evaluator's grace is its drain + 5 s); past this the stack kills it, seconds.
-SERVICE_STOP_S = 60.0
+# A service bounds its own stop (shared/runtime/service.py: stop_limit_s, from the configuration the
+# services read); the stack kills one still running this long after that, seconds.
+STOP_MARGIN_S = 5.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
@@ -155,18 +155,28 @@ class LocalStack:
         if pending:
             raise RuntimeError(f"services not ready after {timeout:.0f} s: {', '.join(sorted(pending))}; logs in {self.log_dir}")
 
-    def stop_process(self, key: str, sig_timeout: float = SERVICE_STOP_S) -> None:
+    def stop_process(self, key: str, sig_timeout: float | None = None) -> None:
         proc = self.procs.pop(key, None)
         if proc:
-            stop(proc, sig_timeout)
+            stop(proc, self._stop_limit_s() if sig_timeout is None else sig_timeout)
+
+    def _stop_limit_s(self) -> float:
+        from shared.runtime.config import Config, load_config
+        from shared.runtime.service import stop_limit_s
+
+        try:
+            return stop_limit_s(load_config(environ={**os.environ, **self.extra_env})) + STOP_MARGIN_S
+        except Exception:  # noqa: BLE001 - a configuration the services could not read either: their defaults
+            return stop_limit_s(Config()) + STOP_MARGIN_S
 
     def __exit__(self, *exc) -> None:
         services = [k for k in self.procs if k != "nats"]
         for key in services:  # all at once: each drains its own work
             if self.procs[key].poll() is None:
                 self.procs[key].terminate()
+        deadline = time.monotonic() + (self._stop_limit_s() if services else 0.0)  # one for all of them
         for key in services:
-            self.stop_process(key)
+            self.stop_process(key, max(0.0, deadline - time.monotonic()))
         self.stop_process("nats", 5.0)
         if self._lock:
             self._lock.release()

@@ -9,11 +9,9 @@ from services.evaluator.jobs import JobHandler
 from shared.messaging import subjects
 from shared.messaging.messages import EvalJob
 from shared.runtime.config import Config
-from shared.runtime.service import Service
+from shared.runtime.service import HAND_BACK_S, Service
 from shared.sandboxing.containers import stable_replica_name
 from shared.sandboxing.runners import make_eval_runner
-
-HAND_BACK_S = 5.0  # a stopping evaluator's time to hand its job back after the drain, seconds
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:

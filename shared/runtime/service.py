@@ -38,6 +38,14 @@ from shared.runtime.log import configure_logging
 log = structlog.get_logger()
 CLOSE_S = 15.0  # after the grace period: the clean-ups (containers removed) and leaving NATS, seconds
 WATCHDOG_S = 5.0  # past grace and CLOSE_S, a signalled service that has not ended is ended, seconds
+HAND_BACK_S = 5.0  # a stopping evaluator's time to hand its job back after the drain, seconds
+
+
+def stop_limit_s(config: Config) -> float:
+    """The longest any service of `config` takes to stop on SIGTERM (the evaluator's grace is its
+    drain plus the hand-back), its watchdog included: past this, a supervisor may kill it."""
+    grace = max(config.stop_grace_s, config.evaluator.drain_timeout_s + HAND_BACK_S)
+    return grace + CLOSE_S + WATCHDOG_S
 
 
 class Stopped(Exception):

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from researcher.stack import SERVICE_STOP_S
+from researcher.stack import STOP_MARGIN_S
+from shared.runtime.config import Config
+from shared.runtime.service import stop_limit_s
 from shared.sandboxing.containers import OWNER_LABEL
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-LEFT_S = SERVICE_STOP_S + 20  # the longest a stack may take to be gone, seconds
+LEFT_S = stop_limit_s(Config()) + STOP_MARGIN_S + 20  # the longest a stack may take to be gone, seconds
 
 
 def started_at(pid: int) -> str | None:
