@@ -13,17 +13,42 @@ import msgspec
 import structlog
 
 from shared.data.catalog import check_goal
-from shared.data.files import STACK_HINT
+from shared.data.datasets import load_dataset
+from shared.data.files import STACK_HINT, with_hint
 from shared.llm.check import unconfigured_problem
-from shared.errors import MessageError
+from shared.errors import DatasetError, MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import encode, through_outages
 from shared.messaging.consumer import Delivery
 from shared.messaging.messages import RUN_ID, Goal, GoalAnswer
 from shared.registry.records import RunRecord
+from shared.runtime.config import DataConfig
 from shared.runtime.log import bind_run
 
 log = structlog.get_logger()
+
+
+def new_run(goal: Goal, data: DataConfig) -> RunRecord:
+    """A taken goal's run record, with its data set's facts; or failed, saying why they could not
+    be had. Reads the data set: blocking, for a thread."""
+    record = RunRecord(run_id=goal.run_id, goal=goal)
+    try:
+        record.dataset_facts = load_dataset(goal.dataset, data_dir=data.dir).facts()
+    except DatasetError as exc:
+        record.status, record.error, record.finished_at = "failed", with_hint(exc, STACK_HINT), time.time()
+    except Exception as exc:  # noqa: BLE001 - a loader's own fault still ends the run with its reason, never a hang
+        log.exception("dataset_unreadable")
+        record.status, record.finished_at = "failed", time.time()
+        record.error = f"data set {goal.dataset!r} could not be read: {type(exc).__name__}: {exc}"
+    else:
+        least = record.dataset_facts.smallest_subset(data.val_fraction)
+        if goal.subset_size is not None and goal.subset_size < least:
+            record.status, record.finished_at = "failed", time.time()
+            record.error = (f"goal rejected: subset_size {goal.subset_size} is too small for {goal.dataset} "
+                            f"({record.dataset_facts.num_classes} classes, validation share {data.val_fraction:g}): "
+                            "every class needs a sample on both sides of the split, so subset_size must be at "
+                            f"least {least}")
+    return record
 
 
 class _Named(msgspec.Struct):

@@ -12,6 +12,7 @@ import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from services.planner.decide import decide, iteration_score
+from services.planner.intake import new_run
 from shared.evaluation.aggregate import summarise
 from services.planner.leases import RunLeases
 from services.planner.llm_guard import LLMGuard, required_error
@@ -21,9 +22,7 @@ from services.planner.records import drop_weights, request_summary, store_calls,
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, publish_event, through_outages
 from shared.runtime.config import Config
-from shared.data.datasets import load_dataset
-from shared.data.files import STACK_HINT, with_hint
-from shared.errors import DatasetError, MessageError
+from shared.errors import MessageError
 from shared.llm.client import LLMClient, llm_settings
 from shared.runtime.log import bind_run
 from shared.messaging.messages import (PROBE_BATCH, TERMINAL_STATUSES, AssembleReply, AssembleRequest, CodeFeedback,
@@ -54,25 +53,8 @@ class Planner:
     # ---- inputs ----
     async def on_goal(self, goal: Goal) -> None:
         bind_run(goal.run_id)
-        record = RunRecord(run_id=goal.run_id, goal=goal)
-        try:
-            # off the loop: a large data set takes seconds to read, and leases and heartbeats must go on
-            data = await asyncio.to_thread(load_dataset, goal.dataset, data_dir=self.config.data.dir)
-            record.dataset_facts = data.facts()
-        except DatasetError as exc:
-            record.status, record.error, record.finished_at = "failed", with_hint(exc, STACK_HINT), time.time()
-        except Exception as exc:  # noqa: BLE001 - a loader's own fault still ends the run with its reason, never a hang
-            log.exception("dataset_unreadable")
-            record.status, record.finished_at = "failed", time.time()
-            record.error = f"data set {goal.dataset!r} could not be read: {type(exc).__name__}: {exc}"
-        else:
-            least = record.dataset_facts.smallest_subset(self.config.data.val_fraction)
-            if goal.subset_size is not None and goal.subset_size < least:
-                record.status, record.finished_at = "failed", time.time()
-                record.error = (f"goal rejected: subset_size {goal.subset_size} is too small for {goal.dataset} "
-                                f"({record.dataset_facts.num_classes} classes, validation share "
-                                f"{self.config.data.val_fraction:g}): every class needs a sample on both sides of the "
-                                f"split, so subset_size must be at least {least}")
+        # off the loop: a large data set takes seconds to read, and leases and heartbeats must go on
+        record = await asyncio.to_thread(new_run, goal, self.config.data)
         if await self.registry.create_run(record):
             log.info("run_created", goal=goal.goal, dataset=goal.dataset, status=record.status)
             await self.event(goal.run_id, "run_started", f"run started: {goal.goal!r} on {goal.dataset}")
