@@ -73,6 +73,9 @@ class Run:
                "--max-iterations", "3", "--num-seeds", "1", "--max-epochs", "1",
                "--home", str(tmp_path / "home"), "--log-dir", str(self.logs)]
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+        # a short drain: killed outright, the evaluator waits it out with its server gone (the
+        # default's 30 s bound would hold here too, only slower; tests/unit covers the bounds)
+        env["RESEARCHER_EVALUATOR__DRAIN_TIMEOUT_S"] = "3"
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
                                      stdout=subprocess.DEVNULL, stderr=open(self.err, "w"))
         self.owners = [f"{OWNER_LABEL}={s}-{s}-{self.proc.pid}" for s in ("sandbox", "evaluator")]
