@@ -86,6 +86,7 @@ class Run:
         while time.monotonic() < deadline:
             self.note_processes()
             if done():
+                self.note_processes()  # a process started between the two looks (the last of the stack's, say)
                 return
             ended = self.proc.poll()
             assert ended is None, f"researcher run ended ({ended}) before {what}:\n{self.stderr()}"
