@@ -9,7 +9,7 @@ from services.evaluator.jobs import JobHandler
 from shared.messaging import subjects
 from shared.messaging.messages import EvalJob
 from shared.runtime.config import Config
-from shared.runtime.service import HAND_BACK_S, Service
+from shared.runtime.service import Service, evaluator_grace_s
 from shared.sandboxing.containers import stable_replica_name
 from shared.sandboxing.runners import make_eval_runner
 
@@ -19,7 +19,7 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     async with Service("evaluator", config, client_name=f"evaluator-{name}", stop=stop) as service:
         settings = service.config.evaluator
         # stopping, the job in hand gets drain_timeout_s, then is handed back (a message to NATS)
-        service.grace_s = max(service.grace_s, settings.drain_timeout_s + HAND_BACK_S)
+        service.grace_s = evaluator_grace_s(service.config)
         runner = make_eval_runner(service.config, owner=f"evaluator-{name}")
         service.on_stop(runner.close)  # the warm containers go with the replica
         removed = runner.remove_strays()

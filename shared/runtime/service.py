@@ -41,11 +41,16 @@ WATCHDOG_S = 5.0  # past grace and CLOSE_S, a signalled service that has not end
 HAND_BACK_S = 5.0  # a stopping evaluator's time to hand its job back after the drain, seconds
 
 
+def evaluator_grace_s(config: Config) -> float:
+    """The evaluator's grace: its job in hand gets the drain, then the hand-back (never less than
+    every service's grace), seconds."""
+    return max(config.stop_grace_s, config.evaluator.drain_timeout_s + HAND_BACK_S)
+
+
 def stop_limit_s(config: Config) -> float:
-    """The longest any service of `config` takes to stop on SIGTERM (the evaluator's grace is its
-    drain plus the hand-back), its watchdog included: past this, a supervisor may kill it."""
-    grace = max(config.stop_grace_s, config.evaluator.drain_timeout_s + HAND_BACK_S)
-    return grace + CLOSE_S + WATCHDOG_S
+    """The longest any service of `config` takes to stop on SIGTERM (the evaluator's grace is the
+    longest), its watchdog included: past this, a supervisor may kill it."""
+    return evaluator_grace_s(config) + CLOSE_S + WATCHDOG_S
 
 
 class Stopped(Exception):
