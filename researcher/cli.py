@@ -128,8 +128,9 @@ def research_agent_main(argv: list[str] | None = None) -> int:
                  "--max-iterations", str(args.max_iterations), "--num-seeds", str(args.num_seeds),
                  "--patience", str(args.patience), "--goal-statistic", args.goal_statistic,
                  "--max-epochs", str(args.max_epochs)]
-    if args.subset_size:
-        forwarded += ["--subset-size", str(args.subset_size)]
+    for flag in ("subset_size", "parallel", "epoch_budget"):
+        if getattr(args, flag):
+            forwarded += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.nats_url:
         forwarded += ["--nats-url", args.nats_url]
     for name in (f"{flag}_{key}" for flag, _, _ in LLM_ROLES for key in ("base_url", "model", "api_key")):

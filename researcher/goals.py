@@ -42,10 +42,18 @@ def goal_args(p: argparse.ArgumentParser) -> None:
     d, limits = Goal(run_id="-", goal="-"), GOAL_LIMITS
     p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(known_datasets())}")
     p.add_argument("--target-accuracy", type=float, default=d.target_accuracy, help="a fraction in (0, 1]")
-    p.add_argument("--max-iterations", type=int, default=d.max_iterations, help="%d to %d" % limits["max_iterations"])
+    p.add_argument("--max-iterations", type=int, default=d.max_iterations,
+                   help="the compute budget in full evaluations: N x num-seeds x max-epochs seed-epochs, "
+                        "%d to %d" % limits["max_iterations"])
+    p.add_argument("--epoch-budget", type=int, default=d.epoch_budget,
+                   help="the compute budget in seed-epochs (one seed trained one epoch), instead of "
+                        "--max-iterations' (default: from --max-iterations)")
+    p.add_argument("--parallel", type=int, default=d.parallel,
+                   help="candidates in flight at once, %d to %d (default: the stack's planner.parallel, 4)"
+                        % limits["parallel"])
     p.add_argument("--num-seeds", type=int, default=d.num_seeds, help="%d to %d" % limits["num_seeds"])
     p.add_argument("--patience", type=int, default=d.patience,
-                   help="iterations without a better best before stopping, %d to %d" % limits["patience"])
+                   help="full evaluations without a better best before stopping, %d to %d" % limits["patience"])
     p.add_argument("--goal-statistic", choices=get_args(GoalStatistic), default=d.goal_statistic,
                    help="judge the goal on the mean over seeds or the lower bound of its 95%% interval")
     p.add_argument("--subset-size", type=int, default=d.subset_size, help="samples drawn from the data set, at least %d (default: all of them)" % limits["subset_size"][0])
@@ -90,7 +98,7 @@ def make_goal(args: argparse.Namespace) -> Goal:
                 target_accuracy=args.target_accuracy, max_iterations=args.max_iterations,
                 num_seeds=args.num_seeds, patience=args.patience, goal_statistic=args.goal_statistic,
                 subset_size=args.subset_size, max_epochs=args.max_epochs, submitted_at=time.time(),
-                require_llm=args.require_llm)
+                require_llm=args.require_llm, parallel=args.parallel, epoch_budget=args.epoch_budget)
 
 
 class GoalRejected(Exception):

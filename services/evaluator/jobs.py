@@ -5,6 +5,7 @@ data set, the Docker engine) fails it, which is no fault of the job's."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import nats.errors
@@ -33,7 +34,8 @@ class JobHandler:
         """Train and score one seed; publish its result (the consumer then acks). Stopping, it waits
         up to drain_timeout_s for the job, then hands it back for another replica at once."""
         structlog.contextvars.bind_contextvars(iteration=job.iteration, seed=job.seed, job_id=job.job_id)
-        log.info("job_started", delivery=delivery.number)
+        log.info("job_started", delivery=delivery.number, rung=job.rung)
+        started_at = time.time()
         work = asyncio.create_task(asyncio.to_thread(
             train_seed, job, self.runner, timeout_s=self.config.evaluator.train_timeout_s,
             memory=self.config.evaluator.memory, data_config=self.config.data, evaluator=self.replica,
@@ -48,7 +50,8 @@ class JobHandler:
             log.warning("job_handed_back",
                         reason=f"stopping; the job did not finish within {self.config.evaluator.drain_timeout_s:g} s")
             return
-        result = await self._keep_weights(job, trained)
+        # its rung and when it started, on this side's clock (the report shows candidates overlapping)
+        result = msgspec.structs.replace(await self._keep_weights(job, trained), rung=job.rung, started_at=started_at)
         # the message id makes a redelivered job's second result a duplicate the stream drops
         await through_outages(lambda: self.js.publish(subjects.results_subject(job.run_id), encode(result),
                                                       headers={"Nats-Msg-Id": job.job_id}), "publish result")
@@ -59,7 +62,7 @@ class JobHandler:
     async def _keep_weights(self, job: EvalJob, trained: Trained) -> SeedResult:
         """The checked weights into the registry's object store (too large for a message), before
         the result that names them is published. One that cannot be stored costs only the weights."""
-        if trained.weights is None:
+        if trained.weights is None or not job.keep_weights:  # a cheap rung's weights are never used
             return trained.result
         name = weights_artifact(job.run_id, job.iteration, job.seed)
         try:

@@ -1,4 +1,4 @@
-"""The planner's pure logic: decide what comes next."""
+"""The planner's pure logic: what a candidate's verdict at the full budget means for its run."""
 
 from __future__ import annotations
 
@@ -7,12 +7,27 @@ from shared.registry.records import EMPTY_SUMMARY, Decision, IterationRecord
 
 
 def iteration_score(record: IterationRecord, statistic: GoalStatistic) -> float | None:
-    """The goal statistic of an evaluated iteration; None when it was rejected or every seed failed."""
+    """The goal statistic of an iteration evaluated at the full budget; None when it was rejected,
+    every seed failed, or it stopped at a cheap rung."""
     return record.score(statistic)
 
 
-def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | None, float | None]:
-    """-> (decision for the last iteration, best iteration, best score) over the whole history."""
+def best_of(goal: Goal, history: list[IterationRecord]) -> tuple[int | None, float | None]:
+    """The best candidate at the full budget and its score (the earliest of equals)."""
+    best_it, best_score = None, None
+    for record in history:
+        score = iteration_score(record, goal.goal_statistic)
+        if score is not None and (best_score is None or score > best_score):
+            best_it, best_score = record.iteration, score
+    return best_it, best_score
+
+
+def decide(goal: Goal, history: list[IterationRecord], *, spent: str | None = None
+           ) -> tuple[Decision, int | None, float | None]:
+    """-> (decision on the last verdict, best iteration, best score). `history` holds the verdicts
+    at the full budget in the order they came (a candidate rejected before its first cheap rung is
+    not one), the last the one decided now; `spent` says why the compute budget allows no more,
+    when it does not."""
     current = history[-1]
     best_it, best_score, since_best = None, None, 0
     for record in history:
@@ -22,18 +37,15 @@ def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | 
         else:
             since_best += 1
     score = iteration_score(current, goal.goal_statistic)
-    label = "mean" if goal.goal_statistic == "mean" else "lower 95% bound"
+    label = _label(goal)
     if meets_target(score, goal.target_accuracy):
         return Decision(action="goal_achieved", status="goal_achieved",
                         reasoning=f"validation accuracy {label} {versus_target(score, goal.target_accuracy)}"), best_it, best_score
-    if current.iteration >= goal.max_iterations:
-        return Decision(action="stop", status="max_iterations",
-                        reasoning=f"iteration budget of {goal.max_iterations} spent; best {label} "
-                                  + (versus_target(best_score, goal.target_accuracy) if best_score is not None
-                                     else f"n/a, target {goal.target_accuracy:.4f}")), best_it, best_score
+    if spent is not None:
+        return budget_decision(goal, best_score, spent), best_it, best_score
     if since_best >= goal.patience:
         return Decision(action="stop", status="no_progress",
-                        reasoning=f"no better result in the last {since_best} iterations (patience {goal.patience}); "
+                        reasoning=f"no better result in the last {since_best} full evaluations (patience {goal.patience}); "
                                   f"best {label} {_fmt(best_score)}"), best_it, best_score
     accuracy = current.evaluation.summary() if current.evaluation else EMPTY_SUMMARY
     if score is not None:
@@ -43,7 +55,20 @@ def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | 
                "so its lower bound is undefined")
     else:
         why = "this configuration was rejected or failed; trying another"
-    return Decision(action="iterate", reasoning=f"{why}; proposing from the best so far"), best_it, best_score
+    return Decision(action="iterate", reasoning=f"{why}; the search goes on"), best_it, best_score
+
+
+def budget_decision(goal: Goal, best_score: float | None, spent: str) -> Decision:
+    """The run's end when its compute budget allows nothing more."""
+    label = _label(goal)
+    return Decision(action="stop", status="max_iterations",
+                    reasoning=f"{spent}; best {label} "
+                              + (versus_target(best_score, goal.target_accuracy) if best_score is not None
+                                 else f"n/a, target {goal.target_accuracy:.4f}"))
+
+
+def _label(goal: Goal) -> str:
+    return "mean" if goal.goal_statistic == "mean" else "lower 95% bound"
 
 
 def _fmt(value: float | None) -> str:

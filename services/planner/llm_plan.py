@@ -74,6 +74,11 @@ def check_reply(reply: PlanReply, facts: DatasetFacts, max_epochs: int, first: b
 
 def _iteration_summary(it: IterationRecord) -> dict[str, Any]:
     out: dict[str, Any] = {"iteration": it.iteration, "proposed_by": it.proposer, "model_config": it.model_config}
+    if it.rung is not None:  # its figures are from a cheap rung: fewer epochs and seeds than its config says
+        rung = next((r for r in it.rungs if r.index == it.rung), None)
+        out["measured_at"] = f"cheap rung {it.rung}" + (f" ({rung.epochs} epochs, {len(rung.seeds)} seeds)" if rung else "")
+    if it.in_flight:
+        out["outcome"] = "in flight (not measured yet)"
     v = it.validation
     if it.state == "rejected" or (v is not None and not v.ok):
         out["outcome"] = f"rejected ({v.reason if v else 'unknown'}): {v.error if v else ''}"
@@ -110,9 +115,11 @@ def _round(value: Any) -> Any:
 
 
 def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[IterationRecord],
-                 best_iteration: int | None, max_epochs: int, history_limit: int) -> str:
+                 best_iteration: int | None, max_epochs: int, history_limit: int, *, spent: int = 0,
+                 budget: int | None = None) -> str:
     """The goal, the data, the budget, the best configuration so far and the recent history."""
     done = len(history)
+    budget = budget if budget is not None else goal.max_iterations * goal.num_seeds * max_epochs
     statistic = "mean over seeds" if goal.goal_statistic == "mean" else "lower bound of the 95% interval over seeds"
     lines = [
         f"Goal: {goal.goal}",
@@ -120,8 +127,9 @@ def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[
         f"{facts.num_classes} classes, {num_train} training samples",
         f"Target: validation accuracy ({statistic}) >= {goal.target_accuracy}",
         f"Each configuration is trained for its own epochs (at most {max_epochs}) with {goal.num_seeds} seed(s).",
-        f"Budget: {goal.max_iterations - done} of {goal.max_iterations} iterations left; the run stops after "
-        f"{goal.patience} iterations without a better result.",
+        f"Budget: {budget - spent} of {budget} seed-epochs (one seed trained one epoch) left; candidates train "
+        f"briefly first and the best earn the full budget; the run stops after {goal.patience} full evaluations "
+        "without a better result.",
     ]
     best = next((h for h in history if h.iteration == best_iteration), None)
     if best is not None:

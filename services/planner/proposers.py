@@ -1,39 +1,47 @@
 """The one seam through which the planner chooses what to try next.
 
-A proposer looks at a run and its history and either proposes a model_config, declines with a
-reason (its answer could not be used: the run's events say why), or abstains (it has nothing to
-say at this point). The planner asks its proposers in order and takes the first proposal; the
-built-in search comes last and always proposes, so a run never waits on an LLM.
+A proposer looks at a run and its candidates and either proposes a model_config, declines with a
+reason (its answer could not be used: the run's events say why), or abstains with a decision of
+its own (the planning LLM chose to stop, or claimed what the numbers do not show). The planner
+asks the planning LLM on its turns (`llm_turn`: the share of proposals the configuration gives it)
+and the built-in search otherwise, and always when the LLM has nothing usable, so a run never
+waits on an LLM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.planner.llm_plan import ask_plan, plan_context
+from services.planner.llm_plan import ask_plan, merge_decision
 from services.planner.records import tokens_used
-from services.planner.search import SearchBounds, propose
+from services.planner.search import N_STARTUP_TRIALS, Hint, SearchBounds, local_move, propose
 from shared.llm.client import LLMClient
 from shared.messaging.messages import LLMCall, TrainingRecipe
-from shared.registry.records import IterationRecord, Proposer as ProposerName, RunRecord
+from shared.registry.records import DEFAULT_METRIC, Decision, IterationRecord, Proposer as ProposerName, RunRecord
 from shared.runtime.config import Config
 
 
 @dataclass(frozen=True)
 class RunView:
-    """What a proposer may see: the run, its iterations so far (oldest first), and its limits."""
+    """What a proposer may see: the run, all its candidates (oldest first, those in flight
+    included), the candidate number to propose, and the run's limits."""
 
     run: RunRecord
     history: list[IterationRecord]
+    number: int
     max_epochs: int  # the goal's and the configuration's cap, whichever is lower
     num_train: int  # training samples per seed
+    context: str = ""  # the planning LLM's view of the run (llm_plan.plan_context)
 
     @property
-    def next_iteration(self) -> int:
-        return self.run.current_iteration + 1
+    def finished(self) -> list[IterationRecord]:
+        """Candidates with a measurement or a verdict: parked at a rung, closed, or rejected."""
+        return [h for h in self.history if not h.in_flight]
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class Proposal:
     reasoning: str = ""
     search_params: dict | None = None  # the built-in search's trial, kept so it can rebuild its study
     calls: list[LLMCall] = field(default_factory=list)
+    decided_after: int | None = None  # the candidate whose outcome the planning LLM decided on
+    decision: Decision | None = None  # that decision (recorded on that candidate)
 
     def describe(self) -> str:
         """One line for the run's events: the class, its layers by kind, and the recipe."""
@@ -55,79 +65,126 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Declined:
-    """The proposer tried and its answer cannot be used; the next one proposes instead."""
+    """The proposer tried and its answer cannot be used; the built-in search proposes instead."""
 
     why: str
+    calls: list[LLMCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Abstained:
+    """The planning LLM decided instead of proposing: to stop the run, or (a claim of success the
+    numbers do not support) nothing the run can act on; the built-in search proposes then."""
+
+    decision: Decision
+    decided_after: int
     calls: list[LLMCall] = field(default_factory=list)
 
 
 class Proposer(Protocol):
     name: ProposerName
 
-    async def propose(self, view: RunView) -> Proposal | Declined | None: ...
+    async def propose(self, view: RunView) -> Proposal | Declined | Abstained: ...
+
+
+def llm_turn(number: int, share: float) -> bool:
+    """Whether candidate `number` is the planning LLM's to propose: the first, and then every
+    candidate where the share's running count reaches a new whole number (0.25: 4, 8, 12, ...)."""
+    return number == 1 or math.floor(number * share) > math.floor((number - 1) * share)
 
 
 class PlanningLLM:
-    """The planning LLM proposes a run's first configuration; later ones it chose (and the
-    planner checked) when it decided the previous iteration."""
+    """The planning LLM: a run's first configuration, then on its turns a decision on the latest
+    finished candidate, with the next configuration (or a stop)."""
 
     name: ProposerName = "llm"
 
-    def __init__(self, client: LLMClient, config: Config) -> None:
-        self.client, self.history_limit = client, config.llm.history_limit
+    def __init__(self, client: LLMClient) -> None:
+        self.client = client
 
-    async def propose(self, view: RunView) -> Proposal | Declined | None:
-        last = view.history[-1].decision if view.history else None
-        if last is not None and last.next_config:
-            return Proposal(model_config=last.next_config, proposer=self.name, reasoning=last.reasoning)
-        if view.history and not view.run.goal.require_llm:
-            return None  # it was asked when the last iteration was decided and chose no config
-        # first, or (where the run requires the LLM) after a decision that chose no config: asked now
+    async def propose(self, view: RunView) -> Proposal | Declined | Abstained:
         facts = view.run.dataset_facts
         assert facts is not None  # a run without facts has failed before any proposal
-        context = plan_context(view.run.goal, facts, view.num_train, view.history, view.run.best_iteration,
-                               view.max_epochs, self.history_limit)
-        answer = await ask_plan(self.client, context, facts, view.max_epochs, iteration=None,
+        finished = view.finished
+        last = max(finished, key=lambda h: (h.finished_at or 0.0, h.iteration)) if finished else None
+        answer = await ask_plan(self.client, view.context, facts, view.max_epochs,
+                                iteration=last.iteration if last else None,
                                 tokens_used=tokens_used(view.history, "planning"))
         if answer.value is None:
-            return Declined(why=f"the planning LLM's proposal could not be used ({answer.error})", calls=answer.calls)
-        return Proposal(model_config=answer.value.model_config or {}, proposer=self.name,
-                        reasoning=answer.value.reasoning, calls=answer.calls)
+            what = "decision" if last else "proposal"
+            return Declined(why=f"the planning LLM's {what} could not be used ({answer.error})", calls=answer.calls)
+        if last is None:
+            return Proposal(model_config=answer.value.model_config or {}, proposer=self.name,
+                            reasoning=answer.value.reasoning, calls=answer.calls)
+        decision = merge_decision(Decision(action="iterate", reasoning="the goal is not met yet"), answer.value)
+        if decision.next_config:
+            return Proposal(model_config=decision.next_config, proposer=self.name, reasoning=answer.value.reasoning,
+                            calls=answer.calls, decided_after=last.iteration, decision=decision)
+        return Abstained(decision=decision, decided_after=last.iteration, calls=answer.calls)
+
+
+def progress_score(h: IterationRecord) -> float | None:
+    """A candidate's mean validation accuracy at the highest rung it finished (what the search
+    learns from, at every fidelity); None when it has none."""
+    evaluations = [p.evaluation for p in h.passed] + ([h.evaluation] if h.state in ("parked", "decided") else [])
+    for evaluation in reversed(evaluations):
+        if evaluation is not None:
+            return evaluation.summary(DEFAULT_METRIC).mean
+    return None
+
+
+def incumbent(history: list[IterationRecord], statistic) -> IterationRecord | None:
+    """The run's best candidate: the best at the full budget, else the furthest and best of the cheap rungs."""
+    full = [h for h in history if h.score(statistic) is not None]
+    if full:
+        return max(full, key=lambda h: (h.score(statistic), -h.iteration))
+    scored = [h for h in history if progress_score(h) is not None]
+    return max(scored, key=lambda h: (len(h.passed), progress_score(h), -h.iteration), default=None)
+
+
+def hint(h: IterationRecord) -> Hint | None:
+    """What the candidate's learning curves say, by most of its seeds."""
+    rows = [s.dynamics for s in (h.evaluation.seed_results if h.evaluation else []) if s.dynamics]
+    if not rows:
+        return None
+    if sum(d.overfitting.detected and d.overfitting.severity in ("moderate", "severe") for d in rows) * 2 > len(rows):
+        return "overfitting"
+    if sum(d.convergence.status == "still_improving" for d in rows) * 2 > len(rows):
+        return "still_improving"
+    return None
 
 
 class BuiltinSearch:
-    """Optuna TPE over small CNNs and MLPs, rebuilt from the run's history at every call (search.py)."""
+    """TPE over small CNNs and MLPs with the candidates in flight as running trials (search.py),
+    and, on a share of its turns, a local move from the run's best candidate."""
 
     name: ProposerName = "builtin"
 
     def __init__(self, config: Config) -> None:
-        self.min_epochs = config.planner.min_epochs
+        self.min_epochs, self.local_share = config.planner.min_epochs, config.planner.local_share
 
     async def propose(self, view: RunView) -> Proposal:
         seed = int(hashlib.sha256(view.run.run_id.encode()).hexdigest()[:8], 16)
-        trials = [(h.search_params, h.evaluation.summary().mean if h.evaluation else None)
-                  for h in view.history if h.search_params]
-        bounds = SearchBounds(min_epochs=min(self.min_epochs, view.max_epochs), max_epochs=view.max_epochs,
-                              num_train=view.num_train)
         facts = view.run.dataset_facts
         assert facts is not None
-        found = await asyncio.to_thread(propose, facts, trials, seed=seed, bounds=bounds)
-        return Proposal(model_config=found.model_config, proposer=self.name, search_params=found.params)
-
-
-def proposers(config: Config, planning: LLMClient | None) -> list[Proposer]:
-    """In the order they are asked: the planning LLM where one is configured, then the search."""
-    return [*([PlanningLLM(planning, config)] if planning else []), BuiltinSearch(config)]
-
-
-async def choose(chain: list[Proposer], view: RunView) -> tuple[Proposal, list[Declined]]:
-    """The first proposal along the chain, and the declines met on the way (their LLM calls are
-    the iteration's too)."""
-    declined: list[Declined] = []
-    for proposer in chain:
-        answer = await proposer.propose(view)
-        if isinstance(answer, Proposal):
-            return answer, declined
-        if isinstance(answer, Declined):
-            declined.append(answer)
-    raise RuntimeError("no proposer proposed: the built-in search must come last")  # a wiring fault
+        bounds = SearchBounds(min_epochs=min(self.min_epochs, view.max_epochs), max_epochs=view.max_epochs,
+                              num_train=view.num_train)
+        searched = [h for h in view.history if h.search_params]
+        measured = [(h.search_params, progress_score(h)) for h in searched
+                    if not h.in_flight or progress_score(h) is not None]
+        pending = [h.search_params for h in searched if h.in_flight and progress_score(h) is None]
+        best = incumbent(view.history, view.run.goal.goal_statistic)
+        local = random.Random(seed * 7919 + view.number).random() < self.local_share
+        if best is not None and best.search_params and local and len(measured) >= N_STARTUP_TRIALS:
+            score = best.score(view.run.goal.goal_statistic)
+            label = (f"candidate {best.iteration}, the best so far ("
+                     + (f"{score:.4f} at the full budget" if score is not None else
+                        f"{progress_score(best):.4f} at its cheap rung {best.rung}") + ")")
+            found = local_move(facts, best.search_params, hint=hint(best), seed=seed + view.number, bounds=bounds,
+                               label=label)
+            if all(found.params != h.search_params for h in searched):  # a move already made: TPE instead
+                return Proposal(model_config=found.model_config, proposer=self.name, search_params=found.params,
+                                reasoning=found.reasoning)
+        found = await asyncio.to_thread(propose, facts, measured, seed=seed, bounds=bounds, pending=pending)
+        return Proposal(model_config=found.model_config, proposer=self.name, search_params=found.params,
+                        reasoning=found.reasoning)

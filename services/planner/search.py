@@ -1,8 +1,11 @@
-"""The built-in planner's search space: Optuna TPE over small CNNs and MLPs.
+"""The built-in planner's search space: Optuna TPE over small CNNs and MLPs, and local moves
+from a run's best candidate.
 
-Used when no LLM is configured. Pure logic, no I/O, and stateless: the planner may crash
-and resume with its history in the registry, so every call to ``propose`` rebuilds the study
-from that history (``add_trial`` per past trial) and asks for one new trial.
+Pure logic, no I/O, and stateless: the planner may crash and resume with its history in the
+registry, so every call to ``propose`` rebuilds the study from that history (``add_trial`` per
+past trial) and asks for one new trial. Candidates still in flight join the study as running
+trials, and TPE's constant liar counts them as poor results, so K proposals made before any of
+them is measured spread out instead of landing on one point.
 
 Why a fixed parameter set: ``create_trial`` needs the distributions of every past trial, and
 a define-by-run space (ask block 3's settings only when there are 3 blocks) would give each
@@ -14,15 +17,17 @@ trials of a run. The ignored values are harmless to TPE: they just carry no sign
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution,
                                   FloatDistribution, IntDistribution)
-from optuna.samplers import TPESampler
+from optuna.samplers import RandomSampler, TPESampler
+from optuna.trial import TrialState
 
 from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts, Optimizer
 
@@ -47,6 +52,7 @@ class Proposal:
     params: dict[str, Any]  # JSON-serialisable; store it in the history as is
     model_config: dict[str, Any]  # seed format, ready for the assembler
     history_used: int = 0  # past trials given to the sampler (ones outside the space are skipped)
+    reasoning: str = ""  # where it came from, truthfully: the run's events and report say it
 
 
 # ---- the space ----
@@ -92,6 +98,8 @@ def search_space(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()
         space |= {
             "n_layers": IntDistribution(1, 3),
             **{f"hidden_{i}": CategoricalDistribution([32, 64, 128, 256]) for i in (1, 2, 3)},
+            # the trusted data pipeline's per-feature standardisation (training split statistics)
+            "standardize": CategoricalDistribution([True, False]),
         }
     space |= {
         "batch_norm": CategoricalDistribution([False, True]),
@@ -122,7 +130,7 @@ def default_params(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()) -
                 "batch_norm": True, **shared}
     # No BatchNorm1d by default: a last training batch of one sample would make it raise.
     return {"n_layers": 2, "hidden_1": 128, "hidden_2": 64, "hidden_3": 64,
-            "batch_norm": False, **shared}
+            "standardize": True, "batch_norm": False, **shared}
 
 
 # ---- params -> model_config ----
@@ -181,6 +189,7 @@ def to_model_config(facts: DatasetFacts, params: dict[str, Any]) -> dict[str, An
         "weight_decay": params["weight_decay"] if params["use_weight_decay"] else 0.0,
         "epochs": params["epochs"],
         "batch_size": params["batch_size"],
+        **({"standardize": params["standardize"]} if "standardize" in params else {}),
     }
 
 
@@ -192,9 +201,14 @@ def _sampler_seed(seed: int, n_history: int) -> int:
     return (seed * 1_000_003 + n_history) % 2**32
 
 
+Sampler = Literal["tpe", "random"]
+
+
 def rebuild_study(facts: DatasetFacts, history: Sequence[tuple[dict, float | None]], *,
-                  seed: int, bounds: SearchBounds = SearchBounds()) -> tuple[optuna.Study, int]:
-    """A fresh in-memory study holding the history; returns it and how many trials it took.
+                  seed: int, bounds: SearchBounds = SearchBounds(), pending: Sequence[dict] = (),
+                  sampler: Sampler = "tpe") -> tuple[optuna.Study, int]:
+    """A fresh in-memory study holding the history (and `pending` as running trials); returns it
+    and how many finished trials it took.
 
     A past trial whose params do not fit this space (bounds changed on resume, a trial
     proposed by something else) is skipped rather than failing the whole run.
@@ -202,37 +216,86 @@ def rebuild_study(facts: DatasetFacts, history: Sequence[tuple[dict, float | Non
     space = search_space(facts, bounds)
     with warnings.catch_warnings():  # multivariate TPE is "experimental" in optuna < 4
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = TPESampler(seed=_sampler_seed(seed, len(history)),
-                             n_startup_trials=N_STARTUP_TRIALS, multivariate=True)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
+        chosen = (RandomSampler(seed=_sampler_seed(seed, len(history) + len(pending))) if sampler == "random" else
+                  TPESampler(seed=_sampler_seed(seed, len(history) + len(pending)), n_startup_trials=N_STARTUP_TRIALS,
+                             multivariate=True, constant_liar=True))
+    study = optuna.create_study(direction="maximize", sampler=chosen)
     used = 0
-    for params, score in history:
-        value = FAILED_SCORE if score is None or not math.isfinite(score) else float(score)
+    for params, score in [*history, *((p, math.nan) for p in pending)]:
+        running = score is not None and math.isnan(score)
         if set(params) != set(space):
             continue
         try:
-            study.add_trial(optuna.trial.create_trial(
-                params=dict(params), distributions=space, value=value))
+            if running:
+                trial = optuna.trial.create_trial(params=dict(params), distributions=space, state=TrialState.RUNNING)
+            else:
+                value = FAILED_SCORE if score is None or not math.isfinite(score) else float(score)
+                trial = optuna.trial.create_trial(params=dict(params), distributions=space, value=value)
+            study.add_trial(trial)
         except ValueError:  # a value outside its distribution
             continue
-        used += 1
+        used += not running
     return study, used
 
 
 def propose(facts: DatasetFacts, history: Sequence[tuple[dict, float | None]], *, seed: int,
-            bounds: SearchBounds = SearchBounds()) -> Proposal:
+            bounds: SearchBounds = SearchBounds(), pending: Sequence[dict] = (),
+            sampler: Sampler = "tpe") -> Proposal:
     """The next configuration to evaluate; the same inputs give the same proposal.
 
-    ``history`` holds ``(params, score)`` of past trials in order: params as returned in
-    ``Proposal.params``, score the mean validation accuracy, None for a failed trial.
+    ``history`` holds ``(params, score)`` of measured trials in order: params as returned in
+    ``Proposal.params``, score the trial's mean validation accuracy at the highest rung it
+    finished, None for a failed trial. ``pending`` holds the params of trials still in flight.
     """
-    study, used = rebuild_study(facts, history, seed=seed, bounds=bounds)
-    if used == 0:
+    study, used = rebuild_study(facts, history, seed=seed, bounds=bounds, pending=pending, sampler=sampler)
+    first = used == 0 and not pending
+    if first:
         study.enqueue_trial(default_params(facts, bounds))
     space = search_space(facts, bounds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         trial = study.ask(space)
     params = {name: trial.params[name] for name in space}  # in the space's order
-    return Proposal(params=params, model_config=to_model_config(facts, params),
-                    history_used=used)
+    if first:
+        why = "the search's known-good default, its first trial"
+    elif sampler == "random":
+        why = "a random sample of the space (random search)"
+    elif used + len(pending) < N_STARTUP_TRIALS:
+        why = f"a random sample: the search's first {N_STARTUP_TRIALS} trials explore before TPE models them"
+    else:
+        why = f"TPE's pick from the {used} measured trials" + (
+            f", the {len(pending)} in flight counted as poor so it looks elsewhere" if pending else "")
+    return Proposal(params=params, model_config=to_model_config(facts, params), history_used=used, reasoning=why)
+
+
+# ---- local moves from the incumbent ----
+Hint = Literal["still_improving", "overfitting"]
+
+
+def local_move(facts: DatasetFacts, params: dict[str, Any], *, hint: Hint | None, seed: int,
+               bounds: SearchBounds = SearchBounds(), label: str = "the best so far") -> Proposal:
+    """A step from the incumbent's params that its learning curves argue for: more epochs while
+    its validation curve still improved, more regularisation where it overfit, else a nearby
+    learning rate. `label` names the incumbent in the reasoning."""
+    space = search_space(facts, bounds)
+    moved, why = dict(params), ""
+    epochs_cap = space["epochs"].high  # type: ignore[attr-defined]
+    if hint == "still_improving" and params["epochs"] < epochs_cap:
+        moved["epochs"] = min(epochs_cap, math.ceil(params["epochs"] * 1.5))
+        why = f"its validation curve was still improving: {params['epochs']} -> {moved['epochs']} epochs"
+    elif hint == "overfitting":
+        moved["dropout"] = min(0.5, params["dropout"] + 0.15)
+        moved["use_weight_decay"] = True
+        moved["weight_decay"] = min(1e-2, max(1e-4, params["weight_decay"] * 3))
+        why = (f"it overfit: more regularisation (dropout {params['dropout']:.2f} -> {moved['dropout']:.2f}, "
+               f"weight decay {moved['weight_decay']:.0e})")
+    else:
+        rng = random.Random(seed)
+        lr_low, lr_high = space["lr"].low, space["lr"].high  # type: ignore[attr-defined]
+        factor = rng.choice((0.5, 2.0))
+        moved["lr"] = min(lr_high, max(lr_low, params["lr"] * factor))
+        if moved["lr"] == params["lr"]:
+            moved["lr"] = min(lr_high, max(lr_low, params["lr"] / factor))
+        why = f"a nearby learning rate ({params['lr']:.2g} -> {moved['lr']:.2g})"
+    return Proposal(params=moved, model_config=to_model_config(facts, moved),
+                    reasoning=f"a local move from {label}: {why}")

@@ -92,13 +92,17 @@ class Goal(msgspec.Struct, frozen=True, kw_only=True):
     # fail the run instead of falling back when a configured LLM cannot be used (the check at the
     # start, a proposal, a decision, code): for measuring a model, not only getting a result
     require_llm: bool = False
+    parallel: int | None = None  # candidates in flight at once; None: the stack's planner.parallel
+    # the run's compute budget in seed-epochs (one seed trained for one epoch); None: max_iterations
+    # full evaluations at the longest training, max_iterations x num_seeds x max_epochs (`budget_epochs`)
+    epoch_budget: int | None = None
 
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # (lowest, highest) of each integer field of a goal, both included
 GOAL_LIMITS: dict[str, tuple[int, int]] = {
     "max_iterations": (1, 1000), "num_seeds": (1, 100), "patience": (1, 1000), "max_epochs": (1, 1000),
-    "subset_size": (10, 100_000_000),
+    "subset_size": (10, 100_000_000), "parallel": (1, 64), "epoch_budget": (1, 100_000_000),
 }
 MAX_GOAL_CHARS = 4000
 
@@ -118,7 +122,7 @@ def goal_problems(goal: Goal) -> list[str]:
         problems.append(f"target_accuracy must be in (0, 1]{hint}, not {goal.target_accuracy!r}")
     for name, (low, high) in GOAL_LIMITS.items():
         value = getattr(goal, name)
-        if value is None and name == "subset_size":
+        if value is None and name in ("subset_size", "parallel", "epoch_budget"):
             continue
         if not low <= value <= high:
             problems.append(f"{name} must be an integer from {low} to {high}, not {value!r}")
@@ -309,6 +313,8 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     weight_decay: float = DEFAULT_RECIPE.weight_decay
     subset_size: int | None = None
     augment: bool = DEFAULT_RECIPE.augment
+    rung: int | None = None  # the successive-halving rung it trains for; None: the full budget
+    keep_weights: bool = True  # a lower rung's weights are never used: not kept
 
     @classmethod
     def with_recipe(cls, recipe: TrainingRecipe, **fields: Any) -> "EvalJob":
@@ -346,6 +352,8 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     iteration: int
     seed: int
     ok: bool
+    rung: int | None = None  # as its job's
+    started_at: float = 0.0  # when the evaluator took the job (its clock); duration_s runs from here
     error: str | None = None
     # ---- why a seed failed (ok=False), in fields, as a rejected validation says why ----
     reason: str | None = None  # timeout, oom, pids, exited, exception, harness_failed, bad_report, bad_predictions, dead_letter, ...

@@ -15,7 +15,10 @@ import msgspec
 from shared.messaging.messages import (TERMINAL_STATUSES, DatasetFacts, EpochStats, Goal, GoalStatistic, LLMCall, ModelFacts, Narrative,
                                        RunStatus, ValidationResult)
 
-IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "rejected", "decided"]
+# parked: a cheap rung finished, and the candidate waits to be promoted (or not); decided: closed
+IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "parked", "rejected",
+                         "decided"]
+IN_FLIGHT: frozenset[str] = frozenset({"proposed", "assembled", "validated", "evaluating"})
 Proposer = Literal["builtin", "llm"]
 DEFAULT_METRIC = "val_accuracy"
 
@@ -197,6 +200,25 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     disagreement: str | None = None  # the LLM claimed what the statistics do not support
 
 
+class RungSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One rung of a candidate's successive-halving ladder (services.planner.fidelity.Rung)."""
+
+    index: int | None  # 0, 1, ... the cheap rungs; None the full budget
+    epochs: int
+    seeds: list[int]
+
+
+class RungResult(msgspec.Struct, kw_only=True):
+    """A cheap rung a candidate finished before it was promoted: what it scored there."""
+
+    index: int
+    epochs: int
+    seeds: list[int]
+    evaluation: Evaluation | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
 class RunRecord(msgspec.Struct, kw_only=True):
     run_id: str
     goal: Goal
@@ -207,6 +229,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     best_score: float | None = None  # the goal statistic of the best iteration
     dataset_facts: DatasetFacts | None = None  # None when the data set could not be read
     llm_check: list[LLMCall] | None = None  # the check of each configured LLM at the start; None: not made
+    reason: str | None = None  # why the run ended, in a sentence (set by the planner when it ends it)
     created_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -227,9 +250,14 @@ class IterationRecord(msgspec.Struct, kw_only=True):
     class_name: str = ""
     code_artifact: str | None = None  # object name in ARTIFACTS_BUCKET
     validation: ValidationResult | None = None
-    seeds: list[int] = []
-    evaluation: Evaluation | None = None
+    seeds: list[int] = []  # of the rung it trains for
+    evaluation: Evaluation | None = None  # of the rung it trains for (rung), once measured
     decision: Decision | None = None
+    # ---- successive halving: the rung it trains for, its ladder, the cheaper rungs it passed ----
+    rung: int | None = None  # None: the full budget (records before rungs trained at full budget)
+    ladder: list[RungSpec] = []  # [] on records before rungs: the full budget alone
+    passed: list[RungResult] = []  # the cheaper rungs it finished, oldest first
+    reasoning: str = ""  # where the proposal came from, as its proposer said
     attempts: int = 0  # failed tries of the current step
     # ---- code generation and the LLMs ----
     assembler: str = ""  # deterministic | llm: who wrote the current code
@@ -240,8 +268,24 @@ class IterationRecord(msgspec.Struct, kw_only=True):
     finished_at: float | None = None
 
     def score(self, statistic: GoalStatistic) -> float | None:
-        """The goal statistic of an evaluated iteration; None when it was rejected or every seed failed."""
-        return self.evaluation.score(statistic) if self.evaluation else None
+        """The goal statistic of an iteration evaluated at the full budget; None when it was rejected,
+        every seed failed, or it has not (yet) earned the full budget: cheap rungs never count."""
+        return self.evaluation.score(statistic) if self.evaluation and self.rung is None else None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state in IN_FLIGHT
+
+    @property
+    def rungs(self) -> list[RungSpec]:
+        return self.ladder or [RungSpec(index=None, epochs=int(self.model_config.get("epochs") or 0), seeds=self.seeds)]
+
+    def compute(self) -> int:
+        """Seed-epochs dispatched for it: the rungs it passed, and the one it trains for once queued."""
+        current = next((r for r in self.rungs if r.index == self.rung), None)
+        trained = self.state in ("evaluating", "evaluated", "parked") or (self.state == "decided" and self.evaluation)
+        queued = current.epochs * len(current.seeds) if current and trained else 0
+        return sum(p.epochs * len(p.seeds) for p in self.passed) + queued
 
 
 # ---- records written before the types above ----

@@ -38,6 +38,21 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     eval_timeout_s: float = 1800.0  # all seeds of one iteration, seconds
     min_epochs: int = 5  # lower bound of the built-in search's epochs
     max_epochs: int = 20  # upper bound of the built-in search's epochs (a goal's max_epochs caps it further)
+    # ---- the search: candidates in flight and successive halving (services/planner/fidelity.py) ----
+    # candidates a run keeps in flight when its goal does not say (--parallel): 4 keeps two evaluators
+    # busy on one-seed first rungs, and is the count `make bench-search` measured against 1
+    parallel: int = 4
+    # successive halving: each candidate first trains on `lower_rungs` cheap rungs, rung r (0 first)
+    # with 1/reduction_factor^(lower_rungs - r) of its epochs and seeds, and the best
+    # 1/reduction_factor of each rung earn the next; 0 lower rungs: every candidate gets the full budget
+    reduction_factor: int = 3
+    lower_rungs: int = 2
+    # with a planning LLM: the share of proposals it makes (the built-in search makes the rest);
+    # a minority, after Ferreira et al. 2026 (arXiv 2603.24647): TPE with an LLM minority did best
+    llm_share: float = 0.25
+    # the built-in search's share of proposals that are local moves from the run's best candidate
+    # (more epochs, more regularisation, a nearby learning rate) rather than TPE samples
+    local_share: float = 0.3
     # ---- the planner's JetStream consumers (goals, results, dead-letter advisories) ----
     ack_wait_s: float = 60.0  # a message not acked this long after delivery is delivered again, seconds
     max_deliver: int = 5  # deliveries of one goal or result before JetStream gives up on it
@@ -50,6 +65,10 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 or self.submit_concurrency < 1):
             raise ValueError("planner.ack_wait_s must be > 0, planner.max_deliver and planner.fetch_batch >= 1, "
                              "planner.nak_delay_s >= 0, planner.submit_concurrency >= 1")
+        if not (1 <= self.parallel <= 64 and self.reduction_factor >= 2 and 0 <= self.lower_rungs <= 5
+                and 0.0 <= self.llm_share <= 1.0 and 0.0 <= self.local_share <= 1.0):
+            raise ValueError("planner.parallel must be 1 to 64, planner.reduction_factor >= 2, planner.lower_rungs "
+                             "0 to 5, planner.llm_share and planner.local_share between 0 and 1")
 
 
 class AssemblerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

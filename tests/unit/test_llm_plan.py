@@ -74,9 +74,10 @@ def test_the_context_shows_the_best_configuration_the_history_and_the_budget():
     history = [evaluated(1, 0.80), evaluated(2, 0.91, best), evaluated(3, 0.85),
                IterationRecord(run_id="r", iteration=4, state="rejected", model_config=MLP,
                                validation=ValidationResult(ok=False, reason="output_shape", error="wrong shape"))]
-    text = plan_context(GOAL, FACTS, 1400, history, best_iteration=2, max_epochs=20, history_limit=3)
+    text = plan_context(GOAL, FACTS, 1400, history, best_iteration=2, max_epochs=20, history_limit=3,
+                        spent=120, budget=500)
     assert "Goal: a small CNN for digits" in text and "input shape [1, 8, 8], 10 classes, 1400 training samples" in text
-    assert "1 of 5 iterations left" in text and ">= 0.95" in text
+    assert "380 of 500 seed-epochs" in text and ">= 0.95" in text
     assert "Best configuration so far (iteration 2)" in text and '"class_name": "Best"' in text
     assert "the last 3 of 4 iterations" in text and '"iteration": 1,' not in text.split("History")[1]
     assert "rejected (output_shape): wrong shape" in text
