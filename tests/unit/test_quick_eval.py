@@ -98,3 +98,16 @@ def test_the_engine_trains_on_standardised_or_raw_inputs_as_configured(standardi
     result = quick_evaluate_once(InputSpy(), QuickEvalConfig(dataset_name="breast_cancer", epochs=1, num_seeds=1,
                                                              standardize=standardize))
     assert result["seed_results"][0]["ok"] and low < max(InputSpy.largest) < high
+
+
+def test_the_recipe_flags_of_both_commands_default_to_the_recipe_and_turn_standardisation_off():
+    import argparse
+
+    from researcher.evaluate_cmd import recipe_args, recipe_from
+    from shared.messaging.messages import DEFAULT_RECIPE, TrainingRecipe
+
+    parser = argparse.ArgumentParser()
+    recipe_args(parser)
+    assert recipe_from(parser.parse_args([])) == DEFAULT_RECIPE
+    assert recipe_from(parser.parse_args(["--no-standardize", "--augment"])) == TrainingRecipe(standardize=False,
+                                                                                            augment=True)
