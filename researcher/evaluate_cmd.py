@@ -52,11 +52,14 @@ def recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=get_args(Optimizer), default=d.optimizer)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--augment", action="store_true", default=d.augment, help="random crop and flip of image batches")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=d.standardize,
+                   help="scale the inputs by the training split's mean and std (per feature; per channel for images); "
+                        "--no-standardize trains on the raw values (default: %(default)s)")
 
 
 def recipe_from(args: argparse.Namespace) -> TrainingRecipe:
     return TrainingRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                          weight_decay=args.weight_decay, augment=args.augment)
+                          weight_decay=args.weight_decay, augment=args.augment, standardize=args.standardize)
 
 
 def format_evaluation(evaluation: Evaluation, title: str, goal: tuple[str, float | None, bool | None] | None = None) -> str:
@@ -209,6 +212,7 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
                                  optimizer=args.optimizer, weight_decay=args.weight_decay,
                                  target_accuracy=args.target_accuracy, goal_statistic=args.goal_statistic,
                                  device=args.device, data_dir=data_dir, val_fraction=settings.val_fraction, augment=args.augment,
+                                 standardize=args.standardize,
                                  output_dir=str(args.output_dir) if args.output_dir else None,
                                  save_confusion_matrix_plot=bool(args.output_dir), export_learning_curves=bool(args.output_dir))
     except DatasetError as exc:

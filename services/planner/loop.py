@@ -89,9 +89,8 @@ class Planner:
             task = self._tasks.pop(run_id, None)
             if task:
                 task.cancel()
-        for run in await self.registry.list_runs():
-            if run.status == "running":
-                await self.ensure_driving(run.run_id)
+        for run_id in await self.registry.running_run_ids():  # an index: not every run record, every scan
+            await self.ensure_driving(run_id)
         return sum(1 for task in self._tasks.values() if not task.done())
 
     async def ensure_driving(self, run_id: str) -> None:

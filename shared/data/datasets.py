@@ -71,6 +71,7 @@ class Split:
     x_val: np.ndarray
     y_val: np.ndarray
     # the normalisation applied, (1, C, 1, 1) for images, (1, F) for tables: a trained model needs it
+    # (mean 0 and std 1 where the recipe left the inputs raw)
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
 
@@ -277,9 +278,12 @@ def _load(key: str, root: Path, download_missing: bool) -> Dataset:
     return LOADERS[key](root)
 
 
-def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fraction, subset_size: int | None = None) -> Split:
-    """Stratified subset and train/validation split drawn from `seed`, then normalised with the
-    training split's statistics (per channel for images, per feature for tables)."""
+def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fraction, subset_size: int | None = None,
+          standardize: bool = True) -> Split:
+    """Stratified subset and train/validation split drawn from `seed`, then (with `standardize`, a
+    recipe's choice) normalised with the training split's statistics, per channel for images and
+    per feature for tables. Without it the values stay raw, and the Split says so with mean 0 and
+    std 1: a trained model's preprocessing is applied the same way either way."""
     x, y = ds.x, ds.y
     if subset_size and subset_size < len(y):
         x, _, y, _ = train_test_split(x, y, train_size=subset_size, stratify=y, random_state=seed)
@@ -287,5 +291,7 @@ def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fractio
     axes = (0, 2, 3) if ds.kind == "image" else (0,)
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True) + 1e-6
+    if not standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
     norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
     return Split(norm(x_train), y_train.astype(np.int64), norm(x_val), y_val.astype(np.int64), mean, std)

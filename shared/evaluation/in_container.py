@@ -78,12 +78,12 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
         ds = load_dataset(job.dataset, data_dir=data_config.dir)
     except DatasetError as exc:
         raise DatasetUnavailableError(evaluator, job.dataset, str(exc)) from exc
+    recipe = job.recipe
     try:
-        data = split(ds, job.seed, data_config.val_fraction, job.subset_size)
+        data = split(ds, job.seed, data_config.val_fraction, job.subset_size, standardize=recipe.standardize)
     except ValueError as exc:  # a subset too small for a stratified split: the job's fault, not the code's
         return Trained(SeedResult(ok=False, reason="bad_subset", error=f"cannot split {job.dataset} with subset_size "
                                   f"{job.subset_size}: {exc}", duration_s=round(time.monotonic() - started, 3), **base))
-    recipe = job.recipe
     container_job = TrainJob(
         source=job.source, class_name=job.class_name, seed=job.seed, augment=recipe.augment,
         hparams=Hparams(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,

@@ -63,6 +63,7 @@ class QuickEvalConfig:
     device: str = "auto"
     compile: bool = False
     augment: bool = DEFAULT_RECIPE.augment  # random crop and flip of image batches during training
+    standardize: bool = DEFAULT_RECIPE.standardize  # inputs scaled by the training split's mean and std
     data_dir: str | None = None  # None: data.dir's default; a CSV path relative to it, or absolute anywhere
 
     def __post_init__(self) -> None:
@@ -148,7 +149,7 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
     started = time.perf_counter()
     for i in range(config.num_seeds):
         seed = config.random_seed + i
-        data = split(dataset, seed, config.val_fraction, config.subset_size)
+        data = split(dataset, seed, config.val_fraction, config.subset_size, standardize=config.standardize)
         settings = TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                  optimizer=config.optimizer, weight_decay=config.weight_decay, seed=seed,
                                  track_val_each_epoch=config.track_learning_curves,

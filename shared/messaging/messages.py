@@ -60,6 +60,9 @@ class TrainingRecipe(msgspec.Struct, frozen=True, kw_only=True):
     optimizer: Optimizer = "adam"
     weight_decay: float = 0.0
     augment: bool = False  # random crop and flip of image batches during training
+    # inputs scaled to (x - mean) / std with the training split's statistics (per feature for tables,
+    # per channel for images), by the trusted data pipeline; False trains on the raw values
+    standardize: bool = True
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any]) -> "TrainingRecipe":
@@ -313,6 +316,7 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     weight_decay: float = DEFAULT_RECIPE.weight_decay
     subset_size: int | None = None
     augment: bool = DEFAULT_RECIPE.augment
+    standardize: bool = DEFAULT_RECIPE.standardize
     rung: int | None = None  # the successive-halving rung it trains for; None: the full budget
     keep_weights: bool = True  # a lower rung's weights are never used: not kept
 
@@ -337,7 +341,8 @@ class EpochStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Preprocessing(msgspec.Struct, frozen=True, kw_only=True):
-    """A seed's input normalisation, x -> (x - mean) / std with its training split's statistics."""
+    """A seed's input normalisation, x -> (x - mean) / std with its training split's statistics;
+    a recipe without standardisation keeps mean 0 and std 1, so every reader applies it alike."""
 
     shape: list[int]  # of mean and std, broadcasting over a batch: (C, 1, 1) for images, (F,) for tables
     mean: list[float]  # flattened

@@ -45,6 +45,11 @@ RUNS_BUCKET = "research_runs"
 ITERATIONS_BUCKET = "research_iterations"
 ARTIFACTS_BUCKET = "research_artifacts"
 LEASES_BUCKET = "research_run_leases"  # which planner replica drives which run (keys expire)
+# an index for the lease scan: one key per run whose status is running, so it reads no record
+RUNNING_BUCKET = "research_running_runs"
+# in RUNNING_BUCKET, written once the runs stored before the index existed are entered in it (a dot:
+# never a run id)
+RUNNING_INDEXED_KEY = "index.backfilled"
 
 
 def results_subject(run_id: str) -> str:

@@ -12,7 +12,10 @@ Seed format::
      "optimizer": "adam", "lr": 0.001, "epochs": 10, "batch_size": 64}
 
 ``type`` names a ``torch.nn`` class, the other keys of a layer are keyword arguments of its
-constructor. Training hyperparameters beside ``layers`` are ignored here.
+constructor. Training hyperparameters beside ``layers`` are ignored here, but for ``standardize``
+(true or false: whether the trusted data pipeline scales the inputs by the training split's mean
+and std), whose type is checked here with the rest of a config, so that a proposal with a bad one
+is answered before ``TrainingRecipe.from_model_config`` meets it.
 """
 
 from __future__ import annotations
@@ -147,6 +150,10 @@ def _check_top(config: Any) -> tuple[str, tuple[int, ...], int | None, list]:
     if num_classes is not None and (isinstance(num_classes, bool)
                                     or not isinstance(num_classes, int) or num_classes < 1):
         raise ConfigError(f"num_classes must be a positive int or absent, got {num_classes!r}")
+    standardize = config.get("standardize", True)
+    if not isinstance(standardize, bool):
+        raise ConfigError("standardize must be true (scale the inputs by the training split's mean and std) or "
+                          f"false (train on the raw values), got {standardize!r}")
     layers = config.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ConfigError("layers must be a non-empty list of objects like "

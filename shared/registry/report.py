@@ -10,7 +10,7 @@ import msgspec
 import yaml
 
 from shared.llm.usage import format_sources, llm_sources, usage_by_role
-from shared.messaging.messages import PROBE_BATCH
+from shared.messaging.messages import PROBE_BATCH, TrainingRecipe
 from shared.registry.best_model import export_best
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
@@ -30,12 +30,30 @@ def _validation(it: IterationRecord) -> dict[str, Any]:
             "reported_by": v.reported_by}
 
 
+def recipe_of(it: IterationRecord) -> TrainingRecipe | None:
+    """How the candidate is trained, preprocessing included, read from its model_config as the
+    planner reads it for the evaluation jobs; None where those settings do not decode (a proposal
+    rejected for them)."""
+    try:
+        return TrainingRecipe.from_model_config(it.model_config)
+    except msgspec.ValidationError:
+        return None
+
+
+def format_recipe(recipe: TrainingRecipe) -> str:
+    inputs = ("inputs standardised with the training split's mean and std" if recipe.standardize
+              else "raw inputs (not standardised)")
+    return (f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g}, weight decay "
+            f"{recipe.weight_decay:g}{', augmented' if recipe.augment else ''}; {inputs}")
+
+
 def iteration_report(it: IterationRecord) -> dict[str, Any]:
     return {
         "iteration": it.iteration,
         "state": it.state,
         "proposer": it.proposer,
         "model_config": it.model_config,
+        "recipe": msgspec.to_builtins(recipe_of(it)),  # its training settings and preprocessing, defaults filled in
         "class_name": it.class_name,
         "assembler": it.assembler,
         "code_attempts": msgspec.to_builtins(it.code_attempts),
@@ -59,7 +77,7 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
     if chosen is not None:
         best = {"iteration": chosen.iteration, "score": run.best_score, "goal_statistic": run.goal.goal_statistic,
                 "val_accuracy": msgspec.to_builtins(chosen.evaluation.summary()) if chosen.evaluation else None,
-                "model_config": chosen.model_config,
+                "model_config": chosen.model_config, "recipe": msgspec.to_builtins(recipe_of(chosen)),
                 "param_count": chosen.validation.param_count if chosen.validation else None,
                 "reported_by": chosen.validation.reported_by if chosen.validation else None}
     return {
@@ -135,6 +153,9 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
             flops = f", {v.flops // PROBE_BATCH:,} FLOPs per sample" if v.flops is not None else ""
             params = f"{v.param_count:,} params{flops} (reported by the model's process), "
         lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}: {params}{_outcome(it)}")
+        recipe = recipe_of(it) if it.evaluation else None  # a candidate that never trained had none
+        if recipe is not None:
+            lines.append(f"      trained: {format_recipe(recipe)}")
         for failure in (it.evaluation.failed_seeds if it.evaluation else []):
             lines.append(f"      seed {failure.seed} failed ({failure.reason or 'error'}): {failure.error}")
         if it.decision:

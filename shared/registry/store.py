@@ -2,6 +2,11 @@
 
 Every replica on every machine sees the same history. Updates go through the KV revision
 (compare-and-set), so two writers never silently overwrite each other.
+
+Beside the records, an index of the running runs (RUNNING_BUCKET, one key each): a planner's lease
+scan, every few seconds, lists it instead of reading thousands of finished runs. The record is the
+truth and is always written first, so a crash between the two writes leaves at worst a finished
+run in the index (a scan that claims it finds it ended), never a running run out of it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from nats.js.errors import (
 
 from shared.messaging import subjects
 from shared.messaging.bus import key_value, object_store
-from shared.messaging.messages import SeedResult
+from shared.messaging.messages import TERMINAL_STATUSES, SeedResult
 from shared.registry.records import IterationRecord, RunRecord, upgrade_run
 
 R = TypeVar("R", bound=msgspec.Struct)
@@ -60,17 +65,21 @@ def weights_artifact(run_id: str, iteration: int, seed: int) -> str:
 
 
 class Registry:
-    def __init__(self, js: JetStreamContext, runs, iterations, artifacts) -> None:
+    def __init__(self, js: JetStreamContext, runs, iterations, artifacts, running) -> None:
         self.js, self._runs, self._iterations, self._artifacts = js, runs, iterations, artifacts
+        self._running = running  # the index of running runs
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> "Registry":
-        return cls(
+        registry = cls(
             js,
             await key_value(js, subjects.RUNS_BUCKET),
             await key_value(js, subjects.ITERATIONS_BUCKET),
             await object_store(js, subjects.ARTIFACTS_BUCKET),
+            await key_value(js, subjects.RUNNING_BUCKET, history=1),  # a key's past is of no use
         )
+        await registry._backfill_index()
+        return registry
 
     # ---- generic record access ----
     async def _get(self, kv, key: str, type_: type[R]) -> tuple[R, int] | None:
@@ -98,19 +107,29 @@ class Registry:
 
     # ---- runs ----
     async def create_run(self, record: RunRecord) -> bool:
-        """False when the run already exists (a redelivered goal)."""
+        """False when the run already exists (a redelivered goal). A run created running enters the
+        index; one created ended (a goal refused at intake) never does."""
         try:
             await self._runs.create(record.run_id, msgspec.json.encode(record))
-            return True
         except KeyWrongLastSequenceError:
+            # the goal again: its first delivery may have died between the record and the index
+            existing = await self.get_run(record.run_id)
+            if existing is not None and existing.status == "running":
+                await self._index(record.run_id)
             return False
+        if record.status == "running":
+            await self._index(record.run_id)
+        return True
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         found = await self._get(self._runs, run_id, RunRecord)
         return found[0] if found else None
 
     async def update_run(self, run_id: str, change: Callable[[RunRecord], RunRecord]) -> RunRecord:
-        return await self._update(self._runs, run_id, RunRecord, change)
+        updated = await self._update(self._runs, run_id, RunRecord, change)
+        if updated.status in TERMINAL_STATUSES:  # also on a later update of an ended run: it heals a stale key
+            await self._running.delete(run_id)
+        return updated
 
     async def list_runs(self) -> list[RunRecord]:
         try:
@@ -119,6 +138,37 @@ class Registry:
             return []
         runs = [await self.get_run(key) for key in keys]
         return sorted((r for r in runs if r), key=lambda r: r.created_at)
+
+    # ---- the index of running runs ----
+    async def running_run_ids(self) -> list[str]:
+        """The runs whose status is running, from the index alone (no record is read); rarely one
+        that has just ended, so a caller acts on the record it reads next."""
+        try:
+            keys = await self._running.keys()
+        except NoKeysError:
+            return []
+        return sorted(key for key in keys if key != subjects.RUNNING_INDEXED_KEY)
+
+    async def _index(self, run_id: str) -> None:
+        """Enter a run the caller saw running, then read it again: had it ended meanwhile, its
+        update's delete may have come before this write, so the key is taken out again."""
+        await self._running.put(run_id, b"running")
+        run = await self.get_run(run_id)
+        if run is None or run.status in TERMINAL_STATUSES:
+            await self._running.delete(run_id)
+
+    async def _backfill_index(self) -> None:
+        """Runs stored before the index existed enter it once, from a full scan; the marker is
+        written last, so a scan cut short is done again by the next open."""
+        try:
+            await self._running.get(subjects.RUNNING_INDEXED_KEY)
+            return
+        except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+            pass
+        for run in await self.list_runs():
+            if run.status == "running":
+                await self._index(run.run_id)
+        await self._running.put(subjects.RUNNING_INDEXED_KEY, b"1")
 
     # ---- iterations ----
     async def put_iteration(self, record: IterationRecord) -> None:

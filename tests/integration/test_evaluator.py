@@ -71,6 +71,23 @@ def test_code_that_fails_in_training_is_a_failed_seed_with_its_reason(runner):
     assert "exploded in training" in result.error
 
 
+@pytest.mark.parametrize("standardize", [True, False])
+def test_the_container_gets_the_inputs_standardised_or_raw_as_the_recipe_says(runner, standardize):
+    """digits' pixels are 0..1 raw; standardised with the training split's mean and std, they go negative."""
+    source = (
+        "import torch\nfrom torch import nn\n"
+        "class Peek(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.w = nn.Parameter(torch.zeros(1))  # an optimizer needs one\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError(f'inputs in [{float(x.min()):.3f}, {float(x.max()):.3f}]')\n"
+    )
+    result = evaluate_job(job(source, "Peek", epochs=1, standardize=standardize), runner, timeout_s=300, memory="2g")
+    low, high = map(float, result.error.split("inputs in [")[1].split("]")[0].split(", "))
+    assert (low < -0.5 and high > 1.5) if standardize else (low == 0.0 and high == 1.0)
+
+
 def test_a_model_searching_its_container_for_the_labels_finds_none(runner):
     """Everything the container holds: the arrays in its memory and the files it can read."""
     source = (

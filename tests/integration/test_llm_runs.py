@@ -88,7 +88,8 @@ def test_researcher_run_with_a_planning_and_a_tools_llm(docker_engine, tmp_path)
 
     # the planning LLM's (repaired) config is the one assembled and evaluated
     assert first["proposer"] == "llm"
-    assert first["model_config"] == {**LLM_NET, "weight_decay": 0.0, "input_shape": [1, 8, 8], "num_classes": 10}
+    assert first["model_config"] == {**LLM_NET, "weight_decay": 0.0, "standardize": True, "input_shape": [1, 8, 8],
+                                     "num_classes": 10}  # the recipe it left out, recorded as it ran
     assert [(c["purpose"], c["outcome"]) for c in first["llm_calls"] if c["role"] == "planning"] == [
         ("propose", "malformed"), ("propose", "ok"), ("decide", "ok")]
     assert "not one valid JSON object" in planner_requests[1].messages[-1]["content"]

@@ -215,12 +215,21 @@ def test_linear_on_image_input_is_a_shape_error():
     ("layers", {"type": "ReLU"}, "layers must be a non-empty list"),
     ("num_classes", 0, "num_classes must be"),
     ("num_classes", True, "num_classes must be"),
+    ("standardize", "yes", "standardize must be true (scale the inputs by the training split's mean and std) or "
+                           "false (train on the raw values), got 'yes'"),
+    ("standardize", 1, "standardize must be true"),
+    ("standardize", None, "standardize must be true"),
 ])
 def test_bad_top_level(key, value, fragment):
     cfg = copy.deepcopy(SEED)
     cfg[key] = value
     err = error_of(cfg)
     assert err.layer_index is None and fragment in str(err)
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_standardize_either_way_builds_the_same_module(value):
+    assert assemble({**SEED, "standardize": value}).source == assemble(SEED).source
 
 
 # ---- hostile configs ----

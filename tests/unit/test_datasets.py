@@ -133,6 +133,20 @@ def test_tables_are_normalised_per_feature_on_the_training_split(name):
     np.testing.assert_allclose(s.x_train.std(axis=0), np.ones(features), atol=1e-3)
 
 
+@pytest.mark.parametrize("name, shape", [("wine", (1, 13)), ("digits", (1, 1, 1, 1))])
+def test_without_standardisation_the_same_rows_stay_raw(name, shape):
+    ds = load_dataset(name)
+    raw, scaled = split(ds, seed=5, standardize=False), split(ds, seed=5)
+    np.testing.assert_array_equal(raw.y_train, scaled.y_train)  # the same draw: only the scaling differs
+    assert raw.x_train.dtype == raw.x_val.dtype == np.float32
+    # every value is a row of the data set as loaded, and the kept preprocessing is the identity
+    rows = {row.tobytes() for row in ds.x.reshape(len(ds.x), -1)}
+    assert all(row.tobytes() in rows for row in raw.x_val.reshape(len(raw.x_val), -1))
+    assert raw.mean.shape == raw.std.shape == scaled.mean.shape == shape
+    assert (raw.mean == 0).all() and (raw.std == 1).all()
+    np.testing.assert_allclose((raw.x_val - scaled.mean) / scaled.std, scaled.x_val, atol=1e-4)
+
+
 def test_split_leaves_the_cached_data_set_untouched():
     ds = load_dataset("wine")
     before = ds.x.copy()

@@ -130,3 +130,12 @@ def test_a_job_of_the_flat_shape_keeps_its_recipe():
     assert decode(old, EvalJob).recipe == TrainingRecipe(epochs=3, batch_size=256, lr=0.05, optimizer="sgd",
                                                          weight_decay=0.01, augment=True)
     assert msgspec.json.decode(encode(EVAL_JOB))["epochs"] == 4  # and a new job is flat on the wire
+
+
+def test_standardisation_is_a_recipe_choice_that_travels_and_is_read_from_a_model_config():
+    raw = TrainingRecipe(standardize=False)
+    job = EvalJob.with_recipe(raw, job_id="j", run_id="r", iteration=1, seed=0, dataset="wine", class_name="M", source="x")
+    assert msgspec.json.decode(encode(job))["standardize"] is False  # flat on the wire, like the rest of the recipe
+    assert decode(encode(job), EvalJob).recipe == raw
+    assert TrainingRecipe.from_model_config({"class_name": "Net", "standardize": False}) == raw
+    assert TrainingRecipe.from_model_config({"class_name": "Net"}).standardize is True  # today's behaviour

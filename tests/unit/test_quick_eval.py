@@ -70,7 +70,44 @@ def test_quick_evaluator_cli_prints_json(capsys):
     from researcher.evaluate_cmd import quick_evaluator_main
 
     assert quick_evaluator_main(["--dataset", "iris", "--num-seeds", "2", "--epochs", "3", "--target-accuracy", "0.5",
-                                 "--json"]) == 0
+                                 "--no-standardize", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["num_seeds"] == 2 and result["dataset"]["name"] == "iris" and "goal_achieved" in result
+    assert result["config"]["standardize"] is False  # the recipe it ran with, recorded
     assert quick_evaluator_main(["--dataset", "cifar11"]) == 2
+
+
+class InputSpy(nn.Module):
+    """Notes the largest input value it is given (on the class: the engine copies the model per seed)."""
+
+    largest: list[float] = []
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(30, 2)
+
+    def forward(self, x):
+        InputSpy.largest.append(float(x.abs().max()))
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("standardize, low, high", [(True, 1.0, 50.0), (False, 1000.0, 10_000.0)])
+def test_the_engine_trains_on_standardised_or_raw_inputs_as_configured(standardize, low, high):
+    """breast_cancer's raw features reach the thousands (a tumour's area); standardised, a few units."""
+    InputSpy.largest.clear()
+    result = quick_evaluate_once(InputSpy(), QuickEvalConfig(dataset_name="breast_cancer", epochs=1, num_seeds=1,
+                                                             standardize=standardize))
+    assert result["seed_results"][0]["ok"] and low < max(InputSpy.largest) < high
+
+
+def test_the_recipe_flags_of_both_commands_default_to_the_recipe_and_turn_standardisation_off():
+    import argparse
+
+    from researcher.evaluate_cmd import recipe_args, recipe_from
+    from shared.messaging.messages import DEFAULT_RECIPE, TrainingRecipe
+
+    parser = argparse.ArgumentParser()
+    recipe_args(parser)
+    assert recipe_from(parser.parse_args([])) == DEFAULT_RECIPE
+    assert recipe_from(parser.parse_args(["--no-standardize", "--augment"])) == TrainingRecipe(standardize=False,
+                                                                                            augment=True)
