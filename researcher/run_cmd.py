@@ -38,13 +38,16 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0,
     from tqdm import tqdm
 
     registry = await Registry.open(nc.jetstream())
-    bar = tqdm(total=goal.max_iterations, desc="iterations", unit="it", file=sys.stderr, leave=False,
+    # over the compute budget, in seed-epochs: the planner's progress events say how much is spent
+    bar = tqdm(total=None, desc="compute", unit="seed-epoch", file=sys.stderr, leave=False,
                disable=quiet or not sys.stderr.isatty())
 
     async def on_event(msg) -> None:
         event = decode(msg.data, Event, msg.subject)
-        if event.kind == "decided":
-            bar.update(1)
+        if event.kind == "progress" and isinstance(event.data.get("spent"), int):
+            bar.total = event.data.get("budget")
+            bar.n = event.data["spent"]
+            bar.refresh()
         bar.write(f"[{time.strftime('%H:%M:%S')}] {event.message}", file=sys.stderr)
 
     sub = await nc.subscribe(subjects.events_subject(goal.run_id), cb=on_event)

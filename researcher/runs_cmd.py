@@ -147,16 +147,17 @@ def run_row(run: RunRecord) -> dict:
             "goal_statistic": run.goal.goal_statistic, "target": run.goal.target_accuracy,
             "best_score": run.best_score, "best_iteration": run.best_iteration,
             "iterations": run.current_iteration, "max_iterations": run.goal.max_iterations,
+            "candidates": run.current_iteration, "budget_seed_epochs": run.budget_epochs,
             "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error}
 
 
 def format_runs(found: list[RunRecord]) -> str:
-    header = ("RUN", "STATUS", "DATASET", "BEST", "TARGET", "ITERS", "STARTED", "GOAL")
+    header = ("RUN", "STATUS", "DATASET", "BEST", "TARGET", "CANDIDATES", "STARTED", "GOAL")
     rows = [header]
     for run in found:
         best = "-" if run.best_score is None else f"{run.best_score:.4f}"
         rows.append((run.run_id, run.status, _cut(run.goal.dataset, 24), best, f"{run.goal.target_accuracy:.4f}",
-                     f"{run.current_iteration}/{run.goal.max_iterations}",
+                     str(run.current_iteration),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at)), _cut(run.goal.goal, 48)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)

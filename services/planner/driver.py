@@ -104,6 +104,9 @@ class RunDriver:
         if not self._loaded:
             self.candidates = {h.iteration: h for h in await self.registry.iterations(self.run_id, run.current_iteration)}
             self._loaded = True
+        if run.budget_epochs is None:  # fixed at the first step: the stack's epoch cap may change later
+            budget = fidelity.budget_epochs(run.goal, self._max_epochs(run))
+            run = self.run = await self._set_run(lambda r: replace(r, budget_epochs=r.budget_epochs or budget))
         guard = self.planner.guard
         if guard.pending(run):
             await guard.check(run)
@@ -191,7 +194,7 @@ class RunDriver:
         return min(self.settings.max_epochs, run.goal.max_epochs)
 
     def budget(self, run: RunRecord) -> int:
-        return fidelity.budget_epochs(run.goal, self._max_epochs(run))
+        return run.budget_epochs or fidelity.budget_epochs(run.goal, self._max_epochs(run))
 
     def _ladder(self, run: RunRecord, epochs: int) -> list[fidelity.Rung]:
         return fidelity.ladder(epochs, run.goal.num_seeds, self.settings.lower_rungs, self.settings.reduction_factor)
@@ -309,7 +312,7 @@ class RunDriver:
         assert run is not None
         flying = [h for h in self.history() if h.in_flight]
         used = fidelity.spent([trial_of(h) for h in self.history()])
-        parts = [f"#{h.iteration} {'full' if h.rung is None else f'rung {h.rung}'} ({h.state})" for h in flying]
+        parts = [f"#{h.iteration} {'full' if h.rung is None else f'rung {h.rung}'}" for h in flying]
         line = f"in flight: {', '.join(parts) or 'none'}; compute {used}/{self.budget(run)} seed-epochs"
         if line != self._progress:
             self._progress = line

@@ -148,6 +148,7 @@ class SeedRow(msgspec.Struct, frozen=True, kw_only=True):
     evaluator: str = ""
     device: str = "cpu"
     dynamics: LearningDynamics | None = None
+    started_at: float = 0.0  # when an evaluator took its job (its clock); it ended duration_s later
 
 
 class Evaluation(msgspec.Struct, kw_only=True):
@@ -230,6 +231,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     dataset_facts: DatasetFacts | None = None  # None when the data set could not be read
     llm_check: list[LLMCall] | None = None  # the check of each configured LLM at the start; None: not made
     reason: str | None = None  # why the run ended, in a sentence (set by the planner when it ends it)
+    budget_epochs: int | None = None  # its compute budget in seed-epochs, as the planner set it at its first step
     created_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -12,6 +12,8 @@ import yaml
 from shared.llm.usage import format_sources, llm_sources, usage_by_role
 from shared.messaging.messages import PROBE_BATCH, TrainingRecipe
 from shared.registry.best_model import export_best
+from shared.registry.leaderboard import (compute, fidelity, format_leaderboard, format_proposers, leaderboard,
+                                         proposers)
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
 
@@ -64,7 +66,19 @@ def iteration_report(it: IterationRecord) -> dict[str, Any]:
         "llm_calls": msgspec.to_builtins(it.llm_calls),
         "started_at": it.started_at,
         "finished_at": it.finished_at,
+        # ---- successive halving: the rung it reached, its ladder, the cheaper rungs it passed ----
+        "fidelity": fidelity(it),
+        "rung": it.rung,
+        "ladder": msgspec.to_builtins(it.ladder),
+        "passed": msgspec.to_builtins(it.passed),
+        "compute_seed_epochs": it.compute(),
+        "reasoning": it.reasoning,  # where its proposal came from
     }
+
+
+def budget_of(run: RunRecord) -> int | None:
+    """The run's compute budget in seed-epochs, as its planner set it (None: a run it never stepped)."""
+    return run.budget_epochs
 
 
 def best_iteration(run: RunRecord, iterations: list[IterationRecord]) -> IterationRecord | None:
@@ -91,6 +105,10 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "error": run.error,
         "settings": msgspec.to_builtins(run.goal),
         "iterations": [iteration_report(it) for it in iterations],
+        "leaderboard": leaderboard(run, iterations),
+        "proposers": proposers(iterations),
+        "compute": compute(run, iterations, budget_of(run)),
+        "reason": run.reason,
         "best": best,
         "llm_usage": _llm_usage(iterations),
         "llm_sources": llm_sources(run, iterations),  # the LLMs' share of the work, and each fallback's why
@@ -146,13 +164,18 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     lines = [f"run {run.run_id}: {goal.goal!r} on {goal.dataset}",
              f"status: {run.status}" + (f" ({run.error})" if run.error else ""),
              f"target: {goal.target_accuracy:.4f} on the {goal.goal_statistic} of validation accuracy", ""]
-    for it in iterations:
+    lines += format_leaderboard(leaderboard(run, iterations)) + [""]
+    detailed = [it for it in iterations if it.rung is None or len(iterations) <= 12]
+    if len(detailed) < len(iterations):
+        lines.append(f"the {len(detailed)} candidates that reached the full budget (all {len(iterations)}: --json):")
+    for it in detailed:
         v = it.validation
         params = ""
         if v is not None and v.param_count:
             flops = f", {v.flops // PROBE_BATCH:,} FLOPs per sample" if v.flops is not None else ""
             params = f"{v.param_count:,} params{flops} (reported by the model's process), "
-        lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}: {params}{_outcome(it)}")
+        at = "" if it.rung is None else f" [{fidelity(it)}]"
+        lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}{at}: {params}{_outcome(it)}")
         recipe = recipe_of(it) if it.evaluation else None  # a candidate that never trained had none
         if recipe is not None:
             lines.append(f"      trained: {format_recipe(recipe)}")
@@ -170,6 +193,12 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
             score = final.final.val_accuracy
             lines.append(f"      its best seed: {final.best_seed}" + (f" (val_accuracy {score:.4f})" if score is not None
                                                                        else "") + ", the one its confusion matrix shows")
+    spent = compute(run, iterations, budget_of(run))
+    lines += ["", f"compute: {spent['spent_seed_epochs']} of {spent['budget_seed_epochs']} seed-epochs, "
+                  f"{spent['candidates']} candidates, {spent['reached_full_budget']} at the full budget"]
+    lines += ["proposers:"] + format_proposers(proposers(iterations))
+    if run.reason:
+        lines.append(f"ended: {run.reason}")
     for role, row in _llm_usage(iterations)["per_role"].items():
         lines.append(f"{role} LLM: {row['calls']} calls ({row['failed']} failed), {row['tokens_in']:,} tokens in, "
                      f"{row['tokens_out']:,} out, {row['latency_s']:.1f} s")

@@ -184,5 +184,5 @@ def test_format_report_with_one_seed_has_no_interval():
                           validation=ValidationResult(ok=True, param_count=10),
                           evaluation=summarise({0: seed(1, 0, 0.8)}, [0]))
     text = format_report(run_record(best_iteration=1, best_score=0.8), [one])
-    line = next(line for line in text.splitlines() if "#1" in line)
+    line = next(line for line in text.splitlines() if line.startswith("  #1 ") and "val_accuracy" in line)
     assert line.endswith("val_accuracy 0.8000 from one seed (seed 0)")  # which seed, and no [low, high] interval
