@@ -54,3 +54,18 @@ def docker_engine():
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"Docker engine or {SANDBOX_IMAGE} unavailable ({exc}); start dockerd and run `make images`")
     return client
+
+
+# One candidate at a time at the full budget, the planning LLM on every proposal: what the planner
+# did before it kept candidates in flight, and what a configuration still gets with these settings.
+# Tests of recovery and of the LLMs' part pin their runs' shape with it; the search's own tests
+# (test_parallel_search, test_end_to_end) run the defaults.
+SEQUENTIAL = {"RESEARCHER_PLANNER__PARALLEL": "1", "RESEARCHER_PLANNER__LOWER_RUNGS": "0",
+              "RESEARCHER_PLANNER__LLM_SHARE": "1"}
+
+
+@pytest.fixture
+def sequential_search(monkeypatch):
+    """The services a test starts (LocalStack, the CLI's embedded stack) search sequentially."""
+    for key, value in SEQUENTIAL.items():
+        monkeypatch.setenv(key, value)

@@ -38,12 +38,15 @@ def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(do
     assert report["status"] == "goal_achieved"
     assert report["best"]["val_accuracy"]["mean"] >= 0.90
     for it in report["iterations"]:
-        assert {"iteration", "model_config", "validation", "evaluation", "decision"} <= set(it)
+        assert {"iteration", "model_config", "validation", "evaluation", "decision", "fidelity"} <= set(it)
         assert it["validation"]["ok"] is True and it["validation"]["param_count"] > 0
         assert it["validation"]["output_shape"] == [10]  # per sample
-        acc = it["evaluation"]["aggregated"]["val_accuracy"]
-        assert len(acc["values"]) == 2 and acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1]
-    assert "iteration 1: the built-in search proposed" in proc.stderr  # progress shown while it ran
+        if it["fidelity"] == "full budget":  # both seeds; a cheap rung trained one
+            acc = it["evaluation"]["aggregated"]["val_accuracy"]
+            assert len(acc["values"]) == 2 and acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1]
+    assert report["leaderboard"][0]["fidelity"] == "full budget"
+    assert report["leaderboard"][0]["iteration"] == report["best"]["iteration"]
+    assert "candidate 1: the built-in search proposed" in proc.stderr  # progress shown while it ran
     assert "\r" not in proc.stderr  # no terminal: a line per event, no progress bar redrawn among them
     run_id = report["run_id"]
     assert (tmp_path / "at-the-end" / "experiments" / run_id / "model_code.py").is_file()  # --export
@@ -117,12 +120,12 @@ async def test_bad_input_is_rejected_and_a_broken_config_is_an_iteration(docker_
 
         run = await _wait_terminal(registry, broken_id)
         report = await load_report(registry, broken_id)
-        first, second = report["iterations"]
+        first, second = report["iterations"][:2]
         assert first["validation"]["ok"] is False
         assert "unknown layer type 'Conv2dd'; did you mean 'Conv2d'" in first["validation"]["error"]
         assert first["decision"]["action"] == "iterate"
         assert second["validation"]["ok"] is True
-        assert run.status == "goal_achieved" and report["best"]["iteration"] == 2
+        assert run.status == "goal_achieved" and report["best"]["iteration"] >= 2
 
         out = await export_run(registry, broken_id, tmp_path / "export")
         experiment = out / "experiments" / broken_id

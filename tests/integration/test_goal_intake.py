@@ -19,6 +19,8 @@ from shared.messaging.bus import connect, decode, encode, ensure_streams
 from shared.messaging.messages import Event, Goal, GoalAnswer
 from shared.registry.store import Registry
 
+pytestmark = [pytest.mark.usefixtures("sequential_search")]
+
 
 def goal(**kw) -> Goal:
     return Goal(**({"run_id": f"intake-{uuid.uuid4().hex[:8]}", "goal": "digits above 90%"} | kw))

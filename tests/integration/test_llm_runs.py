@@ -21,7 +21,7 @@ from shared.registry.report import export_run, load_report
 from tests.integration.test_end_to_end import _wait_terminal
 from tests.llm_server import Reply, ScriptedLLM
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sequential_search")]
 
 PLANNER, CODER = "planner-model", "coder-model"
 LLM_NET = {"class_name": "LLMDigitsNet",

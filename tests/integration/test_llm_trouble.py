@@ -29,6 +29,8 @@ PLANNER, CODER = "planner-model", "coder-model"
 # the services' LLM calls: no retries, so a dead endpoint costs no backoff
 NO_RETRIES = {"RESEARCHER_LLM__PLANNING__MAX_RETRIES": "0", "RESEARCHER_LLM__TOOLS__MAX_RETRIES": "0"}
 
+pytestmark = [pytest.mark.usefixtures("sequential_search")]
+
 
 def cli(*args: str, home, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """The CLI with an embedded stack's home of the test's own (a home has one owner at a time)."""
@@ -113,7 +115,7 @@ def test_require_llm_on_a_stack_without_an_llm_is_rejected_at_submission(tmp_pat
 # ---- whole runs: the sandbox and the evaluator in containers ----
 
 def _events_before_the_first_proposal(stderr: str) -> str:
-    return stderr.split("iteration 1: the built-in search proposed")[0]
+    return stderr.split("candidate 1: the built-in search proposed")[0]
 
 
 @pytest.mark.docker

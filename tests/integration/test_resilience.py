@@ -28,7 +28,7 @@ from shared.registry.store import Registry
 from shared.registry.report import load_report
 from tests.integration.test_end_to_end import _wait_terminal
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sequential_search")]
 
 # Short claims so a dead evaluator's job comes back in seconds; quick seeds (2 epochs, 600 samples).
 FAST = {"RESEARCHER_EVALUATOR__ACK_WAIT_S": "3", "RESEARCHER_EVALUATOR__DRAIN_TIMEOUT_S": "5"}
@@ -245,4 +245,4 @@ async def test_a_second_planner_replica_takes_over_the_runs_of_one_that_died(doc
     assert [it["iteration"] for it in report["iterations"]] == [1, 2]  # neither lost nor proposed twice
     assert_every_iteration_evaluated(report, seeds=2)
     survivor_log = (stack.log_dir / f"{other}.log").read_text()
-    assert "iteration 2:" in survivor_log
+    assert "candidate 2:" in survivor_log

@@ -23,7 +23,7 @@ from shared.runtime.config import Config
 from shared.runtime.service import stop_limit_s
 from shared.sandboxing.containers import OWNER_LABEL
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sequential_search")]
 
 ROOT = Path(__file__).resolve().parents[2]
 LEFT_S = stop_limit_s(Config()) + STOP_MARGIN_S + 20  # the longest a stack may take to be gone, seconds

@@ -30,7 +30,7 @@ from shared.runtime.config import Config, DataConfig, EvaluatorConfig
 from tests.integration.test_consumer import until
 from tests.integration.test_sandbox import DIGITS_CNN
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sequential_search")]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SEEDS = [0, 1]
