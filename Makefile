@@ -17,7 +17,7 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli
+.PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner
 
 help:
 	@echo "Targets:"
@@ -51,6 +51,7 @@ help:
 	@echo "                  evaluators only (compose.evaluator.yaml) on the head's work queue"
 	@echo "  evaluator-down  stop and remove this machine's evaluators"
 	@echo "  bench-scale    evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
+	@echo "  bench-planner  the planner's CPU seconds per candidate at candidate 50 and 500 of one run, and the ratio"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
 	@echo "           NATS_PORT=$(NATS_PORT) NATS_BIND=$(or $(NATS_BIND),127.0.0.1) NATS_URL=$(NATS_URL)"
@@ -106,6 +107,9 @@ bench-cli: venv images
 # Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
 bench-scale: venv images
 	$(VENV)/bin/python -m benchmarks.bench_scale $(BENCH_ARGS)
+
+bench-planner: venv
+	$(VENV)/bin/python -m benchmarks.bench_planner $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 # The compose stack (compose.yaml): nats + planner, assembler, sandbox, evaluator, all from
