@@ -72,11 +72,19 @@ GOALS = {
 }
 
 
-def problem(name: str, num_seeds: int, max_epochs: int) -> Problem:
+def problem(spec: str, num_seeds: int, max_epochs: int) -> Problem:
+    """A goal by name, its target as GOALS says or as `name=target` gives it."""
+    name, _, target = spec.partition("=")
     if name not in GOALS:
         raise SystemExit(f"unknown goal {name!r}; known: {', '.join(GOALS)}")
-    data, target, subset = GOALS[name]
-    return Problem(name, data(), target, num_seeds=num_seeds, max_epochs=max_epochs, subset_size=subset)
+    data, default, subset = GOALS[name]
+    try:
+        chosen = float(target) if target else default
+    except ValueError:
+        raise SystemExit(f"goal {spec!r}: the target must be a fraction, e.g. {name}={default}") from None
+    if not 0 < chosen <= 1:
+        raise SystemExit(f"goal {spec!r}: the target must be in (0, 1] (a fraction: 0.95, not 95)")
+    return Problem(name, data(), chosen, num_seeds=num_seeds, max_epochs=max_epochs, subset_size=subset)
 
 
 def reference(p: Problem) -> float:
@@ -111,6 +119,8 @@ class Row:
     sim_to_target_s: float | None  # median simulated seconds to the target
     sim_wall_s: float  # median simulated seconds to the end (the target, or the budget spent)
     real_s: float  # this process's seconds, all searches
+    candidates: float  # median candidates proposed per search
+    full: float  # median candidates evaluated at the full budget per search
 
 
 def _median(values: list[float]) -> float | None:
@@ -122,7 +132,8 @@ def row(policy: str, outcomes: list[Outcome]) -> Row:
     return Row(policy, len(reached), len(outcomes), _median([o.to_target for o in reached]),
                _median([o.best for o in outcomes if o.best is not None]),
                _median([o.sim_to_target_s for o in reached]), statistics.median(o.sim_wall_s for o in outcomes),
-               sum(o.real_s for o in outcomes))
+               sum(o.real_s for o in outcomes), statistics.median(o.candidates for o in outcomes),
+               statistics.median(o.full_evaluations for o in outcomes))
 
 
 def paired_ratio(new: list[Outcome], other: list[Outcome], field: str) -> tuple[float | None, int]:
@@ -140,11 +151,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def report(goal: Problem, budget: int, results: dict[str, list[Outcome]]) -> list[str]:
     lines = [f"  {'policy':<7} {'reached':>8} {'to target':>10} {'best':>7} {'sim to target':>14} {'sim wall':>9} "
-             f"{'real':>7}  (medians; compute in seed-epochs of {budget}, times in seconds)"]
+             f"{'real':>7} {'cands':>5} {'full':>4}  (medians; compute in seed-epochs of {budget}, times in seconds)"]
     for name, outcomes in results.items():
         r = row(name, outcomes)
         lines.append(f"  {r.policy:<7} {f'{r.reached}/{r.runs}':>8} {_fmt(r.to_target, '.0f'):>10} {_fmt(r.best, '.4f'):>7} "
-                     f"{_fmt(r.sim_to_target_s, '.1f'):>14} {r.sim_wall_s:>9.1f} {r.real_s:>7.1f}")
+                     f"{_fmt(r.sim_to_target_s, '.1f'):>14} {r.sim_wall_s:>9.1f} {r.real_s:>7.1f} "
+                     f"{r.candidates:>5g} {r.full:>4g}")
     new = results["new"]
     for other in ("old", "random"):
         compute, n = paired_ratio(new, results[other], "to_target")
@@ -161,7 +173,8 @@ async def bench(goals: list[str], seeds: int, budget: int | None, num_seeds: int
     out = [f"bench-search: {seeds} searches per policy and goal, {num_seeds} seeds per candidate, "
            f"at most {max_epochs} epochs; wall time simulated for {replicas} evaluator replicas from each job's "
            f"measured training time (the jobs ran one after another on this machine's {os.cpu_count()} cores, "
-           f"{torch.get_num_threads()} torch thread(s)), {overhead_s:g} s per job added for a container"]
+           f"{torch.get_num_threads()} torch thread(s)), {overhead_s:g} s per job added for a container; the planner's "
+           "own time is not on that clock"]
     out.append("policies: " + "; ".join(f"{p.name}: {p.parallel} in flight, {p.lower_rungs} cheap rungs (eta "
                                         f"{p.reduction_factor}), local moves {p.local_share:.0%}, {p.sampler}"
                                         for p in chosen))
@@ -189,7 +202,7 @@ async def bench(goals: list[str], seeds: int, budget: int | None, num_seeds: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--goals", default="clusters,digits", help=f"comma-separated, of: {', '.join(GOALS)}")
+    parser.add_argument("--goals", default="clusters,digits", help=f"comma-separated, of: {', '.join(GOALS)}; name=0.9 sets a target")
     parser.add_argument("--seeds", type=int, default=3, help="searches per policy and goal (default 3)")
     parser.add_argument("--budget", type=int, default=None,
                         help="seed-epochs per search (default: 8 full evaluations, 8 x num-seeds x max-epochs)")
