@@ -17,7 +17,7 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner
+.PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search
 
 help:
 	@echo "Targets:"
@@ -52,6 +52,8 @@ help:
 	@echo "  evaluator-down  stop and remove this machine's evaluators"
 	@echo "  bench-scale    evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
 	@echo "  bench-planner  the planner's CPU seconds per candidate at candidate 50 and 500 of one run, and the ratio"
+	@echo "  bench-search   the planner's search against sequential TPE and random search: goals reached, compute"
+	@echo "                 to the target, simulated wall time (BENCH_ARGS: --seeds, --budget, --goals, --replicas)"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
 	@echo "           NATS_PORT=$(NATS_PORT) NATS_BIND=$(or $(NATS_BIND),127.0.0.1) NATS_URL=$(NATS_URL)"
@@ -103,6 +105,10 @@ bench-eval: venv
 
 bench-cli: venv images
 	$(VENV)/bin/python -m benchmarks.bench_cli $(BENCH_ARGS)
+
+# In-process training on the deterministic assembler's models: no Docker, no stack.
+bench-search: venv
+	$(VENV)/bin/python -m benchmarks.bench_search $(BENCH_ARGS)
 
 # Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
 bench-scale: venv images
