@@ -158,12 +158,13 @@ def report(goal: Problem, budget: int, results: dict[str, list[Outcome]]) -> lis
                      f"{_fmt(r.sim_to_target_s, '.1f'):>14} {r.sim_wall_s:>9.1f} {r.real_s:>7.1f} "
                      f"{r.candidates:>5g} {r.full:>4g}")
     new = results["new"]
-    for other in ("old", "random"):
+    for other in [p for p in results if p != "new"]:
         compute, n = paired_ratio(new, results[other], "to_target")
         wall, _ = paired_ratio(new, results[other], "sim_to_target_s")
         lines.append(f"  new vs {other}: reached {sum(o.reached for o in new)} vs {sum(o.reached for o in results[other])}; "
-                     f"where both reached ({n} seeds): {_fmt(compute, '.2f')}x less compute, "
-                     f"{_fmt(wall, '.2f')}x less simulated wall time to the target")
+                     + (f"where both reached ({n} seeds): {compute:.2f}x less compute, {wall:.2f}x less "
+                        "simulated wall time to the target (geometric means of other / new)" if compute and wall
+                        else "no seed where both reached the target"))
     return lines
 
 
@@ -182,7 +183,7 @@ async def bench(goals: list[str], seeds: int, budget: int | None, num_seeds: int
     for name in goals:
         goal = problem(name, num_seeds, max_epochs)
         goal_budget = budget or 8 * num_seeds * max_epochs  # 8 full evaluations at the longest training
-        out.append(f"\n{name}: target {goal.target:.3f} (mean validation accuracy); tuned reference "
+        out.append(f"\n{goal.name}: target {goal.target:.3f} (mean validation accuracy); tuned reference "
                    f"HistGradientBoosting {reference(goal):.4f}; the default configuration "
                    f"{default_score(goal, trainer):.4f}; budget {goal_budget} seed-epochs")
         results: dict[str, list[Outcome]] = {p.name: [] for p in chosen}
@@ -202,7 +203,7 @@ async def bench(goals: list[str], seeds: int, budget: int | None, num_seeds: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--goals", default="clusters,digits", help=f"comma-separated, of: {', '.join(GOALS)}; name=0.9 sets a target")
+    parser.add_argument("--goals", default="clusters,digits,xor", help=f"comma-separated, of: {', '.join(GOALS)}; name=0.9 sets a target")
     parser.add_argument("--seeds", type=int, default=3, help="searches per policy and goal (default 3)")
     parser.add_argument("--budget", type=int, default=None,
                         help="seed-epochs per search (default: 8 full evaluations, 8 x num-seeds x max-epochs)")
