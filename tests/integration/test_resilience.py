@@ -120,7 +120,7 @@ async def test_a_planner_killed_mid_run_continues_it_when_started_again(docker_e
     with LocalStack(log_dir=tmp_path / "logs", env=FAST) as stack:
         g = goal(f"kill-pl-{uuid.uuid4().hex[:6]}")
         nc, js, registry, follower = await start_run(stack, g)
-        await wait_for_text(stack.log_dir / "planner.log", "seed jobs queued")
+        await wait_for_text(stack.log_dir / "planner.log", "seed job(s) queued")
         stack.procs["planner"].send_signal(signal.SIGKILL)
         stack.procs["planner"].wait()
         await asyncio.sleep(2)  # results arrive meanwhile: they wait in the RESULTS stream
@@ -142,7 +142,7 @@ async def test_a_nats_server_restart_mid_run_loses_no_run(docker_engine, tmp_pat
     with LocalStack(log_dir=tmp_path / "logs", env=FAST) as stack:
         g = goal(f"nats-{uuid.uuid4().hex[:6]}")
         nc, js, registry, follower = await start_run(stack, g)
-        await wait_for_text(stack.log_dir / "planner.log", "seed jobs queued")
+        await wait_for_text(stack.log_dir / "planner.log", "seed job(s) queued")
         port = int(stack.url.rsplit(":", 1)[1])
         stack.procs["nats"].send_signal(signal.SIGKILL)
         stack.procs["nats"].wait()
