@@ -44,7 +44,7 @@ def accuracy(job: EvalJob) -> float:
 
 async def bench(args: argparse.Namespace) -> None:
     configure_logging("bench", "error")
-    env = {"RESEARCHER_PLANNER__PARALLEL": "4", "RESEARCHER_LOG_LEVEL": "warning"}
+    env = {"RESEARCHER_PLANNER__PARALLEL": "4"}
     with LocalStack(services=("planner", "assembler"), env=env) as stack:
         stack.wait_ready(["planner", "assembler"])
         nc = await connect(stack.url, "bench")
