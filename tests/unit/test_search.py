@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution
 
 from shared.modelspec.assemble import assemble
 from shared.messaging.messages import DatasetFacts
-from services.planner.search import (SearchBounds, default_params, propose,
+from services.planner.search import (SearchBounds, default_params, local_move, propose,
                                      rebuild_study, search_space)
 
 DIGITS = DatasetFacts(name="digits", kind="image", input_shape=(1, 8, 8), num_classes=10,
@@ -164,3 +164,38 @@ def test_bounds_and_tiny_training_sets():
 def test_bad_facts_or_bounds(facts, bounds, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         propose(facts, [], seed=0, bounds=bounds)
+
+
+# ---- candidates in flight, local moves, and where a proposal came from ----
+TABLE = DatasetFacts(name="t", kind="tabular", input_shape=[6], num_classes=3, num_samples=500)
+
+
+def test_pending_candidates_push_the_next_proposal_elsewhere():
+    history = [(p.params, fake_score(p.params)) for p in [propose(TABLE, [], seed=3)]]
+    for _ in range(6):
+        found = propose(TABLE, history, seed=3)
+        history.append((found.params, fake_score(found.params)))
+    alone = propose(TABLE, history, seed=3)
+    crowded = propose(TABLE, history, seed=3, pending=[alone.params] * 3)
+    assert crowded.params != alone.params
+    assert "in flight counted as poor" in crowded.reasoning and "TPE" in alone.reasoning
+    assert propose(TABLE, [], seed=3).reasoning.startswith("the search's known-good default")
+    assert "random search" in propose(TABLE, history, seed=3, sampler="random").reasoning
+
+
+def test_the_tabular_space_searches_standardisation():
+    assert "standardize" in propose(TABLE, [], seed=1).params
+    found = propose(TABLE, [], seed=1)
+    assert found.model_config["standardize"] is True  # the default keeps the trusted pipeline's scaling
+
+
+def test_local_moves_follow_what_the_curves_said():
+    base = propose(TABLE, [], seed=1).params  # the default, in the space's order
+    longer = local_move(TABLE, base, hint="still_improving", seed=1)
+    assert longer.params["epochs"] > base["epochs"] and "still improving" in longer.reasoning
+    regular = local_move(TABLE, base, hint="overfitting", seed=1)
+    assert regular.params["dropout"] > base["dropout"] and regular.params["use_weight_decay"]
+    nearby = local_move(TABLE, base, hint=None, seed=1, label="candidate 3")
+    assert nearby.params["lr"] != base["lr"] and nearby.reasoning.startswith("a local move from candidate 3")
+    for moved in (longer, regular, nearby):
+        assert in_space(moved.params, TABLE)
