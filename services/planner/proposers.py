@@ -116,7 +116,10 @@ class PlanningLLM:
         if last is None:
             return Proposal(model_config=answer.value.model_config or {}, proposer=self.name,
                             reasoning=answer.value.reasoning, calls=answer.calls)
-        decision = merge_decision(Decision(action="iterate", reasoning="the goal is not met yet"), answer.value)
+        # the numbers' own verdict on that candidate, which a claim of success is measured against
+        measured = last.decision if last.decision is not None and last.decision.action == "iterate" else Decision(
+            action="iterate", reasoning=f"candidate {last.iteration} has not met the target at the full budget")
+        decision = merge_decision(measured, answer.value)
         if decision.next_config:
             return Proposal(model_config=decision.next_config, proposer=self.name, reasoning=answer.value.reasoning,
                             calls=answer.calls, decided_after=last.iteration, decision=decision)
