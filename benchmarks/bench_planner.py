@@ -74,7 +74,7 @@ async def bench(args: argparse.Namespace) -> None:
         goal = Goal(run_id=run_id, goal="planner cost", dataset="digits", target_accuracy=1.0, num_seeds=3,
                     max_epochs=9, epoch_budget=100_000_000, patience=1000, submitted_at=time.time())
         await js.publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": run_id})
-        started = time.perf_counter()
+        started, shown = time.perf_counter(), 0
         while len(seen) < args.candidates:
             try:
                 batch = await jobs.fetch(8, timeout=1)
@@ -90,7 +90,8 @@ async def bench(args: argparse.Namespace) -> None:
                                     learning_curve=curve, started_at=time.time(), evaluator="bench")
                 await js.publish(subjects.results_subject(job.run_id), encode(result), headers={"Nats-Msg-Id": job.job_id})
                 await msg.ack()
-            if len(seen) and len(seen) % 50 == 0:
+            if len(seen) // 50 > shown:
+                shown = len(seen) // 50
                 print(f"  {len(seen)} candidates, {time.perf_counter() - started:.0f} s", flush=True)
         await nc.close()
     early = (seen[50] - seen[50 - WINDOW]) / WINDOW

@@ -37,6 +37,7 @@ N_STARTUP_TRIALS = 5  # random trials (including the default) before TPE models 
 MAX_CONV_BLOCKS = 3
 MAX_POOLED_SIDE = 4  # the CNN head sees at most 4x4 positions (AdaptiveAvgPool2d above that)
 FAILED_SCORE = 0.0  # what a failed trial tells the sampler, so it learns to avoid the region
+MAX_TRIALS = 200  # measured trials the sampler is rebuilt from, at most (_window)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,10 @@ def propose(facts: DatasetFacts, history: Sequence[tuple[dict, float | None]], *
     ``Proposal.params``, score the trial's mean validation accuracy at the highest rung it
     finished, None for a failed trial. ``pending`` holds the params of trials still in flight.
     """
-    study, used = rebuild_study(facts, history, seed=seed, bounds=bounds, pending=pending, sampler=sampler)
+    shown, note = _window(history)
+    # past the window the sampler's seed still moves with the run (its history's length alone would not)
+    study, used = rebuild_study(facts, shown, seed=seed if len(shown) == len(history) else seed + len(history),
+                                bounds=bounds, pending=pending, sampler=sampler)
     first = used == 0 and not pending
     if first:
         study.enqueue_trial(default_params(facts, bounds))
@@ -263,9 +267,22 @@ def propose(facts: DatasetFacts, history: Sequence[tuple[dict, float | None]], *
     elif used + len(pending) < N_STARTUP_TRIALS:
         why = f"a random sample: the search's first {N_STARTUP_TRIALS} trials explore before TPE models them"
     else:
-        why = f"TPE's pick from the {used} measured trials" + (
+        why = f"TPE's pick from the {used} measured trials{note}" + (
             f", the {len(pending)} in flight counted as poor so it looks elsewhere" if pending else "")
     return Proposal(params=params, model_config=to_model_config(facts, params), history_used=used, reasoning=why)
+
+
+def _window(history: Sequence[tuple[dict, float | None]]) -> tuple[list[tuple[dict, float | None]], str]:
+    """At most MAX_TRIALS of a long history for the sampler: the best half of the older trials and the
+    latest ones. Rebuilding the study costs a fraction of a millisecond per trial, so a run of 500
+    candidates would pay for every one of them at every proposal; TPE's model of the good region
+    rests on the best trials, which are all kept, and the latest show where the search is now."""
+    if len(history) <= MAX_TRIALS:
+        return list(history), ""
+    half = MAX_TRIALS // 2
+    older, recent = list(history[:-half]), list(history[-half:])
+    best = sorted(older, key=lambda h: -(h[1] if h[1] is not None and math.isfinite(h[1]) else -1.0))[:half]
+    return best + recent, f" (the best {len(best)} earlier ones and the latest {len(recent)} of {len(history)})"
 
 
 # ---- local moves from the incumbent ----

@@ -199,3 +199,11 @@ def test_local_moves_follow_what_the_curves_said():
     assert nearby.params["lr"] != base["lr"] and nearby.reasoning.startswith("a local move from candidate 3")
     for moved in (longer, regular, nearby):
         assert in_space(moved.params, TABLE)
+
+
+def test_a_long_history_is_windowed_to_its_best_and_latest_trials():
+    first = propose(TABLE, [], seed=2)
+    history = [({**first.params, "lr": 1e-4 * (1 + i % 50)}, i / 1000) for i in range(300)]
+    found = propose(TABLE, history, seed=2)
+    assert found.history_used == 200 and "the best 100 earlier ones and the latest 100 of 300" in found.reasoning
+    assert propose(TABLE, history, seed=2).params == found.params  # still deterministic
