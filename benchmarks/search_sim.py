@@ -237,8 +237,8 @@ class Search:
         plan = fidelity.plan(trials, parallel=self.policy.parallel, budget=self.run.goal.epoch_budget or 0,
                              new_cost=biggest[0].cost, reserve=biggest[-1].cost if len(biggest) > 1 else 0,
                              eta=self.settings.reduction_factor, target=self.run.goal.target_accuracy)
-        for t in plan.promote:
-            self._promote(self.records[t.number], t)
+        for p in plan.promote:
+            self._promote(self.records[p.trial.number], p.trial, p.to)
         for _ in range(plan.propose):
             await self._propose()
         if not self.done:
@@ -246,9 +246,8 @@ class Search:
             return False
         return True
 
-    def _promote(self, it: IterationRecord, trial: fidelity.Trial) -> None:
-        nxt = trial.next_rung
-        assert nxt is not None and it.evaluation is not None
+    def _promote(self, it: IterationRecord, trial: fidelity.Trial, nxt: fidelity.Rung) -> None:
+        assert it.evaluation is not None
         passed = RungResult(index=it.rung, epochs=trial.rung.epochs, seeds=it.seeds, evaluation=it.evaluation)
         self.records[it.iteration] = it = replace(it, state="evaluating", rung=nxt.index, seeds=list(nxt.seeds),
                                                   evaluation=None, passed=[*it.passed, passed], finished_at=None)

@@ -24,7 +24,7 @@ from services.planner.proposers import Abstained, Declined, Proposal, RunView, l
 from services.planner.records import drop_weights, store_calls
 from services.planner.steps import CandidateSteps
 from shared.messaging.bus import through_outages
-from shared.messaging.messages import TERMINAL_STATUSES
+from shared.messaging.messages import TERMINAL_STATUSES, TrainingRecipe, meets_target
 from shared.registry.records import (DEFAULT_METRIC, Decision, IterationRecord, RungResult, RungSpec, RunRecord,
                                      unless_ended)
 
@@ -45,6 +45,19 @@ def trial_of(it: IterationRecord) -> fidelity.Trial:
         scores[it.rung] = _mean(it.evaluation)
     return fidelity.Trial(number=it.iteration, rungs=rungs, reached=reached, scores=scores,
                           in_flight=it.in_flight or it.state == "evaluated", closed=it.state in ("rejected", "decided"))
+
+
+def _is_verdict(h: IterationRecord) -> bool:
+    """Closed by a verdict on the run: evaluated at the full budget, or rejected (at any rung)."""
+    return h.state == "decided" and (h.rung is None or (h.validation is not None and not h.validation.ok))
+
+
+def _epochs(config: dict) -> int:
+    """A config's full-budget epochs, as its jobs read them (the recipe's default where it says none)."""
+    try:
+        return max(1, TrainingRecipe.from_model_config(config).epochs)
+    except msgspec.ValidationError:  # settings that do not decode: the assembler rejects it anyway
+        return TrainingRecipe().epochs
 
 
 def _mean(evaluation) -> float | None:
@@ -100,6 +113,8 @@ class RunDriver:
         run = self.run = await self.registry.get_run(self.run_id)
         if run is None or run.status in TERMINAL_STATUSES:
             await self.close()
+            if run is not None:
+                await self.registry.forget_running(self.run_id)
             return False
         if not self._loaded:
             self.candidates = {h.iteration: h for h in await self.registry.iterations(self.run_id, run.current_iteration)}
@@ -117,8 +132,12 @@ class RunDriver:
                 self.tasks[it.iteration] = asyncio.create_task(self._candidate(it.iteration),
                                                                name=f"run-{self.run_id}-{it.iteration}")
         for it in self.history():
-            if it.state in ("evaluated", "rejected") and not await self._verdict(run, it):
+            if it.state in ("evaluated", "rejected") and not await self._verdict(self.run, it):
                 return True  # the run ended: the next pass closes it
+        if meets_target(self.run.best_score, run.goal.target_accuracy):  # a verdict cut short by a crash
+            await self.end("goal_achieved", f"the best full evaluation, candidate {self.run.best_iteration}, "
+                                            f"met the target ({self.run.best_score:.4f})")
+            return True
         if await self._schedule(run):
             await self._report_progress()
             try:
@@ -150,27 +169,26 @@ class RunDriver:
 
     # ---- verdicts ----
     async def _verdict(self, run: RunRecord, it: IterationRecord) -> bool:
-        """A candidate measured at a rung, or rejected: parked, or closed with a decision on the run.
-        -> False when the decision ended the run."""
+        """A candidate measured at a rung, or rejected: parked, or closed with a decision on the run
+        (a full evaluation, or a rejection: both count towards patience). -> False when the
+        decision ended the run. The run's best is written before the candidate is closed, so a
+        planner killed in between redoes the same verdict."""
         if it.rung is not None and it.state == "evaluated":
             await self._park(it)
             return True
-        if it.rung is not None:  # rejected before its first cheap rung trained: no verdict on the run
-            await self.update(it.iteration, lambda r: replace(r, state="decided", decision=Decision(
-                action="iterate", reasoning="rejected before training; the search goes on")))
-            return True
-        verdicts = sorted((h for h in self.history() if h.state == "decided" and h.rung is None and h.iteration != it.iteration),
+        verdicts = sorted((h for h in self.history() if _is_verdict(h) and h.iteration != it.iteration),
                           key=lambda h: (h.finished_at or 0.0, h.iteration))
         decision, best_it, best_score = decide(run.goal, [*verdicts, it])
+        before = run.best_iteration
+        self.run = await self._set_run(lambda r: replace(r, best_iteration=best_it, best_score=best_score))
         now = time.time()
         await self.update(it.iteration, lambda r: replace(r, state="decided", decision=decision,
                                                           finished_at=r.finished_at or now))
-        if best_it != run.best_iteration and run.best_iteration is not None:  # the best's weights alone are kept
-            old = self.candidates.get(run.best_iteration)
-            await drop_weights(self.registry, self.run_id, run.best_iteration, old.seeds if old else [])
-        if best_it != it.iteration:
+        if before is not None and best_it != before:  # the best's weights alone are kept
+            old = self.candidates.get(before)
+            await drop_weights(self.registry, self.run_id, before, old.seeds if old else [])
+        if best_it != it.iteration and it.evaluation is not None:
             await drop_weights(self.registry, self.run_id, it.iteration, it.seeds)
-        await self._set_run(lambda r: replace(r, best_iteration=best_it, best_score=best_score))
         await self.event("decided", f"candidate {it.iteration}: {decision.action}: {decision.reasoning}", it.iteration,
                          {"action": decision.action, "score": it.score(run.goal.goal_statistic)})
         if decision.status:
@@ -180,7 +198,7 @@ class RunDriver:
 
     async def _park(self, it: IterationRecord) -> None:
         trials = [trial_of(h) for h in self.history()]
-        ranked = fidelity._ranked(trials, it.rung)  # noqa: SLF001 - the same order promotion uses
+        ranked = fidelity.ranked(trials, it.rung)  # the order promotion uses
         place = next((i + 1 for i, t in enumerate(ranked) if t.number == it.iteration), None)
         await self.update(it.iteration, lambda r: replace(r, state="parked"))
         score = _mean(it.evaluation)
@@ -206,8 +224,8 @@ class RunDriver:
         plan = fidelity.plan(trials, parallel=run.goal.parallel or self.settings.parallel, budget=self.budget(run),
                              new_cost=biggest[0].cost, reserve=biggest[-1].cost if len(biggest) > 1 else 0,
                              eta=self.settings.reduction_factor, target=run.goal.target_accuracy)
-        for t in plan.promote:
-            await self._promote(self.candidates[t.number], trials, plan.forced)
+        for p in plan.promote:
+            await self._promote(self.candidates[p.trial.number], trials, p.to, plan.forced)
         for _ in range(plan.propose):
             if not await self._propose():
                 return False
@@ -220,15 +238,15 @@ class RunDriver:
             return False
         return True
 
-    async def _promote(self, it: IterationRecord, trials: list[fidelity.Trial], forced: bool) -> None:
+    async def _promote(self, it: IterationRecord, trials: list[fidelity.Trial], nxt: fidelity.Rung,
+                       forced: bool) -> None:
         trial = next(t for t in trials if t.number == it.iteration)
-        nxt = trial.next_rung
-        assert nxt is not None and it.evaluation is not None
+        assert it.evaluation is not None
         score = trial.scores.get(it.rung)
-        ranked = fidelity._ranked(trials, it.rung)  # noqa: SLF001
+        ranked = fidelity.ranked(trials, it.rung)
         place = next(i + 1 for i, t in enumerate(ranked) if t.number == it.iteration)
         if forced:
-            why = "the end game: the best cheap result, while the budget allows its next rung"
+            why = "the end game: the best cheap result, straight to the full budget while the budget allows it"
         elif score is not None and score >= (self.run.goal.target_accuracy if self.run else 1.0):
             why = f"its rung {it.rung} score {score:.4f} already meets the target"
         else:
@@ -271,7 +289,7 @@ class RunDriver:
         elif isinstance(answer, Proposal):
             own_calls = answer.calls
         proposal = answer if isinstance(answer, Proposal) else await self.planner.builtin.propose(view)
-        rungs = self._ladder(run, int(proposal.model_config.get("epochs") or 1))
+        rungs = self._ladder(run, _epochs(proposal.model_config))
         first = rungs[0]
         record = IterationRecord(run_id=run.run_id, iteration=n, model_config=proposal.model_config,
                                  search_params=proposal.search_params, proposer=proposal.proposer,

@@ -98,7 +98,7 @@ def spent(trials: list[Trial]) -> int:
     return total
 
 
-def _ranked(trials: list[Trial], index: int) -> list[Trial]:
+def ranked(trials: list[Trial], index: int) -> list[Trial]:
     """The trials that finished rung `index` with a score, best first (ties: the earlier one)."""
     scored = [t for t in trials if t.scores.get(index) is not None]
     return sorted(scored, key=lambda t: (-t.scores[index], t.number))  # type: ignore[operator]
@@ -109,10 +109,10 @@ def promotable(trials: list[Trial], eta: int, target: float | None = None) -> li
     out: list[Trial] = []
     indices = sorted({t.rung.index for t in trials if t.parked}, reverse=True)  # FULL never parks
     for index in indices:
-        ranked = _ranked(trials, index)
-        top = ranked[: len(ranked) // eta]
-        reached_target = [t for t in ranked if target is not None and t.scores[index] >= target]
-        out += [t for t in ranked if t.parked and t.rung.index == index and (t in top or t in reached_target)]
+        order = ranked(trials, index)
+        top = order[: len(order) // eta]
+        reached_target = [t for t in order if target is not None and t.scores[index] >= target]
+        out += [t for t in order if t.parked and t.rung.index == index and (t in top or t in reached_target)]
     return out
 
 
@@ -124,8 +124,14 @@ def best_parked(trials: list[Trial]) -> Trial | None:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    trial: Trial
+    to: Rung  # its next rung, or (the end game) its full one
+
+
+@dataclass(frozen=True)
 class Plan:
-    promote: list[Trial]  # each to its next rung, in this order
+    promote: list[Promotion]  # in this order
     propose: int  # new candidates to propose
     forced: bool = False  # the promotion is the end game's, not earned by rank
 
@@ -133,28 +139,31 @@ class Plan:
 def plan(trials: list[Trial], *, parallel: int, budget: int, new_cost: int, reserve: int, eta: int,
          target: float | None = None) -> Plan:
     """What to start now: promotions first (they are what the cheap rungs were for), then new
-    candidates while the budget keeps `reserve` seed-epochs for promotions to come. `new_cost` is
-    an upper bound of a new candidate's first rung."""
+    candidates. `reserve` seed-epochs (a full evaluation at the longest training) are kept for the
+    end: neither a new candidate nor a promotion below the full budget may eat into them, so a run
+    that can afford one full evaluation ends with one. `new_cost` is an upper bound of a new
+    candidate's first rung. The run's first candidate is always proposed."""
     left = budget - spent(trials)
     slots = parallel - sum(1 for t in trials if t.in_flight)
-    promote: list[Trial] = []
+    promote: list[Promotion] = []
     for t in promotable(trials, eta, target):
         rung = t.next_rung
         if slots <= 0:
             break
-        if rung is not None and rung.cost <= left:
-            promote.append(t)
+        keep = 0 if rung is None or rung.index is FULL else reserve
+        if rung is not None and rung.cost + keep <= left:
+            promote.append(Promotion(t, rung))
             left -= rung.cost
             slots -= 1
     propose = 0
-    while slots > 0 and left - new_cost >= reserve:
+    while slots > 0 and (left - new_cost >= reserve or (not trials and not propose and new_cost <= left)):
         propose += 1
         left -= new_cost
         slots -= 1
     if not promote and not propose and not any(t.in_flight for t in trials):
-        last = best_parked(trials)
-        if last is not None and last.next_rung is not None and last.next_rung.cost <= left:
-            return Plan(promote=[last], propose=0, forced=True)
-        if left >= new_cost and slots > 0:  # the reserve is all that is left and nothing can use it
-            return Plan(promote=[], propose=1)
+        # the end game: the best cheap result straight to its full budget, if that still fits
+        fits = [t for t in trials if t.parked and t.scores.get(t.rung.index) is not None and t.rungs[-1].cost <= left]
+        last = best_parked(fits)
+        if last is not None:
+            return Plan(promote=[Promotion(last, last.rungs[-1])], propose=0, forced=True)
     return Plan(promote=promote, propose=propose)

@@ -40,8 +40,9 @@ class RunView:
 
     @property
     def finished(self) -> list[IterationRecord]:
-        """Candidates with a measurement or a verdict: parked at a rung, closed, or rejected."""
-        return [h for h in self.history if not h.in_flight]
+        """Candidates the run has a verdict on: parked at a cheap rung, or closed (decided); one just
+        measured or rejected gets its verdict in the run's next pass."""
+        return [h for h in self.history if h.state in ("parked", "decided")]
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class PlanningLLM:
 def progress_score(h: IterationRecord) -> float | None:
     """A candidate's mean validation accuracy at the highest rung it finished (what the search
     learns from, at every fidelity); None when it has none."""
-    evaluations = [p.evaluation for p in h.passed] + ([h.evaluation] if h.state in ("parked", "decided") else [])
+    evaluations = [p.evaluation for p in h.passed] + ([h.evaluation] if h.state in ("evaluated", "parked", "decided")
+                                                      else [])
     for evaluation in reversed(evaluations):
         if evaluation is not None:
             return evaluation.summary(DEFAULT_METRIC).mean
@@ -146,8 +148,10 @@ def incumbent(history: list[IterationRecord], statistic) -> IterationRecord | No
 
 
 def hint(h: IterationRecord) -> Hint | None:
-    """What the candidate's learning curves say, by most of its seeds."""
-    rows = [s.dynamics for s in (h.evaluation.seed_results if h.evaluation else []) if s.dynamics]
+    """What the candidate's learning curves at the full budget say, by most of its seeds (a cheap
+    rung's few epochs are still improving by nature: they say nothing about its full training)."""
+    full = h.evaluation if h.rung is None else None
+    rows = [s.dynamics for s in (full.seed_results if full else []) if s.dynamics]
     if not rows:
         return None
     if sum(d.overfitting.detected and d.overfitting.severity in ("moderate", "severe") for d in rows) * 2 > len(rows):
@@ -174,15 +178,16 @@ class BuiltinSearch:
                               num_train=view.num_train)
         searched = [h for h in view.history if h.search_params]
         measured = [(h.search_params, progress_score(h)) for h in searched
-                    if not h.in_flight or progress_score(h) is not None]
+                    if not h.in_flight or progress_score(h) is not None]  # a rejected one is told as failed
         pending = [h.search_params for h in searched if h.in_flight and progress_score(h) is None]
         best = incumbent(view.history, view.run.goal.goal_statistic)
         local = random.Random(seed * 7919 + view.number).random() < self.local_share
         if best is not None and best.search_params and local and len(measured) >= N_STARTUP_TRIALS:
             score = best.score(view.run.goal.goal_statistic)
+            cheap = best.passed[-1].index if best.evaluation is None and best.passed else best.rung
             label = (f"candidate {best.iteration}, the best so far ("
                      + (f"{score:.4f} at the full budget" if score is not None else
-                        f"{progress_score(best):.4f} at its cheap rung {best.rung}") + ")")
+                        f"{progress_score(best):.4f} at its cheap rung {cheap}") + ")")
             found = local_move(facts, best.search_params, hint=hint(best), seed=seed + view.number, bounds=bounds,
                                label=label)
             if all(found.params != h.search_params for h in searched):  # a move already made: TPE instead

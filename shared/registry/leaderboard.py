@@ -49,18 +49,15 @@ def leaderboard(run: RunRecord, iterations: list[IterationRecord]) -> list[dict[
             continue
         summary = evaluation.summary(DEFAULT_METRIC)
         full = it.rung is None and it.evaluation is not None
+        reached = -1 if full else (it.rung if it.evaluation is not None else it.passed[-1].index)
         rows.append({"iteration": it.iteration, "config": config_summary(it), "fidelity": fidelity(it),
+                     "rung": None if full else reached,
                      "full_budget": full, "score": it.score(run.goal.goal_statistic) if full else summary.mean,
                      "val_accuracy": {"mean": summary.mean, "ci_95": summary.ci_95, "n": summary.n},
                      "compute_seed_epochs": it.compute(), "proposer": it.proposer, "reasoning": it.reasoning})
-    rank = {"full budget": 100}
-    return sorted(rows, key=lambda r: (-(rank.get(r["fidelity"]) or _rung(r["fidelity"])),
+    # the full budget first, then the higher cheap rungs; within each, the better score
+    return sorted(rows, key=lambda r: (not r["full_budget"], -(r["rung"] if r["rung"] is not None else 0),
                                        -(r["score"] if r["score"] is not None else -1.0), r["iteration"]))
-
-
-def _rung(fidelity_text: str) -> int:
-    parts = fidelity_text.split()
-    return int(parts[1]) if len(parts) > 1 and parts[0] == "rung" and parts[1].isdigit() else -1
 
 
 def proposers(iterations: list[IterationRecord]) -> dict[str, dict[str, Any]]:

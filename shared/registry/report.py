@@ -165,9 +165,9 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
              f"status: {run.status}" + (f" ({run.error})" if run.error else ""),
              f"target: {goal.target_accuracy:.4f} on the {goal.goal_statistic} of validation accuracy", ""]
     lines += format_leaderboard(leaderboard(run, iterations)) + [""]
-    detailed = [it for it in iterations if it.rung is None or len(iterations) <= 12]
+    detailed = [it for it in iterations if (it.rung is None and it.evaluation is not None) or len(iterations) <= 12]
     if len(detailed) < len(iterations):
-        lines.append(f"the {len(detailed)} candidates that reached the full budget (all {len(iterations)}: --json):")
+        lines.append(f"the {len(detailed)} candidates evaluated at the full budget (all {len(iterations)}: --json):")
     for it in detailed:
         v = it.validation
         params = ""

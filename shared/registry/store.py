@@ -149,6 +149,11 @@ class Registry:
             return []
         return sorted(key for key in keys if key != subjects.RUNNING_INDEXED_KEY)
 
+    async def forget_running(self, run_id: str) -> None:
+        """Take an ended run out of the index: a planner that found it ended heals a key its last
+        update left behind (a crash between the record's write and the index's)."""
+        await self._running.delete(run_id)
+
     async def _index(self, run_id: str) -> None:
         """Enter a run the caller saw running, then read it again: had it ended meanwhile, its
         update's delete may have come before this write, so the key is taken out again."""

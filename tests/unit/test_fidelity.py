@@ -45,9 +45,9 @@ def test_plan_promotes_first_then_proposes_within_the_budget_and_its_reserve():
     trials = [trial(1, {0: 0.9}), trial(2, {0: 0.5}), trial(3, {0: 0.7})]
     assert spent(trials) == 3 * 3  # rung 0 is 3 epochs on 1 seed
     chosen = plan(trials, parallel=4, budget=100, new_cost=3, reserve=27, eta=3)
-    assert [t.number for t in chosen.promote] == [1] and chosen.propose == 3
+    assert [p.trial.number for p in chosen.promote] == [1] and chosen.propose == 3
     tight = plan(trials, parallel=4, budget=9 + 27 + 3, new_cost=3, reserve=27, eta=3)
-    assert [t.number for t in tight.promote] == [1] and tight.propose == 0  # 27 for the promotion leaves 3 < reserve
+    assert [p.trial.number for p in tight.promote] == [1] and tight.propose == 0  # 27 for the promotion leaves 3 < reserve
 
 
 def test_plan_keeps_the_slots_full_and_no_more():
@@ -59,7 +59,7 @@ def test_plan_keeps_the_slots_full_and_no_more():
 def test_the_end_game_promotes_the_best_parked_candidate_that_fits():
     trials = [trial(1, {0: 0.6}), trial(2, {0: 0.8})]  # two: none earns promotion by rank
     chosen = plan(trials, parallel=4, budget=6 + 27, new_cost=3, reserve=27, eta=3)
-    assert chosen.forced and [t.number for t in chosen.promote] == [2]
+    assert chosen.forced and [(p.trial.number, p.to.index) for p in chosen.promote] == [(2, FULL)]
     assert plan(trials, parallel=4, budget=6 + 2, new_cost=3, reserve=27, eta=3) == plan(
         trials, parallel=4, budget=6 + 2, new_cost=3, reserve=27, eta=3)
     spent_out = plan(trials, parallel=4, budget=6 + 2, new_cost=3, reserve=27, eta=3)
@@ -72,3 +72,33 @@ def test_sequential_full_budget_is_one_candidate_at_a_time():
     chosen = plan([done], parallel=1, budget=16, new_cost=8, reserve=0, eta=3)
     assert chosen.promote == [] and chosen.propose == 1
     assert plan([done, Trial(number=2, rungs=full)], parallel=1, budget=16, new_cost=8, reserve=0, eta=3).propose == 0
+
+
+def test_a_promotion_below_the_full_budget_keeps_the_reserve_for_a_full_evaluation():
+    three = lambda n, score: Trial(number=n, rungs=ladder(9, 9, lower_rungs=2, eta=3), scores={0: score},
+                                   in_flight=False)
+    trials = [three(1, 0.9), three(2, 0.5), three(3, 0.7)]  # rung 0: 1 epoch, 1 seed; rung 1: 3 epochs, 3 seeds
+    assert [p.to.index for p in plan(trials, parallel=4, budget=3 + 9 + 81, new_cost=1, reserve=81, eta=3).promote] == [1]
+    short = plan(trials, parallel=4, budget=3 + 81, new_cost=1, reserve=81, eta=3)
+    assert short.forced and [(p.trial.number, p.to.index) for p in short.promote] == [(1, FULL)]  # straight to full
+
+
+def test_every_run_that_can_afford_a_full_evaluation_ends_with_one():
+    """Played out against scores that never meet the target: whatever the budget, once nothing
+    more fits, a full evaluation was made if one full candidate's cost fitted the budget."""
+    for budget in range(30, 400, 7):
+        trials: list[Trial] = []
+        while True:
+            chosen = plan(trials, parallel=4, budget=budget, new_cost=3, reserve=27, eta=3)
+            if not chosen.promote and not chosen.propose:
+                break
+            for p in chosen.promote:
+                p.trial.reached = p.trial.rungs.index(p.to)
+                p.trial.scores[p.to.index] = 0.5
+                p.trial.closed = p.to.index is FULL
+            for _ in range(chosen.propose):
+                n = len(trials) + 1
+                trials.append(Trial(number=n, rungs=ladder(9, 3, lower_rungs=1, eta=3), scores={0: 0.1 * (n % 7)},
+                                    in_flight=False))
+        assert spent(trials) <= budget
+        assert any(t.scores.get(FULL) is not None for t in trials), budget
