@@ -291,6 +291,9 @@ class RunDriver:
         proposal = answer if isinstance(answer, Proposal) else await self.planner.builtin.propose(view)
         rungs = self._ladder(run, _epochs(proposal.model_config))
         first = rungs[0]
+        left = self.budget(run) - used
+        if first is not rungs[-1] and first.cost + rungs[-1].cost > left >= rungs[-1].cost:
+            first = rungs[-1]  # a budget too small for a cheap rung and the full one: the full one alone
         record = IterationRecord(run_id=run.run_id, iteration=n, model_config=proposal.model_config,
                                  search_params=proposal.search_params, proposer=proposal.proposer,
                                  seeds=list(first.seeds), rung=first.index, reasoning=proposal.reasoning,
