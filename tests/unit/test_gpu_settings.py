@@ -120,7 +120,7 @@ def test_the_training_container_gets_the_device_request(limits, expected):
 
     runner = ContainerRunner.__new__(ContainerRunner)  # no engine: only _create's arguments are under test
     runner.limits, runner.owner, runner.client = limits, "test", _Client()
-    runner.pool_size, runner.max_idle_s, runner.max_job_s, runner.warm_flops = 0, 60.0, 60.0, False
+    runner.pool_size, runner.max_idle_s, runner.max_job_s, runner.warm_flops, runner.warm_train = 0, 60.0, 60.0, False, False
     runner._create("job-1", threads=1)
     assert runner.client.containers.kwargs.get("device_requests") == expected
 
