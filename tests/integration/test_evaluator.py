@@ -104,3 +104,50 @@ def test_researcher_evaluate_trains_a_file_in_containers(docker_engine, tmp_path
     evaluation = json.loads(proc.stdout)
     assert evaluation["aggregated"]["val_accuracy"]["n"] == 2 and evaluation["failed_seeds"] == []
     assert len(evaluation["final"]["confusion_matrix"]) == 10 and evaluation["seed_results"][0]["dynamics"]["insights"]
+
+
+# ---- a cheap job's fixed cost (issue 13) ----
+PROBE = (  # the model's code reports, from its own process, what its container imported before the job
+    "import sys\nimport torch\nfrom torch import nn\n"
+    "print('DYNAMO_IMPORTED', 'torch._dynamo' in sys.modules, flush=True)\n"
+    "class Probe(nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.fc = nn.Linear(64, 10)\n"
+    "    def forward(self, x):\n"
+    "        return self.fc(x.flatten(1))\n")
+
+
+@pytest.fixture
+def pooled(docker_engine):
+    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="2g", cpus=2.0), owner="tests-evaluator-pool",
+                             pool_size=1, warm_train=True)
+    runner.start_pool()
+    yield runner
+    runner.close()
+
+
+def test_a_pooled_training_container_waits_at_the_lowest_cpu_weight_with_the_optimizer_imported(pooled, docker_engine):
+    assert pooled.wait_warm()
+    (warm,) = docker_engine.containers.list(filters={"label": "org.pytorch-researcher.owner=tests-evaluator-pool"})
+    assert warm.attrs["HostConfig"]["CpuShares"] == 2  # a refill yields the cores to the job in hand
+    result = evaluate_job(job(PROBE, "Probe", epochs=1), pooled, timeout_s=300, memory="2g")
+    assert result.ok, result.error
+    # the optimizer's lazy import of torch._dynamo (~1.3 s of CPU) was paid before the job arrived
+    assert "DYNAMO_IMPORTED True" in result.output_tail
+
+
+def test_a_seed_says_where_its_time_went(pooled, docker_engine):
+    assert pooled.wait_warm()
+    result = evaluate_job(job(PROBE, "Probe", epochs=1), pooled, timeout_s=300, memory="2g")
+    assert result.ok, result.error
+    trusted = {"data_s", "container_wait_s", "send_s", "in_container_s", "decode_s", "end_s", "score_s"}
+    claimed = {"harness.receive_s", "harness.worker_s", "harness.code_s", "harness.setup_s", "harness.predict_s",
+               "harness.encode_s"}
+    assert set(result.timings) == trusted | claimed
+    # the container's claims fit inside the time the trusted side measured it for
+    inside = sum(result.timings[k] for k in claimed - {"harness.worker_s"}) + result.train_time_s
+    assert inside <= result.timings["in_container_s"]
+    assert sum(result.timings[k] for k in trusted) <= result.duration_s
+    pooled.close()  # the container removed behind the job is gone once the runner is closed
+    assert not docker_engine.containers.list(all=True, filters={"label": "org.pytorch-researcher.owner=tests-evaluator-pool"})
