@@ -50,7 +50,7 @@ help:
 	@echo "  evaluator       NATS_URL=nats://HEAD:4222 [EVALUATORS=N | GPU=1 [GPUS=0,1]]: on another machine,"
 	@echo "                  evaluators only (compose.evaluator.yaml) on the head's work queue"
 	@echo "  evaluator-down  stop and remove this machine's evaluators"
-	@echo "  bench-scale    evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
+	@echo "  bench-scale    where a cheap job's time goes (target: under 0.5 s outside training), and evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
 	@echo "           NATS_PORT=$(NATS_PORT) NATS_BIND=$(or $(NATS_BIND),127.0.0.1) NATS_URL=$(NATS_URL)"
