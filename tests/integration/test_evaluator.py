@@ -5,6 +5,7 @@ import pytest
 from shared.modelspec.assemble import assemble
 from shared.evaluation.in_container import evaluate_job
 from shared.sandboxing.containers import ContainerRunner, Limits
+from shared.sandboxing.protocol import Hparams, TrainJob
 from shared.messaging.messages import EvalJob, TrainingRecipe
 from tests.conftest import SANDBOX_IMAGE
 from tests.integration.test_sandbox import DIGITS_CNN
@@ -151,3 +152,20 @@ def test_a_seed_says_where_its_time_went(pooled, docker_engine):
     assert sum(result.timings[k] for k in trusted) <= result.duration_s
     pooled.close()  # the container removed behind the job is gone once the runner is closed
     assert not docker_engine.containers.list(all=True, filters={"label": "org.pytorch-researcher.owner=tests-evaluator-pool"})
+
+
+def test_a_job_waits_for_the_refill_under_way_rather_than_starting_another(docker_engine):
+    owner = "tests-evaluator-refill"
+    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="2g", cpus=2.0), owner=owner, pool_size=1, warm_train=True)
+    try:
+        runner.start_pool()
+        while not docker_engine.containers.list(all=True, filters={"label": f"org.pytorch-researcher.owner={owner}"},
+                                                ignore_removed=True):
+            pass  # the filler has created its container: a refill is under way, not yet warm
+        job_ = job(PROBE, "Probe", epochs=1)
+        container_job = TrainJob(source=job_.source, class_name=job_.class_name, seed=0, n_val=0, num_classes=10,
+                                 hparams=Hparams(epochs=1, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0))
+        outcome = runner.run(container_job, b"", timeout_s=300, job_id="refill")
+        assert outcome.pooled  # it got the refill's container, warm, not a cold one of its own
+    finally:
+        runner.close()
