@@ -7,13 +7,12 @@ is believed; whatever the generated code prints is kept as a capped tail for the
 
 from __future__ import annotations
 
-import queue
 import secrets
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import structlog
@@ -24,6 +23,7 @@ from shared.runtime.laps import Laps
 # RunOutcome and stable_replica_name lived here once: still imported from here
 from shared.sandboxing.container_io import Attached, RunOutcome, end, kill, last_stage, read_report, remove  # noqa: F401
 from shared.sandboxing.engine import connect_engine, stable_replica_name  # noqa: F401
+from shared.sandboxing.pool import WarmPool
 from shared.sandboxing.protocol import ContainerJob, max_report_bytes
 from shared.errors import SandboxUnavailableError
 
@@ -80,7 +80,7 @@ class ContainerRunner:
     def __init__(self, limits: Limits, owner: str, *, pool_size: int = 0, max_idle_s: float = 600.0,
                  max_job_s: float = 3600.0, warm_flops: bool = False, warm_train: bool = False) -> None:
         self.limits, self.owner = limits, owner
-        self.pool_size, self.max_idle_s, self.max_job_s = pool_size, max_idle_s, max_job_s
+        self.max_idle_s, self.max_job_s = max_idle_s, max_job_s
         self.warm_flops = warm_flops  # validation containers: pooled ones warm the FLOP counter too
         self.warm_train = warm_train  # training containers: pooled ones import what an optimizer needs too
         self.client = connect_engine()
@@ -88,14 +88,19 @@ class ContainerRunner:
             self.client.images.get(limits.image)
         except ImageNotFound as exc:
             raise SandboxUnavailableError(f"image {limits.image!r} not found; build it with `make images`") from exc
-        self._pool: queue.Queue[Attached] = queue.Queue()
+        self._pool = WarmPool(pool_size, lambda created: self._start("pool", POOL_CPU_SHARES, created), self._prioritise,
+                              max_idle_s=max_idle_s, name=owner, start_timeout_s=START_TIMEOUT_S)
         self._running: set = set()  # containers with a job in hand, for abort_running
         self._running_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._changed = threading.Condition()  # the pool, or the refills under way, changed
-        self._starting = 0  # refills under way
-        self._fillers: list[threading.Thread] = []
         self._retiring: list[threading.Thread] = []  # containers being removed behind their jobs
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool.size
+
+    @pool_size.setter
+    def pool_size(self, size: int) -> None:  # before start_pool(): the benches compare sizes on one runner
+        self._pool.size = size
 
     # ---- housekeeping ----
     def remove_strays(self) -> int:
@@ -120,30 +125,18 @@ class ContainerRunner:
             return []
 
     def start_pool(self) -> None:
-        """Start keeping `pool_size` warm containers (no-op for a pool size of 0): one filler per
-        place, so that a pool of several refills them side by side (a start is mostly one core's
-        work: importing torch)."""
-        if self.pool_size > 0 and not self._fillers:
-            self._fillers = [threading.Thread(target=self._fill, args=(i == 0,), name=f"pool-{self.owner}-{i}", daemon=True)
-                             for i in range(self.pool_size)]
-            for filler in self._fillers:
-                filler.start()
+        """Start keeping `pool_size` warm containers (no-op for a pool size of 0)."""
+        self._pool.start()
 
     def close(self) -> None:
         """Stop refilling and remove every container of this owner: the warm ones, one the filler
         is starting and any with a job still in hand (its run() returns, failed). By label, so that
-        what a thread cut short left behind goes too; again after the filler has ended, for the one
-        it may have created meanwhile (removed under it, its start fails at once)."""
-        self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
-        for warm in self._drain():
-            warm.discard()
+        what a thread cut short left behind goes too; again after the fillers have ended, for one
+        they may have created meanwhile (removed under it, its start fails at once)."""
+        self._pool.stop()
         self.wait_retired()
         self._remove_own()
-        if self._fillers:
-            for filler in self._fillers:
-                filler.join(timeout=START_TIMEOUT_S)
+        if self._pool.join():
             self._remove_own()
 
     def wait_retired(self, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -170,79 +163,7 @@ class ContainerRunner:
 
     def wait_warm(self, count: int | None = None, timeout_s: float = START_TIMEOUT_S) -> bool:
         """Block until the pool holds `count` (default: pool_size) warm containers."""
-        deadline = time.monotonic() + timeout_s
-        while self._pool.qsize() < (self.pool_size if count is None else count):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    def _fill(self, sweeps: bool) -> None:
-        last_sweep = 0.0
-        while not self._stop.is_set():
-            if sweeps and time.monotonic() - last_sweep > 60:
-                self._recycle_idle()
-                last_sweep = time.monotonic()
-            with self._changed:
-                if self._pool.qsize() + self._starting >= self.pool_size:
-                    self._changed.wait(timeout=5.0)
-                    continue
-                self._starting += 1
-            warm = None
-            try:
-                warm = self._start("pool", POOL_CPU_SHARES)
-            except SandboxUnavailableError as exc:
-                log.warning("pool_start_failed", error=str(exc))
-            finally:
-                with self._changed:
-                    self._starting -= 1
-                    if warm is not None and not self._stop.is_set():
-                        self._pool.put(warm)
-                    self._changed.notify_all()  # a job may be waiting for this one
-            if warm is None:
-                self._stop.wait(5.0)
-            elif self._stop.is_set():
-                warm.discard()
-            else:  # what a refill costs bounds a replica's jobs per second (`make bench-scale` reads it)
-                log.info("container_warm", start_s=round(time.monotonic() - warm.started_at, 3), warm=self._pool.qsize())
-
-    def _usable(self, warm: Attached) -> bool:
-        return warm.alive() and time.monotonic() - warm.started_at <= self.max_idle_s
-
-    def _drain(self) -> list[Attached]:
-        taken = []
-        while True:
-            try:
-                taken.append(self._pool.get_nowait())
-            except queue.Empty:
-                return taken
-
-    def _recycle_idle(self) -> None:
-        for warm in self._drain():
-            if self._usable(warm):
-                self._pool.put(warm)
-            else:
-                warm.discard()
-
-    def _take(self) -> Attached | None:
-        """A warm container from the pool or, when it is empty, the one a refill is starting:
-        waiting for that one costs less than a cold start beside it, both importing torch on the
-        same cores. None when the pool is empty and no refill is under way."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            with self._changed:
-                while self._pool.empty() and self._starting and not self._stop.is_set():
-                    if not self._changed.wait(timeout=max(0.0, deadline - time.monotonic())):
-                        break
-                try:
-                    warm = self._pool.get_nowait()
-                except queue.Empty:
-                    return None
-                finally:
-                    self._changed.notify_all()  # a filler starts a replacement now
-            if self._usable(warm):
-                return warm
-            warm.discard()
+        return self._pool.wait_warm(count, timeout_s)
 
     # ---- one container ----
     def _create(self, job_id: str, threads: int, cpu_shares: int = JOB_CPU_SHARES):
@@ -294,13 +215,16 @@ class ContainerRunner:
             **kwargs,
         )
 
-    def _start(self, job_id: str, cpu_shares: int = JOB_CPU_SHARES) -> Attached:
-        """Create, attach and start a container, and wait until its harness has imported torch."""
+    def _start(self, job_id: str, cpu_shares: int = JOB_CPU_SHARES, on_created: Callable | None = None) -> Attached:
+        """Create, attach and start a container, and wait until its harness has imported torch;
+        `on_created(container)` is told of it as soon as the engine has made it."""
         started = time.monotonic()
         try:
             container = self._create(job_id, max(1, int(self.limits.cpus)), cpu_shares)
         except (APIError, DockerException) as exc:
             raise SandboxUnavailableError(f"cannot create a container: {exc}") from exc
+        if on_created is not None:
+            on_created(container)
         try:
             sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             container.start()
@@ -324,7 +248,7 @@ class ContainerRunner:
         is read, the container's end (its exit, its removal) happens behind the job, off its path."""
         laps = Laps()
         nonce = secrets.token_hex(16)
-        warm = self._take()
+        warm = self._pool.take()
         pooled = warm is not None
         if warm is None:
             warm = self._start(job_id or nonce[:12])
@@ -390,5 +314,7 @@ class ContainerRunner:
         """A pooled container given its job: the default CPU weight, from the lowest it waited at."""
         try:
             container.update(cpu_shares=JOB_CPU_SHARES)
+        except NotFound:  # removed meanwhile (a refill that failed, a runner closing)
+            pass
         except (APIError, DockerException) as exc:  # it runs at the low weight: slower, not wrong
             log.warning("container_not_prioritised", container=container.short_id, error=str(exc))
