@@ -70,7 +70,7 @@ def runner(docker_engine):
 
 
 def mine(docker_engine, prefix=OWNER):
-    return [c for c in docker_engine.containers.list(all=True, filters={"label": OWNER_LABEL})
+    return [c for c in docker_engine.containers.list(all=True, filters={"label": OWNER_LABEL}, ignore_removed=True)
             if c.labels.get(OWNER_LABEL, "").startswith(prefix)]
 
 
