@@ -3,7 +3,9 @@
 One filler thread per place, so a pool of several refills side by side (a start is mostly one
 core's work: importing torch). Refills start at the lowest CPU weight, so that they yield the
 cores to a job in hand; a job that finds the pool empty waits for a refill under way rather than
-starting another container beside it, and that refill gets the default weight at once.
+starting another container beside it, that refill gets the default weight at once, and one more
+filler starts the next job's container meanwhile (jobs queued faster than the pool refills keep
+two starts going, as cold starts beside refills did).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class WarmPool:
         self._warm: queue.Queue[Attached] = queue.Queue()
         self._changed = threading.Condition()  # the pool, or the refills under way, changed
         self._starting = 0  # refills under way
+        self._waiting = 0  # jobs waiting for one: each asks for one more
         self._warming: set = set()  # their containers, once created: a job waiting on them hurries them
         self._stop = threading.Event()
         self._fillers: list[threading.Thread] = []
@@ -40,7 +43,7 @@ class WarmPool:
     def start(self) -> None:
         if self.size > 0 and not self._fillers:
             self._fillers = [threading.Thread(target=self._fill, args=(i == 0,), name=f"pool-{self.name}-{i}", daemon=True)
-                             for i in range(self.size)]
+                             for i in range(self.size + 1)]  # the last one only while a job waits
             for filler in self._fillers:
                 filler.start()
 
@@ -79,9 +82,15 @@ class WarmPool:
             for container in starting:  # a job waits on them now: no one else's training starves them
                 self._prioritise(container)
             with self._changed:
-                while self._warm.empty() and self._starting > 0 and not self._stop.is_set():
-                    if not self._changed.wait(timeout=max(0.0, deadline - time.monotonic())):
-                        break
+                if self._warm.empty() and self._starting > 0 and not self._stop.is_set():
+                    self._waiting += 1
+                    self._changed.notify_all()  # a filler starts the next job's container meanwhile
+                    try:
+                        while self._warm.empty() and self._starting > 0 and not self._stop.is_set():
+                            if not self._changed.wait(timeout=max(0.0, deadline - time.monotonic())):
+                                break
+                    finally:
+                        self._waiting -= 1
                 try:
                     warm = self._warm.get_nowait()
                 except queue.Empty:
@@ -99,7 +108,7 @@ class WarmPool:
                 self._recycle_idle()
                 last_sweep = time.monotonic()
             with self._changed:
-                if self._warm.qsize() + self._starting >= self.size:
+                if self._warm.qsize() + self._starting >= self.size + self._waiting:
                     self._changed.wait(timeout=5.0)
                     continue
                 self._starting += 1
