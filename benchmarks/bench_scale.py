@@ -155,10 +155,12 @@ async def bench(args: argparse.Namespace) -> None:
     ratio = rows[1]["per_min"] / rows[0]["per_min"]
     print(f"ratio 2 vs 1 replica: {ratio:.2f}x")
     slowdown = rows[1]["split"].train_s / rows[0]["split"].train_s
+    start_s = rows[0]["warm_start_s"]
     print(f"bound: with a warm pool a job spends the split above outside training; queued at once, jobs outrun the "
-          f"pool: a replica starts one container per job, and a warm container took {rows[0]['warm_start_s']:.2f} s to "
-          f"start (create, start, import torch and torch._dynamo, at the lowest CPU weight while jobs train), so one "
-          f"replica's jobs per minute stay near 60 / that. With 2 replicas each job trains {slowdown:.2f}x slower "
+          f"pool: a replica starts one container per job, a warm container took {start_s:.2f} s to start here (create, "
+          f"start, import torch and torch._dynamo, at the lowest CPU weight while jobs train) and at most two start at "
+          f"once (the pool's refill, and one more while a job waits), so one replica stays under 2 x 60 / "
+          f"{start_s:.2f} = {120 / start_s:.1f} jobs/min. With 2 replicas each job trains {slowdown:.2f}x slower "
           f"(shared cores). Replicas scale while cores are free: up to {os.cpu_count()} cores / "
           f"{config.evaluator.cpus:g} CPU per container here, or one GPU per replica")
 
