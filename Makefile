@@ -50,7 +50,7 @@ help:
 	@echo "  evaluator       NATS_URL=nats://HEAD:4222 [EVALUATORS=N | GPU=1 [GPUS=0,1]]: on another machine,"
 	@echo "                  evaluators only (compose.evaluator.yaml) on the head's work queue"
 	@echo "  evaluator-down  stop and remove this machine's evaluators"
-	@echo "  bench-scale    evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
+	@echo "  bench-scale    where a cheap job's time goes (target: under 0.5 s outside training), and evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
 	@echo "  bench-planner  the planner's CPU seconds per candidate at candidate 50 and 500 of one run, and the ratio"
 	@echo "  bench-search   the planner's search against sequential TPE and random search: goals reached, compute"
 	@echo "                 to the target, simulated wall time (BENCH_ARGS: --seeds, --budget, --goals, --replicas)"

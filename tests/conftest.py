@@ -12,7 +12,9 @@ import pytest
 from researcher.stack import free_port, start_nats_server
 from shared.messaging.bus import connect
 
-SANDBOX_IMAGE = "pytorch-researcher/sandbox:latest"
+# the services' own setting, so the tests' runners and the services they start use one image
+# (a harness change is tested on an image of its own, built with SANDBOX_IMAGE=... build-images.sh)
+SANDBOX_IMAGE = os.environ.get("RESEARCHER_SANDBOX__IMAGE", "pytorch-researcher/sandbox:latest")
 
 # `researcher run` keeps its registry in a home that outlives it; the tests' runs (in this process
 # and in the commands it starts) go to one of their own, never the user's. A test that looks at a

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 MAX_RESULT_BYTES = 512 * 1024 * 1024  # predictions of a large validation split, base64
@@ -167,8 +168,10 @@ def main():
     pids_before = cgroup_counter(PIDS_COUNTERS, "max") or 0
 
     header = json.loads(sys.stdin.buffer.readline())
+    received = time.monotonic()
     out.nonce = header["nonce"]
     blob = sys.stdin.buffer.read(int(header.get("blob_len", 0)))
+    handed = time.monotonic()
     tap.cap = int(header.get("max_output_bytes", tap.cap))
     tap.limit = int(header.get("max_total_output_bytes", tap.limit))
     try:
@@ -178,6 +181,7 @@ def main():
     except BrokenPipeError:  # the worker died before reading its job
         pass
     reaper.done.wait()
+    worker_done = time.monotonic()
     code = reaper.code
     threads[1].join()
     threads[0].join(timeout=0.5)  # a background process the code left may hold the pipe open
@@ -202,6 +206,9 @@ def main():
         "output_tail": bytes(tap.tail).decode("utf-8", "replace"),
         "oom_kills": None if oom_after is None else oom_after - oom_before,
         "pids_cap_hits": None if pids_after is None else pids_after - pids_before,
+        # seconds: the data read after the header line, and the worker's whole job (the model
+        # process's run inside it)
+        "timings": {"receive_s": handed - received, "worker_s": worker_done - handed},
     }
     out.line("@@RESULT " + header["nonce"] + " " + json.dumps(report))
     try:  # whatever the code left running goes with the container; end it now anyway

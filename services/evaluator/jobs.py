@@ -19,6 +19,7 @@ from shared.messaging.consumer import Delivery
 from shared.messaging.messages import EvalJob, Event, SeedResult
 from shared.registry.store import Registry, weights_artifact
 from shared.runtime.config import Config
+from shared.runtime.laps import Laps
 from shared.sandboxing.containers import ContainerRunner
 
 log = structlog.get_logger()
@@ -34,8 +35,10 @@ class JobHandler:
         """Train and score one seed; publish its result (the consumer then acks). Stopping, it waits
         up to drain_timeout_s for the job, then hands it back for another replica at once."""
         structlog.contextvars.bind_contextvars(iteration=job.iteration, seed=job.seed, job_id=job.job_id)
-        log.info("job_started", delivery=delivery.number, rung=job.rung)
+        laps = Laps()
         started_at = time.time()
+        queued_s = max(0.0, started_at - delivery.msg.metadata.timestamp.timestamp())  # the stream's clock: this host's
+        log.info("job_started", delivery=delivery.number, rung=job.rung)
         work = asyncio.create_task(asyncio.to_thread(
             train_seed, job, self.runner, timeout_s=self.config.evaluator.train_timeout_s,
             memory=self.config.evaluator.memory, data_config=self.config.data, evaluator=self.replica,
@@ -50,14 +53,21 @@ class JobHandler:
             log.warning("job_handed_back",
                         reason=f"stopping; the job did not finish within {self.config.evaluator.drain_timeout_s:g} s")
             return
+        laps.skip()
+        result = await self._keep_weights(job, trained)
+        laps.lap("store_s")
         # its rung and when it started, on this side's clock (the report shows candidates overlapping)
-        result = msgspec.structs.replace(await self._keep_weights(job, trained), rung=job.rung, started_at=started_at)
+        result = msgspec.structs.replace(result, rung=job.rung, started_at=started_at,
+                                         timings={**result.timings, "queue_s": round(queued_s, 4),
+                                                  "store_s": round(laps.seconds["store_s"], 4),
+                                                  "job_s": round(laps.total(), 4)})
         # the message id makes a redelivered job's second result a duplicate the stream drops
         await through_outages(lambda: self.js.publish(subjects.results_subject(job.run_id), encode(result),
                                                       headers={"Nats-Msg-Id": job.job_id}), "publish result")
         # the headline figure only: every metric of the seed is in the registry
         log.info("job_done", ok=result.ok, error=result.error, val_accuracy=result.metrics.get("val_accuracy"),
-                 duration_s=result.duration_s, weights_kept=result.weights is not None, weights_error=result.weights_error)
+                 duration_s=result.duration_s, weights_kept=result.weights is not None, weights_error=result.weights_error,
+                 publish_s=round(laps.lap("publish_s"), 4))
 
     async def _keep_weights(self, job: EvalJob, trained: Trained) -> SeedResult:
         """The checked weights into the registry's object store (too large for a message), before

@@ -26,6 +26,7 @@ from shared.evaluation.metrics import score
 from shared.evaluation.quick_eval import epoch_curve
 from shared.evaluation.weights import kept_weights, preprocessing
 from shared.runtime.config import DataConfig
+from shared.runtime.laps import Laps
 
 
 class BadPredictions(ValueError):
@@ -71,7 +72,8 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     Raises DatasetUnavailableError when `evaluator` (a replica's name, for the message) cannot load
     the data set: a fault of this machine, not of the code (and SandboxUnavailableError from the
     runner likewise)."""
-    started = time.monotonic()
+    laps = Laps()
+    started = laps.started
     data_config = data_config or DataConfig()
     base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator)
     try:
@@ -90,9 +92,11 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
                         weight_decay=recipe.weight_decay),
         n_val=len(data.y_val), num_classes=ds.num_classes, max_weights_bytes=max_weights_bytes)
     blob = _npz(x_train=data.x_train, y_train=data.y_train, x_val=data.x_val)
+    laps.lap("data_s")
     outcome = runner.run(container_job, blob, timeout_s, job_id=job.job_id)
+    laps.skip()
     elapsed = lambda: round(time.monotonic() - started, 3)  # noqa: E731
-    common = {**common_fields(outcome), **base}
+    common = {**common_fields(outcome), **base, "timings": _timings(laps, outcome)}
     failure = failure_of(outcome, timeout_s, memory, getattr(getattr(runner, "limits", None), "pids", None))
     if failure is not None:
         return Trained(SeedResult(ok=False, error=f"training failed: {failure.error}", reason=failure.reason,
@@ -106,10 +110,21 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
                                   error=f"the harness returned unusable predictions: {exc}"))
     metrics, details = score(data.y_val, probs, ds.class_names)  # every metric here, from our own labels
     weights, weights_error = kept_weights(result, container_job)
+    laps.lap("score_s")
     return Trained(SeedResult(ok=True, metrics=finite(metrics), details=finite(details), learning_curve=curve,
                               train_time_s=result.train_time_s, samples_per_s=result.samples_per_s,
                               device=result.device, preprocessing=preprocessing(data.mean, data.std),
-                              weights_error=weights_error, **{**common, "duration_s": elapsed()}), weights)
+                              weights_error=weights_error, **{**common, "duration_s": elapsed(),
+                                                              "timings": _timings(laps, outcome)}), weights)
+
+
+def _timings(laps: Laps, outcome) -> dict[str, float]:
+    """This process's laps and the runner's (seconds), then the container's own claims under
+    "harness." (shared.evaluation.job_timings names them all)."""
+    report = outcome.report
+    claims = {**(report.timings if report else {}), **(report.result.timings if report and report.result else {})}
+    return {**{k: round(v, 4) for k, v in {**laps.seconds, **outcome.timings}.items()},
+            **{f"harness.{k}": round(v, 4) for k, v in claims.items()}}
 
 
 def _decode(b64: str | None, shape: list[int] | None, want: tuple[int, ...], dtype: type, what: str) -> np.ndarray:

@@ -53,6 +53,8 @@ class TrainOutput:
     samples_per_s: float = 0.0
     device: str = "cpu"
     failure: dict[str, Any] | None = None  # {"reason", "error"} when training diverged
+    setup_time_s: float = 0.0  # data and model onto the device, the optimizer built: before the first epoch
+    predict_time_s: float = 0.0  # the final predictions, after train_time_s
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -92,6 +94,7 @@ def _predict(model: nn.Module, x: torch.Tensor, autocast) -> np.ndarray:
 def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: np.ndarray | torch.Tensor,
                 x_val: np.ndarray | torch.Tensor, settings: TrainSettings, device: torch.device | None = None) -> TrainOutput:
     """Train `model` in place on (x_train, y_train); predict x_val. Exceptions from the model propagate."""
+    entered = time.perf_counter()
     device = device or pick_device()
     cuda = device.type == "cuda"
     torch.manual_seed(settings.seed)
@@ -166,4 +169,5 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
     probs = _predict(model, x_va, autocast)
     if settings.track_val_each_epoch:
         per_epoch.append(probs)
-    return TrainOutput(curve, probs, per_epoch, train_time, seen / train_time if train_time > 0 else 0.0, str(device))
+    return TrainOutput(curve, probs, per_epoch, train_time, seen / train_time if train_time > 0 else 0.0, str(device),
+                       setup_time_s=started - entered, predict_time_s=time.perf_counter() - started - train_time)

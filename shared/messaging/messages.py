@@ -379,6 +379,9 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     preprocessing: Preprocessing | None = None
     weights: str | None = None  # artifact name of its safetensors weights, checked (shared.evaluation.weights)
     weights_error: str | None = None  # why none were kept: too big, malformed, an image without the feature
+    # ---- where the job's time went, seconds (shared.evaluation.job_timings names every key):
+    # the trusted side's own clocks, and the container's claims under "harness." ----
+    timings: dict[str, float] = {}
 
 
 # ---- progress events ----

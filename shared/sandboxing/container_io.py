@@ -1,6 +1,7 @@
 """One container's attached stream and its end: docker's multiplexed stdout/stderr read until
-the harness's ready or result line, the nonce-tagged result and stage lines found in it, and the
-container killed, waited for and removed."""
+the harness's ready or result line, the nonce-tagged result and stage lines found in it, the
+report decoded, and the container killed, waited for and removed (behind the job when it could
+say all there was to say)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,35 @@ import select
 import socket
 import struct
 import time
+from dataclasses import dataclass, field
+from typing import Callable
+
 from docker.errors import APIError, NotFound
 
+from shared.sandboxing.protocol import BadReport, ContainerJob, Report, decode_report
+
 READY_STDOUT_BYTES = 64 * 1024  # before its job a container says only "@@READY"
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one container; `report` is the supervisor's, decoded strictly, when it
+    finished and its report was well-formed (else `bad_report` says why)."""
+
+    report: Report | None
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    duration_s: float
+    stderr_tail: str = ""
+    pooled: bool = False
+    # seconds, by this process's clock: container_wait_s (a warm one taken, or a cold one started),
+    # send_s (the job and its data written), in_container_s (until its report line was read),
+    # decode_s, end_s (kill, exit state, removal, when on the job's path: 0 when done behind it)
+    timings: dict[str, float] = field(default_factory=dict)
+    stage: str = "start"  # the last stage the harness saw the code reach (import, init, forward, ...)
+    bad_report: str | None = None  # why the report was rejected: malformed, or more bytes than the job implies
+    report_limit: int = 0  # bytes of stdout the job allowed
 
 
 class Attached:
@@ -22,12 +49,17 @@ class Attached:
         self.buffer, self.stdout, self.stderr = bytearray(), bytearray(), bytearray()
         self.stdout_limit = READY_STDOUT_BYTES  # bytes; the runner raises it to what the job implies
         self.overflow = False  # stdout passed stdout_limit: the read stopped there
+        self.ended = False  # the stream reached EOF: the container ended
+        # read's search: what for, where it was found (-1: not yet), where the next look starts
+        self._until, self._found, self._searched = b"", -1, 0
 
-    def read(self, deadline: float, until: bytes | None = None) -> bool:
-        """Demultiplex frames until `until` is in stdout (or EOF when None). False at the deadline;
-        True, with `overflow` set, as soon as stdout passes `stdout_limit`."""
+    def read(self, deadline: float, until: bytes | None = None, line: bool = False) -> bool:
+        """Demultiplex frames until `until` is in stdout or the stream ends (EOF: `ended` set);
+        with `line`, until the line `until` starts has ended too (a whole result line: the
+        container's exit need not be waited for). False only at the deadline; True, with
+        `overflow` set, as soon as stdout passes `stdout_limit`."""
         while True:
-            if until is not None and until in self.stdout:
+            if until is not None and self._has(until, line):
                 return True
             if self.overflow:
                 return True
@@ -40,7 +72,8 @@ class Attached:
             except (socket.timeout, TimeoutError):
                 return False
             if not chunk:
-                return until is None
+                self.ended = True
+                return True
             self.buffer += chunk
             while len(self.buffer) >= 8:
                 kind, size = self.buffer[0], struct.unpack(">I", self.buffer[4:8])[0]
@@ -59,6 +92,22 @@ class Attached:
                     self.stderr += payload
                     if len(self.stderr) > 2 * self.cap:
                         del self.stderr[: len(self.stderr) - self.cap]
+
+    def _has(self, until: bytes, line: bool) -> bool:
+        """`until` in stdout (and a newline after it, with `line`), searching only what came since
+        the last look: a report of many MB arrives in many chunks."""
+        if until != self._until:  # a new search (the job's result after the ready line)
+            self._until, self._found, self._searched = until, -1, 0
+        if self._found < 0:
+            at = self.stdout.find(until, max(0, self._searched - len(until) + 1))
+            self._searched = len(self.stdout)
+            if at < 0:
+                return False
+            self._found, self._searched = at, at + len(until)
+        if not line or self.stdout.find(b"\n", self._searched) >= 0:
+            return True
+        self._searched = len(self.stdout)
+        return False
 
     def alive(self) -> bool:
         """A waiting container has nothing to say: readable means it ended (EOF) or broke."""
@@ -129,3 +178,31 @@ def find_result(stdout: bytearray, nonce: str) -> bytes | None:
             return line.tobytes()
         finally:
             line.release()
+
+
+def read_report(warm: Attached, nonce: str, job: ContainerJob, limit: int) -> tuple[Report | None, str | None]:
+    """-> (the supervisor's report, decoded strictly, or None; why it was rejected, or None)."""
+    if warm.overflow:
+        return None, f"the container wrote more than {limit:,} bytes of report, all its job can explain; it was killed"
+    line = find_result(warm.stdout, nonce)
+    if line is None:
+        return None, None
+    try:
+        return decode_report(line, job), None
+    except BadReport as exc:
+        return None, f"the harness's report is malformed: {exc}"
+
+
+def end(warm: Attached, report: Report | None, kill_first: bool, retire: Callable) -> tuple[int | None, bool]:
+    """The container's end -> (its exit code, whether the engine saw an OOM kill). One whose report
+    came whole, and could count its own OOM kills, has said all there is: `retire` removes it
+    behind the job (its exit code is not asked for: None). Any other is waited for here, its exit
+    state read for the failure's message, then removed."""
+    if report is not None and report.oom_kills is not None and not kill_first:
+        retire(warm.container)
+        return None, False
+    if kill_first:
+        kill(warm.container)
+    state = final_state(warm.container)
+    remove(warm.container)
+    return state

@@ -36,6 +36,8 @@ Finite = Annotated[float, Meta(ge=-1e308, le=1e308)]  # NaN and infinities fail 
 NonNegative = Annotated[float, Meta(ge=0.0, le=1e308)]
 Error = Annotated[str, Meta(max_length=MAX_ERROR_CHARS)]
 Short = Annotated[str, Meta(max_length=MAX_SHORT_CHARS)]
+MAX_TIMINGS = 16  # named durations in a report's timings
+Timings = Annotated[dict[Annotated[str, Meta(max_length=64)], NonNegative], Meta(max_length=MAX_TIMINGS)]
 
 
 # ---- jobs (trusted side -> container) ----
@@ -140,6 +142,9 @@ class TrainOutcome(_Outcome, frozen=True, kw_only=True):
     # ---- the trained weights, when the job asked (max_weights_bytes > 0) ----
     weights_b64: str | None = None  # safetensors bytes; length checked before decoding
     weights_error: Error | None = None  # why the harness returned none (too big, not savable)
+    # seconds, by the model process's clock (code_s, setup_s, predict_s, encode_s): its claim,
+    # shown beside the trusted side's own clock, never instead of it; an older image sends none
+    timings: Timings = {}
 
 
 class Process(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,6 +166,7 @@ class _Report(msgspec.Struct, frozen=True, kw_only=True):
     output_tail: Annotated[str, Meta(max_length=MAX_TAIL_CHARS)] = ""
     oom_kills: Count | None = None
     pids_cap_hits: Count | None = None
+    timings: Timings = {}  # seconds, by the supervisor's clock (receive_s, worker_s); an older image sends none
 
 
 class ValidateReport(_Report, frozen=True, kw_only=True):

@@ -5,6 +5,7 @@ import pytest
 from shared.modelspec.assemble import assemble
 from shared.evaluation.in_container import evaluate_job
 from shared.sandboxing.containers import ContainerRunner, Limits
+from shared.sandboxing.protocol import Hparams, TrainJob
 from shared.messaging.messages import EvalJob, TrainingRecipe
 from tests.conftest import SANDBOX_IMAGE
 from tests.integration.test_sandbox import DIGITS_CNN
@@ -121,3 +122,67 @@ def test_researcher_evaluate_trains_a_file_in_containers(docker_engine, tmp_path
     evaluation = json.loads(proc.stdout)
     assert evaluation["aggregated"]["val_accuracy"]["n"] == 2 and evaluation["failed_seeds"] == []
     assert len(evaluation["final"]["confusion_matrix"]) == 10 and evaluation["seed_results"][0]["dynamics"]["insights"]
+
+
+# ---- a cheap job's fixed cost (issue 13) ----
+PROBE = (  # the model's code reports, from its own process, what its container imported before the job
+    "import sys\nimport torch\nfrom torch import nn\n"
+    "print('DYNAMO_IMPORTED', 'torch._dynamo' in sys.modules, flush=True)\n"
+    "class Probe(nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.fc = nn.Linear(64, 10)\n"
+    "    def forward(self, x):\n"
+    "        return self.fc(x.flatten(1))\n")
+
+
+@pytest.fixture
+def pooled(docker_engine):
+    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="2g", cpus=2.0), owner="tests-evaluator-pool",
+                             pool_size=1, warm_train=True)
+    runner.start_pool()
+    yield runner
+    runner.close()
+
+
+def test_a_pooled_training_container_waits_at_the_lowest_cpu_weight_with_the_optimizer_imported(pooled, docker_engine):
+    assert pooled.wait_warm()
+    (warm,) = docker_engine.containers.list(filters={"label": "org.pytorch-researcher.owner=tests-evaluator-pool"})
+    assert warm.attrs["HostConfig"]["CpuShares"] == 2  # a refill yields the cores to the job in hand
+    result = evaluate_job(job(PROBE, "Probe", epochs=1), pooled, timeout_s=300, memory="2g")
+    assert result.ok, result.error
+    # the optimizer's lazy import of torch._dynamo (~1.3 s of CPU) was paid before the job arrived
+    assert "DYNAMO_IMPORTED True" in result.output_tail
+
+
+def test_a_seed_says_where_its_time_went(pooled, docker_engine):
+    assert pooled.wait_warm()
+    result = evaluate_job(job(PROBE, "Probe", epochs=1), pooled, timeout_s=300, memory="2g")
+    assert result.ok, result.error
+    trusted = {"data_s", "container_wait_s", "send_s", "in_container_s", "decode_s", "end_s", "score_s"}
+    claimed = {"harness.receive_s", "harness.worker_s", "harness.code_s", "harness.setup_s", "harness.predict_s",
+               "harness.encode_s"}
+    assert set(result.timings) == trusted | claimed
+    # the container's claims fit inside the time the trusted side measured it for
+    inside = sum(result.timings[k] for k in claimed - {"harness.worker_s"}) + result.train_time_s
+    assert inside <= result.timings["in_container_s"]
+    assert sum(result.timings[k] for k in trusted) <= result.duration_s
+    pooled.close()  # the container removed behind the job is gone once the runner is closed
+    assert not docker_engine.containers.list(all=True, filters={"label": "org.pytorch-researcher.owner=tests-evaluator-pool"})
+
+
+def test_a_job_waits_for_the_refill_under_way_rather_than_starting_another(docker_engine):
+    owner = "tests-evaluator-refill"
+    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="2g", cpus=2.0), owner=owner, pool_size=1, warm_train=True)
+    try:
+        runner.start_pool()
+        while not docker_engine.containers.list(all=True, filters={"label": f"org.pytorch-researcher.owner={owner}"},
+                                                ignore_removed=True):
+            pass  # the filler has created its container: a refill is under way, not yet warm
+        job_ = job(PROBE, "Probe", epochs=1)
+        container_job = TrainJob(source=job_.source, class_name=job_.class_name, seed=0, n_val=0, num_classes=10,
+                                 hparams=Hparams(epochs=1, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0))
+        outcome = runner.run(container_job, b"", timeout_s=300, job_id="refill")
+        assert outcome.pooled  # it got the refill's container, warm, not a cold one of its own
+    finally:
+        runner.close()

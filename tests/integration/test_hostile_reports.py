@@ -70,7 +70,7 @@ def runner(docker_engine):
 
 
 def mine(docker_engine, prefix=OWNER):
-    return [c for c in docker_engine.containers.list(all=True, filters={"label": OWNER_LABEL})
+    return [c for c in docker_engine.containers.list(all=True, filters={"label": OWNER_LABEL}, ignore_removed=True)
             if c.labels.get(OWNER_LABEL, "").startswith(prefix)]
 
 
@@ -192,5 +192,6 @@ def test_a_failed_seed_says_why_in_fields(runner):
     assert (result.reason, result.exception_type) == ("exception", "KeyError")
 
 
-def test_afterwards_nothing_is_left(docker_engine):
+def test_afterwards_nothing_is_left(runner, docker_engine):
+    runner.wait_retired()  # a container whose report came whole is removed behind its job
     assert mine(docker_engine) == []

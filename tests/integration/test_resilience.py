@@ -93,7 +93,7 @@ async def test_an_evaluator_dying_mid_job_loses_nothing_and_counts_nothing_twice
         await wait_for_text(log, '"job_started"')
         owner = f"{OWNER_LABEL}=evaluator-evaluator-{os.getpid()}"  # LocalStack's replica name
         deadline = time.monotonic() + 60
-        while not docker_engine.containers.list(filters={"label": owner}):  # its training container is up
+        while not docker_engine.containers.list(filters={"label": owner}, ignore_removed=True):  # its training container is up
             assert time.monotonic() < deadline, "no training container started"
             await asyncio.sleep(0.1)
         stack.procs["evaluator"].send_signal(sig)  # mid-training

@@ -32,7 +32,8 @@ def start_service(nats_url, log_path):
 
 
 def containers(engine):
-    return {c.id for c in engine.containers.list(all=True, filters={"label": OWNER})}
+    # one being removed behind its job may vanish between the listing and its details
+    return {c.id for c in engine.containers.list(all=True, filters={"label": OWNER}, ignore_removed=True)}
 
 
 def wait_for(predicate, timeout=120.0):
@@ -69,7 +70,8 @@ async def test_a_killed_service_leaves_strays_that_its_restart_removes(docker_en
 
         second = start_service(nats_url, log_path)
         assert await asyncio.to_thread(wait_for, lambda: len(ready_lines(log_path)) == 2), log_path.read_text()[-2000:]
-        assert ready_lines(log_path)[-1]["strays_removed"] >= len(strays)
+        # its warm pool at least; a job's container it was removing as it died may have gone by itself
+        assert ready_lines(log_path)[-1]["strays_removed"] >= 2
         assert not strays & containers(docker_engine)
         reply = await nc.request(subjects.VALIDATE_SUBJECT, encode(request), timeout=60)
         assert decode(reply.data, ValidationResult).ok
@@ -82,5 +84,5 @@ async def test_a_killed_service_leaves_strays_that_its_restart_removes(docker_en
         for proc in (first, second):
             if proc and proc.poll() is None:
                 proc.kill()
-        for container in docker_engine.containers.list(all=True, filters={"label": OWNER}):
+        for container in docker_engine.containers.list(all=True, filters={"label": OWNER}, ignore_removed=True):
             container.remove(force=True)

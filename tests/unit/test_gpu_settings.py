@@ -74,7 +74,7 @@ class _FakeRunner:
 ])
 def test_make_eval_runner_sets_the_limits(monkeypatch, setting, runtimes, gpus, ids):
     monkeypatch.setattr(runners, "ContainerRunner",
-                        lambda limits, owner, max_job_s, pool_size: _FakeRunner(limits, owner, max_job_s, runtimes))
+                        lambda limits, owner, max_job_s, pool_size, warm_train: _FakeRunner(limits, owner, max_job_s, runtimes))
     config = Config(evaluator=EvaluatorConfig(gpus=setting))
     runner = make_eval_runner(config, owner="evaluator-test")
     assert (runner.limits.gpus, runner.limits.gpu_ids) == (gpus, ids)
@@ -117,10 +117,12 @@ class _Client:
 ])
 def test_the_training_container_gets_the_device_request(limits, expected):
     from shared.sandboxing.containers import ContainerRunner
+    from shared.sandboxing.pool import WarmPool
 
     runner = ContainerRunner.__new__(ContainerRunner)  # no engine: only _create's arguments are under test
     runner.limits, runner.owner, runner.client = limits, "test", _Client()
-    runner.pool_size, runner.max_idle_s, runner.max_job_s, runner.warm_flops = 0, 60.0, 60.0, False
+    runner._pool = WarmPool(0, start=None, prioritise=None, max_idle_s=60.0, name="test", start_timeout_s=1.0)
+    runner.max_idle_s, runner.max_job_s, runner.warm_flops, runner.warm_train = 60.0, 60.0, False, False
     runner._create("job-1", threads=1)
     assert runner.client.containers.kwargs.get("device_requests") == expected
 

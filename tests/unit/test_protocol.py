@@ -224,3 +224,30 @@ def test_remove_strays_tolerates_containers_removed_by_another_process():
                                                                      vanished=True)})()
     runner.remove_strays()
     assert (mine.removed, expired.removed, fresh.removed) == (True, True, False)
+
+
+# ---- timings: the container's claims, bounded, beside the trusted side's own ----
+def test_a_report_without_timings_reads_as_none_claimed():
+    decoded = decode_report(report(trained(TRAIN)), TRAIN)
+    assert (decoded.timings, decoded.result.timings) == ({}, {})
+
+
+@pytest.mark.parametrize("timings, where", [
+    ({f"k{i}": 0.1 for i in range(17)}, "length <= 16"),
+    ({"code_s": -1.0}, ">= 0.0"),
+    ({"code_s": "soon"}, "Expected `float`"),
+    ({"x" * 65: 0.1}, "length <= 64"),
+], ids=["too-many", "negative", "not-a-number", "long-name"])
+def test_claimed_timings_are_bounded(timings, where):
+    with pytest.raises(BadReport, match="result.timings") as caught:
+        decode_report(report(trained(TRAIN, timings=timings)), TRAIN)
+    assert where in str(caught.value)
+
+
+def test_a_seed_keeps_the_trusted_timings_and_the_containers_claims_apart():
+    runner = FakeRunner(lambda job: trained(job, timings={"code_s": 0.02, "encode_s": 0.01}))
+    result = evaluate_job(EVAL, runner, timeout_s=60, memory="2g")
+    assert result.ok, result.error
+    assert {"data_s", "score_s", "harness.code_s", "harness.encode_s"} <= set(result.timings)
+    assert (result.timings["harness.code_s"], result.timings["harness.encode_s"]) == (0.02, 0.01)
+    assert "code_s" not in result.timings  # a claim never poses as a trusted figure
