@@ -24,6 +24,7 @@ import statistics
 import time
 import uuid
 
+from benchmarks.farm import farm_phase, format_farm
 from researcher.stack import LocalStack
 from shared.messaging import subjects
 from shared.modelspec.assemble import assemble
@@ -163,6 +164,12 @@ async def bench(args: argparse.Namespace) -> None:
           f"{start_s:.2f} = {120 / start_s:.1f} jobs/min. With 2 replicas each job trains {slowdown:.2f}x slower "
           f"(shared cores). Replicas scale while cores are free: up to {os.cpu_count()} cores / "
           f"{config.evaluator.cpus:g} CPU per container here, or one GPU per replica")
+    if args.farm:  # research throughput: whole runs, K candidates in flight, on 1, 2 and 4 replicas
+        farm = [await farm_phase(n, args.parallel, args.farm_budget) for n in args.farm]
+        print("\n".join(format_farm(farm, args.parallel)))
+        print("bound: between a candidate's jobs come its proposal, code, validation (a container) and dispatch; "
+              "with few jobs per candidate at the cheap rungs that pipeline, not the replicas, sets how many jobs the "
+              "run has in flight (busy counts only the time when jobs were waiting or running)")
 
 
 def main() -> int:
@@ -172,6 +179,10 @@ def main() -> int:
     parser.add_argument("--subset", type=int, default=900, help="samples drawn from digits")
     parser.add_argument("--pool-size", type=int, default=None,
                         help="warm training containers per replica (default: evaluator.pool_size)")
+    parser.add_argument("--farm", type=lambda text: [int(n) for n in text.split(",") if n] if text else [],
+                        default=[1, 2, 4], help="replica counts of the research-throughput runs, e.g. 1,2,4; '' skips them")
+    parser.add_argument("--parallel", type=int, default=8, help="candidates in flight in each research-throughput run")
+    parser.add_argument("--farm-budget", type=int, default=60, help="seed-epochs of each research-throughput run")
     asyncio.run(bench(parser.parse_args()))
     return 0
 
