@@ -5,24 +5,26 @@ data set, the Docker engine) fails it, which is no fault of the job's."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 import msgspec
 import nats.errors
 import structlog
 
-from shared.errors import MachineryError
+from shared.errors import MachineryError, MessageError
 from shared.evaluation.in_container import Trained, train_seed
 from shared.messaging import subjects
-from shared.messaging.bus import encode, publish_event, through_outages
+from shared.messaging.bus import decode, encode, publish_event, through_outages
 from shared.messaging.consumer import Delivery
-from shared.messaging.messages import EvalJob, Event, SeedResult
+from shared.messaging.messages import EvalJob, Event, RunEnded, SeedResult
 from shared.registry.store import Registry, weights_artifact
 from shared.runtime.config import Config
 from shared.runtime.laps import Laps
 from shared.sandboxing.containers import ContainerRunner
 
 log = structlog.get_logger()
+ENDED_KEPT = 10_000  # ended runs remembered, for their queued jobs (a few bytes each)
 
 
 class JobHandler:
@@ -30,11 +32,27 @@ class JobHandler:
 
     def __init__(self, nc, js, runner: ContainerRunner, config: Config, replica: str, stop: asyncio.Event) -> None:
         self.nc, self.js, self.runner, self.config, self.replica, self.stop = nc, js, runner, config, replica, stop
+        self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # run id -> how it ended
+
+    async def on_run_ended(self, msg) -> None:
+        """A run ended: its jobs still queued are dropped unrun (the newest ENDED_KEPT runs are remembered)."""
+        try:
+            ended = decode(msg.data, RunEnded, msg.subject)
+        except MessageError as exc:
+            log.warning("malformed_message", subject=msg.subject, error=str(exc))
+            return
+        self.ended[ended.run_id] = ended.status
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
 
     async def __call__(self, job: EvalJob, delivery: Delivery) -> None:
         """Train and score one seed; publish its result (the consumer then acks). Stopping, it waits
-        up to drain_timeout_s for the job, then hands it back for another replica at once."""
+        up to drain_timeout_s for the job, then hands it back for another replica at once. A job
+        of a run that has ended is acked unrun: nobody waits for its result."""
         structlog.contextvars.bind_contextvars(iteration=job.iteration, seed=job.seed, job_id=job.job_id)
+        if job.run_id in self.ended:
+            log.info("job_dropped", reason=f"its run ended ({self.ended[job.run_id]})")
+            return
         laps = Laps()
         started_at = time.time()
         queued_s = max(0.0, started_at - delivery.msg.metadata.timestamp.timestamp())  # the stream's clock: this host's

@@ -25,9 +25,11 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         removed = runner.remove_strays()
         runner.start_pool()  # the next job's container starts (and imports torch) while this one trains
         await service.connect(nc, jetstream=True)
+        handler = JobHandler(service.nc, service.js, runner, service.config, name, service.stop)
+        await service.nc.subscribe(subjects.RUN_ENDED_SUBJECT, cb=handler.on_run_ended)
         await service.consume(
             stream=subjects.EVAL_STREAM, subject=subjects.EVAL_SUBJECT, durable=subjects.EVAL_CONSUMER, type_=EvalJob,
-            handle=JobHandler(service.nc, service.js, runner, service.config, name, service.stop),
+            handle=handler,
             ack_wait_s=settings.ack_wait_s, max_deliver=settings.max_deliver, nak_delay_s=settings.nak_delay_s,
             fetch_batch=1,  # one job at a time: a second one fetched would wait while its ack wait runs out
             keep_claim=True)  # training outlasts the ack wait: in-progress heartbeats keep the job

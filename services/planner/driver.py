@@ -23,8 +23,9 @@ from services.planner.llm_plan import plan_context
 from services.planner.proposers import Abstained, Declined, Proposal, RunView, llm_turn
 from services.planner.records import drop_weights, store_calls
 from services.planner.steps import CandidateSteps
-from shared.messaging.bus import through_outages
-from shared.messaging.messages import TERMINAL_STATUSES, TrainingRecipe, meets_target
+from shared.messaging import subjects
+from shared.messaging.bus import encode, through_outages
+from shared.messaging.messages import TERMINAL_STATUSES, RunEnded, TrainingRecipe, meets_target
 from shared.registry.records import (DEFAULT_METRIC, Decision, IterationRecord, RungResult, RungSpec, RunRecord,
                                      unless_ended)
 
@@ -326,6 +327,8 @@ class RunDriver:
         await self._set_run(lambda r: replace(r, status=status, reason=reason, finished_at=now,
                                               error=reason if status == "failed" else r.error))
         await self.event("run_finished", f"run finished: {status}: {reason}", data={"status": status})
+        # the jobs of candidates still in flight need no evaluator now
+        await self.planner.nc.publish(subjects.RUN_ENDED_SUBJECT, encode(RunEnded(run_id=self.run_id, status=status)))
 
     async def _report_progress(self) -> None:
         """An event when the candidates in flight or the compute used change."""

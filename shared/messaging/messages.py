@@ -384,6 +384,13 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     timings: dict[str, float] = {}
 
 
+class RunEnded(msgspec.Struct, frozen=True, kw_only=True):
+    """On RUN_ENDED_SUBJECT (core NATS, best effort): the run's queued jobs are no longer wanted."""
+
+    run_id: str
+    status: str
+
+
 # ---- progress events ----
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str

@@ -39,6 +39,8 @@ DEAD_LETTERS_CONSUMER = "planner-dead-letters"
 
 # ---- progress events, one subject per run (core NATS, for live followers) ----
 EVENTS_PREFIX = "research.events"
+# a run has ended: evaluators drop its jobs still queued (candidates in flight when it ended)
+RUN_ENDED_SUBJECT = "research.runs.ended"
 
 # ---- registry (JetStream KV + object store) ----
 RUNS_BUCKET = "research_runs"

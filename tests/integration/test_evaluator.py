@@ -166,7 +166,8 @@ def test_a_seed_says_where_its_time_went(pooled, docker_engine):
     # the container's claims fit inside the time the trusted side measured it for
     inside = sum(result.timings[k] for k in claimed - {"harness.worker_s"}) + result.train_time_s
     assert inside <= result.timings["in_container_s"]
-    assert sum(result.timings[k] for k in trusted) <= result.duration_s
+    rounding = 0.0005 * len(trusted) + 0.0005  # each step is kept to 4 decimals, the duration to 3
+    assert sum(result.timings[k] for k in trusted) <= result.duration_s + rounding
     pooled.close()  # the container removed behind the job is gone once the runner is closed
     assert not docker_engine.containers.list(all=True, filters={"label": "org.pytorch-researcher.owner=tests-evaluator-pool"})
 
