@@ -80,7 +80,7 @@ def test_planner_settings_change_the_new_policy_alone():
 @pytest.mark.parametrize("spec, fragment", [
     ("depth=2", "KEY one of parallel, lower_rungs, reduction_factor, local_share"),
     ("parallel", "expected KEY=VALUE"),
-    ("lower_rungs=1.5", "lower_rungs takes an integer, e.g. lower_rungs=2"),
+    ("lower_rungs=1.5", f"lower_rungs takes an integer, e.g. lower_rungs={PlannerConfig().lower_rungs}"),
     ("local_share=lots", "local_share takes a number"),
     ("parallel=0", "planner.parallel must be 1 to 64"),
 ])
