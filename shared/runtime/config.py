@@ -40,15 +40,16 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_epochs: int = 20  # upper bound of the built-in search's epochs (a goal's max_epochs caps it further)
     # ---- the search: candidates in flight and successive halving (services/planner/fidelity.py) ----
     # candidates a run keeps in flight when its goal does not say (--parallel): 2 keeps two evaluators
-    # busy on one-seed first rungs; `make bench-search` (10 searches per goal) reached more goals with
-    # 2 than with 4, which proposes more candidates before any is measured and has more compute in
-    # flight, counted as spent, when the target is met
+    # busy on one-seed first rungs. With lower_rungs 1 it reached 23 goals of 30 in `make bench-search`
+    # (10 searches per goal, 2 replicas) against 18 for 4 in flight on 2 cheap rungs, 16 for sequential
+    # TPE: more in flight proposes more before any is measured, and counts more compute as spent when
+    # the target is met
     parallel: int = 2
     # successive halving: each candidate first trains on `lower_rungs` cheap rungs, rung r (0 first)
     # with 1/reduction_factor^(lower_rungs - r) of its epochs and seeds, and the best
     # 1/reduction_factor of each rung earn the next; 0 lower rungs: every candidate gets the full budget.
-    # One rung (a third of the epochs): a second one at a ninth (2 epochs of 20) ranked candidates
-    # by how fast they start, and with parallel 2 reached 9 goals of 15 against 11 in `make bench-search`
+    # One, at a third of the epochs: a rung at a ninth (2 epochs of 20) ranked candidates by how fast
+    # they start more than by where they end
     reduction_factor: int = 3
     lower_rungs: int = 1
     # with a planning LLM: the share of proposals it makes (the built-in search makes the rest);
