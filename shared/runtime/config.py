@@ -40,10 +40,10 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_epochs: int = 20  # upper bound of the built-in search's epochs (a goal's max_epochs caps it further)
     # ---- the search: candidates in flight and successive halving (services/planner/fidelity.py) ----
     # candidates a run keeps in flight when its goal does not say (--parallel): 2 keeps two evaluators
-    # busy on one-seed first rungs. With lower_rungs 1 it reached 23 goals of 30 in `make bench-search`
-    # (10 searches per goal, 2 replicas) against 18 for 4 in flight on 2 cheap rungs, 16 for sequential
-    # TPE: more in flight proposes more before any is measured, and counts more compute as spent when
-    # the target is met
+    # busy on one-seed first rungs. With lower_rungs 1 it reached 23 goals of 30 in bench-search's
+    # simulation (10 searches per goal, 2 replicas) against 18 for 4 in flight on 2 cheap rungs, 16 for
+    # sequential TPE (a rerun moves a policy by about 2 of 15: results arrive in measured-time order):
+    # more in flight proposes more before any is measured, and counts more compute as spent at the target
     parallel: int = 2
     # successive halving: each candidate first trains on `lower_rungs` cheap rungs, rung r (0 first)
     # with 1/reduction_factor^(lower_rungs - r) of its epochs and seeds, and the best
