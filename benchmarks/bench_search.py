@@ -38,6 +38,7 @@ from services.planner.search import SearchBounds, default_params, to_model_confi
 from shared.data.datasets import Dataset, load_dataset, split
 from shared.messaging.messages import TrainingRecipe
 from shared.modelspec.assemble import assemble
+from shared.runtime.config import PlannerConfig
 
 
 def _scaled(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -106,6 +107,30 @@ def default_score(p: Problem, trainer: Trainer) -> float:
     recipe = TrainingRecipe.from_model_config(config)
     results = [trainer.seed(p, built.source, built.class_name, recipe, s)[0] for s in range(p.num_seeds)]
     return statistics.mean(r.metrics.get("val_accuracy") or 0.0 if r.ok else 0.0 for r in results)
+
+
+# the planner settings --planner may change for the new policy, and their types
+TUNABLE = {"parallel": int, "lower_rungs": int, "reduction_factor": int, "local_share": float}
+
+
+def planner_settings(spec: str) -> PlannerConfig:
+    """`parallel=2,lower_rungs=1` -> the planner's defaults with those keys changed: the new
+    policy's settings, so a variant of the defaults is measured against the same baselines."""
+    changes: dict[str, int | float] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if key not in TUNABLE or not sep:
+            raise SystemExit(f"--planner {item!r}: expected KEY=VALUE, KEY one of {', '.join(TUNABLE)}")
+        kind = TUNABLE[key]
+        try:
+            changes[key] = kind(value)
+        except ValueError:
+            raise SystemExit(f"--planner {item!r}: {key} takes {'an integer' if kind is int else 'a number'}, "
+                             f"e.g. {key}={getattr(PlannerConfig(), key)}") from None
+    try:
+        return PlannerConfig(**changes)
+    except ValueError as e:
+        raise SystemExit(f"--planner {spec!r}: {e}") from None
 
 
 # ---- the figures ----
@@ -214,10 +239,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds added to each seed job on the simulated clock (a container's start; default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
     parser.add_argument("--policies", default="new,old,random", help="comma-separated, of: new, old, random")
+    parser.add_argument("--planner", default="", help="the new policy's settings instead of the planner's defaults, "
+                        f"e.g. parallel=2,lower_rungs=1 (of: {', '.join(TUNABLE)})")
     args = parser.parse_args(argv)
     if min(args.seeds, args.num_seeds, args.max_epochs, args.replicas, args.threads) < 1 or (args.budget or 1) < 1:
         parser.error("--seeds, --num-seeds, --max-epochs, --replicas, --threads and --budget must be at least 1")
-    known = {p.name: p for p in policies()}
+    known = {p.name: p for p in policies(planner_settings(args.planner))}
     chosen = [known[n] for n in args.policies.split(",") if n in known]
     if "new" not in [p.name for p in chosen] or len(chosen) != len(args.policies.split(",")):
         parser.error(f"--policies: 'new' and any of old, random, not {args.policies!r}")

@@ -19,6 +19,7 @@ from shared.errors import MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, ensure_streams
 from shared.messaging.messages import GOAL_LIMITS, ErrorReply, Goal, GoalAnswer, GoalStatistic
+from shared.runtime.config import PlannerConfig
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -49,8 +50,8 @@ def goal_args(p: argparse.ArgumentParser) -> None:
                    help="the compute budget in seed-epochs (one seed trained one epoch), instead of "
                         "--max-iterations' (default: from --max-iterations)")
     p.add_argument("--parallel", type=int, default=d.parallel,
-                   help="candidates in flight at once, %d to %d (default: the stack's planner.parallel, 4)"
-                        % limits["parallel"])
+                   help="candidates in flight at once, %d to %d (default: the stack's planner.parallel, %d)"
+                        % (*limits["parallel"], PlannerConfig().parallel))
     p.add_argument("--num-seeds", type=int, default=d.num_seeds, help="%d to %d" % limits["num_seeds"])
     p.add_argument("--patience", type=int, default=d.patience,
                    help="full evaluations without a better best before stopping, %d to %d" % limits["patience"])

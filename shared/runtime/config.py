@@ -39,14 +39,19 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_epochs: int = 5  # lower bound of the built-in search's epochs
     max_epochs: int = 20  # upper bound of the built-in search's epochs (a goal's max_epochs caps it further)
     # ---- the search: candidates in flight and successive halving (services/planner/fidelity.py) ----
-    # candidates a run keeps in flight when its goal does not say (--parallel): 4 keeps two evaluators
-    # busy on one-seed first rungs, and is the count `make bench-search` measured against 1
-    parallel: int = 4
+    # candidates a run keeps in flight when its goal does not say (--parallel): 2 keeps two evaluators
+    # busy on one-seed first rungs. With lower_rungs 1 it reached 23 goals of 30 in bench-search's
+    # simulation (10 searches per goal, 2 replicas) against 18 for 4 in flight on 2 cheap rungs, 16 for
+    # sequential TPE (a rerun moves a policy by about 2 of 15: results arrive in measured-time order):
+    # more in flight proposes more before any is measured, and counts more compute as spent at the target
+    parallel: int = 2
     # successive halving: each candidate first trains on `lower_rungs` cheap rungs, rung r (0 first)
     # with 1/reduction_factor^(lower_rungs - r) of its epochs and seeds, and the best
-    # 1/reduction_factor of each rung earn the next; 0 lower rungs: every candidate gets the full budget
+    # 1/reduction_factor of each rung earn the next; 0 lower rungs: every candidate gets the full budget.
+    # One, at a third of the epochs: a rung at a ninth (2 epochs of 20) ranked candidates by how fast
+    # they start more than by where they end
     reduction_factor: int = 3
-    lower_rungs: int = 2
+    lower_rungs: int = 1
     # with a planning LLM: the share of proposals it makes (the built-in search makes the rest);
     # a minority, after Ferreira et al. 2026 (arXiv 2603.24647): TPE with an LLM minority did best
     llm_share: float = 0.25

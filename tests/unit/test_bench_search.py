@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from sklearn import datasets as skd
 
-from benchmarks.bench_search import report, row
+from benchmarks.bench_search import planner_settings, report, row
 from benchmarks.search_sim import Cluster, Problem, Search, Trainer, policies, simulate
 from shared.data.datasets import Dataset
+from shared.runtime.config import PlannerConfig
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +65,26 @@ def test_a_met_target_ends_the_search_with_its_compute_and_the_figures_report_it
     assert lines[1].split()[:2] == ["new", "2/2"]
     assert any(line.startswith("  new vs old: reached 2 vs 2; where both reached (2 seeds)") for line in lines)
     assert any(line.startswith("  new vs random:") for line in lines)
+
+
+def test_planner_settings_change_the_new_policy_alone():
+    settings = planner_settings("parallel=2, lower_rungs=1,local_share=0")
+    assert (settings.parallel, settings.lower_rungs, settings.local_share) == (2, 1, 0.0)
+    assert settings.reduction_factor == PlannerConfig().reduction_factor
+    new, old, rand = policies(settings)
+    assert (new.parallel, new.lower_rungs, new.local_share) == (2, 1, 0.0)
+    assert all((p.parallel, p.lower_rungs, p.local_share) == (1, 0, 0.0) for p in (old, rand))
+    assert planner_settings("") == PlannerConfig()
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("depth=2", "KEY one of parallel, lower_rungs, reduction_factor, local_share"),
+    ("parallel", "expected KEY=VALUE"),
+    ("lower_rungs=1.5", f"lower_rungs takes an integer, e.g. lower_rungs={PlannerConfig().lower_rungs}"),
+    ("local_share=lots", "local_share takes a number"),
+    ("parallel=0", "planner.parallel must be 1 to 64"),
+])
+def test_bad_planner_settings_say_what_to_write(spec, fragment):
+    with pytest.raises(SystemExit) as raised:
+        planner_settings(spec)
+    assert fragment in str(raised.value)
