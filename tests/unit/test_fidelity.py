@@ -2,6 +2,7 @@
 
 from services.planner.fidelity import FULL, Rung, Trial, budget_epochs, ladder, plan, promotable, spent
 from shared.messaging.messages import Goal
+from shared.runtime.config import PlannerConfig
 
 
 def test_a_ladder_shrinks_epochs_and_seeds_by_the_reduction_factor():
@@ -102,3 +103,10 @@ def test_every_run_that_can_afford_a_full_evaluation_ends_with_one():
                                     in_flight=False))
         assert spent(trials) <= budget
         assert any(t.scores.get(FULL) is not None for t in trials), budget
+
+
+def test_the_defaults_screen_every_candidate_on_a_cheaper_rung_first():
+    defaults = PlannerConfig()
+    rungs = ladder(defaults.max_epochs, 2, defaults.lower_rungs, defaults.reduction_factor)
+    assert len(rungs) == defaults.lower_rungs + 1 and rungs[-1].index is FULL
+    assert all(a.cost < b.cost for a, b in zip(rungs, rungs[1:]))
