@@ -22,12 +22,10 @@ def best_of(goal: Goal, history: list[IterationRecord]) -> tuple[int | None, flo
     return best_it, best_score
 
 
-def decide(goal: Goal, history: list[IterationRecord], *, spent: str | None = None
-           ) -> tuple[Decision, int | None, float | None]:
-    """-> (decision on the last verdict, best iteration, best score). `history` holds the verdicts
-    at the full budget in the order they came (a candidate rejected before its first cheap rung is
-    not one), the last the one decided now; `spent` says why the compute budget allows no more,
-    when it does not."""
+def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | None, float | None]:
+    """-> (decision on the last verdict, best iteration, best score). `history` holds the run's
+    verdicts in the order they came (full evaluations and rejections), the last the one decided now.
+    A spent compute budget is the run's own end (`budget_decision`), not a verdict's."""
     current = history[-1]
     best_it, best_score, since_best = None, None, 0
     for record in history:
@@ -41,8 +39,6 @@ def decide(goal: Goal, history: list[IterationRecord], *, spent: str | None = No
     if meets_target(score, goal.target_accuracy):
         return Decision(action="goal_achieved", status="goal_achieved",
                         reasoning=f"validation accuracy {label} {versus_target(score, goal.target_accuracy)}"), best_it, best_score
-    if spent is not None:
-        return budget_decision(goal, best_score, spent), best_it, best_score
     if since_best >= goal.patience:
         return Decision(action="stop", status="no_progress",
                         reasoning=f"no better result in the last {since_best} full evaluations (patience {goal.patience}); "

@@ -100,7 +100,8 @@ class RunDriver:
         async with self._results:
             self._results.notify_all()
 
-    async def results_arrived(self, iteration: int, timeout: float) -> None:
+    async def results_arrived(self, timeout: float) -> None:
+        """Until a seed result of this run is stored, or `timeout` seconds."""
         async with self._results:
             try:
                 await asyncio.wait_for(self._results.wait(), timeout)

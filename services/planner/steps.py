@@ -170,7 +170,7 @@ class CandidateSteps:
         results = await self.registry.seed_results(run.run_id, it.iteration, it.seeds, it.rung)
         overdue = time.time() - it.started_at > self.config.planner.eval_timeout_s
         if len(results) < len(it.seeds) and not overdue:
-            await self.d.results_arrived(it.iteration, COLLECT_POLL_S)  # a result, or poll the registry again
+            await self.d.results_arrived(COLLECT_POLL_S)  # a result, or poll the registry again
             return
         evaluation = summarise(results, it.seeds)
         if it.rung is None:  # a cheap rung's curves are in its results; plots are for full evaluations

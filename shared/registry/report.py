@@ -76,11 +76,6 @@ def iteration_report(it: IterationRecord) -> dict[str, Any]:
     }
 
 
-def budget_of(run: RunRecord) -> int | None:
-    """The run's compute budget in seed-epochs, as its planner set it (None: a run it never stepped)."""
-    return run.budget_epochs
-
-
 def best_iteration(run: RunRecord, iterations: list[IterationRecord]) -> IterationRecord | None:
     return next((it for it in iterations if it.iteration == run.best_iteration), None)
 
@@ -107,7 +102,7 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "iterations": [iteration_report(it) for it in iterations],
         "leaderboard": leaderboard(run, iterations),
         "proposers": proposers(iterations),
-        "compute": compute(run, iterations, budget_of(run)),
+        "compute": compute(run, iterations, run.budget_epochs),
         "reason": run.reason,
         "best": best,
         "llm_usage": _llm_usage(iterations),
@@ -193,7 +188,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
             score = final.final.val_accuracy
             lines.append(f"      its best seed: {final.best_seed}" + (f" (val_accuracy {score:.4f})" if score is not None
                                                                        else "") + ", the one its confusion matrix shows")
-    spent = compute(run, iterations, budget_of(run))
+    spent = compute(run, iterations, run.budget_epochs)
     lines += ["", f"compute: {spent['spent_seed_epochs']} of {spent['budget_seed_epochs']} seed-epochs, "
                   f"{spent['candidates']} candidates, {spent['reached_full_budget']} at the full budget"]
     lines += ["proposers:"] + format_proposers(proposers(iterations))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.planner.decide import decide, iteration_score
+from services.planner.decide import budget_decision, decide, iteration_score
 from shared.evaluation.aggregate import summarise
 from shared.messaging.messages import EpochStats, Goal, SeedResult, ValidationResult
 from shared.registry.records import IterationRecord
@@ -81,26 +81,20 @@ def test_goal_achieved_on_the_lower_bound_when_seeds_agree():
 SPENT = "the compute budget is spent: 30 of 30 seed-epochs used"
 
 
-def test_a_spent_budget_stops_the_run():
+def test_a_spent_budget_ends_the_run_with_its_best():
     history = [evaluated(1, [0.5, 0.5]), evaluated(2, [0.6, 0.6]), evaluated(3, [0.7, 0.7])]
-    decision, best_it, best_score = decide(goal(), history, spent=SPENT)
-    assert decision.action == "stop"
-    assert decision.status == "max_iterations"
+    _, best_it, best_score = decide(goal(), history)
+    decision = budget_decision(goal(), best_score, SPENT)
+    assert decision.action == "stop" and decision.status == "max_iterations"
     assert "30 of 30" in decision.reasoning and "0.7000" in decision.reasoning
     assert (best_it, best_score) == (3, pytest.approx(0.7))
-    assert decide(goal(), history)[0].action == "iterate"  # budget left: the search goes on
-
-
-def test_goal_achieved_on_the_last_affordable_candidate_beats_a_spent_budget():
-    history = [evaluated(1, [0.5, 0.5]), evaluated(2, [0.95, 0.95])]
-    assert decide(goal(), history, spent=SPENT)[0].action == "goal_achieved"
+    assert decide(goal(), history)[0].action == "iterate"  # a verdict alone: the search goes on
 
 
 def test_a_spent_budget_with_every_candidate_rejected_reports_no_best():
-    decision, best_it, best_score = decide(goal(patience=5), [rejected(1), rejected(2)], spent=SPENT)
-    assert decision.status == "max_iterations"
-    assert "n/a" in decision.reasoning
+    _, best_it, best_score = decide(goal(patience=5), [rejected(1), rejected(2)])
     assert (best_it, best_score) == (None, None)
+    assert "n/a" in budget_decision(goal(), best_score, SPENT).reasoning
 
 
 def test_a_cheap_rung_never_counts_for_the_goal():
@@ -137,10 +131,6 @@ def test_a_better_best_resets_patience():
     assert decision.action == "iterate"
     assert (best_it, best_score) == (3, pytest.approx(0.85))
 
-
-def test_a_spent_budget_is_checked_before_no_progress():
-    history = [evaluated(1, [0.8, 0.8]), evaluated(2, [0.7, 0.7])]
-    assert decide(goal(patience=1), history, spent=SPENT)[0].status == "max_iterations"
 
 
 def test_a_rejected_iteration_is_no_progress_and_iterates_while_budget_remains():
