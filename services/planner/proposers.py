@@ -22,6 +22,7 @@ from services.planner.records import tokens_used
 from services.planner.search import N_STARTUP_TRIALS, Hint, SearchBounds, local_move, propose
 from shared.llm.client import LLMClient
 from shared.messaging.messages import LLMCall, TrainingRecipe
+from shared.registry.leaderboard import layer_counts
 from shared.registry.records import DEFAULT_METRIC, Decision, IterationRecord, Proposer as ProposerName, RunRecord
 from shared.runtime.config import Config
 
@@ -58,9 +59,8 @@ class Proposal:
     def describe(self) -> str:
         """One line for the run's events: the class, its layers by kind, and the recipe."""
         config = self.model_config
-        kinds = [layer.get("type", "?") for layer in config.get("layers", []) if isinstance(layer, dict)]
         recipe = TrainingRecipe.from_model_config(config)
-        return (f"{config.get('class_name', 'model')} ({kinds.count('Conv2d')} conv, {kinds.count('Linear')} linear, "
+        return (f"{config.get('class_name', 'model')} ({layer_counts(config)}, "
                 f"{recipe.optimizer} lr={recipe.lr:.2g}, {recipe.epochs} epochs)")
 
 

@@ -26,17 +26,21 @@ def latest(it: IterationRecord) -> Evaluation | None:
     return it.passed[-1].evaluation if it.passed else None
 
 
+def layer_counts(config: dict[str, Any]) -> str:
+    """A config's layers as a reader first wants them: "2 conv, 2 linear" (the run's events say it too)."""
+    kinds = [layer.get("type", "?") for layer in config.get("layers", []) if isinstance(layer, dict)]
+    return f"{kinds.count('Conv2d')} conv, {kinds.count('Linear')} linear"
+
+
 def config_summary(it: IterationRecord) -> str:
     config = it.model_config
-    kinds = [layer.get("type", "?") for layer in config.get("layers", []) if isinstance(layer, dict)]
     try:
         recipe = TrainingRecipe.from_model_config(config)
         training = f"{recipe.optimizer} lr {recipe.lr:.2g}, {recipe.epochs} epochs" + (
             "" if recipe.standardize else ", raw inputs")
     except Exception:  # noqa: BLE001 - a config whose settings do not decode was rejected; say what it is
         training = "settings that do not decode"
-    return (f"{config.get('class_name', 'model')}: {kinds.count('Conv2d')} conv, {kinds.count('Linear')} linear, "
-            f"{training}")
+    return f"{config.get('class_name', 'model')}: {layer_counts(config)}, {training}"
 
 
 def leaderboard(run: RunRecord, iterations: list[IterationRecord]) -> list[dict[str, Any]]:
