@@ -47,7 +47,7 @@ async def bench(args: argparse.Namespace) -> None:
     env = {"RESEARCHER_PLANNER__PARALLEL": "4"}
     with LocalStack(services=("planner", "assembler"), env=env) as stack:
         stack.wait_ready(["planner", "assembler"])
-        nc = await connect(stack.url, "bench")
+        nc = await connect(stack.url, "bench", role="admin")
         js = nc.jetstream()
         await ensure_streams(js)
 

@@ -73,7 +73,7 @@ async def phase(stack: LocalStack, replicas: int, jobs: int, epochs: int, subset
     for name in names:
         stack.start_service("evaluator", replica=name)
     stack.wait_ready(names)
-    nc = await connect(stack.url, "bench")
+    nc = await connect(stack.url, "bench", role="admin")
     js = nc.jetstream()
     run_id = f"bench{tag}-{uuid.uuid4().hex[:8]}"
     model = assemble(SMALL_CNN)
@@ -139,7 +139,7 @@ async def bench(args: argparse.Namespace) -> None:
           f"and {config.evaluator.memory}; warm containers per replica: {pool}")
     env = {} if args.pool_size is None else {"RESEARCHER_EVALUATOR__POOL_SIZE": str(args.pool_size)}
     with LocalStack(services=(), env=env) as stack:
-        nc = await connect(stack.url, "bench")
+        nc = await connect(stack.url, "bench", role="admin")
         await ensure_streams(nc.jetstream())
         await nc.close()
         warm = await phase(stack, 1, args.jobs, args.epochs, args.subset, pool, one_by_one=True) if pool else None

@@ -104,7 +104,7 @@ async def farm_phase(replicas: int, parallel: int, budget: int) -> dict[str, Any
             for name in names:
                 stack.start_service("evaluator", replica=name)
             stack.wait_ready(["planner", "assembler", "sandbox", *names])
-            nc = await connect(stack.url, "bench")
+            nc = await connect(stack.url, "bench", role="admin")
             js = nc.jetstream()
             await ensure_streams(js)
             registry = await Registry.open(js)

@@ -12,12 +12,13 @@ import uuid
 from typing import get_args
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError
 
 from shared.data.catalog import check_goal, known_datasets
 from shared.data.files import LOCAL_HINT
 from shared.errors import MessageError
 from shared.messaging import subjects
-from shared.messaging.bus import decode, encode, ensure_streams
+from shared.messaging.bus import decode, encode
 from shared.messaging.messages import GOAL_LIMITS, ErrorReply, Goal, GoalAnswer, GoalStatistic
 from shared.runtime.config import PlannerConfig
 
@@ -138,9 +139,11 @@ async def submit_goal(nc, goal: Goal, timeout_s: float = 10.0) -> str:
     try:
         msg = await nc.request(subjects.GOAL_SUBMIT_SUBJECT, encode(goal), timeout=timeout_s)
     except (NoRespondersError, NatsTimeoutError):
-        js = nc.jetstream()
-        await ensure_streams(js)
-        await js.publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
+        try:
+            await nc.jetstream().publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
+        except NoStreamResponseError:  # no GOALS stream: only a planner declares it, and none has started yet
+            raise GoalRejected(["no planner has started on this stack yet (it declares the goal queue when it "
+                                "does): start the stack's planner (make up), then submit again"]) from None
         return "queued (no planner answered yet; it is checked when one starts)"
     try:
         answer = decode(msg.data, GoalAnswer, subjects.GOAL_SUBMIT_SUBJECT)

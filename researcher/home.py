@@ -6,6 +6,8 @@
       stack.lock        held (flock) by whoever has the store open: a running embedded stack, or a
                         reader (`researcher report/export/runs`) for the second it takes
       stack.json        the running embedded stack's NATS URL and pid, for readers to join it
+      credentials/      the NATS CA and one certificate per role (shared/security/credentials.py),
+                        made on first use; also the `make up` stack's (RESEARCHER_CREDENTIALS moves it)
 
 One nats-server at a time may own a JetStream store, so the lock decides: a reader joins a
 running stack through stack.json, or holds the lock and starts a nats-server of its own on the
@@ -51,6 +53,14 @@ class Home:
     @property
     def logs(self) -> Path:
         return self.path / "logs"
+
+    @property
+    def credentials(self) -> "Credentials":
+        """The credentials of the stacks on this home's store (RESEARCHER_CREDENTIALS overrides)."""
+        from shared.security.credentials import Credentials
+
+        chosen = os.environ.get("RESEARCHER_CREDENTIALS")
+        return Credentials(Path(chosen).expanduser() if chosen else self.path / "credentials")
 
     @property
     def stack_file(self) -> Path:

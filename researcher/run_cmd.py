@@ -37,7 +37,7 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0,
     `submit` is called once the events are subscribed to, so none of the first ones is missed."""
     from tqdm import tqdm
 
-    registry = await Registry.open(nc.jetstream())
+    registry = await Registry.read(nc.jetstream())
     # over the compute budget, in seed-epochs: the planner's progress events say how much is spent
     bar = tqdm(total=None, desc="compute", unit="seed-epoch", file=sys.stderr, leave=False,
                disable=quiet or not sys.stderr.isatty())
@@ -121,16 +121,19 @@ def run(args: argparse.Namespace) -> int:
     # exception, a crash), the stack's __exit__ stops its processes.
     where = f" --nats-url {args.nats_url}" if args.nats_url else (f" --home {args.home}" if args.home else "")
     with ExitStack() as stack:
-        url = args.nats_url
+        url, credential = args.nats_url, None
         if not url:
             home = runs_cmd.home_of(args)
             print(f"starting an embedded stack (nats-server + planner, assembler, sandbox, evaluator) in {home.path}...",
                   file=sys.stderr)
             local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=llm_env(args), home=home))
-            url = local.url
-            print(f"service logs: {local.log_dir}", file=sys.stderr)
+            # the command owns the stack it started: the admin's credential, to record a run it ends as stopped
+            url, credential = local.url, local.credential("admin")
+            print(f"service logs: {local.log_dir} (NATS on {url}: loopback only, TLS with this home's credentials)",
+                  file=sys.stderr)
         try:
-            records, exported = interrupts.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url))
+            records, exported = interrupts.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url,
+                                                                  credential=credential))
         except TRANSIENT_ERRORS as exc:
             logs = "" if args.nats_url else f"; the service logs are in {local.log_dir}"
             print(f"error: the NATS server at {url} stopped answering while run {goal.run_id} was followed "
@@ -190,9 +193,9 @@ async def _mark_stopped(nc, goal: Goal) -> None:
         print(f"run {goal.run_id} could not be marked stopped ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
-async def _submit_and_follow(url: str, goal: Goal, export: Path | None,
-                             embedded: bool) -> tuple[tuple[RunRecord, list[IterationRecord]], bool]:
-    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S)
+async def _submit_and_follow(url: str, goal: Goal, export: Path | None, embedded: bool,
+                             credential: str | None = None) -> tuple[tuple[RunRecord, list[IterationRecord]], bool]:
+    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S, credential=credential)
     try:
         if embedded:
             await _stop_orphans(nc)
@@ -210,7 +213,7 @@ async def _submit_and_follow(url: str, goal: Goal, export: Path | None,
         exported = False
         if export:
             try:
-                await export_run(await Registry.open(nc.jetstream()), goal.run_id, export)
+                await export_run(await Registry.read(nc.jetstream()), goal.run_id, export)
                 exported = True
                 print(f"exported run {goal.run_id} to {export}", file=sys.stderr)
             except OSError as exc:  # the report still comes; `researcher export` can try again

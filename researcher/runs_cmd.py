@@ -51,7 +51,7 @@ class NoRegistry(Exception):
 async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple[Registry, str]]:
     """-> (registry, where it is, for messages)."""
     if nats_url:
-        async with _connected(nats_url) as registry:
+        async with _connected(nats_url, None) as registry:
             yield registry, nats_url
         return
     if not home.has_store():
@@ -61,7 +61,7 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
     for _ in range(2):  # a stack may start between the two looks
         url = home.running_stack()
         if url:
-            async with _connected(url) as registry:
+            async with _connected(url, home) as registry:
                 yield registry, f"{home.path} (the running embedded stack)"
             return
         try:
@@ -72,9 +72,9 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
         try:
             port = free_port()
             with open(home.path / "reader-nats-server.log", "ab") as log:
-                proc = start_nats_server(port, str(home.store), log, lock.fileno())
+                proc = start_nats_server(port, str(home.store), log, lock.fileno(), credentials=home.credentials)
             try:
-                async with _connected(f"nats://127.0.0.1:{port}") as registry:
+                async with _connected(f"tls://127.0.0.1:{port}", home) as registry:
                     yield registry, str(home.path)
             finally:
                 stop(proc, 5.0)
@@ -85,10 +85,12 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
 
 
 @asynccontextmanager
-async def _connected(url: str) -> AsyncIterator[Registry]:
-    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S)
+async def _connected(url: str, home: Home | None) -> AsyncIterator[Registry]:
+    """A reader's connection: as the client role, with the home's credential for a home's stack."""
+    credential = str(home.credentials.role("client").path) if home else None
+    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S, credential=credential)
     try:
-        yield await Registry.open(nc.jetstream())
+        yield await Registry.read(nc.jetstream())
     finally:
         await nc.close()
 

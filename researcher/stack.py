@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from researcher.home import Home
+from shared.security.credentials import Credentials, default_root
 
 SERVICES = ("planner", "assembler", "sandbox", "evaluator")
 # A service bounds its own stop (shared/runtime/service.py: stop_limit_s, from the configuration the
@@ -64,16 +65,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nats_server(port: int, store_dir: str, log, lock_fd: int | None = None) -> subprocess.Popen:
-    """A nats-server with JetStream on 127.0.0.1:port, returned once it accepts connections.
-    `lock_fd`: a home's lock (researcher/home.py), which the server then holds as long as it runs,
-    even after the command that started it is gone."""
-    proc = spawn([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store_dir],
+def start_nats_server(port: int, store_dir: str, log, lock_fd: int | None = None, *, credentials: Credentials,
+                      bind: str = "127.0.0.1") -> subprocess.Popen:
+    """A nats-server with JetStream on bind:port with the stack's security (TLS that requires a
+    certificate of the `credentials`' CA, one user per role with its permissions: the configuration
+    `make up` runs too), returned once it accepts connections. `lock_fd`: a home's lock
+    (researcher/home.py), which the server then holds as long as it runs, even after the command
+    that started it is gone."""
+    credentials.ensure()
+    proc = spawn([find_nats_server(), "-c", str(credentials.write_server_config()), "-js", "-a", bind,
+                  "-p", str(port), "-sd", store_dir],
                  stdout=log, stderr=subprocess.STDOUT, pass_fds=() if lock_fd is None else (lock_fd,))
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex(("127.0.0.1" if bind in ("0.0.0.0", "::") else bind, port)) == 0:
                 return proc
         if proc.poll() is not None:
             break
@@ -107,6 +113,8 @@ class LocalStack:
         self.services, self.extra_env = services, env or {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.url = ""
+        # one per home: every process of the stack connects as its role (NATS_CREDENTIALS)
+        self.credentials = home.credentials if home else Credentials(default_root())
 
     def __enter__(self) -> "LocalStack":
         try:
@@ -114,7 +122,9 @@ class LocalStack:
                 self._lock = self.home.lock("researcher run", wait_s=15.0)
             self.log_dir.mkdir(parents=True, exist_ok=True)
             port = free_port()
-            self.url = f"nats://127.0.0.1:{port}"
+            # TLS on loopback too: the server requires a certificate of every client (one configuration
+            # for every stack), and the embedded stack never listens beyond this machine
+            self.url = f"tls://127.0.0.1:{port}"
             self.start_nats(port)
             if self._lock:
                 self._lock.announce(self.url)
@@ -128,12 +138,14 @@ class LocalStack:
 
     def start_nats(self, port: int) -> None:
         log = open(self.log_dir / "nats-server.log", "ab")
-        self.procs["nats"] = start_nats_server(port, str(self.store), log, self._lock.fileno() if self._lock else None)
+        self.procs["nats"] = start_nats_server(port, str(self.store), log, self._lock.fileno() if self._lock else None,
+                                               credentials=self.credentials)
 
     def start_service(self, name: str, replica: str | None = None) -> subprocess.Popen:
         key = replica or name
         # Unique per stack: a second stack on this machine must not take this one's containers for strays.
-        env = {**os.environ, **self.extra_env, "NATS_URL": self.url, "RESEARCHER_REPLICA": f"{key}-{os.getpid()}"}
+        env = {**os.environ, **self.extra_env, "NATS_URL": self.url, "RESEARCHER_REPLICA": f"{key}-{os.getpid()}",
+               "NATS_CREDENTIALS": str(self.credentials.role(name).path)}
         log = open(self.log_dir / f"{key}.log", "ab")
         proc = spawn([sys.executable, "-m", f"services.{name}.main"], stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[key] = proc
@@ -154,6 +166,10 @@ class LocalStack:
             time.sleep(0.1)
         if pending:
             raise RuntimeError(f"services not ready after {timeout:.0f} s: {', '.join(sorted(pending))}; logs in {self.log_dir}")
+
+    def credential(self, role: str) -> str:
+        """A role's credential directory, for a client of this stack (`connect(..., credential=)`)."""
+        return str(self.credentials.role(role).path)
 
     def stop_process(self, key: str, sig_timeout: float | None = None) -> None:
         proc = self.procs.pop(key, None)

@@ -22,7 +22,7 @@ from nats.errors import Error as NatsError
 
 from researcher.goals import DefaultsHelp
 from shared.messaging import subjects
-from shared.messaging.bus import encode
+from shared.messaging.bus import encode, secured
 from shared.runtime.config import Config, load_config
 from shared.errors import ConfigFileError, SandboxUnavailableError
 from shared.messaging.messages import ErrorReply, ValidateRequest, ValidationResult
@@ -81,7 +81,7 @@ async def via_service(url: str, request: ValidateRequest, timeout_s: float) -> V
         return None
     try:
         nc = await asyncio.wait_for(nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0,
-                                                 error_cb=quiet), timeout=5)
+                                                 error_cb=quiet, **secured()), timeout=5)
     except (NatsError, OSError, asyncio.TimeoutError):
         return None
     try:

@@ -11,6 +11,7 @@ import pytest
 
 from researcher.stack import free_port, start_nats_server
 from shared.messaging.bus import connect
+from shared.security.credentials import Credentials, default_root
 
 # the services' own setting, so the tests' runners and the services they start use one image
 # (a harness change is tested on an image of its own, built with SANDBOX_IMAGE=... build-images.sh)
@@ -23,14 +24,25 @@ _TESTS_HOME = tempfile.TemporaryDirectory(prefix="researcher-tests-home-")
 os.environ["RESEARCHER_HOME"] = _TESTS_HOME.name
 
 
+@pytest.fixture(scope="session")
+def credentials() -> Credentials:
+    """The tests' stack credentials (in the tests' home): the CA, the server's and every role's,
+    made once; every nats-server the tests start runs the production configuration with them."""
+    made = Credentials(default_root())
+    made.ensure()
+    return made
+
+
 @pytest.fixture
-def nats_url():
-    """A fresh nats-server per test: no state leaks between tests."""
+def nats_url(credentials):
+    """A fresh nats-server per test: no state leaks between tests. TLS with client certificates and
+    the roles' permissions, as in production: `nc` is the admin, a service started on it connects as
+    its role (NATS_CREDENTIALS, or the role's credential in the tests' home)."""
     port = free_port()
     store = tempfile.TemporaryDirectory(prefix="test-js-")
-    proc = start_nats_server(port, store.name, subprocess.DEVNULL)
+    proc = start_nats_server(port, store.name, subprocess.DEVNULL, credentials=credentials)
     try:
-        yield f"nats://127.0.0.1:{port}"
+        yield f"tls://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -39,7 +51,8 @@ def nats_url():
 
 @pytest.fixture
 async def nc(nats_url):
-    client = await connect(nats_url, "tests")
+    """The tests' own hands on the server: the admin's credential (set-up, inspection)."""
+    client = await connect(nats_url, "tests", role="admin")
     try:
         yield client
     finally:

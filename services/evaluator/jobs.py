@@ -18,7 +18,7 @@ from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, publish_event, through_outages
 from shared.messaging.consumer import Delivery
 from shared.messaging.messages import EvalJob, Event, RunEnded, SeedResult
-from shared.registry.store import Registry, weights_artifact
+from shared.registry.store import put_weights, weights_artifact
 from shared.runtime.config import Config
 from shared.runtime.laps import Laps
 from shared.sandboxing.containers import ContainerRunner
@@ -88,14 +88,13 @@ class JobHandler:
                  publish_s=round(laps.lap("publish_s"), 4))
 
     async def _keep_weights(self, job: EvalJob, trained: Trained) -> SeedResult:
-        """The checked weights into the registry's object store (too large for a message), before
+        """The checked weights into the registry's weights bucket (too large for a message), before
         the result that names them is published. One that cannot be stored costs only the weights."""
         if trained.weights is None or not job.keep_weights:  # a cheap rung's weights are never used
             return trained.result
         name = weights_artifact(job.run_id, job.iteration, job.seed)
         try:
-            registry = await through_outages(lambda: Registry.open(self.js), "open the registry")
-            await through_outages(lambda: registry.put_artifact(name, trained.weights), "store weights")
+            await through_outages(lambda: put_weights(self.js, name, trained.weights), "store weights")
         except nats.errors.Error as exc:
             log.warning("weights_not_stored", error=f"{type(exc).__name__}: {exc}")
             return msgspec.structs.replace(trained.result, weights_error=f"could not be stored in the registry: {exc}")

@@ -18,7 +18,7 @@ from shared.runtime.service import Service
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
     async with Service("planner", config, stop=stop) as service:
-        await service.connect(nc, jetstream=True)
+        await service.connect(nc, jetstream=True, declare=True)
         js, settings = service.js, service.config.planner
         leases = await RunLeases.open(js, owner=f"planner-{replica_name()}")
         planner = Planner(service.nc, js, await Registry.open(js), service.config, leases)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Awaitable, Callable, TypeVar
 
 import msgspec
@@ -17,10 +18,20 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailabl
 from shared.messaging import subjects
 from shared.errors import MessageError, NatsUnreachableError
 from shared.runtime.log import bind_run
+from shared.security.credentials import for_client, inbox_prefix
 from shared.messaging.messages import ErrorReply, Event
 
 T = TypeVar("T")
 log = structlog.get_logger()
+
+
+def _not_tls_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns at every close of a connection upgraded with start_tls (nats-py's TLS): the
+    stream protocol still answers EOF as for plain TCP. Harmless, and it would end every CLI run."""
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_not_tls_eof_noise)
 
 _decoders: dict[type, msgspec.json.Decoder] = {}
 _encoder = msgspec.json.Encoder()
@@ -123,17 +134,23 @@ def worth_logging(repeats: int) -> bool:
     return repeats & (repeats - 1) == 0 or repeats % LOG_REPEATS_EVERY == 0
 
 
-async def connect(url: str, name: str, *, first_within_s: float | None = None) -> NATS:
+async def connect(url: str, name: str, *, first_within_s: float | None = None, role: str = "client",
+                  credential: str | None = None) -> NATS:
     """Connect with endless reconnects, so a restarting nats-server does not stop a service; the
     reconnects back off (reconnect_delay) and a repeated error is logged sparingly (worth_logging).
     A service stopping closes the client (Service), which ends the reconnecting. first_within_s:
     a command's bound on the first connection (NatsUnreachableError past it), where a service waits
-    for its server as long as it takes."""
+    for its server as long as it takes.
+
+    The connection is TLS with a role's certificate (shared/security/credentials.for_client):
+    `credential`, else NATS_CREDENTIALS, else this machine's stack's credential for `role`; with
+    none, a plain connection (a server of the user's own). Replies come to the role's own inbox."""
     if first_within_s is not None:
         try:
-            return await asyncio.wait_for(connect(url, name), first_within_s)
+            return await asyncio.wait_for(connect(url, name, role=role, credential=credential), first_within_s)
         except asyncio.TimeoutError:
             raise NatsUnreachableError(url, first_within_s) from None
+
     last = {"error": "", "repeats": 0}
 
     async def on_error(exc: Exception) -> None:
@@ -164,7 +181,15 @@ async def connect(url: str, name: str, *, first_within_s: float | None = None) -
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        **secured(role, credential),
     )
+
+
+def secured(role: str = "client", credential: str | None = None) -> dict:
+    """nats.connect's TLS and inbox options for a role's credential (credentials.for_client); none
+    when this machine has no credential for it (a plain server of the user's own)."""
+    chosen = for_client(credential, role)
+    return {} if chosen is None else {"tls": chosen.ssl_context(), "inbox_prefix": inbox_prefix(chosen.role)}
 
 
 async def ensure_streams(js: JetStreamContext) -> None:

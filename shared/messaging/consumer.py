@@ -16,10 +16,10 @@ import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from shared.errors import MessageError
-from shared.messaging.bus import decode, settle, sleep_unless
+from shared.messaging.bus import decode, settle, sleep_unless, worth_logging
 from shared.runtime.log import bind_run
 
 T = TypeVar("T")
@@ -71,13 +71,26 @@ class Consumer(Generic[T]):
                                      ack_wait=ack_wait_s, max_deliver=max_deliver, max_ack_pending=-1)
         self._psub = None
 
-    async def subscribe(self) -> None:
+    async def subscribe(self, wait_for_stream: bool = False) -> None:
         """Create the durable consumer, or update the one a replica made before (settings changed
-        in the configuration reach a running stack), then bind a pull subscription to it."""
-        try:
-            await self.js.add_consumer(self.stream, self.config)
-        except BadRequestError as exc:  # a setting the server cannot change on a live consumer: keep it
-            log.warning("consumer_not_updated", durable=self.durable, error=str(exc))
+        in the configuration reach a running stack), then bind a pull subscription to it.
+        wait_for_stream: a stream not declared yet (only the planner declares them, and it may start
+        after this service) is waited for, with a log line now and then."""
+        waited = 0
+        while True:
+            try:
+                await self.js.add_consumer(self.stream, self.config)
+                break
+            except NotFoundError:  # the stream: not declared yet
+                if not wait_for_stream:
+                    raise
+                waited += 1
+                if worth_logging(waited):
+                    log.info("waiting_for_stream", stream=self.stream, note="the planner declares it when it starts")
+                await asyncio.sleep(min(2.0, 0.1 * waited))
+            except BadRequestError as exc:  # a setting the server cannot change on a live consumer: keep it
+                log.warning("consumer_not_updated", durable=self.durable, error=str(exc))
+                break
         self._psub = await self.js.pull_subscribe_bind(self.durable, self.stream)
 
     async def run(self, stop: asyncio.Event) -> None:

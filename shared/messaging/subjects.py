@@ -46,6 +46,9 @@ RUN_ENDED_SUBJECT = "research.runs.ended"
 RUNS_BUCKET = "research_runs"
 ITERATIONS_BUCKET = "research_iterations"
 ARTIFACTS_BUCKET = "research_artifacts"
+# trained weights, which evaluators put (an object store of their own: an evaluator may write here
+# and nowhere else in the registry); readers find them by the name a seed result gives
+WEIGHTS_BUCKET = "research_weights"
 LEASES_BUCKET = "research_run_leases"  # which planner replica drives which run (keys expire)
 # an index for the lease scan: one key per run whose status is running, so it reads no record
 RUNNING_BUCKET = "research_running_runs"

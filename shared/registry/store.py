@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import (
+    BucketNotFoundError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -59,15 +60,29 @@ def seed_key(run_id: str, iteration: int, seed: int, rung: int | None = None) ->
     return f"{iteration_key(run_id, iteration)}{'' if rung is None else f'.r{rung}'}.seed{seed}"
 
 
+WEIGHTS_SUFFIX = ".safetensors"
+
+
 def weights_artifact(run_id: str, iteration: int, seed: int) -> str:
-    """The object name of a seed's trained weights, beside its iteration's code and plots."""
-    return f"{run_id}/it{iteration:04d}/seed{seed}.safetensors"
+    """The object name of a seed's trained weights, named like its iteration's code and plots."""
+    return f"{run_id}/it{iteration:04d}/seed{seed}{WEIGHTS_SUFFIX}"
+
+
+def is_weights(name: str) -> bool:
+    """Whether an artifact's name is a seed's weights (kept in WEIGHTS_BUCKET, or in the artifacts
+    of a run stored before that bucket existed)."""
+    return name.endswith(WEIGHTS_SUFFIX)
 
 
 class Registry:
-    def __init__(self, js: JetStreamContext, runs, iterations, artifacts, running) -> None:
+    """The planner opens it to write (its buckets made on first use); readers (the CLI, a dashboard)
+    open it read-only, `Registry.read(js)`, where a bucket not made yet reads as empty: their
+    credentials may not make one, nor write any."""
+
+    def __init__(self, js: JetStreamContext, runs, iterations, artifacts, running, weights=None) -> None:
         self.js, self._runs, self._iterations, self._artifacts = js, runs, iterations, artifacts
         self._running = running  # the index of running runs
+        self._weights = weights
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> "Registry":
@@ -77,12 +92,23 @@ class Registry:
             await key_value(js, subjects.ITERATIONS_BUCKET),
             await object_store(js, subjects.ARTIFACTS_BUCKET),
             await key_value(js, subjects.RUNNING_BUCKET, history=1),  # a key's past is of no use
+            await object_store(js, subjects.WEIGHTS_BUCKET),
         )
         await registry._backfill_index()
         return registry
 
+    @classmethod
+    async def read(cls, js: JetStreamContext) -> "Registry":
+        """Read-only: the buckets that exist; the rest read as empty."""
+        return cls(js, await _existing(js.key_value, subjects.RUNS_BUCKET),
+                   await _existing(js.key_value, subjects.ITERATIONS_BUCKET),
+                   await _existing(js.object_store, subjects.ARTIFACTS_BUCKET), None,
+                   await _existing(js.object_store, subjects.WEIGHTS_BUCKET))
+
     # ---- generic record access ----
     async def _get(self, kv, key: str, type_: type[R]) -> tuple[R, int] | None:
+        if kv is None:  # read-only, and the bucket is not made yet
+            return None
         try:
             entry = await kv.get(key)
         except (KeyNotFoundError, KeyDeletedError, NotFoundError):
@@ -132,6 +158,8 @@ class Registry:
         return updated
 
     async def list_runs(self) -> list[RunRecord]:
+        if self._runs is None:
+            return []
         try:
             keys = await self._runs.keys()
         except NoKeysError:
@@ -213,15 +241,36 @@ class Registry:
 
     async def delete_artifact(self, name: str) -> bool:
         """False when there was no such artifact."""
-        try:
-            await self._artifacts.delete(name)
-        except (ObjectNotFoundError, NotFoundError):
-            return False
-        return True
+        for store in self._stores(name):
+            try:
+                await store.delete(name)
+                return True
+            except (ObjectNotFoundError, NotFoundError):
+                continue
+        return False
 
     async def get_artifact(self, name: str) -> bytes | None:
-        try:
-            result = await self._artifacts.get(name)
-        except (ObjectNotFoundError, NotFoundError):
-            return None
-        return result.data
+        for store in self._stores(name):
+            try:
+                return (await store.get(name)).data
+            except (ObjectNotFoundError, NotFoundError):
+                continue
+        return None
+
+    def _stores(self, name: str) -> list:
+        """Where an artifact may be: weights in their own bucket (or, stored before it, with the rest)."""
+        return [store for store in ((self._weights, self._artifacts) if is_weights(name) else (self._artifacts,))
+                if store is not None]
+
+
+async def put_weights(js: JetStreamContext, name: str, data: bytes) -> str:
+    """An evaluator's one write: a seed's weights into WEIGHTS_BUCKET (which the planner makes)."""
+    await (await js.object_store(subjects.WEIGHTS_BUCKET)).put(name, data)
+    return name
+
+
+async def _existing(opener, bucket: str):
+    try:
+        return await opener(bucket)
+    except (BucketNotFoundError, NotFoundError):
+        return None

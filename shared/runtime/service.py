@@ -134,16 +134,18 @@ class Service:
             log.warning("nats_close_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def connect(self, nc: NATS | None = None, stop: asyncio.Event | None = None, *,
-                      jetstream: bool = False) -> None:
-        """Use `nc` (tests inject one) or connect, until `stop` is set (then Stopped). jetstream:
-        declare the streams (idempotent, from any replica) and open `js`. `stop` here is the older
-        way of injecting the stop event (the constructor's)."""
+                      jetstream: bool = False, declare: bool = False) -> None:
+        """Use `nc` (tests inject one) or connect as this service's role (its name), until `stop`
+        is set (then Stopped). jetstream: open `js`; declare: also declare the streams (idempotent,
+        from any replica; only the planner's credential may). `stop` here is the older way of
+        injecting the stop event (the constructor's)."""
         if stop is not None:
             self.stop = stop
-        self.nc = nc or await self._unless_stopped(connect(self.config.nats_url, self.client_name))
+        self.nc = nc or await self._unless_stopped(connect(self.config.nats_url, self.client_name, role=self.name))
         if jetstream:
             self.js = self.nc.jetstream()
-            await ensure_streams(self.js)
+            if declare:
+                await ensure_streams(self.js)
 
     def responder(self, concurrency: int) -> Responder:
         """A request responder, closed (its answers in flight finished) when the service stops."""
@@ -155,7 +157,7 @@ class Service:
         """A pull consumer (shared.messaging.consumer.Consumer's keywords, js aside), subscribed
         now and run by `run`."""
         created = Consumer(self.js, **consumer)
-        await created.subscribe()
+        await self._unless_stopped(created.subscribe(wait_for_stream=True))
         self._consumers.append(created)
         return created
 

@@ -92,7 +92,7 @@ async def test_bad_input_is_rejected_and_a_broken_config_is_an_iteration(docker_
     """Malformed goals are rejected, an unknown data set fails its run, and a config that cannot be
     built ends as a rejected iteration while the run (resumed from the registry) goes on."""
     with LocalStack(log_dir=tmp_path / "logs", services=()) as stack:
-        nc = await connect(stack.url, "test")
+        nc = await connect(stack.url, "test", role="admin")
         js = nc.jetstream()
         await ensure_streams(js)
         registry = await Registry.open(js)

@@ -40,7 +40,7 @@ async def test_a_replica_without_the_data_set_hands_the_job_back_and_tells_the_r
                   class_name="Net", source="")
     await js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
     stop = asyncio.Event()
-    service = asyncio.create_task(evaluator_main.main(nc=await connect(nats_url, "evaluator-under-test"),
+    service = asyncio.create_task(evaluator_main.main(nc=await connect(nats_url, "evaluator-under-test", role="evaluator"),
                                                       config=config, stop=stop))
     try:
         # handed back with a nak: delivered again long before its 60 s ack wait would bring it back
@@ -83,7 +83,7 @@ async def test_the_queued_jobs_of_an_ended_run_are_dropped_unrun(docker_engine, 
         await js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
 
     stop = asyncio.Event()
-    service = asyncio.create_task(evaluator_main.main(nc=await connect(nats_url, "evaluator-under-test"),
+    service = asyncio.create_task(evaluator_main.main(nc=await connect(nats_url, "evaluator-under-test", role="evaluator"),
                                                       config=config, stop=stop))
     try:
         # the consumer exists once the service subscribed to the notices (it subscribes first, on one connection)

@@ -48,7 +48,7 @@ def planner_stack(tmp_path_factory, data_dir):
 @pytest.fixture
 async def nc(planner_stack):
     """A connection of the test's own to the module's stack (not conftest's server of its own)."""
-    client = await connect(planner_stack.url, "test")
+    client = await connect(planner_stack.url, "test", role="admin")
     try:
         yield client
     finally:

@@ -151,7 +151,7 @@ async def test_the_planning_llm_iterates_with_a_changed_config_then_stops(docker
                "RESEARCHER_LLM__PLANNING__TIMEOUT_S": "1.5", "RESEARCHER_LLM__PLANNING__MAX_RETRIES": "0",
                "RESEARCHER_LLM__TOOLS__ENABLED": "false"}
         with LocalStack(log_dir=tmp_path / "logs", env=env) as stack:
-            nc = await connect(stack.url, "test")
+            nc = await connect(stack.url, "test", role="admin")
             events: list[Event] = []
             run_id = f"llm-{uuid.uuid4().hex[:8]}"
 

@@ -75,7 +75,7 @@ def unreachable_planner(tmp_path_factory):
 
 async def test_require_llm_fails_the_run_at_its_start_naming_the_failure(unreachable_planner):
     stack, url = unreachable_planner
-    nc = await connect(stack.url, "test")
+    nc = await connect(stack.url, "test", role="admin")
     events: list[Event] = []
     finished = asyncio.Event()
     try:

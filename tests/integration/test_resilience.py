@@ -63,7 +63,7 @@ class Follower:
 
 
 async def start_run(stack: LocalStack, g: Goal):
-    nc = await connect(stack.url, "test")
+    nc = await connect(stack.url, "test", role="admin")
     js = nc.jetstream()
     await ensure_streams(js)
     follower = Follower()
@@ -160,7 +160,7 @@ async def test_a_nats_server_restart_mid_run_loses_no_run(docker_engine, tmp_pat
 async def test_a_job_no_evaluator_finishes_is_dead_lettered_and_its_seed_fails(docker_engine, tmp_path):
     """The test is the evaluator that dies each time: it takes the job and never acks it."""
     with LocalStack(log_dir=tmp_path / "logs", services=("planner", "assembler", "sandbox"), env=FAST) as stack:
-        nc = await connect(stack.url, "test")
+        nc = await connect(stack.url, "test", role="admin")
         js = nc.jetstream()
         await ensure_streams(js)
         dying = await js.pull_subscribe(subjects.EVAL_SUBJECT, durable=subjects.EVAL_CONSUMER, stream=subjects.EVAL_STREAM,
@@ -199,7 +199,7 @@ async def test_a_job_no_evaluator_finishes_is_dead_lettered_and_its_seed_fails(d
 
 async def test_malformed_messages_on_every_subject_are_rejected_and_the_services_keep_serving(docker_engine, tmp_path):
     with LocalStack(log_dir=tmp_path / "logs", env=FAST) as stack:
-        nc = await connect(stack.url, "test")
+        nc = await connect(stack.url, "test", role="admin")
         js = nc.jetstream()
         await ensure_streams(js)
         await js.publish(subjects.EVAL_SUBJECT, b'{"job_id": 7}')

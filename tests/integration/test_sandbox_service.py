@@ -56,7 +56,7 @@ async def test_a_killed_service_leaves_strays_that_its_restart_removes(docker_en
     try:
         assert await asyncio.to_thread(wait_for, lambda: len(containers(docker_engine)) >= 2), log_path.read_text()[-2000:]
         model = assemble(CNN)
-        nc = await connect(nats_url, "tests")
+        nc = await connect(nats_url, "tests", role="admin")
         request = ValidateRequest(source=model.source, class_name="Net", input_shape=[2, 1, 8, 8])
         reply = await nc.request(subjects.VALIDATE_SUBJECT, encode(request), timeout=60)
         result = decode(reply.data, ValidationResult)

@@ -51,7 +51,8 @@ def capture_logs(tmp_path, monkeypatch) -> Logs:
 
 
 async def start(main, nats_url: str, config: Config):
-    service_nc = await connect(nats_url, "service-under-test")
+    """The service as its own role (services.<role>.main), held to that role's permissions."""
+    service_nc = await connect(nats_url, "service-under-test", role=main.__module__.split(".")[1])
     stop = asyncio.Event()
     return service_nc, stop, asyncio.create_task(main(nc=service_nc, config=config, stop=stop))
 
@@ -115,7 +116,7 @@ async def test_clean_ups_run_newest_first_and_the_connection_closes_when_wiring_
     async def close_client() -> None:
         ran.append("client")
 
-    service_nc = await connect(nats_url, "service-under-test")
+    service_nc = await connect(nats_url, "service-under-test", role="admin")
     with pytest.raises(RuntimeError, match="wiring failed"):
         async with Service("testsvc", Config(nats_url=nats_url)) as service:
             service.on_stop(lambda: ran.append("containers"))  # a blocking clean-up runs in a thread
@@ -138,7 +139,7 @@ async def test_a_periodic_task_that_fails_is_logged_and_tried_again(nats_url, tm
         if len(calls) == 2:
             stop.set()
 
-    service_nc = await connect(nats_url, "service-under-test")
+    service_nc = await connect(nats_url, "service-under-test", role="admin")
     async with Service("testsvc", Config(nats_url=nats_url)) as service:
         await service.connect(service_nc, stop)
         await ensure_streams(service_nc.jetstream())

@@ -108,7 +108,7 @@ async def test_work_in_hand_that_waits_on_a_dead_server_is_cut_at_the_grace_peri
         server = start_nats_server(port, store, subprocess.DEVNULL)
         try:
             url = f"nats://127.0.0.1:{port}"
-            client, service_nc = await connect(url, "tests"), await connect(url, "service-under-test")
+            client, service_nc = await connect(url, "tests", role="admin"), await connect(url, "service-under-test")
 
             async def never_done(request):
                 started.set()

@@ -56,6 +56,7 @@ def raw_validation(seed: int) -> tuple[np.ndarray, np.ndarray]:
 async def train_through_the_evaluator(nats_url: str, nc, run_id: str, source: str, class_name: str) -> dict[int, SeedResult]:
     js = nc.jetstream()
     await ensure_streams(js)
+    await Registry.open(js)  # the buckets, as a planner makes them: the weights' is the evaluator's to write
     results: dict[int, SeedResult] = {}
 
     async def on_result(msg) -> None:
@@ -70,8 +71,8 @@ async def train_through_the_evaluator(nats_url: str, nc, run_id: str, source: st
         await js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
     config = Config(nats_url=nats_url, evaluator=EvaluatorConfig(gpus="none", pool_size=0, memory="2g"))
     stop = asyncio.Event()
-    service = asyncio.create_task(evaluator_main.main(nc=await connect(nats_url, "evaluator-weights"), config=config,
-                                                      stop=stop))
+    evaluator_nc = await connect(nats_url, "evaluator-weights", role="evaluator")  # held to its role's permissions
+    service = asyncio.create_task(evaluator_main.main(nc=evaluator_nc, config=config, stop=stop))
     try:
         await until(lambda: len(results) == len(SEEDS) or service.done(), timeout=300)
     finally:

@@ -1,0 +1,131 @@
+"""Who may publish and subscribe where: one entry per role, rendered into nats-server's
+configuration (the users that `verify_and_map` finds by their certificates' names) and into the
+README's permission table. Everything not listed is refused by the server.
+
+JetStream is reached through subjects too: `$JS.API.<verb>.<stream>...` for the API, `$JS.ACK.
+<stream>.<consumer>...` for acknowledgements, `$KV.<bucket>.<key>` and `$O.<bucket>...` for the
+key-value and object stores (streams KV_<bucket> and OBJ_<bucket>), `$JS.FC...` for the flow
+control of push consumers. A role's replies come to its own inbox prefix (credentials.inbox_prefix),
+which no other role may subscribe to."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from shared.messaging import subjects as s
+from shared.security.credentials import identity, inbox_prefix
+
+JS = "$JS.API"
+REGISTRY_KV = (s.RUNS_BUCKET, s.ITERATIONS_BUCKET)
+
+
+def _kv_read(bucket: str) -> list[str]:
+    """Get a key (direct or stream message get), list keys (an ordered consumer of its own)."""
+    stream = f"KV_{bucket}"
+    return [f"{JS}.STREAM.INFO.{stream}", f"{JS}.DIRECT.GET.{stream}", f"{JS}.DIRECT.GET.{stream}.>",
+            f"{JS}.STREAM.MSG.GET.{stream}", f"{JS}.CONSUMER.CREATE.{stream}", f"{JS}.CONSUMER.CREATE.{stream}.>",
+            f"{JS}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>"]
+
+
+def _object_read(bucket: str) -> list[str]:
+    """An object's metadata (direct or message get) and its chunks (an ordered consumer)."""
+    return [
+        f"{JS}.STREAM.INFO.OBJ_{bucket}", f"{JS}.DIRECT.GET.OBJ_{bucket}", f"{JS}.DIRECT.GET.OBJ_{bucket}.>",
+        f"{JS}.STREAM.MSG.GET.OBJ_{bucket}", f"{JS}.CONSUMER.CREATE.OBJ_{bucket}", f"{JS}.CONSUMER.CREATE.OBJ_{bucket}.>",
+        f"{JS}.CONSUMER.DELETE.OBJ_{bucket}.*", f"$JS.FC.OBJ_{bucket}.>"]
+
+
+def _object_write(bucket: str) -> list[str]:
+    """Put an object: its chunks and metadata, and the purge of the chunks of the one it replaces."""
+    return [f"$O.{bucket}.>", f"{JS}.STREAM.INFO.OBJ_{bucket}", f"{JS}.STREAM.PURGE.OBJ_{bucket}"]
+
+
+def _pull(stream: str, consumer: str) -> list[str]:
+    """Pull from a durable consumer, made or updated by this role to its own settings, and ack."""
+    return [f"{JS}.CONSUMER.INFO.{stream}.{consumer}", f"{JS}.CONSUMER.CREATE.{stream}.{consumer}",
+            f"{JS}.CONSUMER.CREATE.{stream}.{consumer}.>", f"{JS}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+            f"{JS}.CONSUMER.MSG.NEXT.{stream}.{consumer}", f"$JS.ACK.{stream}.{consumer}.>"]
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a role's processes are for, and where they may publish and subscribe. `responds`:
+    it may answer requests (a reply goes once to the requester's inbox, within a few seconds)."""
+    purpose: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    responds: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+ROLES: dict[str, Role] = {
+    # the brain of the head machine: owns every stream, consumer and bucket, writes the registry
+    "planner": Role(
+        "takes goals, drives runs, writes the registry; declares the streams and buckets",
+        publish=(s.EVAL_SUBJECT, s.ASSEMBLE_SUBJECT, s.SUMMARY_SUBJECT, s.VALIDATE_SUBJECT, f"{s.EVENTS_PREFIX}.>",
+                 s.RUN_ENDED_SUBJECT, f"{s.DEAD_LETTER_SUBJECT}.>", s.GOALS_SUBJECT,
+                 f"{JS}.INFO", f"{JS}.STREAM.CREATE.*", f"{JS}.STREAM.UPDATE.*", f"{JS}.STREAM.INFO.*",
+                 f"{JS}.STREAM.NAMES", f"{JS}.STREAM.MSG.GET.*", f"{JS}.DIRECT.GET.>", f"{JS}.STREAM.PURGE.*",
+                 f"{JS}.CONSUMER.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"),
+        subscribe=(s.GOAL_SUBMIT_SUBJECT,),
+        responds=True,
+        notes=("no stream may be deleted: `$JS.API.STREAM.DELETE` is the admin's",)),
+    "assembler": Role(
+        "turns a config (or the tools LLM's reply) into code; summarises validated code",
+        subscribe=(s.ASSEMBLE_SUBJECT, s.SUMMARY_SUBJECT), responds=True),
+    "sandbox": Role(
+        "validates code in locked-down containers",
+        subscribe=(s.VALIDATE_SUBJECT,), responds=True),
+    "evaluator": Role(
+        "pulls seed jobs, trains in containers, scores on the trusted side, publishes results",
+        publish=(f"{s.RESULTS_SUBJECT_PREFIX}.>", f"{s.EVENTS_PREFIX}.>", *_pull(s.EVAL_STREAM, s.EVAL_CONSUMER),
+                 *_object_write(s.WEIGHTS_BUCKET), f"{JS}.STREAM.MSG.GET.OBJ_{s.WEIGHTS_BUCKET}",
+                 f"{JS}.DIRECT.GET.OBJ_{s.WEIGHTS_BUCKET}.>"),
+        subscribe=(s.RUN_ENDED_SUBJECT,),
+        notes=("reads no registry record and no code artifact: a job carries its code",)),
+    # the researcher's CLI (submit, run --nats-url, report, export, runs)
+    "client": Role(
+        "submits goals, follows runs, reads reports and artifacts; validates a model file in the sandbox",
+        publish=(s.GOAL_SUBMIT_SUBJECT, s.GOALS_SUBJECT, s.VALIDATE_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)),
+                 *_object_read(s.ARTIFACTS_BUCKET), *_object_read(s.WEIGHTS_BUCKET)),
+        subscribe=(f"{s.EVENTS_PREFIX}.>",)),
+    # read-only views of the registry and the live events (the dashboard's, once it exists)
+    "dashboard": Role(
+        "shows runs live: reads the registry and the events",
+        publish=(*(p for b in REGISTRY_KV for p in _kv_read(b)), *_object_read(s.ARTIFACTS_BUCKET)),
+        subscribe=(f"{s.EVENTS_PREFIX}.>",)),
+    "admin": Role("the operator's: everything (maintenance with the `nats` CLI, tests' set-up)",
+                  publish=(">",), subscribe=(">",), responds=True),
+}
+
+
+def permissions(role: str) -> dict:
+    """nats-server's permissions block for `role`: its subjects plus its own inbox."""
+    spec = ROLES[role]
+    inbox = f"{inbox_prefix(role)}.>"
+    # an empty allow list would mean no restriction at all: a role that only answers denies the rest
+    block: dict = {"publish": {"allow": list(spec.publish)} if spec.publish else {"deny": [">"]},
+                   "subscribe": {"allow": [*spec.subscribe, inbox]}}
+    if spec.responds:
+        block["allow_responses"] = {"max": 1, "expires": "10m"}
+    return block
+
+
+def users() -> list[dict]:
+    return [{"user": identity(role), "permissions": permissions(role)} for role in ROLES]
+
+
+def server_config(tls_dir: str, *, max_payload: int, monitor: str | None = None) -> str:
+    """nats-server's configuration (JSON is valid in its format): TLS that requires a certificate
+    of the stack's CA from every client and maps it to a user, the users and their permissions,
+    and the largest message. Listen address, port and JetStream's store are the command line's."""
+    config: dict = {
+        "tls": {"cert_file": f"{tls_dir}/cert.pem", "key_file": f"{tls_dir}/key.pem", "ca_file": f"{tls_dir}/ca.pem",
+                "verify_and_map": True, "timeout": 5},
+        "authorization": {"users": users()},
+        "max_payload": max_payload,
+    }
+    if monitor:
+        config["http"] = monitor
+    return json.dumps(config, indent=2)
