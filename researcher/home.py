@@ -23,8 +23,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import ResearcherError
+
+if TYPE_CHECKING:
+    from shared.security.credentials import Credentials
 
 
 def default_home() -> Path:

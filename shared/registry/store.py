@@ -11,6 +11,8 @@ run in the index (a scan that claims it finds it ended), never a running run out
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any, Callable, TypeVar
 
 import msgspec
@@ -83,6 +85,7 @@ class Registry:
         self.js, self._runs, self._iterations, self._artifacts = js, runs, iterations, artifacts
         self._running = running  # the index of running runs
         self._weights = weights
+        self._read_only = False
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> "Registry":
@@ -99,11 +102,16 @@ class Registry:
 
     @classmethod
     async def read(cls, js: JetStreamContext) -> "Registry":
-        """Read-only: the buckets that exist; the rest read as empty."""
-        return cls(js, await _existing(js.key_value, subjects.RUNS_BUCKET),
-                   await _existing(js.key_value, subjects.ITERATIONS_BUCKET),
-                   await _existing(js.object_store, subjects.ARTIFACTS_BUCKET), None,
-                   await _existing(js.object_store, subjects.WEIGHTS_BUCKET))
+        """Read-only: the buckets that exist; the rest read as empty. Reads by message get and
+        stream info alone, never through a consumer: a reader's credential may not create one (a
+        push consumer's deliver subject is anyone's to choose: it would publish the registry's
+        messages wherever its creator pleased)."""
+        registry = cls(js, await _existing(js.key_value, subjects.RUNS_BUCKET),
+                       await _existing(js.key_value, subjects.ITERATIONS_BUCKET),
+                       await _existing(js.object_store, subjects.ARTIFACTS_BUCKET), None,
+                       await _existing(js.object_store, subjects.WEIGHTS_BUCKET))
+        registry._read_only = True
+        return registry
 
     # ---- generic record access ----
     async def _get(self, kv, key: str, type_: type[R]) -> tuple[R, int] | None:
@@ -161,7 +169,7 @@ class Registry:
         if self._runs is None:
             return []
         try:
-            keys = await self._runs.keys()
+            keys = await (_keys(self.js, subjects.RUNS_BUCKET) if self._read_only else self._runs.keys())
         except NoKeysError:
             return []
         runs = [await self.get_run(key) for key in keys]
@@ -252,7 +260,7 @@ class Registry:
     async def get_artifact(self, name: str) -> bytes | None:
         for store in self._stores(name):
             try:
-                return (await store.get(name)).data
+                return await (read_object(self.js, store, name) if self._read_only else _whole(store, name))
             except (ObjectNotFoundError, NotFoundError):
                 continue
         return None
@@ -267,6 +275,33 @@ async def put_weights(js: JetStreamContext, name: str, data: bytes) -> str:
     """An evaluator's one write: a seed's weights into WEIGHTS_BUCKET (which the planner makes)."""
     await (await js.object_store(subjects.WEIGHTS_BUCKET)).put(name, data)
     return name
+
+
+async def _whole(store, name: str) -> bytes:
+    return (await store.get(name)).data
+
+
+async def _keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """A bucket's keys from its stream's subjects (one stream info, no consumer)."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    return [subject[len(prefix):] for subject in (info.state.subjects or {})]
+
+
+async def read_object(js: JetStreamContext, store, name: str) -> bytes:
+    """An object's bytes by message get: its metadata, then each chunk in turn, the whole checked
+    against the metadata's size and SHA-256 digest. ObjectNotFoundError when there is none."""
+    info = await store.get_info(name)
+    stream, chunks = f"OBJ_{info.bucket}", f"$O.{info.bucket}.C.{info.nuid}"
+    data, seq = bytearray(), 1
+    for _ in range(info.chunks or 0):
+        msg = await js.get_msg(stream, seq=seq, subject=chunks, next=True)
+        data += msg.data or b""
+        seq = msg.seq + 1
+    digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    if len(data) != info.size or (info.digest and info.digest.rstrip("=") != digest.rstrip("=")):
+        raise ValueError(f"artifact {name!r} does not match its metadata (size {len(data)} of {info.size}, or its digest)")
+    return bytes(data)
 
 
 async def _existing(opener, bucket: str):

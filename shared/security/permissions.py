@@ -20,20 +20,20 @@ JS = "$JS.API"
 REGISTRY_KV = (s.RUNS_BUCKET, s.ITERATIONS_BUCKET)
 
 
+def _read(stream: str) -> list[str]:
+    """A reader's: the stream's info (a bucket's keys) and a message get (a key's value, an
+    object's metadata and chunks). Never a consumer: its deliver subject would be the reader's
+    to choose, and the server would publish the stream's messages there, past every permission."""
+    return [f"{JS}.STREAM.INFO.{stream}", f"{JS}.STREAM.MSG.GET.{stream}", f"{JS}.DIRECT.GET.{stream}",
+            f"{JS}.DIRECT.GET.{stream}.>"]
+
+
 def _kv_read(bucket: str) -> list[str]:
-    """Get a key (direct or stream message get), list keys (an ordered consumer of its own)."""
-    stream = f"KV_{bucket}"
-    return [f"{JS}.STREAM.INFO.{stream}", f"{JS}.DIRECT.GET.{stream}", f"{JS}.DIRECT.GET.{stream}.>",
-            f"{JS}.STREAM.MSG.GET.{stream}", f"{JS}.CONSUMER.CREATE.{stream}", f"{JS}.CONSUMER.CREATE.{stream}.>",
-            f"{JS}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>"]
+    return _read(f"KV_{bucket}")
 
 
 def _object_read(bucket: str) -> list[str]:
-    """An object's metadata (direct or message get) and its chunks (an ordered consumer)."""
-    return [
-        f"{JS}.STREAM.INFO.OBJ_{bucket}", f"{JS}.DIRECT.GET.OBJ_{bucket}", f"{JS}.DIRECT.GET.OBJ_{bucket}.>",
-        f"{JS}.STREAM.MSG.GET.OBJ_{bucket}", f"{JS}.CONSUMER.CREATE.OBJ_{bucket}", f"{JS}.CONSUMER.CREATE.OBJ_{bucket}.>",
-        f"{JS}.CONSUMER.DELETE.OBJ_{bucket}.*", f"$JS.FC.OBJ_{bucket}.>"]
+    return _read(f"OBJ_{bucket}")
 
 
 def _object_write(bucket: str) -> list[str]:
@@ -80,10 +80,10 @@ ROLES: dict[str, Role] = {
     "evaluator": Role(
         "pulls seed jobs, trains in containers, scores on the trusted side, publishes results",
         publish=(f"{s.RESULTS_SUBJECT_PREFIX}.>", f"{s.EVENTS_PREFIX}.>", *_pull(s.EVAL_STREAM, s.EVAL_CONSUMER),
-                 *_object_write(s.WEIGHTS_BUCKET), f"{JS}.STREAM.MSG.GET.OBJ_{s.WEIGHTS_BUCKET}",
-                 f"{JS}.DIRECT.GET.OBJ_{s.WEIGHTS_BUCKET}.>"),
+                 *_object_write(s.WEIGHTS_BUCKET), f"{JS}.STREAM.MSG.GET.OBJ_{s.WEIGHTS_BUCKET}"),
         subscribe=(s.RUN_ENDED_SUBJECT,),
-        notes=("reads no registry record and no code artifact: a job carries its code",)),
+        notes=("reads no registry record and no code artifact: a job carries its code",
+               "may read and replace weights (it made them, from data it holds), nothing else of the registry")),
     # the researcher's CLI (submit, run --nats-url, report, export, runs)
     "client": Role(
         "submits goals, follows runs, reads reports and artifacts; validates a model file in the sandbox",
