@@ -17,7 +17,7 @@ from shared.data.catalog import check_goal, known_datasets
 from shared.data.files import LOCAL_HINT
 from shared.errors import MessageError
 from shared.messaging import subjects
-from shared.messaging.bus import decode, encode, ensure_streams
+from shared.messaging.bus import decode, encode, ensure_streams, publish_to_stream
 from shared.messaging.messages import GOAL_LIMITS, ErrorReply, Goal, GoalAnswer, GoalStatistic
 from shared.runtime.config import PlannerConfig
 
@@ -140,7 +140,7 @@ async def submit_goal(nc, goal: Goal, timeout_s: float = 10.0) -> str:
     except (NoRespondersError, NatsTimeoutError):
         js = nc.jetstream()
         await ensure_streams(js)
-        await js.publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
+        await publish_to_stream(js, subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
         return "queued (no planner answered yet; it is checked when one starts)"
     try:
         answer = decode(msg.data, GoalAnswer, subjects.GOAL_SUBMIT_SUBJECT)

@@ -18,7 +18,7 @@ from shared.data.files import STACK_HINT, with_hint
 from shared.llm.check import unconfigured_problem
 from shared.errors import DatasetError, MessageError
 from shared.messaging import subjects
-from shared.messaging.bus import encode, through_outages
+from shared.messaging.bus import encode, publish_to_stream, through_outages
 from shared.messaging.consumer import Delivery
 from shared.messaging.messages import RUN_ID, Goal, GoalAnswer
 from shared.registry.records import RunRecord
@@ -76,8 +76,8 @@ class Intake:
             log.info("goal_rejected", problems=problems)
             return GoalAnswer(run_id=goal.run_id, accepted=False, problems=problems)
         # the run id is the message id: a goal submitted twice is queued once
-        await through_outages(lambda: self.js.publish(subjects.GOALS_SUBJECT, encode(goal),
-                                                      headers={"Nats-Msg-Id": goal.run_id}), "queue goal")
+        await through_outages(lambda: publish_to_stream(self.js, subjects.GOALS_SUBJECT, encode(goal),
+                                                             headers={"Nats-Msg-Id": goal.run_id}), "queue goal")
         log.info("goal_accepted", goal=goal.goal, dataset=goal.dataset)
         return GoalAnswer(run_id=goal.run_id, accepted=True)
 
