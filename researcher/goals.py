@@ -18,9 +18,10 @@ from shared.data.catalog import check_goal, known_datasets
 from shared.data.files import LOCAL_HINT
 from shared.errors import MessageError
 from shared.messaging import subjects
-from shared.messaging.bus import decode, encode
+from shared.messaging.bus import decode, encode, publish_to_stream
 from shared.messaging.messages import GOAL_LIMITS, ErrorReply, Goal, GoalAnswer, GoalStatistic
-from shared.runtime.config import PlannerConfig
+from shared.messaging.limits import cap_problems
+from shared.runtime.config import Config, PlannerConfig
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -111,7 +112,8 @@ class GoalRejected(Exception):
         super().__init__("the goal was rejected:\n" + "\n".join(f"  {flagged(p)}" for p in problems))
 
 
-_FIELD = re.compile(r"\b(" + "|".join(f for f in Goal.__struct_fields__ if "_" in f) + r")\b")
+# a field named in a problem's text; not a setting's key (limits.max_epochs)
+_FIELD = re.compile(r"(?<![.\w])(" + "|".join(f for f in Goal.__struct_fields__ if "_" in f) + r")\b")
 
 
 def flagged(problem: str) -> str:
@@ -124,10 +126,13 @@ def flagged(problem: str) -> str:
     return f"--{field.replace('_', '-')}: {_FIELD.sub(lambda m: '--' + m.group(1).replace('_', '-'), said)}"
 
 
-def check_locally(goal: Goal, data_dir: str | None = None) -> None:
+def check_locally(goal: Goal, data_dir: str | None = None, config: Config | None = None) -> None:
     """What the CLI can check before any stack is touched: every field's range and the data set's
-    name; with `data_dir` (an embedded stack's, which reads this machine's data.dir), its files too."""
+    name; with an embedded stack's `data_dir` (this machine's data.dir) its files, and with its
+    `config` its caps (limits), too."""
     problems = check_goal(goal, data_dir, LOCAL_HINT)
+    if config is not None:
+        problems += cap_problems(goal, config.limits, config.planner.max_epochs)
     if problems:
         raise GoalRejected(problems)
 
@@ -140,7 +145,8 @@ async def submit_goal(nc, goal: Goal, timeout_s: float = 10.0) -> str:
         msg = await nc.request(subjects.GOAL_SUBMIT_SUBJECT, encode(goal), timeout=timeout_s)
     except (NoRespondersError, NatsTimeoutError):
         try:
-            await nc.jetstream().publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": goal.run_id})
+            await publish_to_stream(nc.jetstream(), subjects.GOALS_SUBJECT, encode(goal),
+                                    headers={"Nats-Msg-Id": goal.run_id})
         except NoStreamResponseError:  # no GOALS stream: only a planner declares it, and none has started yet
             raise GoalRejected(["no planner has started on this stack yet (it declares the goal queue when it "
                                 "does): start the stack's planner (make up), then submit again"]) from None

@@ -110,9 +110,10 @@ def _check_llm_endpoints(args: argparse.Namespace, configured: list) -> str | No
 
 def run(args: argparse.Namespace) -> int:
     goal = make_goal(args)
-    # an embedded stack's services read this configuration's data.dir: its files are checked
+    # an embedded stack's services read this configuration: the data files and the caps are checked
     # before the stack starts; a running stack checks them itself when the goal is submitted
-    check_locally(goal, None if args.nats_url else load_config().data.dir)
+    config = None if args.nats_url else load_config()
+    check_locally(goal, config and config.data.dir, config)
     problem = _check_llm_flags(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

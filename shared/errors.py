@@ -16,6 +16,17 @@ class MessageError(ResearcherError):
         super().__init__(f"malformed {type_name}{where}: {detail}")
 
 
+class MessageTooLargeError(MessageError):
+    """A message over its type's size limit (shared/messaging/limits.py): refused unread."""
+
+    def __init__(self, type_name: str, size: int, limit: int, subject: str = "") -> None:
+        self.type_name, self.size, self.limit, self.subject = type_name, size, limit, subject
+        self.detail = f"{size:,} bytes, over the limit of {limit:,} bytes"
+        where = f" on {subject!r}" if subject else ""
+        ResearcherError.__init__(self, f"{type_name}{where} refused: {self.detail} (shared/messaging/limits.py "
+                                 "derives each limit from what the message can hold)")
+
+
 class DatasetError(ResearcherError):
     """A data set that cannot be had: an unknown name, missing files, a malformed file."""
 

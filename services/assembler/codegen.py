@@ -13,6 +13,7 @@ import json
 
 import msgspec
 
+from shared.messaging.limits import MAX_SOURCE_BYTES
 from shared.modelspec.assemble import ConfigError, assemble
 from shared.llm.client import LLMClient, ask_json
 from shared.messaging.messages import AssembleReply, AssembleRequest, Narrative, SummaryReply, SummaryRequest
@@ -24,7 +25,11 @@ class CodeReply(msgspec.Struct):
 
 
 def code_problem(source: str, class_name: str) -> str | None:
-    """The AST check of generated source: it parses, defines the class at top level with a forward."""
+    """The AST check of generated source: not longer than any message can carry, it parses, defines
+    the class at top level with a forward."""
+    size = len(msgspec.json.encode(source))
+    if size > MAX_SOURCE_BYTES:
+        return f"the module is {size:,} bytes as JSON, over the limit of {MAX_SOURCE_BYTES:,}: write a shorter one"
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:

@@ -12,10 +12,10 @@ import msgspec
 import nats.errors
 import structlog
 
-from shared.errors import MachineryError, MessageError
+from shared.errors import MachineryError, MessageError, MessageTooLargeError
 from shared.evaluation.in_container import Trained, train_seed
 from shared.messaging import subjects
-from shared.messaging.bus import decode, encode, publish_event, through_outages
+from shared.messaging.bus import decode, encode, publish_event, publish_to_stream, through_outages
 from shared.messaging.consumer import Delivery
 from shared.messaging.messages import EvalJob, Event, RunEnded, SeedResult
 from shared.registry.store import put_weights, weights_artifact
@@ -80,8 +80,15 @@ class JobHandler:
                                                   "store_s": round(laps.seconds["store_s"], 4),
                                                   "job_s": round(laps.total(), 4)})
         # the message id makes a redelivered job's second result a duplicate the stream drops
-        await through_outages(lambda: self.js.publish(subjects.results_subject(job.run_id), encode(result),
-                                                      headers={"Nats-Msg-Id": job.job_id}), "publish result")
+        try:
+            data = encode(result)
+        except MessageTooLargeError as exc:  # a result no planner could read: the seed fails saying why, once
+            result = SeedResult(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, ok=False,
+                                rung=job.rung, started_at=started_at, reason="result_too_large", error=str(exc),
+                                evaluator=self.replica)
+            data = encode(result)
+        await through_outages(lambda: publish_to_stream(self.js, subjects.results_subject(job.run_id), data,
+                                                        headers={"Nats-Msg-Id": job.job_id}), "publish result")
         # the headline figure only: every metric of the seed is in the registry
         log.info("job_done", ok=result.ok, error=result.error, val_accuracy=result.metrics.get("val_accuracy"),
                  duration_s=result.duration_s, weights_kept=result.weights is not None, weights_error=result.weights_error,

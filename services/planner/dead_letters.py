@@ -8,7 +8,7 @@ from nats.js.errors import NotFoundError
 
 from services.planner.loop import Planner
 from shared.messaging import subjects
-from shared.messaging.bus import decode
+from shared.messaging.bus import decode, publish_to_stream
 from shared.messaging.consumer import Delivery
 from shared.messaging.messages import EvalJob, MaxDeliveriesAdvisory
 
@@ -27,7 +27,7 @@ class DeadLetters:
         except NotFoundError:
             return  # handled before (a redelivered advisory)
         job = decode(raw.data, EvalJob, subjects.EVAL_SUBJECT)
-        await self.js.publish(subjects.dead_job_subject(job.run_id), raw.data, headers={
+        await publish_to_stream(self.js, subjects.dead_job_subject(job.run_id), raw.data, headers={
             "Nats-Msg-Id": f"dead.{job.job_id}", "Researcher-Deliveries": str(advisory.deliveries)})
         log.warning("job_dead_lettered", run_id=job.run_id, job_id=job.job_id, deliveries=advisory.deliveries)
         await self.planner.on_dead_job(job, advisory.deliveries)

@@ -18,7 +18,8 @@ from shared.data.files import STACK_HINT, with_hint
 from shared.llm.check import unconfigured_problem
 from shared.errors import DatasetError, MessageError
 from shared.messaging import subjects
-from shared.messaging.bus import encode, through_outages
+from shared.messaging.limits import cap_problems, facts_problem
+from shared.messaging.bus import encode, publish_to_stream, through_outages
 from shared.messaging.consumer import Delivery
 from shared.messaging.messages import RUN_ID, Goal, GoalAnswer
 from shared.registry.records import RunRecord
@@ -41,6 +42,11 @@ def new_run(goal: Goal, data: DataConfig) -> RunRecord:
         record.status, record.finished_at = "failed", time.time()
         record.error = f"data set {goal.dataset!r} could not be read: {type(exc).__name__}: {exc}"
     else:
+        too_many = facts_problem(record.dataset_facts.num_classes, record.dataset_facts.class_names)
+        if too_many:
+            record.status, record.finished_at = "failed", time.time()
+            record.error = f"goal rejected: data set {goal.dataset!r}: {too_many}"
+            return record
         least = record.dataset_facts.smallest_subset(data.val_fraction)
         if goal.subset_size is not None and goal.subset_size < least:
             record.status, record.finished_at = "failed", time.time()
@@ -63,8 +69,11 @@ class Intake:
 
     async def problems(self, goal: Goal) -> list[str]:
         """check_goal against the data directory this planner reads: off the loop, as a CSV's
-        header row may come from a slow disk; and what this planner's LLM configuration cannot give it."""
-        problems = await asyncio.to_thread(check_goal, goal, self.planner.config.data.dir, STACK_HINT)
+        header row may come from a slow disk; this stack's caps (limits); and what this planner's
+        LLM configuration cannot give it."""
+        config = self.planner.config
+        problems = await asyncio.to_thread(check_goal, goal, config.data.dir, STACK_HINT)
+        problems += cap_problems(goal, config.limits, config.planner.max_epochs)
         llm = unconfigured_problem(goal.require_llm, self.planner.guard.roles)
         return [*problems, llm] if llm else problems
 
@@ -76,8 +85,8 @@ class Intake:
             log.info("goal_rejected", problems=problems)
             return GoalAnswer(run_id=goal.run_id, accepted=False, problems=problems)
         # the run id is the message id: a goal submitted twice is queued once
-        await through_outages(lambda: self.js.publish(subjects.GOALS_SUBJECT, encode(goal),
-                                                      headers={"Nats-Msg-Id": goal.run_id}), "queue goal")
+        await through_outages(lambda: publish_to_stream(self.js, subjects.GOALS_SUBJECT, encode(goal),
+                                                             headers={"Nats-Msg-Id": goal.run_id}), "queue goal")
         log.info("goal_accepted", goal=goal.goal, dataset=goal.dataset)
         return GoalAnswer(run_id=goal.run_id, accepted=True)
 

@@ -16,7 +16,7 @@ from services.planner.records import request_summary, store_calls, store_plots, 
 from shared.errors import MessageError
 from shared.evaluation.aggregate import summarise
 from shared.messaging import subjects
-from shared.messaging.bus import decode, encode
+from shared.messaging.bus import decode, encode, publish_to_stream
 from shared.messaging.messages import (PROBE_BATCH, AssembleReply, AssembleRequest, CodeFeedback, EvalJob, LLMCall,
                                        TrainingRecipe, ValidateRequest, ValidationResult)
 from shared.registry.records import CodeAttempt, IterationRecord, ModelSummary, RunRecord
@@ -147,7 +147,7 @@ class CandidateSteps:
                                       class_name=it.class_name, source=source, subset_size=run.goal.subset_size,
                                       rung=it.rung, keep_weights=it.rung is None)
             # the job id is the message id: a re-dispatch after a crash is dropped as a duplicate
-            await self.p.js.publish(subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
+            await publish_to_stream(self.p.js, subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
         summary, calls = it.summary, []
         if summary is None:  # while the seeds train
             summary, calls = await self._summarise(run, it, source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Awaitable, Callable, TypeVar
 
@@ -13,10 +14,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats import errors as nats_errors
-from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
-from shared.messaging import subjects
-from shared.errors import MessageError, NatsUnreachableError
+from shared.messaging import limits, subjects
+from shared.errors import MessageError, MessageTooLargeError, NatsUnreachableError
 from shared.runtime.log import bind_run
 from shared.security.credentials import for_client, inbox_prefix
 from shared.messaging.messages import ErrorReply, Event
@@ -38,11 +39,35 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode(message: msgspec.Struct) -> bytes:
-    return _encoder.encode(message)
+    """JSON; a message over its type's size limit raises MessageTooLargeError here, where the
+    sender can say what it was, rather than at the server or the receiver."""
+    data = _encoder.encode(message)
+    limit = limits.limit_of(type(message))
+    if len(data) > limit:
+        raise MessageTooLargeError(type(message).__name__, len(data), limit)
+    return data
+
+
+STREAM_MSG_TOO_LARGE = 10054  # JetStream's err_code: a message over its stream's max_msg_size
+
+
+async def publish_to_stream(js: JetStreamContext, subject: str, data: bytes, **kwargs):
+    """js.publish; a message the stream refuses for its size raises MessageTooLargeError naming
+    the stream's limit (the server says only "message size exceeds maximum allowed")."""
+    try:
+        return await js.publish(subject, data, **kwargs)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_MSG_TOO_LARGE:
+            raise
+        stream, limit = limits.stream_of(subject)
+        raise MessageTooLargeError(f"message for stream {stream}", len(data), limit, subject) from exc
 
 
 def decode(data: bytes, type_: type[T], subject: str = "") -> T:
-    """Decode strictly into `type_`; a malformed message raises MessageError naming the path."""
+    """Decode strictly into `type_`; a malformed message raises MessageError naming the path, and
+    one over its type's size limit MessageTooLargeError before a byte of it is parsed."""
+    if len(data) > limits.limit_of(type_):
+        raise MessageTooLargeError(type_.__name__, len(data), limits.limit_of(type_), subject)
     decoder = _decoders.get(type_)
     if decoder is None:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
@@ -65,7 +90,12 @@ async def decode_request(msg, type_: type[T]) -> T | None:
 async def _respond(msg, reply: msgspec.Struct) -> None:
     """Answer, when the request named a reply subject (a plain publish did not)."""
     if msg.reply:
-        await msg.respond(encode(reply))
+        try:
+            data = encode(reply)
+        except MessageTooLargeError as exc:  # a fault to report, never a requester left to time out
+            log.error("reply_too_large", subject=msg.subject, error=str(exc))
+            data = encode(ErrorReply(error=str(exc)))
+        await msg.respond(data)
     else:
         log.warning("request_without_reply", subject=msg.subject)
 
@@ -193,41 +223,64 @@ def secured(role: str = "client", credential: str | None = None) -> dict:
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Declare the streams every service relies on; idempotent, safe from any replica."""
+    """Declare the streams every service relies on; idempotent, safe from any replica. Each refuses
+    a message over its limit (limits.STREAM_LIMITS) on publish."""
+    size = limits.STREAM_LIMITS
     declared = [
         StreamConfig(name=subjects.GOALS_STREAM, subjects=[subjects.GOALS_SUBJECT], storage=StorageType.FILE,
-                     retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0),
+                     retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0,
+                     max_msg_size=size[subjects.GOALS_STREAM]),
         StreamConfig(name=subjects.EVAL_STREAM, subjects=[subjects.EVAL_SUBJECT], storage=StorageType.FILE,
-                     retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0),
+                     retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0,
+                     max_msg_size=size[subjects.EVAL_STREAM]),
         StreamConfig(name=subjects.RESULTS_STREAM, subjects=[f"{subjects.RESULTS_SUBJECT_PREFIX}.>"],
-                     storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0),
+                     storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=3600.0,
+                     max_msg_size=size[subjects.RESULTS_STREAM]),
         StreamConfig(name=subjects.DEAD_STREAM, subjects=[f"{subjects.DEAD_LETTER_SUBJECT}.>"], storage=StorageType.FILE,
-                     max_msgs=100_000, discard=DiscardPolicy.OLD),
+                     max_msgs=100_000, discard=DiscardPolicy.OLD, max_msg_size=size[subjects.DEAD_STREAM]),
         StreamConfig(name=subjects.ADVISORIES_STREAM, subjects=[subjects.EVAL_MAX_DELIVERIES_ADVISORY],
-                     storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE),
+                     storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE,
+                     max_msg_size=size[subjects.ADVISORIES_STREAM]),
     ]
     for config in declared:
         try:
             await js.add_stream(config)
-        except Exception:  # exists with other settings: keep what a running stack has
-            try:
-                await js.stream_info(config.name)
-            except NotFoundError:
-                raise
+        except Exception:  # exists with other settings: keep what a running stack has, but its size limit
+            await _bound(js, config.name, config.max_msg_size)  # NotFoundError: it could not be created
+
+
+async def _bound(js: JetStreamContext, stream: str, max_msg_size: int | None) -> None:
+    """An existing stream (or a bucket's) given the size limit of this version, its other settings
+    kept: a stack created before the limits gets them on its next start. A server that refuses the
+    change leaves the stream unbounded, which is logged (the decoders still refuse oversized messages)."""
+    info = await js.stream_info(stream)
+    if info.config.max_msg_size == max_msg_size:
+        return
+    try:
+        await js.update_stream(dataclasses.replace(info.config, max_msg_size=max_msg_size))
+    except nats_errors.Error as exc:
+        log.warning("stream_size_limit_not_set", stream=stream, max_msg_size=max_msg_size, error=str(exc))
+    else:
+        log.info("stream_size_limit_set", stream=stream, max_msg_size=max_msg_size, was=info.config.max_msg_size)
 
 
 async def key_value(js: JetStreamContext, bucket: str, *, history: int = 5, ttl: float | None = None):
-    """The bucket, created on first use; `ttl` (seconds) expires each key that long after its last write."""
+    """The bucket, created on first use; `ttl` (seconds) expires each key that long after its last
+    write. A value over the bucket's limit (limits.BUCKET_LIMITS) is refused on put."""
+    max_value_size = limits.BUCKET_LIMITS.get(bucket)
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:
         from nats.js.api import KeyValueConfig
 
         try:
             return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, ttl=ttl,
-                                                            storage=StorageType.FILE))
+                                                            storage=StorageType.FILE, max_value_size=max_value_size))
         except Exception:  # created by another replica meanwhile
             return await js.key_value(bucket)
+    if max_value_size is not None:
+        await _bound(js, f"KV_{bucket}", max_value_size)
+    return kv
 
 
 async def object_store(js: JetStreamContext, bucket: str):

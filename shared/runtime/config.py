@@ -17,6 +17,8 @@ import msgspec
 import yaml
 
 from shared.errors import ConfigFileError
+from shared.messaging import limits as ceilings
+from shared.messaging.messages import GOAL_LIMITS, MAX_GOAL_CHARS
 
 DEFAULT_FILE = Path("config/researcher.yaml")
 
@@ -30,6 +32,30 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be between 0 and 1 (exclusive)")
+
+
+class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The most one goal may ask of this stack: the planner rejects a goal over any of them, naming
+    the field, the value asked and the cap (shared.messaging.limits.cap_problems). Each may be
+    raised up to a ceiling, for which the message size limits are derived."""
+
+    max_goal_chars: int = 4000  # characters of a goal's text
+    max_iterations: int = 100  # a goal's max_iterations
+    max_seeds: int = 10  # a goal's num_seeds: seeds trained per evaluation
+    max_epochs: int = 100  # a goal's max_epochs: the longest training of one seed
+    max_parallel: int = 8  # a goal's parallel: candidates in flight at once
+    # a run's compute budget in seed-epochs: its epoch_budget, or when it gives none
+    # max_iterations x num_seeds x max_epochs (at most planner.max_epochs); the default goal asks 500
+    max_epoch_budget: int = 20_000
+
+    def __post_init__(self) -> None:
+        ceiling = {"max_goal_chars": MAX_GOAL_CHARS, "max_iterations": GOAL_LIMITS["max_iterations"][1],
+                   "max_seeds": ceilings.MAX_SEEDS, "max_epochs": ceilings.MAX_EPOCHS,
+                   "max_parallel": GOAL_LIMITS["parallel"][1], "max_epoch_budget": GOAL_LIMITS["epoch_budget"][1]}
+        for key, highest in ceiling.items():
+            if not 1 <= getattr(self, key) <= highest:
+                raise ValueError(f"limits.{key} must be from 1 to {highest}, not {getattr(self, key)} (the message "
+                                 "size limits in shared/messaging/limits.py are derived for its ceiling)")
 
 
 class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -107,6 +133,9 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"sandbox.precheck must be 'reject' or 'flag', not {self.precheck!r}")
         if self.pool_size < 0 or self.concurrency < 1:
             raise ValueError("sandbox.pool_size must be >= 0 and sandbox.concurrency >= 1")
+        if not 0 < self.max_output_bytes <= ceilings.MAX_OUTPUT_TAIL_BYTES:  # the tail travels in results
+            raise ValueError(f"sandbox.max_output_bytes must be from 1 to {ceilings.MAX_OUTPUT_TAIL_BYTES}, "
+                             f"not {self.max_output_bytes}")
 
 
 MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
@@ -190,6 +219,8 @@ class LLMConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.code_attempts < 1 or self.history_limit < 1:
             raise ValueError("llm.code_attempts and llm.history_limit must be at least 1")
+        if self.code_attempts > ceilings.MAX_CODE_ATTEMPTS:  # each attempt's code travels back in the next request
+            raise ValueError(f"llm.code_attempts must be at most {ceilings.MAX_CODE_ATTEMPTS}, not {self.code_attempts}")
         for role in ("planning", "tools"):
             resolved = resolve_llm(self, role)
             if resolved["base_url"] and not resolved["model"]:
@@ -221,6 +252,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     evaluator: EvaluatorConfig = msgspec.field(default_factory=EvaluatorConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)  # what one goal may ask
 
     def __post_init__(self) -> None:
         if self.stop_grace_s < 0:

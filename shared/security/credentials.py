@@ -28,7 +28,6 @@ from pathlib import Path
 from shared.errors import ResearcherError
 
 ROLE_FILES = ("ca.pem", "cert.pem", "key.pem")
-MAX_PAYLOAD = 1024 * 1024  # the largest message the server takes (nats-server's default)
 RENEW_BEFORE = dt.timedelta(days=30)  # a certificate this close to expiring is made again
 COMPOSE_HOST = "nats"  # the server's name on the compose network
 
@@ -188,6 +187,7 @@ class Credentials:
 
     def write_server_config(self) -> Path:
         """The server's configuration beside its certificate (no secret in it: paths and permissions)."""
+        from shared.messaging.limits import MAX_PAYLOAD
         from shared.security.permissions import server_config
 
         path = self.server / "nats.conf"

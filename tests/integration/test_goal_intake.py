@@ -135,6 +135,50 @@ def test_researcher_submit_exits_2_naming_the_field_a_stack_rejects(planner_stac
     assert done.returncode == 2 and "--num-seeds: must be an integer from 1 to 100" in done.stderr
 
 
+# ---- goals over the stack's caps (limits), and messages over their size limit ----
+async def test_a_goal_over_the_stacks_caps_is_rejected_naming_field_value_and_cap(nc):
+    started = time.monotonic()
+    with pytest.raises(GoalRejected) as rejected:  # within the CLI's ranges (1 to 100 seeds), over the stack's cap
+        await submit_goal(nc, goal(num_seeds=50, max_epochs=500))
+    said = str(rejected.value)
+    assert "--num-seeds: 50 is over the cap of 10 (this stack's limits.max_seeds, RESEARCHER_LIMITS__MAX_SEEDS)" in said
+    assert "--max-epochs: 500 is over the cap of 100 (this stack's limits.max_epochs" in said
+    assert time.monotonic() - started < 5
+    answer = await answer_to(nc, goal(max_iterations=100, num_seeds=11))  # 100 x 11 x 20 (planner.max_epochs)
+    assert answer.accepted is False and answer.problems == [
+        "num_seeds 11 is over the cap of 10 (this stack's limits.max_seeds, RESEARCHER_LIMITS__MAX_SEEDS)",
+        "epoch_budget: none given, so max_iterations x num_seeds x max_epochs = 100 x 11 x 20 = 22000 seed-epochs, "
+        "over the cap of 20000 (this stack's limits.max_epoch_budget, RESEARCHER_LIMITS__MAX_EPOCH_BUDGET); ask for "
+        "fewer iterations or seeds, or give a smaller epoch_budget"]
+
+
+def test_researcher_submit_names_the_cap_a_stack_puts_on_a_goal(planner_stack):
+    done = subprocess.run([sys.executable, "-m", "researcher.cli", "submit", "x", "--parallel", "20",
+                           "--nats-url", planner_stack.url], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--parallel: 20 is over the cap of 8 (this stack's limits.max_parallel, RESEARCHER_LIMITS__MAX_PARALLEL)" \
+        in done.stderr
+
+
+async def test_a_goal_over_its_size_limit_is_answered_unread_with_the_size_and_limit(nc):
+    reply = json.loads((await nc.request(subjects.GOAL_SUBMIT_SUBJECT, b"{" + b" " * 70_000, timeout=5)).data)
+    assert reply["ok"] is False
+    assert reply["error"].startswith("Goal on 'research.submit' refused: 70,001 bytes, over the limit of ")
+
+
+def test_researcher_run_over_a_cap_exits_2_before_any_stack_starts(tmp_path):
+    env = {**os.environ, "RESEARCHER_LIMITS__MAX_SEEDS": "3", "RESEARCHER_HOME": str(tmp_path / "home")}
+    env.pop("NATS_URL", None)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "researcher.cli", "run", "x", "--num-seeds", "5",
+                           "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 20
+    assert "--num-seeds: 5 is over the cap of 3 (this stack's limits.max_seeds, RESEARCHER_LIMITS__MAX_SEEDS)" \
+        in done.stderr
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "home").exists()
+
+
 # ---- data the stack cannot read: refused at submission, saying where it looked ----
 async def answer_to(nc, bad: Goal) -> GoalAnswer:
     return decode((await nc.request(subjects.GOAL_SUBMIT_SUBJECT, encode(bad), timeout=5)).data, GoalAnswer)
