@@ -185,14 +185,12 @@ def check_create(body: Any, images: frozenset[str], runtimes: frozenset[str]) ->
     labels = top.get("Labels")
     if not isinstance(labels, dict) or not labels.get(OWNER_LABEL):
         raise ValueError(f"a container must carry the label {OWNER_LABEL} (the proxy passes calls on such containers only)")
-    why = (empty("Config.Volumes makes volumes")(top.get("Volumes")) or runtime(top.get("Runtime"))
-           or nested({"EndpointsConfig": empty("EndpointsConfig joins networks")}, "NetworkingConfig")(top.get("NetworkingConfig")))
-    if why:
-        raise ValueError(why)
     host_checks = {**{name: anything for name in HOST_ANY}, **HOST_CHECKED, "Runtime": runtime}
     host = folded_keys(top.get("HostConfig"), host_checks, "HostConfig")
     host.setdefault("NetworkMode", None)  # absent is the default bridge network
-    why = next((why for name, value in host.items() if (why := host_checks[name](value))), None)
+    why = (next((why for name, value in host.items() if (why := host_checks[name](value))), None)
+           or empty("Config.Volumes makes volumes")(top.get("Volumes")) or runtime(top.get("Runtime"))
+           or nested({"EndpointsConfig": empty("EndpointsConfig joins networks")}, "NetworkingConfig")(top.get("NetworkingConfig")))
     if why:
         raise ValueError(why)
     top["HostConfig"] = host
