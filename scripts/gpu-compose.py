@@ -71,16 +71,17 @@ def detect_ids() -> list[str]:
 
 def evaluator_service(gpu_id: str, standalone: bool) -> str:
     nats_url = STANDALONE_NATS if standalone else HEAD_NATS
-    depends = "" if standalone else (
-        "    depends_on:\n"
+    depends = "    depends_on:\n" + ("" if standalone else (
         "      nats:\n"
+        "        condition: service_healthy\n")) + (
+        "      dockerproxy:\n"
         "        condition: service_healthy\n")
     return (
         f"  {service_name(gpu_id)}:\n"
         "    image: pytorch-researcher/service:latest\n"
         "    init: true\n"
         "    restart: unless-stopped\n"
-        "    user: root\n"
+        '    user: "10002:10002"\n'
         '    command: ["python", "-m", "services.evaluator.main"]\n'
         "    environment:\n"
         f"      NATS_URL: {q(nats_url)}\n"
@@ -88,8 +89,9 @@ def evaluator_service(gpu_id: str, standalone: bool) -> str:
         "      RESEARCHER_HEALTH_FILE: /tmp/researcher-health\n"
         "      # the training containers this evaluator starts get this GPU too\n"
         f"      RESEARCHER_EVALUATOR__GPUS: {q(gpu_id)}\n"
+        "      DOCKER_HOST: unix:///run/docker-proxy/docker.sock\n"
         "    volumes:\n"
-        "      - /var/run/docker.sock:/var/run/docker.sock\n"
+        "      - docker-proxy:/run/docker-proxy\n"
         "      - ${RESEARCHER_DATA_DIR:-./data}:/data:ro\n"
         f"{depends}"
         "    healthcheck:\n"

@@ -92,3 +92,12 @@ class SandboxUnavailableError(MachineryError):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(f"sandbox unavailable: {detail}")
+
+
+class RefusedCall(ResearcherError):
+    """A Docker API call the socket proxy does not pass (shared/sandboxing/socket_policy.py):
+    answered with HTTP 403 and this message, which the docker SDK shows as an APIError."""
+
+    def __init__(self, method: str, path: str, why: str) -> None:
+        self.method, self.path, self.why = method, path, why
+        super().__init__(f"the Docker socket proxy refused {method} {path}: {why}")

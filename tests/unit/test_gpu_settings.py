@@ -159,7 +159,7 @@ def test_one_evaluator_per_gpu_pinned_to_it(tmp_path):
             {"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
         assert service["environment"]["RESEARCHER_EVALUATOR__GPUS"] == gpu
         assert service["environment"]["NATS_URL"] == "nats://nats:4222"
-        assert service["depends_on"] == {"nats": {"condition": "service_healthy"}}
+        assert service["depends_on"] == {"nats": {"condition": "service_healthy"}, "dockerproxy": {"condition": "service_healthy"}}
 
 
 def test_the_gpu_evaluators_are_compose_yamls_evaluator(tmp_path):
@@ -175,17 +175,19 @@ def test_standalone_evaluators_are_compose_evaluator_yamls(tmp_path):
     assert list(services) == ["evaluator-gpu-6f1c2d3e-aaaa"]
     service = services["evaluator-gpu-6f1c2d3e-aaaa"]
     assert service["environment"]["RESEARCHER_EVALUATOR__GPUS"] == "GPU-6f1c2d3e-aaaa"
-    assert "depends_on" not in service
+    assert service["depends_on"] == {"dockerproxy": {"condition": "service_healthy"}}
     assert without_gpu(service) == compose_service("compose.evaluator.yaml", "evaluator")
 
 
 def test_compose_evaluator_yaml_is_compose_yamls_evaluator_without_nats():
     standalone, head = compose_service("compose.evaluator.yaml", "evaluator"), compose_service("compose.yaml", "evaluator")
     assert standalone["environment"]["NATS_URL"].startswith("${NATS_URL:?")
-    assert head.pop("depends_on") == {"nats": {"condition": "service_healthy"}}
+    assert head["depends_on"].pop("nats") == {"condition": "service_healthy"}
     for service in (standalone, head):
         del service["environment"]["NATS_URL"]
     assert standalone == head
+    # the Docker socket proxy they reach the engine through is the same in both files
+    assert compose_service("compose.evaluator.yaml", "dockerproxy") == compose_service("compose.yaml", "dockerproxy")
 
 
 def test_without_gpus_it_asks_nvidia_smi(tmp_path):
