@@ -43,11 +43,13 @@ help:
 	@echo "  submit  the same goal, not followed: prints its run id"
 	@echo "  report  RUN=<run id>: researcher report on the running stack; export RUN=<run id> [OUT=dir]: its"
 	@echo "          export (default build/runs/<run id>); runs: its runs. NATS_URL defaults to"
-	@echo "          nats://127.0.0.1:\$$(NATS_PORT) (NATS_BIND's address when it names one), where up publishes it"
+	@echo "          tls://127.0.0.1:\$$(NATS_PORT) (NATS_BIND's address when it names one), where up publishes it"
 	@echo "  scale   EVALUATORS=N: N evaluator replicas in the running stack (one JetStream work queue)"
 	@echo "  up-gpu  [GPUS=0,1] like up, with one evaluator per GPU pinned to it (scripts/gpu-compose.py"
 	@echo "          writes $(GPU_COMPOSE); GPUS unset: every GPU nvidia-smi lists) and no CPU evaluator"
-	@echo "  evaluator       NATS_URL=nats://HEAD:4222 [EVALUATORS=N | GPU=1 [GPUS=0,1]]: on another machine,"
+	@echo "  credentials     [ROLE=evaluator] [NATS_HOSTS=name,addr]: make the stack's NATS credentials where missing"
+	@echo "                  (RESEARCHER_CREDENTIALS) and show them; ROLE: the files another machine needs"
+	@echo "  evaluator       NATS_URL=tls://HEAD:4222 NATS_CREDENTIALS=DIR [EVALUATORS=N | GPU=1 [GPUS=0,1]]: on another machine,"
 	@echo "                  evaluators only (compose.evaluator.yaml) on the head's work queue"
 	@echo "  evaluator-down  stop and remove this machine's evaluators"
 	@echo "  bench-scale    where a cheap job's time goes (target: under 0.5 s outside training), and evaluator throughput against the replica count (python -m benchmarks.bench_scale \$$(BENCH_ARGS))"
@@ -122,7 +124,8 @@ bench-planner: venv
 # pytorch-researcher/service:latest (services/Dockerfile), which `test` builds too (the compose
 # end-to-end test runs the stack from it).
 # ---------------------------------------------------------------------------------------------
-.PHONY: service-image up up-gpu down logs ps scale goal submit report export runs evaluator evaluator-down compose-check
+.PHONY: service-image up up-gpu down logs ps scale goal submit report export runs evaluator evaluator-down compose-check \
+        credentials
 LOGS_ARGS  ?= -f --tail=200
 # Where `make up` publishes NATS (compose.yaml: "$${NATS_BIND:-127.0.0.1}:$${NATS_PORT:-4222}:4222"),
 # and so where goal, submit, report, export and runs look for it: NATS_URL is derived from these
@@ -132,7 +135,16 @@ NATS_BIND  ?=
 export NATS_PORT NATS_BIND
 # a server bound to every interface is reached on 127.0.0.1 from this machine
 NATS_HOST   = $(if $(filter-out 0.0.0.0,$(NATS_BIND)),$(NATS_BIND),127.0.0.1)
-NATS_URL   ?= nats://$(NATS_HOST):$(NATS_PORT)
+NATS_URL   ?= tls://$(NATS_HOST):$(NATS_PORT)
+# The stack's NATS credentials (a private CA, the server's certificate, one per role), made by
+# `researcher credentials` on first use: researcher/home.py's rule, written out for compose.
+RESEARCHER_CREDENTIALS ?= $(or $(RESEARCHER_HOME),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/pytorch-researcher)/credentials
+# More names or addresses the head is dialled by, for the server's certificate (comma-separated;
+# this machine's own are always in it): a DNS name, a NAT address.
+NATS_HOSTS ?=
+# `make evaluator`: the evaluator's credential directory, copied from the head
+NATS_CREDENTIALS ?=
+export RESEARCHER_CREDENTIALS
 # `make report/export RUN=<run id>`; export writes to OUT
 RUN        ?=
 OUT        ?= build/runs/$(RUN)
@@ -157,17 +169,31 @@ service-image:
 	@docker info >/dev/null 2>&1 || { echo "error: the Docker engine does not answer (docker info); see 'make images'." >&2; exit 1; }
 	bash scripts/build-images.sh service
 
-# The sandbox image (the services start its containers) and the service image, then the stack.
-# Compose converges on one evaluator unless EVALUATORS says otherwise, also after `make scale`.
-up: compose-check images
+# The credentials (made when missing; the server's certificate again when it does not cover this
+# machine's names and NATS_HOSTS), then where they are. ROLE=evaluator: the files another machine needs.
+credentials: venv
+	@$(VENV)/bin/researcher credentials --dir "$(RESEARCHER_CREDENTIALS)" --hosts "$(NATS_HOSTS)" $(ROLE)
+
+# Made or renewed: a running NATS reads its certificate again only when it restarts.
+CREDENTIALS_READY = made="$$($(VENV)/bin/researcher credentials --dir "$(RESEARCHER_CREDENTIALS)" --hosts "$(NATS_HOSTS)" --made)"
+RESTART_NATS_IF_NEW = case " $$made " in *" server "*) if [ -n "$$($(COMPOSE) ps -q nats 2>/dev/null)" ]; then \
+	  echo "the server's certificate is new: restarting nats"; $(COMPOSE) restart nats; fi;; esac
+
+# The sandbox image (the services start its containers), the service image and the credentials,
+# then the stack. Compose converges on one evaluator unless EVALUATORS says otherwise, also after
+# `make scale`.
+up: compose-check images venv
 	@$(MAKE) --no-print-directory service-image
-	$(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))
+	@$(CREDENTIALS_READY); $(RESTART_NATS_IF_NEW); \
+	  echo "$(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))"; \
+	  $(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))
 
 # A GPU host: one evaluator per GPU (evaluator-gpu<i>, pinned to GPU <i>), no CPU evaluator.
-up-gpu: compose-check images
+up-gpu: compose-check images venv
 	@$(MAKE) --no-print-directory service-image
 	GPUS="$(GPUS)" python3 scripts/gpu-compose.py --out $(GPU_COMPOSE)
-	$(COMPOSE) -f compose.yaml -f $(GPU_COMPOSE) up -d --scale evaluator=0
+	@$(CREDENTIALS_READY); $(RESTART_NATS_IF_NEW); \
+	  $(COMPOSE) -f compose.yaml -f $(GPU_COMPOSE) up -d --scale evaluator=0
 
 # Stops and removes the containers, GPU evaluators included (--remove-orphans); the JetStream
 # volume stays (`$(COMPOSE) down -v` drops it).
@@ -204,23 +230,31 @@ runs: venv
 	$(VENV)/bin/researcher runs --nats-url $(NATS_URL)
 
 # Another machine: evaluators only, on the head's work queue (its NATS published with
-# NATS_BIND=0.0.0.0). NATS_URL must be given: a container's 127.0.0.1 is the container itself.
+# NATS_BIND=0.0.0.0). NATS_URL must be given: a container's 127.0.0.1 is the container itself;
+# NATS_CREDENTIALS: the evaluator's credential copied from the head (this machine's own when unset).
+EVALUATOR_CREDENTIAL = $(abspath $(or $(NATS_CREDENTIALS),$(RESEARCHER_CREDENTIALS)/roles/evaluator))
 evaluator: compose-check
 	@case "$(origin NATS_URL)" in environment*|command*) ;; *) \
-	  echo "error: say where the head's NATS is: make evaluator NATS_URL=nats://HEAD:4222" \
+	  echo "error: say where the head's NATS is: make evaluator NATS_URL=tls://HEAD:4222 NATS_CREDENTIALS=DIR" \
 	    "(on the head: NATS_BIND=0.0.0.0 make up)" >&2; exit 1;; esac
 	@case "$(NATS_URL)" in *://127.*|*://localhost*|*://\[::1\]*|*://0.0.0.0*|*://:*|*://) \
 	  echo "error: NATS_URL=$(NATS_URL) is no address the evaluator containers can reach (their 127.0.0.1" \
-	    "is themselves); give the head machine's address or name, e.g. nats://10.0.0.5:4222" >&2; exit 1;; esac
+	    "is themselves); give the head machine's address or name, e.g. tls://10.0.0.5:4222" >&2; exit 1;; esac
+	@test -n "$(EVALUATOR_CREDENTIAL)" -a -f "$(EVALUATOR_CREDENTIAL)/cert.pem" || { \
+	  echo "error: no evaluator credential at '$(EVALUATOR_CREDENTIAL)': copy it from the head (there:" \
+	    "researcher credentials evaluator) and pass NATS_CREDENTIALS=DIR" >&2; exit 1; }
 	@$(MAKE) --no-print-directory images service-image
 ifneq ($(filter-out 0,$(GPU)),)
 	GPUS="$(GPUS)" python3 scripts/gpu-compose.py --standalone --out $(EVALUATOR_GPU_COMPOSE)
-	NATS_URL="$(NATS_URL)" $(EVALUATORS_STACK) -f $(EVALUATOR_GPU_COMPOSE) up -d --scale evaluator=0
+	NATS_URL="$(NATS_URL)" NATS_CREDENTIALS="$(EVALUATOR_CREDENTIAL)" $(EVALUATORS_STACK) -f $(EVALUATOR_GPU_COMPOSE) \
+	  up -d --scale evaluator=0
 else
-	NATS_URL="$(NATS_URL)" $(EVALUATORS_STACK) up -d --scale evaluator=$(or $(EVALUATORS),1)
+	NATS_URL="$(NATS_URL)" NATS_CREDENTIALS="$(EVALUATOR_CREDENTIAL)" $(EVALUATORS_STACK) up -d \
+	  --scale evaluator=$(or $(EVALUATORS),1)
 endif
 
 # All of this machine's evaluator containers, GPU ones included (--remove-orphans). NATS_URL
 # only has to be set for compose to read the file.
 evaluator-down: compose-check
-	NATS_URL="$${NATS_URL:-nats://unused:4222}" $(EVALUATORS_STACK) down --remove-orphans
+	NATS_URL="$${NATS_URL:-tls://unused:4222}" NATS_CREDENTIALS="$${NATS_CREDENTIALS:-unused}" \
+	  $(EVALUATORS_STACK) down --remove-orphans

@@ -1,4 +1,4 @@
-"""`researcher` (run, submit, report, export, validate, evaluate) and `research-agent --goal ...`."""
+"""`researcher` (run, submit, report, export, validate, evaluate, credentials) and `research-agent --goal ...`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from researcher import evaluate_cmd, interrupts, run_cmd, runs_cmd, validate_cmd
+from researcher import credentials_cmd, evaluate_cmd, interrupts, run_cmd, runs_cmd, validate_cmd
 from researcher.goals import LLM_ROLES, DefaultsHelp, GoalRejected, check_locally, goal_args, llm_args, make_goal, submit_goal
 from researcher.home import HomeBusyError
 from shared.errors import NatsUnreachableError
@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     runs_cmd.add_parsers(sub, _nats_arg)
     validate_cmd.add_parser(sub)
     evaluate_cmd.add_parser(sub)
+    credentials_cmd.add_parser(sub)
     return root
 
 
@@ -95,6 +96,8 @@ def _command(args: argparse.Namespace) -> int:
         return validate_cmd.run(args)
     if args.command == "evaluate":
         return evaluate_cmd.run_evaluate(args)
+    if args.command == "credentials":
+        return credentials_cmd.run(args)
     try:
         if args.command == "run":
             return run_cmd.run(args)

@@ -8,7 +8,7 @@ GPU ids (indices or UUIDs) come from $GPUS (or --gpus), else from
 <i> for itself (deploy.resources.reservations.devices) and sets RESEARCHER_EVALUATOR__GPUS=<i>,
 so the training containers it starts through the host's engine get that same GPU.
 
-Without --standalone the services join compose.yaml's stack (NATS at nats://nats:4222, started
+Without --standalone the services join compose.yaml's stack (NATS at tls://nats:4222, started
 after it); with it, compose.evaluator.yaml's (NATS_URL from the environment). Run the result on
 top of that file with the CPU evaluator scaled to 0:
 
@@ -28,9 +28,13 @@ import re
 import subprocess
 import sys
 
-HEAD_NATS = "nats://nats:4222"
+HEAD_NATS = "tls://nats:4222"
 STANDALONE_NATS = ("${NATS_URL:?set NATS_URL to the head machine's NATS, "
-                   "e.g. NATS_URL=nats://10.0.0.5:4222}")
+                   "e.g. NATS_URL=tls://10.0.0.5:4222}")
+# the evaluator's credential: the stack's own on the head, a copy of the head's elsewhere
+HEAD_CREDENTIAL = "${RESEARCHER_CREDENTIALS:?make up sets it to the stack credentials directory (researcher credentials)}/roles/evaluator"
+STANDALONE_CREDENTIAL = ("${NATS_CREDENTIALS:?set NATS_CREDENTIALS to the evaluator's credential copied from the "
+                         "head (researcher credentials evaluator, on the head)}")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")  # 0, GPU-<uuid>, MIG-<uuid>
 
 
@@ -71,6 +75,7 @@ def detect_ids() -> list[str]:
 
 def evaluator_service(gpu_id: str, standalone: bool) -> str:
     nats_url = STANDALONE_NATS if standalone else HEAD_NATS
+    credential = STANDALONE_CREDENTIAL if standalone else HEAD_CREDENTIAL
     depends = "    depends_on:\n" + ("" if standalone else (
         "      nats:\n"
         "        condition: service_healthy\n")) + (
@@ -81,7 +86,10 @@ def evaluator_service(gpu_id: str, standalone: bool) -> str:
         "    image: pytorch-researcher/service:latest\n"
         "    init: true\n"
         "    restart: unless-stopped\n"
-        '    user: "10002:10002"\n'
+        "    user: root\n"
+        '    entrypoint: ["python", "-m", "shared.security.entrypoint", "--user", "10002:10002", "--"]\n'
+        "    tmpfs:\n"
+        "      - /run/nats:mode=0700,size=1m\n"
         '    command: ["python", "-m", "services.evaluator.main"]\n'
         "    environment:\n"
         f"      NATS_URL: {q(nats_url)}\n"
@@ -93,6 +101,7 @@ def evaluator_service(gpu_id: str, standalone: bool) -> str:
         "    volumes:\n"
         "      - docker-proxy:/run/docker-proxy\n"
         "      - ${RESEARCHER_DATA_DIR:-./data}:/data:ro\n"
+        f"      - {credential}:/run/secrets/nats:ro\n"
         f"{depends}"
         "    healthcheck:\n"
         '      test: ["CMD", "python", "-m", "shared.runtime.health"]\n'

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_IMAGE = "pytorch-researcher/service:latest"
-SERVICES = ("nats", "planner", "assembler", "sandbox", "evaluator")
+SERVICES = ("nats", "dockerproxy", "planner", "assembler", "sandbox", "evaluator")
 
 
 def compose_binary(tmp: Path) -> str | None:
@@ -61,7 +61,7 @@ def wait_healthy(client, project: str, counts: dict[str, int], timeout: float = 
     raise AssertionError(f"not healthy after {timeout:.0f} s: {health(client, project)}")
 
 
-def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, tmp_path, monkeypatch):
+def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, credentials, tmp_path, monkeypatch):
     try:
         docker_engine.images.get(SERVICE_IMAGE)
     except docker.errors.ImageNotFound:
@@ -71,6 +71,9 @@ def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, tmp_path, mo
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)
     monkeypatch.setenv("NATS_PORT", str(port))
     monkeypatch.setenv("RESEARCHER_DATA_DIR", str(tmp_path / "data"))
+    # every service on its own role's credential (make up's RESEARCHER_CREDENTIALS); the CLI below
+    # finds the client's in the tests' home
+    monkeypatch.setenv("RESEARCHER_CREDENTIALS", str(credentials.root))
     (tmp_path / "data").mkdir()
     stack = DockerCompose(context=str(ROOT), compose_file_name="compose.yaml", wait=False,
                           docker_command_path=compose_binary(tmp_path))
@@ -79,7 +82,7 @@ def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, tmp_path, mo
         proc = subprocess.run(
             [sys.executable, "-m", "researcher.cli", "run", "small CNN for digits", "--dataset", "digits",
              "--target-accuracy", "0.999", "--max-iterations", "1", "--num-seeds", "2", "--subset-size", "600",
-             "--max-epochs", "2", "--json", "--nats-url", f"nats://127.0.0.1:{port}"],
+             "--max-epochs", "2", "--json", "--nats-url", f"tls://127.0.0.1:{port}"],
             capture_output=True, text=True, timeout=600, env={**os.environ, "NATS_URL": ""})
         assert proc.returncode == 0, proc.stderr[-3000:] + stack.get_logs()[0][-3000:]
         report = json.loads(proc.stdout)

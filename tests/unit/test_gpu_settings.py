@@ -158,7 +158,7 @@ def test_one_evaluator_per_gpu_pinned_to_it(tmp_path):
         assert service["deploy"]["resources"]["reservations"]["devices"] == [
             {"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
         assert service["environment"]["RESEARCHER_EVALUATOR__GPUS"] == gpu
-        assert service["environment"]["NATS_URL"] == "nats://nats:4222"
+        assert service["environment"]["NATS_URL"] == "tls://nats:4222"
         assert service["depends_on"] == {"nats": {"condition": "service_healthy"}, "dockerproxy": {"condition": "service_healthy"}}
 
 
@@ -183,8 +183,12 @@ def test_compose_evaluator_yaml_is_compose_yamls_evaluator_without_nats():
     standalone, head = compose_service("compose.evaluator.yaml", "evaluator"), compose_service("compose.yaml", "evaluator")
     assert standalone["environment"]["NATS_URL"].startswith("${NATS_URL:?")
     assert head["depends_on"].pop("nats") == {"condition": "service_healthy"}
+    # the credential: the stack's own on the head, a copy of the head's elsewhere
+    assert standalone["volumes"][-1].startswith("${NATS_CREDENTIALS:?")
+    assert head["volumes"][-1].startswith("${RESEARCHER_CREDENTIALS:?") and "/roles/evaluator:" in head["volumes"][-1]
     for service in (standalone, head):
         del service["environment"]["NATS_URL"]
+        assert service["volumes"].pop().endswith(":/run/secrets/nats:ro")
     assert standalone == head
     # the Docker socket proxy they reach the engine through is the same in both files
     assert compose_service("compose.evaluator.yaml", "dockerproxy") == compose_service("compose.yaml", "dockerproxy")
@@ -217,7 +221,8 @@ def test_errors_say_what_to_set(tmp_path, gpus, message):
 @pytest.mark.parametrize("base, args", [("compose.yaml", ()), ("compose.evaluator.yaml", ("--standalone",))])
 def test_docker_compose_accepts_the_files(tmp_path, base, args):
     _, out = generate(tmp_path, *args)
-    env = {**os.environ, "NATS_URL": "nats://head:4222"}
+    env = {**os.environ, "NATS_URL": "tls://head:4222", "RESEARCHER_CREDENTIALS": str(tmp_path / "credentials"),
+           "NATS_CREDENTIALS": str(tmp_path / "credentials/roles/evaluator")}
     proc = subprocess.run(["docker-compose", "-f", base, "-f", str(out), "config", "-q"],
                           capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
