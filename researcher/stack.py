@@ -104,13 +104,13 @@ class LocalStack:
     `home`, the store is the home's (locked for this stack alone) and the logs go under it."""
 
     def __init__(self, log_dir: Path | None = None, services: tuple[str, ...] = SERVICES, env: dict | None = None,
-                 home: Home | None = None) -> None:
+                 home: Home | None = None, bind: str = "127.0.0.1") -> None:
         self.home, self._lock = home, None
         self._temp = None if home else tempfile.TemporaryDirectory(prefix="researcher-stack-")
         root = home.logs if home else Path(self._temp.name) / "logs"
         self.log_dir = Path(log_dir or root / time.strftime("%Y%m%d-%H%M%S")).resolve()
         self.store = home.store if home else Path(self._temp.name) / "jetstream"
-        self.services, self.extra_env = services, env or {}
+        self.services, self.extra_env, self.bind = services, env or {}, bind
         self.procs: dict[str, subprocess.Popen] = {}
         self.url = ""
         # one per home: every process of the stack connects as its role (NATS_CREDENTIALS)
@@ -139,13 +139,15 @@ class LocalStack:
     def start_nats(self, port: int) -> None:
         log = open(self.log_dir / "nats-server.log", "ab")
         self.procs["nats"] = start_nats_server(port, str(self.store), log, self._lock.fileno() if self._lock else None,
-                                               credentials=self.credentials)
+                                               credentials=self.credentials, bind=self.bind)
 
-    def start_service(self, name: str, replica: str | None = None) -> subprocess.Popen:
+    def start_service(self, name: str, replica: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        """`env` over the stack's (NATS_URL and NATS_CREDENTIALS too: a replica that joins as from
+        another machine)."""
         key = replica or name
         # Unique per stack: a second stack on this machine must not take this one's containers for strays.
         env = {**os.environ, **self.extra_env, "NATS_URL": self.url, "RESEARCHER_REPLICA": f"{key}-{os.getpid()}",
-               "NATS_CREDENTIALS": str(self.credentials.role(name).path)}
+               "NATS_CREDENTIALS": str(self.credentials.role(name).path), **(env or {})}
         log = open(self.log_dir / f"{key}.log", "ab")
         proc = spawn([sys.executable, "-m", f"services.{name}.main"], stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[key] = proc

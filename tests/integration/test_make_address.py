@@ -30,14 +30,14 @@ def test_make_report_reaches_the_stack_on_nats_port(nats_url):
     port = urlparse(nats_url).port
     done = make("report", "RUN=nope", f"NATS_PORT={port}")
     assert done.returncode != 0
-    assert f"no run 'nope' in the registry at nats://127.0.0.1:{port}" in done.stderr, done.stderr
+    assert f"no run 'nope' in the registry at tls://127.0.0.1:{port}" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(("settings", "url"), [
-    ((), "nats://127.0.0.1:4222"),
-    (("NATS_PORT=4333",), "nats://127.0.0.1:4333"),
-    (("NATS_PORT=4333", "NATS_BIND=0.0.0.0"), "nats://127.0.0.1:4333"),  # every interface: this machine's too
-    (("NATS_BIND=10.0.0.5",), "nats://10.0.0.5:4222"),
+    ((), "tls://127.0.0.1:4222"),
+    (("NATS_PORT=4333",), "tls://127.0.0.1:4333"),
+    (("NATS_PORT=4333", "NATS_BIND=0.0.0.0"), "tls://127.0.0.1:4333"),  # every interface: this machine's too
+    (("NATS_BIND=10.0.0.5",), "tls://10.0.0.5:4222"),
     (("NATS_PORT=4333", "NATS_URL=nats://head:4999"), "nats://head:4999"),  # given: it wins
 ])
 def test_every_target_that_talks_to_the_stack_derives_one_url(settings, url):
@@ -49,7 +49,7 @@ def test_every_target_that_talks_to_the_stack_derives_one_url(settings, url):
 
 def test_make_help_shows_the_url_the_targets_use():
     printed = make("help", "NATS_PORT=4333").stdout
-    assert "NATS_PORT=4333" in printed and "NATS_URL=nats://127.0.0.1:4333" in printed
+    assert "NATS_PORT=4333" in printed and "NATS_URL=tls://127.0.0.1:4333" in printed
 
 
 def test_a_command_pointed_where_no_server_answers_says_so_within_seconds():

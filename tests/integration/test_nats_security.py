@@ -7,15 +7,20 @@ buckets must be exactly as they were afterwards."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import ssl
+import subprocess
+import sys
+from urllib.parse import urlparse
 
 import msgspec
 import nats
 import pytest
 from nats.js.api import ConsumerConfig
 
-from researcher.stack import free_port, start_nats_server
+from researcher.stack import LocalStack, free_port, start_nats_server
 from shared.messaging import subjects as s
 from shared.messaging.bus import encode, ensure_streams, secured
 from shared.messaging.messages import EvalJob, Goal, SeedResult
@@ -24,8 +29,6 @@ from shared.registry.store import Registry
 from shared.security import pki
 from shared.security.credentials import Credentials, _interface_addresses
 from shared.security.permissions import ROLES
-
-pytestmark = []
 
 RUN = "victim"
 STREAMS = [s.GOALS_STREAM, s.EVAL_STREAM, s.RESULTS_STREAM, s.DEAD_STREAM, f"KV_{s.RUNS_BUCKET}",
@@ -240,3 +243,30 @@ async def test_connections_without_the_stacks_certificate_are_refused(credential
         proc.terminate()
         proc.wait(10)
     shutil.rmtree(tmp_path / "other-stack")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_run_whose_evaluator_joins_through_tls_as_from_another_machine(docker_engine, tmp_path):
+    """Every service on its own credential, the CLI on the client's, and the only evaluator on a
+    copy of the evaluator's credential (what `researcher credentials evaluator` tells a GPU machine
+    to copy), dialling the head's NATS at an address of this machine that is not loopback."""
+    with LocalStack(log_dir=tmp_path / "logs", services=("planner", "assembler", "sandbox"), bind="0.0.0.0") as stack:
+        remote = tmp_path / "gpu-machine"
+        shutil.copytree(stack.credentials.role("evaluator").path, remote)
+        outside = f"tls://{_outside_address()}:{urlparse(stack.url).port}"
+        stack.start_service("evaluator", replica="evaluator-remote",
+                            env={"NATS_URL": outside, "NATS_CREDENTIALS": str(remote)})
+        stack.wait_ready(["evaluator-remote"])
+        proc = subprocess.run(
+            [sys.executable, "-m", "researcher.cli", "run", "small CNN for digits", "--dataset", "digits",
+             "--target-accuracy", "0.999", "--max-iterations", "1", "--num-seeds", "2", "--subset-size", "600",
+             "--max-epochs", "2", "--json", "--nats-url", stack.url],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "NATS_URL": ""})
+        server_log = (stack.log_dir / "nats-server.log").read_text()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    [it] = report["iterations"]
+    seeds = it["evaluation"]["seed_results"]
+    assert len(seeds) == 2 and {s["evaluator"] for s in seeds} == {f"evaluator-remote-{os.getpid()}"}
+    assert "Violation" not in server_log  # no service was refused anything its work needs
