@@ -16,6 +16,7 @@ from services.planner.intake import new_run
 from services.planner.leases import RunLeases
 from services.planner.llm_guard import LLMGuard
 from services.planner.proposers import BuiltinSearch, PlanningLLM
+from services.planner.steps import job_id
 from shared.llm.client import LLMClient, llm_settings
 from shared.messaging import subjects
 from shared.messaging.bus import publish_event, through_outages
@@ -57,6 +58,10 @@ class Planner:
 
     async def on_result(self, result: SeedResult) -> None:
         bind_run(result.run_id, iteration=result.iteration, seed=result.seed)
+        unasked = await self._unasked(result)
+        if unasked:  # an evaluator may publish results; only the ones for jobs dispatched count
+            log.warning("result_ignored", job_id=result.job_id, why=unasked)
+            return
         await self.registry.put_seed_result(result)
         accuracy = result.metrics.get("val_accuracy")
         outcome = (f"val_accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}" if result.ok
@@ -69,6 +74,19 @@ class Planner:
         driver = self._drivers.get(result.run_id)
         if driver is not None:
             driver.notify()
+
+    async def _unasked(self, result: SeedResult) -> str | None:
+        """Why no job of this run asks for `result` (its id is not the one dispatched, its candidate is
+        not training that rung and seed), or None. A job is published before its candidate is marked
+        evaluating, so a validated one counts too."""
+        if result.job_id != job_id(result.run_id, result.iteration, result.seed, result.rung):
+            return f"the job id is not {job_id(result.run_id, result.iteration, result.seed, result.rung)}"
+        it = await self.registry.get_iteration(result.run_id, result.iteration)
+        if it is None:
+            return "no such candidate"
+        if it.state not in ("validated", "evaluating") or it.rung != result.rung or result.seed not in it.seeds:
+            return f"candidate {it.iteration} is {it.state} at rung {it.rung} with seeds {it.seeds}"
+        return None
 
     async def on_dead_job(self, job: EvalJob, deliveries: int) -> None:
         """A seed job JetStream gave up on: a failed seed carrying why, unless a result came after all."""

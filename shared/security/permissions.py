@@ -129,3 +129,17 @@ def server_config(tls_dir: str, *, max_payload: int, monitor: str | None = None)
     if monitor:
         config["http"] = monitor
     return json.dumps(config, indent=2)
+
+
+def permission_table() -> str:
+    """The README's table (tests/unit/test_permissions.py keeps the two the same)."""
+    def cell(items, extra: str = "") -> str:
+        return "<br>".join([*(f"`{item}`" for item in items), *([extra] if extra else [])]) or "nothing"
+
+    rows = ["| role | its work | may publish to | may subscribe to (and its own `_INBOX.<role>.>`) |",
+            "|---|---|---|---|"]
+    for name, role in ROLES.items():
+        replies = "the reply subject of a request it received, once" if role.responds and name != "admin" else ""
+        work = role.purpose + "".join(f"; {note}" for note in role.notes)
+        rows.append(f"| {name} | {work} | {cell(role.publish, replies)} | {cell(role.subscribe)} |")
+    return "\n".join(rows)

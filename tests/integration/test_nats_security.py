@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import msgspec
@@ -21,10 +22,12 @@ import pytest
 from nats.js.api import ConsumerConfig
 
 from researcher.stack import LocalStack, free_port, start_nats_server
+from services.planner.loop import Planner
+from services.planner.steps import job_id
 from shared.messaging import subjects as s
 from shared.messaging.bus import encode, ensure_streams, secured
 from shared.messaging.messages import EvalJob, Goal, SeedResult
-from shared.registry.records import RunRecord
+from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
 from shared.security import pki
 from shared.security.credentials import Credentials, _interface_addresses
@@ -270,3 +273,20 @@ def test_a_run_whose_evaluator_joins_through_tls_as_from_another_machine(docker_
     seeds = it["evaluation"]["seed_results"]
     assert len(seeds) == 2 and {s["evaluator"] for s in seeds} == {f"evaluator-remote-{os.getpid()}"}
     assert "Violation" not in server_log  # no service was refused anything its work needs
+
+
+async def test_the_planner_counts_only_results_of_the_jobs_it_dispatched(nc):
+    """An evaluator's credential may publish results: the planner keeps only those a job of a
+    candidate in training asked for (the right id, rung and seed), and drops the rest unrecorded."""
+    registry = await Registry.open(nc.jetstream())
+    await registry.put_iteration(IterationRecord(run_id=RUN, iteration=1, state="evaluating", rung=0, seeds=[0, 1]))
+    planner = SimpleNamespace(registry=registry)
+
+    def result(**over) -> SeedResult:
+        fields = dict(job_id=job_id(RUN, 1, 0, 0), run_id=RUN, iteration=1, seed=0, rung=0, ok=True)
+        return SeedResult(**{**fields, **over})
+    assert await Planner._unasked(planner, result()) is None
+    assert "job id" in await Planner._unasked(planner, result(job_id="made-up"))
+    assert "no such candidate" in await Planner._unasked(planner, result(iteration=7, job_id=job_id(RUN, 7, 0, 0)))
+    assert "rung 0 with seeds [0, 1]" in await Planner._unasked(planner, result(seed=5, job_id=job_id(RUN, 1, 5, 0)))
+    assert "rung 0" in await Planner._unasked(planner, result(rung=None, job_id=job_id(RUN, 1, 0, None)))
