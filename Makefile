@@ -17,7 +17,8 @@ COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 export TORCH_SPEC
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search
+.PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search \
+        bench-tls
 
 help:
 	@echo "Targets:"
@@ -56,6 +57,8 @@ help:
 	@echo "  bench-planner  the planner's CPU seconds per candidate at candidate 50 and 500 of one run, and the ratio"
 	@echo "  bench-search   the planner's search against sequential TPE and random search: goals reached, compute"
 	@echo "                 to the target, simulated wall time (BENCH_ARGS: --seeds, --budget, --goals, --replicas)"
+	@echo "  bench-tls      what TLS and the roles' permissions cost: connect time, request/reply p50/p95, job queue"
+	@echo "                 throughput, plain against TLS in one run, and the ratios"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
 	@echo "           ITERATIONS=$(ITERATIONS) SEEDS=$(SEEDS) GOAL=\"$(GOAL)\""
 	@echo "           NATS_PORT=$(NATS_PORT) NATS_BIND=$(or $(NATS_BIND),127.0.0.1) NATS_URL=$(NATS_URL)"
@@ -118,6 +121,10 @@ bench-scale: venv images
 
 bench-planner: venv
 	$(VENV)/bin/python -m benchmarks.bench_planner $(BENCH_ARGS)
+
+# Two nats-servers started here (plain, and TLS with the roles): connections, request/reply, the job queue.
+bench-tls: venv
+	$(VENV)/bin/python -m benchmarks.bench_tls $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 # The compose stack (compose.yaml): nats + planner, assembler, sandbox, evaluator, all from
