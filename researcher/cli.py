@@ -1,4 +1,4 @@
-"""`researcher` (run, submit, report, export, validate, evaluate, credentials) and `research-agent --goal ...`."""
+"""`researcher` (run, submit, report, export, runs, stop, validate, evaluate, credentials) and `research-agent --goal ...`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from researcher.goals import LLM_ROLES, DefaultsHelp, GoalRejected, check_locall
 from researcher.home import HomeBusyError
 from shared.errors import NatsUnreachableError
 from shared.messaging.bus import COMMAND_CONNECT_S, connect
+from shared.security.credentials import CredentialsError
 from shared.runtime.log import configure_logging
 
 # Light imports only: `researcher --help`, submit, report and export start in a fraction of a
@@ -76,7 +77,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 def _need_url(args: argparse.Namespace) -> str:
     if not args.nats_url:
-        raise SystemExit("this command needs a running stack: pass --nats-url or set NATS_URL (e.g. nats://localhost:4222)")
+        raise SystemExit("this command needs a running stack: pass --nats-url or set NATS_URL (e.g. tls://localhost:4222)")
     return args.nats_url
 
 
@@ -102,12 +103,12 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "run":
             return run_cmd.run(args)
         handler = {"submit": _submit, "report": runs_cmd.report, "export": runs_cmd.export,
-                   "runs": runs_cmd.runs}[args.command]
+                   "runs": runs_cmd.runs, "stop": runs_cmd.stop_run}[args.command]
         return interrupts.run(handler(args))
     except GoalRejected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (HomeBusyError, runs_cmd.NoRegistry, NatsUnreachableError) as exc:
+    except (HomeBusyError, runs_cmd.NoRegistry, NatsUnreachableError, CredentialsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

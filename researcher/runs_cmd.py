@@ -1,4 +1,4 @@
-"""`researcher report`, `export` and `runs`: read the registry of a running stack (--nats-url), or
+"""`researcher report`, `export`, `runs` and `stop`: read the registry of a running stack (--nats-url), or
 else the embedded stack's home, which outlives `researcher run` (researcher/home.py): joined when
 its stack is running, otherwise opened with a nats-server of this command's own for as long as it
 reads. Light imports only: these commands start in well under a second."""
@@ -6,7 +6,9 @@ reads. Light imports only: these commands start in well under a second."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import socket
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -15,7 +17,11 @@ from typing import AsyncIterator
 
 from researcher.home import Home, HomeBusyError, default_home
 from researcher.stack import free_port, start_nats_server, stop
-from shared.messaging.bus import COMMAND_CONNECT_S, connect
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+
+from shared.messaging import subjects
+from shared.messaging.bus import COMMAND_CONNECT_S, connect, decode, encode
+from shared.messaging.messages import STOP_WAIT_S, TERMINAL_STATUSES, StopAnswer, StopRequest
 from shared.registry.records import RunRecord
 from shared.registry.report import build_report, export_run, format_report, load_records
 from shared.registry.store import Registry
@@ -37,6 +43,10 @@ def add_parsers(sub, nats_arg) -> None:
     export.add_argument("directory", type=Path)
     nats_arg(export)
     add_home_arg(export)
+    stop = sub.add_parser("stop", help="stop a run: the planner driving it ends it as stopped, keeping what it measured")
+    stop.add_argument("run_id")
+    nats_arg(stop)
+    add_home_arg(stop)
     runs = sub.add_parser("runs", help="list the runs in the registry, oldest first")
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     nats_arg(runs)
@@ -168,3 +178,35 @@ def format_runs(found: list[RunRecord]) -> str:
 def _cut(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+async def stop_run(args: argparse.Namespace) -> int:
+    """`researcher stop`: ask the planner driving the run to stop it; -> 0 once it is stopped."""
+    home = home_of(args)
+    url = args.nats_url or home.running_stack()
+    if not url:
+        raise NoRegistry("no running stack to ask: pass --nats-url (or NATS_URL) for a stack started with `make up`; "
+                         f"no `researcher run` is running on {home.path} (one in progress stops with Ctrl-C)")
+    credential = None if args.nats_url else str(home.credentials.role("client").path)
+    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S, credential=credential)
+    try:
+        who = f"{getpass.getuser()}@{socket.gethostname()} with researcher stop"
+        try:
+            reply = await nc.request(subjects.STOP_SUBJECT, encode(StopRequest(run_id=args.run_id, by=who)),
+                                     timeout=STOP_WAIT_S + 5)
+        except (NoRespondersError, NatsTimeoutError):  # no replica drives it: ended, unknown, or no planner
+            run = await (await Registry.read(nc.jetstream())).get_run(args.run_id)
+            if run is None:
+                print(f"error: no run {args.run_id!r} in the registry at {url}", file=sys.stderr)
+            elif run.status in TERMINAL_STATUSES:
+                print(f"run {args.run_id} had already ended: {run.status}", file=sys.stderr)
+            else:
+                print(f"error: no planner answered for run {args.run_id}, which is still running: is the stack's "
+                      "planner up (make ps)? A planner takes over a running run within seconds of starting",
+                      file=sys.stderr)
+            return 1
+        answer = decode(reply.data, StopAnswer, subjects.STOP_SUBJECT)
+    finally:
+        await nc.close()
+    print(f"run {answer.run_id}: {answer.status}: {answer.message}", file=sys.stderr)
+    return 0 if answer.status == "stopped" else 1

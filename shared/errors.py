@@ -56,8 +56,15 @@ class UnknownDatasetError(DatasetError):
 class NatsUnreachableError(ResearcherError):
     """No NATS server answered where a command was told to find one."""
 
-    def __init__(self, url: str, waited_s: float) -> None:
-        self.url, self.waited_s = url, waited_s
+    def __init__(self, url: str, waited_s: float, last_error: str | None = None) -> None:
+        self.url, self.waited_s, self.last_error = url, waited_s, last_error
+        if last_error and any(word in last_error.lower() for word in ("ssl", "certificate", "tls", "handshake")):
+            super().__init__(f"the NATS server at {url} refused this command's TLS, or this command refused the "
+                             f"server's, within {waited_s:g} s ({last_error}). The stack's NATS takes only clients "
+                             "with a certificate of its own CA: this machine's are made by `researcher credentials` "
+                             "(in RESEARCHER_CREDENTIALS); for another machine's stack, copy its client credential "
+                             "here and set NATS_CREDENTIALS=DIR")
+            return
         super().__init__(f"no NATS server answered at {url} within {waited_s:g} s: is the stack up (`make up`, "
                          "`make ps`)? The URL comes from --nats-url or NATS_URL; through the Makefile from "
                          "NATS_PORT and NATS_BIND unless NATS_URL is given")

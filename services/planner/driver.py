@@ -78,6 +78,7 @@ class RunDriver:
         self._progress = ""
         self._wake = asyncio.Event()  # a candidate changed state, or a seed result came
         self._results = asyncio.Condition()
+        self._stop_asked: str | None = None  # `researcher stop`: why, until the next pass ends the run
 
     # ---- the cache, written through ----
     def history(self) -> list[IterationRecord]:
@@ -90,6 +91,11 @@ class RunDriver:
 
     async def event(self, kind: str, message: str, iteration: int | None = None, data: dict | None = None) -> None:
         await self.planner.event(self.run_id, kind, message, iteration, data)
+
+    def ask_stop(self, why: str) -> None:
+        """End the run as stopped at its next pass (its own task: never beside a pass in progress)."""
+        self._stop_asked = why
+        self._wake.set()
 
     def notify(self) -> None:
         """A seed result of this run was stored (Planner.on_result)."""
@@ -118,6 +124,9 @@ class RunDriver:
             if run is not None:
                 await self.registry.forget_running(self.run_id)
             return False
+        if self._stop_asked is not None:
+            await self.end("stopped", self._stop_asked)
+            return True  # the next pass finds it ended, and closes
         if not self._loaded:
             self.candidates = {h.iteration: h for h in await self.registry.iterations(self.run_id, run.current_iteration)}
             self._loaded = True

@@ -20,7 +20,8 @@ from services.planner.steps import job_id
 from shared.llm.client import LLMClient, llm_settings
 from shared.messaging import subjects
 from shared.messaging.bus import publish_event, through_outages
-from shared.messaging.messages import EvalJob, Event, Goal, SeedResult
+from shared.messaging.messages import (STOP_WAIT_S, TERMINAL_STATUSES, EvalJob, Event, Goal, SeedResult, StopAnswer,
+                                      StopRequest)
 from shared.registry.records import RunRecord, unless_ended
 from shared.registry.store import Registry
 from shared.runtime.config import Config
@@ -87,6 +88,24 @@ class Planner:
         if it.state not in ("validated", "evaluating") or it.rung != result.rung or result.seed not in it.seeds:
             return f"candidate {it.iteration} is {it.state} at rung {it.rung} with seeds {it.seeds}"
         return None
+
+    async def stop_run(self, request: StopRequest) -> StopAnswer | None:
+        """`researcher stop`: the replica driving the run ends it as stopped (recording who asked)
+        and answers once it has; the others stay silent. None: not this replica's run."""
+        driver = self._drivers.get(request.run_id)
+        if driver is None:
+            return None
+        bind_run(request.run_id)
+        why = f"stopped by hand ({request.by or 'researcher stop'})"
+        log.info("stop_asked", by=request.by)
+        driver.ask_stop(why)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            run = await self.registry.get_run(request.run_id)
+            if run is not None and run.status in TERMINAL_STATUSES:
+                return StopAnswer(run_id=run.run_id, status=run.status, message=run.reason or why)
+            await asyncio.sleep(0.1)
+        return StopAnswer(run_id=request.run_id, status="running", message="asked to stop; it stops at its next step")
 
     async def on_dead_job(self, job: EvalJob, deliveries: int) -> None:
         """A seed job JetStream gave up on: a failed seed carrying why, unless a result came after all."""

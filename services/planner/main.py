@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 
+import structlog
+
 from services.planner.dead_letters import DeadLetters
 from services.planner.leases import RENEW_S, RunLeases
 from services.planner.intake import Intake
 from services.planner.loop import Planner
 from shared.messaging import subjects
 from shared.messaging.consumer import Delivery
-from shared.messaging.messages import Goal, MaxDeliveriesAdvisory, SeedResult
+from shared.errors import MessageError
+from shared.messaging.bus import decode, encode
+from shared.messaging.messages import Goal, MaxDeliveriesAdvisory, SeedResult, StopRequest
 from shared.registry.store import Registry
 from shared.runtime.config import Config, replica_name
 from shared.runtime.service import Service
+
+log = structlog.get_logger()
 
 
 async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None = None) -> None:
@@ -27,6 +33,18 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         intake = Intake(js, planner)
         await service.responder(settings.submit_concurrency).serve(
             subjects.GOAL_SUBMIT_SUBJECT, subjects.PLANNER_QUEUE, Goal, intake.submit, unanswered=intake.unanswered)
+
+        async def on_stop(msg) -> None:  # every replica hears it; the one driving the run answers
+            try:
+                request = decode(msg.data, StopRequest, msg.subject)
+            except MessageError as exc:
+                log.warning("rejected_message", error=str(exc))
+                return
+            answer = await planner.stop_run(request)
+            if answer is not None and msg.reply:
+                await msg.respond(encode(answer))
+
+        await service.nc.subscribe(subjects.STOP_SUBJECT, cb=on_stop)
 
         async def on_result(result: SeedResult, delivery: Delivery) -> None:
             await planner.on_result(result)

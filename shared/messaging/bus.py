@@ -165,7 +165,7 @@ def worth_logging(repeats: int) -> bool:
 
 
 async def connect(url: str, name: str, *, first_within_s: float | None = None, role: str = "client",
-                  credential: str | None = None) -> NATS:
+                  credential: str | None = None, errors: list[str] | None = None) -> NATS:
     """Connect with endless reconnects, so a restarting nats-server does not stop a service; the
     reconnects back off (reconnect_delay) and a repeated error is logged sparingly (worth_logging).
     A service stopping closes the client (Service), which ends the reconnecting. first_within_s:
@@ -176,15 +176,19 @@ async def connect(url: str, name: str, *, first_within_s: float | None = None, r
     `credential`, else NATS_CREDENTIALS, else this machine's stack's credential for `role`; with
     none, a plain connection (a server of the user's own). Replies come to the role's own inbox."""
     if first_within_s is not None:
+        seen: list[str] = []
         try:
-            return await asyncio.wait_for(connect(url, name, role=role, credential=credential), first_within_s)
+            return await asyncio.wait_for(connect(url, name, role=role, credential=credential, errors=seen),
+                                          first_within_s)
         except asyncio.TimeoutError:
-            raise NatsUnreachableError(url, first_within_s) from None
+            raise NatsUnreachableError(url, first_within_s, seen[-1] if seen else None) from None
 
     last = {"error": "", "repeats": 0}
 
     async def on_error(exc: Exception) -> None:
         error = str(exc) or type(exc).__name__
+        if errors is not None:
+            errors.append(f"{type(exc).__name__}: {error}")
         last["repeats"] = last["repeats"] + 1 if error == last["error"] else 1
         last["error"] = error
         if worth_logging(last["repeats"]):

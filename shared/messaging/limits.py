@@ -20,7 +20,7 @@ import msgspec
 from shared.messaging import subjects
 from shared.messaging.messages import (
     AssembleReply, AssembleRequest, EpochStats, ErrorReply, EvalJob, Event, Goal, GoalAnswer, MaxDeliveriesAdvisory,
-    RunEnded, SeedResult, SummaryReply, SummaryRequest, ValidateRequest, ValidationResult,
+    RunEnded, SeedResult, StopAnswer, StopRequest, SummaryReply, SummaryRequest, ValidateRequest, ValidationResult,
 )
 from shared.registry.records import IterationRecord, RunRecord
 from shared.sandboxing.protocol import ESCAPE_FACTOR
@@ -101,6 +101,8 @@ LIMITS: dict[type, int] = {
     SeedResult: _limit(SEED_RESULT_BYTES),
     Event: _limit(4 * MAX_ERROR_BYTES),  # a line, and a few numbers or an error
     RunEnded: _limit(TEXT_BYTES),
+    StopRequest: _limit(TEXT_BYTES),
+    StopAnswer: _limit(TEXT_BYTES + MAX_ERROR_BYTES),
     MaxDeliveriesAdvisory: _limit(TEXT_BYTES),  # written by the server
     RunRecord: _limit(GOAL_BYTES + MAX_CLASSES * NAME_BYTES + 2 * LLM_CALL_BYTES + 4 * MAX_ERROR_BYTES),
     IterationRecord: _limit(ITERATION_BYTES),

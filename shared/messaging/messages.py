@@ -391,6 +391,25 @@ class RunEnded(msgspec.Struct, frozen=True, kw_only=True):
     status: str
 
 
+STOP_WAIT_S = 10.0  # how long the planner waits for a run asked to stop to end before it answers anyway
+
+
+class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """On STOP_SUBJECT, a request: stop this run now (`researcher stop`). `by` says who asked, as the
+    asker gives it (the credential's role is all the server vouches for)."""
+
+    run_id: str
+    by: str = ""
+
+
+class StopAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The planner driving the run: it is stopped (or had ended already, with `status`)."""
+
+    run_id: str
+    status: str
+    message: str = ""
+
+
 # ---- progress events ----
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str

@@ -41,6 +41,8 @@ DEAD_LETTERS_CONSUMER = "planner-dead-letters"
 EVENTS_PREFIX = "research.events"
 # a run has ended: evaluators drop its jobs still queued (candidates in flight when it ended)
 RUN_ENDED_SUBJECT = "research.runs.ended"
+# stop a run by hand (`researcher stop`): a request every planner replica hears; the one driving it answers
+STOP_SUBJECT = "research.runs.stop"
 
 # ---- registry (JetStream KV + object store) ----
 RUNS_BUCKET = "research_runs"

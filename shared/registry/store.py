@@ -169,7 +169,7 @@ class Registry:
         if self._runs is None:
             return []
         try:
-            keys = await (_keys(self.js, subjects.RUNS_BUCKET) if self._read_only else self._runs.keys())
+            keys = await _keys(self.js, subjects.RUNS_BUCKET)
         except NoKeysError:
             return []
         runs = [await self.get_run(key) for key in keys]
@@ -282,7 +282,8 @@ async def _whole(store, name: str) -> bytes:
 
 
 async def _keys(js: JetStreamContext, bucket: str) -> list[str]:
-    """A bucket's keys from its stream's subjects (one stream info, no consumer)."""
+    """A bucket's keys from its stream's subjects (one stream info, no consumer, nothing that can
+    return before it has seen them all), deleted ones included: their readers find no value."""
     prefix = f"$KV.{bucket}."
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
     return [subject[len(prefix):] for subject in (info.state.subjects or {})]

@@ -68,7 +68,7 @@ ROLES: dict[str, Role] = {
                  f"{JS}.INFO", f"{JS}.STREAM.CREATE.*", f"{JS}.STREAM.UPDATE.*", f"{JS}.STREAM.INFO.*",
                  f"{JS}.STREAM.NAMES", f"{JS}.STREAM.MSG.GET.*", f"{JS}.DIRECT.GET.>", f"{JS}.STREAM.PURGE.*",
                  f"{JS}.CONSUMER.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"),
-        subscribe=(s.GOAL_SUBMIT_SUBJECT,),
+        subscribe=(s.GOAL_SUBMIT_SUBJECT, s.STOP_SUBJECT),
         responds=True,
         notes=("no stream may be deleted: `$JS.API.STREAM.DELETE` is the admin's",)),
     "assembler": Role(
@@ -86,8 +86,8 @@ ROLES: dict[str, Role] = {
                "may read and replace weights (it made them, from data it holds), nothing else of the registry")),
     # the researcher's CLI (submit, run --nats-url, report, export, runs)
     "client": Role(
-        "submits goals, follows runs, reads reports and artifacts; validates a model file in the sandbox",
-        publish=(s.GOAL_SUBMIT_SUBJECT, s.GOALS_SUBJECT, s.VALIDATE_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)),
+        "submits goals, stops runs, follows them, reads reports and artifacts; validates a model file in the sandbox",
+        publish=(s.GOAL_SUBMIT_SUBJECT, s.GOALS_SUBJECT, s.STOP_SUBJECT, s.VALIDATE_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)),
                  *_object_read(s.ARTIFACTS_BUCKET), *_object_read(s.WEIGHTS_BUCKET)),
         subscribe=(f"{s.EVENTS_PREFIX}.>",)),
     # read-only views of the registry and the live events (the dashboard's, once it exists)
