@@ -26,7 +26,7 @@ from services.planner.loop import Planner
 from services.planner.steps import job_id
 from shared.messaging import subjects as s
 from shared.messaging.bus import encode, ensure_streams, secured
-from shared.messaging.messages import EvalJob, Goal, SeedResult
+from shared.messaging.messages import EvalJob, Goal, SeedResult, StopRequest
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.store import Registry
 from shared.security import pki
@@ -124,6 +124,8 @@ async def test_every_role_is_refused_what_its_work_does_not_need(nats_url, stack
         # goals, from the services that have no business submitting them
         *(p.publish(s.GOALS_SUBJECT, GOAL) for p in (ev, asm, sb, da)),
         *(p.request(s.GOAL_SUBMIT_SUBJECT, GOAL) for p in (ev, asm, sb, da)),
+        # stopping a run: the client's (and the admin's) alone
+        *(p.request(s.STOP_SUBJECT, encode(StopRequest(run_id=RUN))) for p in (ev, asm, sb, da)),
         # writing or deleting a registry key, from everyone but the planner
         *(p.publish(f"$KV.{s.RUNS_BUCKET}.{RUN}", b'{"status": "goal_achieved"}') for p in (ev, cl, da, asm, sb)),
         ev.publish(f"$KV.{s.ITERATIONS_BUCKET}.{RUN}.it0001", b"", **{"KV-Operation": "DEL"}),
