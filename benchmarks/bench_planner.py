@@ -24,11 +24,12 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from researcher.stack import LocalStack
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams
-from shared.messaging.messages import (EpochStats, EvalJob, Event, Goal, SeedResult, ValidateRequest,
+from shared.messaging.messages import (GOAL_LIMITS, EpochStats, EvalJob, Event, Goal, SeedResult, ValidateRequest,
                                        ValidationResult)
 from shared.runtime.log import configure_logging
 
 WINDOW = 25
+BUDGET = GOAL_LIMITS["epoch_budget"][1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -44,7 +45,8 @@ def accuracy(job: EvalJob) -> float:
 
 async def bench(args: argparse.Namespace) -> None:
     configure_logging("bench", "error")
-    env = {"RESEARCHER_PLANNER__PARALLEL": "4"}
+    # a budget it never spends: the stack's cap on a goal's budget raised to what a goal may ask at most
+    env = {"RESEARCHER_PLANNER__PARALLEL": "4", "RESEARCHER_LIMITS__MAX_EPOCH_BUDGET": str(BUDGET)}
     with LocalStack(services=("planner", "assembler"), env=env) as stack:
         stack.wait_ready(["planner", "assembler"])
         nc = await connect(stack.url, "bench", role="admin")
@@ -72,7 +74,7 @@ async def bench(args: argparse.Namespace) -> None:
         run_id = f"bench-planner-{uuid.uuid4().hex[:6]}"
         await nc.subscribe(subjects.events_subject(run_id), cb=on_event)
         goal = Goal(run_id=run_id, goal="planner cost", dataset="digits", target_accuracy=1.0, num_seeds=3,
-                    max_epochs=9, epoch_budget=100_000_000, patience=1000, submitted_at=time.time())
+                    max_epochs=9, epoch_budget=BUDGET, patience=1000, submitted_at=time.time())
         await js.publish(subjects.GOALS_SUBJECT, encode(goal), headers={"Nats-Msg-Id": run_id})
         started, shown = time.perf_counter(), 0
         while len(seen) < args.candidates:
