@@ -4,8 +4,11 @@ gVisor (`runsc`) where it works: generated code then talks to gVisor's own kerne
 host's sees only what gVisor itself asks of it. Elsewhere runc, with the sandbox's seccomp
 profile (shared/sandboxing/seccomp.py). `sandbox.runtime`: auto (runsc when the engine lists it
 and a probe container runs under it, else runc), runsc (an error where it cannot run), runc.
-Every container gets the profile either way; gVisor enforces it too when registered with
---oci-seccomp, as scripts/setup-host.sh registers it.
+Every container carries the profile either way; gVisor enforces it only when registered with
+--oci-seccomp, which scripts/setup-host.sh does not do (Debian's 2022-12 build then refuses calls the
+profile allows: select(), and clone3 answered EPERM for ENOSYS, so no thread starts). Under gVisor
+the code's system calls reach gVisor's kernel (io_uring included), and the host's kernel sees only
+gVisor's own calls, under gVisor's own seccomp filter.
 
 GPUs: gVisor reaches them only through its nvproxy (`--nvproxy`, newer than Debian's build);
 where GPUs are asked for and the engine's runsc is not registered with it, runc runs, and says so.
@@ -13,7 +16,6 @@ where GPUs are asked for and the engine's runsc is not registered with it, runc 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import structlog
@@ -23,20 +25,14 @@ from shared.errors import SandboxUnavailableError
 from shared.sandboxing.seccomp import PROFILE_JSON
 
 RUNTIMES = ("auto", "runsc", "runc")
-# The probe: the image's own /bin/true under runsc, with the containers' security options, so a
-# runtime that cannot start our containers (no netns support, a profile it rejects) is found once,
-# at start, not at every job.
-PROBE_CMD = ["/bin/true"]
+# The probe: the image's Python under runsc with the containers' security options, starting a thread
+# and waiting in select() as the harness does, so a runsc that cannot run our containers (a
+# registration without --network=none, an --oci-seccomp that refuses what the profile allows) is
+# found once, at start, and runc runs instead.
+PROBE_CMD = ["/opt/venv/bin/python", "-I", "-S", "-c",
+             "import os, select, threading; r, w = os.pipe(); t = threading.Thread(target=os.write, args=(w, b'x'));"
+             " t.start(); assert select.select([r], [], [], 30)[0]; t.join()"]
 log = structlog.get_logger()
-
-# runsc answers an ERRNO rule with EPERM whatever its errnoRet (Debian's 2022-12 build does), so
-# the profile's clone3 -> ENOSYS rule would become EPERM, which glibc takes as final: no thread
-# could start. Under gVisor clone3 is let through to gVisor's kernel instead, which answers
-# ENOSYS itself (or runs it, inside gVisor's own namespaces); glibc then falls back to clone.
-_profile = json.loads(PROFILE_JSON)
-_gvisor_rules = [rule for rule in _profile["syscalls"] if rule["names"] != ["clone3"]]
-GVISOR_PROFILE_JSON = json.dumps({**_profile, "syscalls": _gvisor_rules + [
-    {"names": ["clone3"], "action": "SCMP_ACT_ALLOW", "args": []}]}, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -45,21 +41,24 @@ class Boundary:
 
     runtime: str  # "runsc" | "runc": passed to the engine as HostConfig.Runtime
     why: str  # one line: how it was chosen
-    profile_enforced: bool = True  # False: runsc registered without --oci-seccomp ignores the profile
-
-    @property
-    def seccomp_json(self) -> str:
-        return GVISOR_PROFILE_JSON if self.runtime == "runsc" else PROFILE_JSON
+    profile_enforced: bool = True  # False: runsc registered without --oci-seccomp carries the profile unread
 
     @property
     def security_opt(self) -> list[str]:
-        return ["no-new-privileges:true", f"seccomp={self.seccomp_json}"]
+        return ["no-new-privileges:true", f"seccomp={PROFILE_JSON}"]
+
+    @property
+    def reweights(self) -> bool:
+        """Whether a running container's CPU weight can be changed (`docker update`): runsc (Debian's
+        2022-12 build) has no `update` command, so under it pooled containers start at the job's weight."""
+        return self.runtime == "runc"
 
     def describe(self) -> str:
         """One line for a ready log, a health check, validate's JSON."""
         if self.runtime == "runsc":
-            inside = "enforced inside gVisor" if self.profile_enforced else "not enforced: runsc lacks --oci-seccomp"
-            return f"runsc (gVisor; the sandbox's seccomp profile {inside})"
+            inside = ("enforced inside gVisor too" if self.profile_enforced
+                      else "left to gVisor's own kernel and host filter")
+            return f"runsc (gVisor; system calls reach gVisor's kernel, the seccomp profile {inside})"
         return "runc (the sandbox's seccomp profile: Docker's default less io_uring and more)"
 
 

@@ -185,6 +185,8 @@ class ContainerRunner:
     def _create(self, job_id: str, threads: int, cpu_shares: int = JOB_CPU_SHARES):
         lim = self.limits
         boundary = self.boundary
+        if not boundary.reweights:
+            cpu_shares = JOB_CPU_SHARES  # it could never be raised to it when given its job
         kwargs: dict[str, Any] = {}
         if lim.gpus:
             kwargs["device_requests"] = [gpu_request(lim.gpu_ids)]
@@ -330,6 +332,8 @@ class ContainerRunner:
 
     def _prioritise(self, container) -> None:
         """A pooled container given its job: the default CPU weight, from the lowest it waited at."""
+        if not self.boundary.reweights:
+            return
         try:
             container.update(cpu_shares=JOB_CPU_SHARES)
         except NotFound:  # removed meanwhile (a refill that failed, a runner closing)
