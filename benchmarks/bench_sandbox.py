@@ -44,9 +44,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="validations per mode")
     parser.add_argument("--burst", type=int, default=20, help="validations in the burst (0 to skip)")
+    parser.add_argument("--runtime", choices=("auto", "runc", "runsc"), default=None,
+                        help="the containers' runtime (default: sandbox.runtime, auto); run once with each to compare")
     args = parser.parse_args()
     configure_logging("bench", "warning")
     config = load_config()
+    if args.runtime:
+        config.sandbox.runtime = args.runtime
     model = assemble(SMALL_CNN)
     request = ValidateRequest(run_id="bench", source=model.source, class_name=model.class_name,
                               input_shape=[1, 3, 32, 32], expected_output_shape=[1, 10])
@@ -63,6 +67,7 @@ def main() -> int:
 
     cold_runner = make_runner(config, owner="bench-cold")
     cold_runner.pool_size = 0
+    print(f"containers: {cold_runner.boundary.describe()} ({cold_runner.boundary.why})")
     cold = [timed(cold_runner) for _ in range(args.runs)]
     print(summary("cold", cold))
 

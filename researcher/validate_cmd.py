@@ -97,14 +97,16 @@ async def via_service(url: str, request: ValidateRequest, timeout_s: float) -> V
         return ValidationResult(ok=False, reason="bad_request", error=error.error)
 
 
-def direct(config: Config, request: ValidateRequest, timeout_s: float, policy: str) -> ValidationResult:
+def direct(config: Config, request: ValidateRequest, timeout_s: float, policy: str) -> tuple[ValidationResult, str]:
+    """-> the verdict, and the runtime its container ran under (runsc | runc)."""
     # The Docker client, imported only when this process starts the container itself.
     from shared.sandboxing.runners import make_runner
     from shared.sandboxing.validate import validate
 
     runner = make_runner(config, owner=f"cli-{os.getpid()}")  # no start_pool(): one cold container
     try:
-        return validate(request, runner, timeout_s, config.sandbox.memory, policy)  # type: ignore[arg-type]
+        result = validate(request, runner, timeout_s, config.sandbox.memory, policy)  # type: ignore[arg-type]
+        return result, runner.boundary.runtime
     finally:
         runner.remove_strays()
 
@@ -144,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     timeout_s = args.timeout or config.sandbox.validate_timeout_s
     started = time.monotonic()
-    result, via = None, "sandbox service"
+    # the container's runtime: known here for a local one; a sandbox service says its own in its
+    # ready log and health check
+    result, via, runtime = None, "sandbox service", None
     if args.nats_url and not args.direct:
         result = asyncio.run(via_service(args.nats_url, request, timeout_s))
         if result is None:
@@ -152,13 +156,14 @@ def run(args: argparse.Namespace) -> int:
     if result is None:
         via = "local sandbox"
         try:
-            result = direct(config, request, timeout_s, args.precheck or config.sandbox.precheck)
+            result, runtime = direct(config, request, timeout_s, args.precheck or config.sandbox.precheck)
         except SandboxUnavailableError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 3
     wall_s = time.monotonic() - started
     if args.json:
-        print(json.dumps({**msgspec.to_builtins(result), "via": via, "wall_s": round(wall_s, 3)}, indent=2, allow_nan=False))
+        print(json.dumps({**msgspec.to_builtins(result), "via": via, "runtime": runtime, "wall_s": round(wall_s, 3)},
+                         indent=2, allow_nan=False))
     else:
-        print(describe(result, via, wall_s))
+        print(describe(result, f"{via} ({runtime})" if runtime else via, wall_s))
     return 0 if result.ok else 1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The machine's own set-up, before any venv or image: the system packages (make, Python 3.11 with
-# venv, the Docker engine and client, compose, debootstrap for the local base image) and a
-# running Docker engine. Called by `make test`, `make run` and .ci/run (`make setup` alone).
+# venv, the Docker engine and client, compose, debootstrap for the local base image), a
+# running Docker engine, and gVisor's runsc registered with it where Debian has it. Called by `make test`, `make run` and .ci/run (`make setup` alone).
 #
 # Idempotent: what is there is left alone, so a second call costs a fraction of a second. It
 # installs with apt-get as root, or through passwordless sudo; where it cannot (another user, no
@@ -136,4 +136,47 @@ else
         exit 1
     fi
     phase_end "started $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?')"
+fi
+
+# ---- 3. gVisor (runsc), where Debian has it ----
+# The sandbox runs generated code under gVisor when the engine lists runsc (and a probe container
+# runs under it), else under runc with its own seccomp profile (shared/sandboxing/boundary.py):
+# so nothing here is a reason to fail. GVISOR=no skips it. Registering keeps every other
+# daemon.json setting, and a runsc entry that is there already is the owner's and left alone.
+phase_start "gVisor (runsc)"
+engine_runtimes() { docker info --format '{{range $name, $_ := .Runtimes}}{{$name}} {{end}}' 2>/dev/null || true; }
+has_runsc() { case " $(engine_runtimes) " in *" runsc "*) return 0;; *) return 1;; esac; }
+if [ "${GVISOR:-yes}" = no ]; then
+    phase_end "skipped (GVISOR=no): the sandbox runs under runc with its seccomp profile"
+elif has_runsc; then
+    phase_end "the engine lists runsc already"
+else
+    if ! command -v runsc >/dev/null 2>&1 && [ "$ROOT_VIA" != none ] && command -v apt-get >/dev/null 2>&1 \
+            && apt-cache show runsc >/dev/null 2>&1; then
+        echo "    installing with apt-get: runsc"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q runsc || echo "    (runsc did not install: runc it is)"
+    fi
+    py=$(command -v python3 || command -v "$PY" || true)
+    if ! command -v runsc >/dev/null 2>&1; then
+        phase_end "runsc is not installed (not in this system's packages): the sandbox runs under runc with its seccomp profile"
+    elif [ "$ROOT_VIA" = none ] || [ -z "$py" ]; then
+        phase_end "runsc is installed but not registered with the engine (needs root and python3): the sandbox runs under runc"
+    else
+        here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+        if changed=$(as_root "$py" "$here/register-runsc.py" "$(command -v runsc)"); then
+            if [ "$changed" = registered ]; then
+                # dockerd rereads daemon.json's runtimes on SIGHUP; running containers are untouched
+                if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 && systemctl is-active -q docker; then
+                    as_root systemctl reload docker || true
+                else
+                    as_root kill -HUP $(pidof dockerd) || true
+                fi
+                for _ in $(seq 1 20); do has_runsc && break; sleep 0.5; done
+            fi
+            if has_runsc; then phase_end "runsc registered with the engine (/etc/docker/daemon.json)"
+            else phase_end "runsc is in daemon.json but the engine does not list it yet (restart dockerd): runc meanwhile"; fi
+        else
+            phase_end "daemon.json left as it was (see above): the sandbox runs under runc with its seccomp profile"
+        fi
+    fi
 fi

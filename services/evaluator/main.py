@@ -23,6 +23,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         runner = make_eval_runner(service.config, owner=f"evaluator-{name}")
         service.on_stop(runner.close)  # the warm containers go with the replica
         removed = runner.remove_strays()
+        boundary = runner.boundary  # after the GPUs are settled: gVisor runs only where it can reach them
+        service.health_note = f"containers: {boundary.describe()}"
         runner.start_pool()  # the next job's container starts (and imports torch) while this one trains
         await service.connect(nc, jetstream=True)
         handler = JobHandler(service.nc, service.js, runner, service.config, name, service.stop)
@@ -33,7 +35,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
             ack_wait_s=settings.ack_wait_s, max_deliver=settings.max_deliver, nak_delay_s=settings.nak_delay_s,
             fetch_batch=1,  # one job at a time: a second one fetched would wait while its ack wait runs out
             keep_claim=True)  # training outlasts the ack wait: in-progress heartbeats keep the job
-        await service.run(replica=name, gpus=runner.limits.gpus, strays_removed=removed, pool_size=runner.pool_size)
+        await service.run(replica=name, gpus=runner.limits.gpus, strays_removed=removed, pool_size=runner.pool_size,
+                          runtime=boundary.runtime, runtime_why=boundary.why)
 
 
 def run() -> None:

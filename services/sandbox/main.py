@@ -23,6 +23,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         runner = make_runner(service.config, owner=f"sandbox-{stable_replica_name()}")
         service.on_stop(runner.close)  # the warm containers go with the service
         removed = runner.remove_strays()
+        boundary = runner.boundary  # runsc probed once, before the pool starts containers under it
+        service.health_note = f"containers: {boundary.describe()}"
         runner.start_pool()
 
         async def check(request: ValidateRequest) -> ValidationResult:
@@ -35,7 +37,8 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         responder = service.responder(settings.concurrency)
         await responder.serve(subjects.VALIDATE_SUBJECT, subjects.SANDBOX_QUEUE, ValidateRequest, check)
         await service.run(image=settings.image, pool_size=settings.pool_size, concurrency=settings.concurrency,
-                          precheck=settings.precheck, strays_removed=removed)
+                          precheck=settings.precheck, strays_removed=removed,
+                          runtime=boundary.runtime, runtime_why=boundary.why)
 
 
 def run() -> None:

@@ -112,7 +112,10 @@ class AssemblerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     image: str = "pytorch-researcher/sandbox:latest"  # runs generated code; `make images` builds it
-    runtime: str | None = None  # OCI runtime; "runsc" where gVisor is installed
+    # the containers' OCI runtime: auto (gVisor's runsc where the engine lists it and a probe container
+    # runs under it, else runc), runsc (an error where it cannot run) or runc; null is auto. Either way
+    # each gets the sandbox's seccomp profile (shared/sandboxing/boundary.py, seccomp.py)
+    runtime: str | None = "auto"
     memory: str = "2g"  # memory cap of one validation container, swap equal to it
     cpus: float = 1.0  # CPU cap of one validation container
     pids: int = 128  # processes and threads in one container
@@ -131,6 +134,8 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.precheck not in ("reject", "flag"):
             raise ValueError(f"sandbox.precheck must be 'reject' or 'flag', not {self.precheck!r}")
+        if self.runtime is not None and self.runtime.strip().lower() not in ("auto", "runsc", "runc"):
+            raise ValueError(f"sandbox.runtime must be auto, runsc or runc, not {self.runtime!r}")
         if self.pool_size < 0 or self.concurrency < 1:
             raise ValueError("sandbox.pool_size must be >= 0 and sandbox.concurrency >= 1")
         if not 0 < self.max_output_bytes <= ceilings.MAX_OUTPUT_TAIL_BYTES:  # the tail travels in results

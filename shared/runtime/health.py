@@ -22,12 +22,14 @@ def health_file() -> Path | None:
     return Path(name) if name else None
 
 
-async def beat(nc, stop: asyncio.Event, ready: Path | None = None) -> None:
-    """Touch the file every few seconds while connected; remove it on the way out."""
+async def beat(nc, stop: asyncio.Event, ready: Path | None = None, note: str = "") -> None:
+    """Touch the file every few seconds while connected; remove it on the way out. `note` is its
+    content, which the check prints (the sandbox and evaluator: their containers' runtime)."""
     path = ready or health_file()
     if path is None:
         return
     try:
+        path.write_text(note)
         while not stop.is_set():
             if nc.is_connected:
                 path.touch()
@@ -45,11 +47,12 @@ def check(path: Path | None = None, stale_s: float = STALE_S) -> tuple[bool, str
         return False, "RESEARCHER_HEALTH_FILE is not set"
     try:
         age = time.time() - path.stat().st_mtime
+        note = path.read_text(errors="replace").strip()[:500]
     except FileNotFoundError:
         return False, f"{path} missing: not ready yet, or stopping"
     if age > stale_s:
         return False, f"{path} is {age:.0f} s old: the service stopped beating (NATS away, or stuck)"
-    return True, f"ready ({age:.0f} s ago)"
+    return True, f"ready ({age:.0f} s ago)" + (f"; {note}" if note else "")
 
 
 if __name__ == "__main__":

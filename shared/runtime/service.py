@@ -81,6 +81,7 @@ class Service:
         self._consumers: list[Consumer] = []
         self._periodic: list[Callable[[], Awaitable[Any]]] = []
         self._cleanups: list[Callable[[], Any]] = []
+        self.health_note = ""  # what the health check prints beside "ready" (set before `run`)
 
     async def __aenter__(self) -> "Service":
         if self._on_signals:
@@ -186,7 +187,7 @@ class Service:
         serve until stopped, then stop taking work and finish what is in hand."""
         await self.nc.flush()  # the server holds every subscription before anyone is told we are ready
         log.info(f"{self.name}_ready", **ready_info)
-        tasks = [asyncio.create_task(beat(self.nc, self.stop))]
+        tasks = [asyncio.create_task(beat(self.nc, self.stop, note=self.health_note))]
         tasks += [asyncio.create_task(consumer.run(self.stop)) for consumer in self._consumers]
         tasks += [asyncio.create_task(periodic()) for periodic in self._periodic]
         for task in tasks:

@@ -20,6 +20,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
 from shared.runtime.laps import Laps
+from shared.sandboxing.boundary import Boundary, choose
 # RunOutcome and stable_replica_name lived here once: still imported from here
 from shared.sandboxing.container_io import Attached, RunOutcome, end, kill, last_stage, read_report, remove  # noqa: F401
 from shared.sandboxing.engine import connect_engine, stable_replica_name  # noqa: F401
@@ -56,7 +57,9 @@ class Limits:
     fsize_bytes: int = 64 * 1024 * 1024
     max_output_bytes: int = 65536  # tail of the code's stdout+stderr kept for the report
     max_total_output_bytes: int = 64 * 1024 * 1024  # past this the code's processes are killed
-    runtime: str | None = None
+    # auto | runsc | runc (None: auto), resolved once per runner (shared/sandboxing/boundary.py); the
+    # configuration's default is auto, a Limits built by hand (the tests') runs runc unless told
+    runtime: str | None = "runc"
     gpus: bool = False
     gpu_ids: tuple[str, ...] = ()  # with gpus: only these devices (indices or UUIDs); (): all
 
@@ -93,6 +96,19 @@ class ContainerRunner:
         self._running: set = set()  # containers with a job in hand, for abort_running
         self._running_lock = threading.Lock()
         self._retiring: list[threading.Thread] = []  # containers being removed behind their jobs
+        self._boundary: Boundary | None = None
+        self._boundary_lock = threading.Lock()
+
+    @property
+    def boundary(self) -> Boundary:
+        """The runtime and seccomp profile of this runner's containers, chosen (runsc probed) on first
+        use: after make_eval_runner has settled the GPUs, which decide whether gVisor can run."""
+        with self._boundary_lock:
+            if self._boundary is None:
+                self._boundary = choose(self.client, self.limits.runtime, self.limits.image, self.limits.gpus)
+                log.info("container_runtime", runtime=self._boundary.runtime, why=self._boundary.why,
+                         profile_enforced=self._boundary.profile_enforced, owner=self.owner)
+            return self._boundary
 
     @property
     def pool_size(self) -> int:
@@ -168,9 +184,10 @@ class ContainerRunner:
     # ---- one container ----
     def _create(self, job_id: str, threads: int, cpu_shares: int = JOB_CPU_SHARES):
         lim = self.limits
+        boundary = self.boundary
+        if not boundary.reweights:
+            cpu_shares = JOB_CPU_SHARES  # it could never be raised to it when given its job
         kwargs: dict[str, Any] = {}
-        if lim.runtime:
-            kwargs["runtime"] = lim.runtime
         if lim.gpus:
             kwargs["device_requests"] = [gpu_request(lim.gpu_ids)]
         expires = int(time.time() + START_TIMEOUT_S + self.max_idle_s + self.max_job_s + 60)
@@ -188,7 +205,10 @@ class ContainerRunner:
             cpu_shares=cpu_shares,
             pids_limit=lim.pids,
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
+            # no-new-privileges and the sandbox's own seccomp profile (Docker's default less io_uring
+            # and more: shared/sandboxing/seccomp.py), under runc or gVisor
+            security_opt=boundary.security_opt,
+            runtime=boundary.runtime,
             user=SANDBOX_UID,
             # No docker-init: it would run as the sandbox uid and be dumpable, so the code could
             # open /proc/1/fd/1 (container stdout, past the output cap) and ptrace it. The
@@ -312,6 +332,8 @@ class ContainerRunner:
 
     def _prioritise(self, container) -> None:
         """A pooled container given its job: the default CPU weight, from the lowest it waited at."""
+        if not self.boundary.reweights:
+            return
         try:
             container.update(cpu_shares=JOB_CPU_SHARES)
         except NotFound:  # removed meanwhile (a refill that failed, a runner closing)

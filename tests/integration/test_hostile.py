@@ -88,6 +88,14 @@ CTYPES_CALL = """
     if libc.{call} != 0:
         raise OSError(ctypes.get_errno(), "{name}: " + os.strerror(ctypes.get_errno()))
 """
+# a raw system call by number (x86_64), raising with its errno: 0 ("Success") when it was allowed
+SYSCALL = """
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    ctypes.set_errno(0)
+    libc.syscall({call})
+    raise OSError(ctypes.get_errno(), "{name}: " + os.strerror(ctypes.get_errno()))
+"""
 CONTAINED = [
     # network
     ("tcp-egress", "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)",
@@ -127,6 +135,13 @@ CONTAINED = [
     ("user-namespace", CTYPES_CALL.format(call="unshare(0x10000000)", name="unshare(CLONE_NEWUSER)"),
      "exception", "[Errno 1] unshare(CLONE_NEWUSER): Operation not permitted"),
     ("chroot", "import os\nos.chroot('/tmp')", "exception", "[Errno 1] Operation not permitted: '/tmp'"),
+    # what Docker 20.10's default seccomp profile allows and the sandbox's own refuses (seccomp.py)
+    ("io-uring", SYSCALL.format(call="425, 8, ctypes.create_string_buffer(120)", name="io_uring_setup"),
+     "exception", "[Errno 1] io_uring_setup: Operation not permitted"),
+    ("sysv-message-queue", SYSCALL.format(call="68, 0, 0o1600", name="msgget"),
+     "exception", "[Errno 1] msgget: Operation not permitted"),
+    ("vmsplice", SYSCALL.format(call="278, 0, 0, 0, 0", name="vmsplice"),
+     "exception", "[Errno 1] vmsplice: Operation not permitted"),
     # kernel interfaces
     ("proc-sys-hostname", "open('/proc/sys/kernel/hostname', 'w').write('pwned')", "exception",
      "[Errno 30] Read-only file system: '/proc/sys/kernel/hostname'"),

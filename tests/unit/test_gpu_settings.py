@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -116,15 +117,19 @@ class _Client:
     (Limits(image="x", gpus=False, gpu_ids=("1",)), None),
 ])
 def test_the_training_container_gets_the_device_request(limits, expected):
+    from shared.sandboxing.boundary import Boundary
     from shared.sandboxing.containers import ContainerRunner
     from shared.sandboxing.pool import WarmPool
 
     runner = ContainerRunner.__new__(ContainerRunner)  # no engine: only _create's arguments are under test
     runner.limits, runner.owner, runner.client = limits, "test", _Client()
+    runner._boundary, runner._boundary_lock = Boundary("runc", "chosen by the test"), threading.Lock()
     runner._pool = WarmPool(0, start=None, prioritise=None, max_idle_s=60.0, name="test", start_timeout_s=1.0)
     runner.max_idle_s, runner.max_job_s, runner.warm_flops, runner.warm_train = 60.0, 60.0, False, False
     runner._create("job-1", threads=1)
     assert runner.client.containers.kwargs.get("device_requests") == expected
+    assert runner.client.containers.kwargs["runtime"] == "runc"
+    assert runner.client.containers.kwargs["security_opt"] == runner._boundary.security_opt
 
 
 # ---- scripts/gpu-compose.py ----
