@@ -146,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     timeout_s = args.timeout or config.sandbox.validate_timeout_s
     started = time.monotonic()
-    # the container's runtime: known here for a local one; a sandbox service says its own in its
-    # ready log and health check
+    # the container's runtime: known here for a local one; a sandbox service's result carries its own
     result, via, runtime = None, "sandbox service", None
     if args.nats_url and not args.direct:
         result = asyncio.run(via_service(args.nats_url, request, timeout_s))
@@ -161,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 3
     wall_s = time.monotonic() - started
+    runtime = runtime or result.runtime
     if args.json:
         print(json.dumps({**msgspec.to_builtins(result), "via": via, "runtime": runtime, "wall_s": round(wall_s, 3)},
                          indent=2, allow_nan=False))

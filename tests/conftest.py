@@ -23,6 +23,13 @@ SANDBOX_IMAGE = os.environ.get("RESEARCHER_SANDBOX__IMAGE", "pytorch-researcher/
 _TESTS_HOME = tempfile.TemporaryDirectory(prefix="researcher-tests-home-")
 os.environ["RESEARCHER_HOME"] = _TESTS_HOME.name
 
+# The services and commands the tests start run their containers under runc with the sandbox's
+# profile: gVisor (the product's default where it runs) costs 4-7x per container start, which the
+# suite's many runs cannot afford on 2 cores. Under gVisor: the boundary's own tests
+# (test_boundary.py), the in-process services built from Config() (test_sandbox_service.py,
+# test_evaluator_service.py, test_weights.py), and the compose stack (test_compose.py).
+os.environ.setdefault("RESEARCHER_SANDBOX__RUNTIME", "runc")
+
 
 @pytest.fixture(scope="session")
 def credentials() -> Credentials:

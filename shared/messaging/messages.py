@@ -294,6 +294,7 @@ class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):
     # who states output_shape, param_count, trainable_params, layers and flops: "model_process",
     # the generated code's own process (it can forge them); None on a rejection
     reported_by: str | None = None
+    runtime: str | None = None  # the container's OCI runtime: "runsc" (gVisor) or "runc"; None: none ran
 
 
 # ---- evaluation ----
@@ -374,6 +375,7 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     samples_per_s: float = 0.0
     duration_s: float = 0.0
     evaluator: str = ""
+    runtime: str | None = None  # the training container's OCI runtime: "runsc" (gVisor) or "runc"
     device: str = "cpu"
     # ---- what using the trained model takes (ok=True) ----
     preprocessing: Preprocessing | None = None

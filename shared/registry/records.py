@@ -149,6 +149,7 @@ class SeedRow(msgspec.Struct, frozen=True, kw_only=True):
     device: str = "cpu"
     dynamics: LearningDynamics | None = None
     started_at: float = 0.0  # when an evaluator took its job (its clock); it ended duration_s later
+    runtime: str | None = None  # its container's OCI runtime (runsc: gVisor; runc), None before it was recorded
 
 
 class Evaluation(msgspec.Struct, kw_only=True):

@@ -29,7 +29,8 @@ def _validation(it: IterationRecord) -> dict[str, Any]:
             "layers": v.layers, "flops_per_sample": v.flops // PROBE_BATCH if v.flops is not None else None,
             "output_tail": v.output_tail,
             # output_shape, param_count, trainable_params, layers and flops are the code's own claims
-            "reported_by": v.reported_by}
+            "reported_by": v.reported_by,
+            "runtime": v.runtime}  # the container's OCI runtime: runsc (gVisor) or runc
 
 
 def recipe_of(it: IterationRecord) -> TrainingRecipe | None:
@@ -103,6 +104,7 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "leaderboard": leaderboard(run, iterations),
         "proposers": proposers(iterations),
         "compute": compute(run, iterations, run.budget_epochs),
+        "container_runtimes": container_runtimes(iterations),
         "reason": run.reason,
         "best": best,
         "llm_usage": _llm_usage(iterations),
@@ -137,6 +139,20 @@ async def load_records(registry: Registry, run_id: str) -> tuple[RunRecord, list
 async def load_report(registry: Registry, run_id: str) -> dict[str, Any] | None:
     records = await load_records(registry, run_id)
     return build_report(*records) if records else None
+
+
+RUNTIMES = {"runsc": "runsc (gVisor: the code's system calls reach gVisor's kernel, not the host's)",
+            "runc": "runc with the sandbox's seccomp profile"}
+
+
+def container_runtimes(iterations: list[IterationRecord]) -> dict[str, int]:
+    """How many of the run's containers (validations and seed jobs, cheap rungs included) ran under
+    each OCI runtime; those recorded before runtimes were are not counted."""
+    seen: list[str | None] = [it.validation.runtime for it in iterations if it.validation]
+    for it in iterations:
+        for evaluation in [it.evaluation, *(p.evaluation for p in it.passed)]:
+            seen += [row.runtime for row in (evaluation.seed_results if evaluation else [])]
+    return {name: seen.count(name) for name in sorted({r for r in seen if r})}
 
 
 def _outcome(it: IterationRecord) -> str:
@@ -192,6 +208,9 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     lines += ["", f"compute: {spent['spent_seed_epochs']} of {spent['budget_seed_epochs']} seed-epochs, "
                   f"{spent['candidates']} candidates, {spent['reached_full_budget']} at the full budget"]
     lines += ["proposers:"] + format_proposers(proposers(iterations))
+    runtimes = container_runtimes(iterations)
+    if runtimes:
+        lines.append("containers: " + "; ".join(f"{count} under {RUNTIMES.get(name, name)}" for name, count in runtimes.items()))
     if run.reason:
         lines.append(f"ended: {run.reason}")
     for role, row in _llm_usage(iterations)["per_role"].items():

@@ -200,6 +200,9 @@ def validate(request: ValidateRequest, runner: Runner, timeout_s: float, memory:
     job = ValidateJob(source=request.source, class_name=request.class_name, input_shape=list(request.input_shape))
     outcome = runner.run(job, b"", timeout_s, job_id=f"{request.run_id}-{request.iteration}-validate")
     result = outcome_to_result(outcome, timeout_s, memory, getattr(runner.limits, "pids", None))
+    boundary = getattr(runner, "boundary", None)  # a container runner's: runsc or runc
+    if boundary is not None:
+        result = msgspec.structs.replace(result, runtime=boundary.runtime)
     if flags:
         result = msgspec.structs.replace(result, flags=flags)
     expected = request.expected_output_shape

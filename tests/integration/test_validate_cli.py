@@ -5,9 +5,11 @@ import json
 import subprocess
 import sys
 
+import nats
 import pytest
 
 from services.sandbox import main as sandbox_main
+from shared.messaging import subjects
 from shared.runtime.config import load_config, replica_name
 
 pytestmark = [pytest.mark.docker]
@@ -77,11 +79,18 @@ def test_a_missing_file_exits_2(tmp_path):
     assert proc.returncode == 2 and "cannot read" in proc.stderr and "absent.py" in proc.stderr
 
 
-async def test_with_a_stack_the_sandbox_service_answers(docker_engine, model_file, nats_url):
+async def test_with_a_stack_the_sandbox_service_answers(docker_engine, model_file, nats_url, nc):
     config = load_config(environ={"NATS_URL": nats_url, "RESEARCHER_SANDBOX__POOL_SIZE": "1"})
     stop = asyncio.Event()
     service = asyncio.create_task(sandbox_main.main(config=config, stop=stop))
     try:
+        while True:  # listening (gVisor's probe and the pool come first): a malformed request is answered
+            try:
+                await nc.request(subjects.VALIDATE_SUBJECT, b"{}", timeout=1)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                assert not service.done(), service
+                await asyncio.sleep(0.2)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "researcher.cli", "validate", str(model_file), "--class-name", "Net",
             "--input-shape", "1,3,8,8", "--expected-output-shape", "1,10", "--json", "--nats-url", nats_url,
@@ -90,6 +99,7 @@ async def test_with_a_stack_the_sandbox_service_answers(docker_engine, model_fil
         assert proc.returncode == 0, err.decode()
         result = json.loads(out)
         assert result["via"] == "sandbox service" and result["ok"] is True and result["param_count"] == PARAMS
+        assert result["runtime"] in ("runsc", "runc")  # the service's container said which
     finally:
         stop.set()
         await asyncio.wait_for(service, 120)

@@ -186,3 +186,17 @@ def test_format_report_with_one_seed_has_no_interval():
     text = format_report(run_record(best_iteration=1, best_score=0.8), [one])
     line = next(line for line in text.splitlines() if line.startswith("  #1 ") and "val_accuracy" in line)
     assert line.endswith("val_accuracy 0.8000 from one seed (seed 0)")  # which seed, and no [low, high] interval
+
+
+def test_the_report_says_which_runtime_each_container_ran_under():
+    runsc = SeedResult(job_id=f"{RUN}.1.0", run_id=RUN, iteration=1, seed=0, ok=True, runtime="runsc",
+                       metrics={"val_accuracy": 0.9})
+    it = IterationRecord(run_id=RUN, iteration=1, state="decided", model_config=CNN, class_name="SmallCNN",
+                         validation=ValidationResult(ok=True, output_shape=[2, 10], param_count=1, trainable_params=1,
+                                                     runtime="runsc"),
+                         seeds=[0, 1], evaluation=summarise({0: runsc, 1: seed(1, 1, 0.8)}, [0, 1]))
+    report = build_report(run_record(current_iteration=1), [it])
+    assert report["container_runtimes"] == {"runsc": 2}  # the validation and seed 0; seed 1 recorded none
+    assert report["iterations"][0]["validation"]["runtime"] == "runsc"
+    assert report["iterations"][0]["evaluation"]["seed_results"][0]["runtime"] == "runsc"
+    assert "containers: 2 under runsc (gVisor" in format_report(run_record(current_iteration=1), [it])
