@@ -191,15 +191,15 @@ RESTART_NATS_IF_NEW = case " $$made " in *" server "*) if [ -n "$$($(COMPOSE) ps
 # `make scale`.
 up: compose-check images venv
 	@$(MAKE) --no-print-directory service-image
-	@$(CREDENTIALS_READY); $(RESTART_NATS_IF_NEW); \
-	  echo "$(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))"; \
+	@$(CREDENTIALS_READY) && { $(RESTART_NATS_IF_NEW); } && \
+	  echo "$(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))" && \
 	  $(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))
 
 # A GPU host: one evaluator per GPU (evaluator-gpu<i>, pinned to GPU <i>), no CPU evaluator.
 up-gpu: compose-check images venv
 	@$(MAKE) --no-print-directory service-image
 	GPUS="$(GPUS)" python3 scripts/gpu-compose.py --out $(GPU_COMPOSE)
-	@$(CREDENTIALS_READY); $(RESTART_NATS_IF_NEW); \
+	@$(CREDENTIALS_READY) && { $(RESTART_NATS_IF_NEW); } && \
 	  $(COMPOSE) -f compose.yaml -f $(GPU_COMPOSE) up -d --scale evaluator=0
 
 # Stops and removes the containers, GPU evaluators included (--remove-orphans); the JetStream

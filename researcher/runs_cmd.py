@@ -21,7 +21,8 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from shared.messaging import subjects
 from shared.messaging.bus import COMMAND_CONNECT_S, connect, decode, encode
-from shared.messaging.messages import STOP_WAIT_S, TERMINAL_STATUSES, StopAnswer, StopRequest
+from shared.errors import MessageError
+from shared.messaging.messages import STOP_WAIT_S, TERMINAL_STATUSES, ErrorReply, StopAnswer, StopRequest
 from shared.registry.records import RunRecord
 from shared.registry.report import build_report, export_run, format_report, load_records
 from shared.registry.store import Registry
@@ -190,22 +191,25 @@ async def stop_run(args: argparse.Namespace) -> int:
     credential = None if args.nats_url else str(home.credentials.role("client").path)
     nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S, credential=credential)
     try:
+        run = await (await Registry.read(nc.jetstream())).get_run(args.run_id)
+        if run is None or run.status in TERMINAL_STATUSES:  # nothing to ask a planner
+            print(f"error: no run {args.run_id!r} in the registry at {url}" if run is None
+                  else f"run {args.run_id} had already ended: {run.status}", file=sys.stderr)
+            return 1
         who = f"{getpass.getuser()}@{socket.gethostname()} with researcher stop"
         try:
             reply = await nc.request(subjects.STOP_SUBJECT, encode(StopRequest(run_id=args.run_id, by=who)),
                                      timeout=STOP_WAIT_S + 5)
-        except (NoRespondersError, NatsTimeoutError):  # no replica drives it: ended, unknown, or no planner
-            run = await (await Registry.read(nc.jetstream())).get_run(args.run_id)
-            if run is None:
-                print(f"error: no run {args.run_id!r} in the registry at {url}", file=sys.stderr)
-            elif run.status in TERMINAL_STATUSES:
-                print(f"run {args.run_id} had already ended: {run.status}", file=sys.stderr)
-            else:
-                print(f"error: no planner answered for run {args.run_id}, which is still running: is the stack's "
-                      "planner up (make ps)? A planner takes over a running run within seconds of starting",
-                      file=sys.stderr)
+        except (NoRespondersError, NatsTimeoutError):  # running, and no replica drives it
+            print(f"error: no planner answered for run {args.run_id}, which is still running: is the stack's "
+                  "planner up (make ps)? A planner takes over a running run within seconds of starting",
+                  file=sys.stderr)
             return 1
-        answer = decode(reply.data, StopAnswer, subjects.STOP_SUBJECT)
+        try:
+            answer = decode(reply.data, StopAnswer, subjects.STOP_SUBJECT)
+        except MessageError:
+            print(f"error: {decode(reply.data, ErrorReply, subjects.STOP_SUBJECT).error}", file=sys.stderr)
+            return 1
     finally:
         await nc.close()
     print(f"run {answer.run_id}: {answer.status}: {answer.message}", file=sys.stderr)

@@ -90,6 +90,8 @@ def evaluator_service(gpu_id: str, standalone: bool) -> str:
         '    entrypoint: ["python", "-m", "shared.security.entrypoint", "--user", "10002:10002", "--"]\n'
         "    tmpfs:\n"
         "      - /run/nats:mode=0700,size=1m\n"
+        "    security_opt:\n"
+        "      - no-new-privileges:true\n"
         '    command: ["python", "-m", "services.evaluator.main"]\n'
         "    environment:\n"
         f"      NATS_URL: {q(nats_url)}\n"

@@ -5,6 +5,7 @@ data set, the Docker engine) fails it, which is no fault of the job's."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import collections
 import time
 
@@ -99,7 +100,7 @@ class JobHandler:
         the result that names them is published. One that cannot be stored costs only the weights."""
         if trained.weights is None or not job.keep_weights:  # a cheap rung's weights are never used
             return trained.result
-        name = weights_artifact(job.run_id, job.iteration, job.seed)
+        name = weights_artifact(job.run_id, job.iteration, job.seed, secrets.token_hex(6))  # each delivery's own
         try:
             await through_outages(lambda: put_weights(self.js, name, trained.weights), "store weights")
         except nats.errors.Error as exc:

@@ -223,7 +223,8 @@ def secured(role: str = "client", credential: str | None = None) -> dict:
     """nats.connect's TLS and inbox options for a role's credential (credentials.for_client); none
     when this machine has no credential for it (a plain server of the user's own)."""
     chosen = for_client(credential, role)
-    return {} if chosen is None else {"tls": chosen.ssl_context(), "inbox_prefix": inbox_prefix(chosen.role)}
+    return {} if chosen is None else {"tls": chosen.ssl_context(), "tls_handshake_first": True,
+                                      "inbox_prefix": inbox_prefix(chosen.role)}
 
 
 async def ensure_streams(js: JetStreamContext) -> None:

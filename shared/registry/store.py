@@ -65,9 +65,11 @@ def seed_key(run_id: str, iteration: int, seed: int, rung: int | None = None) ->
 WEIGHTS_SUFFIX = ".safetensors"
 
 
-def weights_artifact(run_id: str, iteration: int, seed: int) -> str:
-    """The object name of a seed's trained weights, named like its iteration's code and plots."""
-    return f"{run_id}/it{iteration:04d}/seed{seed}{WEIGHTS_SUFFIX}"
+def weights_artifact(run_id: str, iteration: int, seed: int, token: str = "") -> str:
+    """The object name of a seed's trained weights, named like its iteration's code and plots. The
+    evaluator adds a token of its own, so no put ever replaces an object (its credential may not
+    purge a replaced one's chunks)."""
+    return f"{run_id}/it{iteration:04d}/seed{seed}{f'-{token}' if token else ''}{WEIGHTS_SUFFIX}"
 
 
 def is_weights(name: str) -> bool:

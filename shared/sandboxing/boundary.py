@@ -16,6 +16,7 @@ where GPUs are asked for and the engine's runsc is not registered with it, runc 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -91,7 +92,7 @@ def flag_on(args: list[str], flag: str) -> bool:
     return on
 
 
-def choose(client, setting: str | None, image: str, gpus: bool = False) -> Boundary:
+def choose(client, setting: str | None, image: str, gpus: bool = False, owner: str = "probe") -> Boundary:
     """The runtime for containers of `image` on this engine (see the module's docstring)."""
     wanted = runtime_setting(setting)
     if wanted == "runc":
@@ -111,7 +112,7 @@ def choose(client, setting: str | None, image: str, gpus: bool = False) -> Bound
     if gpus and not flag_on(args, "nvproxy"):
         return Boundary("runc", "GPUs are passed through and the engine's runsc is not registered with --nvproxy, "
                                 "gVisor's GPU support")
-    failure = probe(client, image, enforced := flag_on(args, "oci-seccomp"))
+    failure = probe(client, image, enforced := flag_on(args, "oci-seccomp"), owner)
     if failure is None:
         return Boundary("runsc", f"sandbox.runtime is {wanted} and a probe container ran under runsc",
                         profile_enforced=enforced)
@@ -122,14 +123,20 @@ def choose(client, setting: str | None, image: str, gpus: bool = False) -> Bound
     return Boundary("runc", f"a probe container failed under runsc: {failure}")
 
 
-def probe(client, image: str, enforced: bool = True) -> str | None:
-    """Run PROBE_CMD under runsc as the sandbox runs its containers -> None, or what went wrong."""
+def probe(client, image: str, enforced: bool = True, owner: str = "probe") -> str | None:
+    """Run PROBE_CMD under runsc as the sandbox runs its containers -> None, or what went wrong. It
+    carries the runner's owner label (the compose stack's Docker socket proxy passes no other) and
+    an expiry, so a probe a crash left behind is removed as a stray."""
+    from shared.sandboxing.containers import EXPIRES_LABEL, OWNER_LABEL  # containers imports this module
+
     boundary = Boundary("runsc", "probe", profile_enforced=enforced)
     container = None
     try:
         container = client.containers.create(image, command=PROBE_CMD, network_mode="none", runtime="runsc",
                                              read_only=True, cap_drop=["ALL"], security_opt=boundary.security_opt,
-                                             user="10001:10001", labels={"org.pytorch-researcher.probe": "runsc"})
+                                             user="10001:10001",
+                                             labels={OWNER_LABEL: owner, EXPIRES_LABEL: str(time.time() + 300),
+                                                     "org.pytorch-researcher.probe": "runsc"})
         container.start()
         status = container.wait(timeout=60).get("StatusCode")
         return None if status == 0 else f"it exited with status {status}"

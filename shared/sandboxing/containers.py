@@ -105,7 +105,7 @@ class ContainerRunner:
         use: after make_eval_runner has settled the GPUs, which decide whether gVisor can run."""
         with self._boundary_lock:
             if self._boundary is None:
-                self._boundary = choose(self.client, self.limits.runtime, self.limits.image, self.limits.gpus)
+                self._boundary = choose(self.client, self.limits.runtime, self.limits.image, self.limits.gpus, self.owner)
                 log.info("container_runtime", runtime=self._boundary.runtime, why=self._boundary.why,
                          profile_enforced=self._boundary.profile_enforced, owner=self.owner)
             return self._boundary

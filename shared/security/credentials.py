@@ -164,10 +164,11 @@ class Credentials:
                 _write(ca_dir / "ca.pem", ca.cert)
                 made.append("ca")
             ca = pki.Issued(self.ca_cert.read_bytes(), (ca_dir / "ca-key.pem").read_bytes())
-            wanted = server_names(hosts)
+            wanted = set(server_names(hosts))
             server = _dir(self.server)
-            if _due(server / "cert.pem", ca.cert) or not set(wanted) <= pki.server_hosts((server / "cert.pem").read_bytes()):
-                issued = pki.make_server(ca, wanted)
+            covered = set() if _due(server / "cert.pem", ca.cert) else pki.server_hosts((server / "cert.pem").read_bytes())
+            if not wanted <= covered:  # names are only ever added: a network that comes and goes costs one issue
+                issued = pki.make_server(ca, sorted(wanted | covered))
                 _write(server / "key.pem", issued.key)
                 _write(server / "cert.pem", issued.cert)
                 made.append("server")

@@ -18,6 +18,13 @@ from shared.security.credentials import identity, inbox_prefix
 
 JS = "$JS.API"
 REGISTRY_KV = (s.RUNS_BUCKET, s.ITERATIONS_BUCKET)
+# what the planner declares and owns, by name: a subject of its permissions with <stream>, <kv> or
+# <object> in it stands for one subject per name (the README shows the pattern once)
+KV_BUCKETS = (s.RUNS_BUCKET, s.ITERATIONS_BUCKET, s.LEASES_BUCKET, s.RUNNING_BUCKET)
+OBJECT_BUCKETS = (s.ARTIFACTS_BUCKET, s.WEIGHTS_BUCKET)
+PLANNER_STREAMS = (s.GOALS_STREAM, s.EVAL_STREAM, s.RESULTS_STREAM, s.DEAD_STREAM, s.ADVISORIES_STREAM,
+                   *(f"KV_{b}" for b in KV_BUCKETS), *(f"OBJ_{b}" for b in OBJECT_BUCKETS))
+PLACEHOLDERS = {"<stream>": PLANNER_STREAMS, "<kv>": KV_BUCKETS, "<object>": OBJECT_BUCKETS}
 
 
 def _read(stream: str) -> list[str]:
@@ -37,8 +44,9 @@ def _object_read(bucket: str) -> list[str]:
 
 
 def _object_write(bucket: str) -> list[str]:
-    """Put an object: its chunks and metadata, and the purge of the chunks of the one it replaces."""
-    return [f"$O.{bucket}.>", f"{JS}.STREAM.INFO.OBJ_{bucket}", f"{JS}.STREAM.PURGE.OBJ_{bucket}"]
+    """Put an object under a name never used before (no purge of a replaced one's chunks); the
+    metadata's get is the object store's own check for an existing one."""
+    return [f"$O.{bucket}.>", f"{JS}.STREAM.INFO.OBJ_{bucket}", f"{JS}.STREAM.MSG.GET.OBJ_{bucket}"]
 
 
 def _pull(stream: str, consumer: str) -> list[str]:
@@ -65,12 +73,17 @@ ROLES: dict[str, Role] = {
         "takes goals, drives runs, writes the registry; declares the streams and buckets",
         publish=(s.EVAL_SUBJECT, s.ASSEMBLE_SUBJECT, s.SUMMARY_SUBJECT, s.VALIDATE_SUBJECT, f"{s.EVENTS_PREFIX}.>",
                  s.RUN_ENDED_SUBJECT, f"{s.DEAD_LETTER_SUBJECT}.>", s.GOALS_SUBJECT,
-                 f"{JS}.INFO", f"{JS}.STREAM.CREATE.*", f"{JS}.STREAM.UPDATE.*", f"{JS}.STREAM.INFO.*",
-                 f"{JS}.STREAM.NAMES", f"{JS}.STREAM.MSG.GET.*", f"{JS}.DIRECT.GET.>", f"{JS}.STREAM.PURGE.*",
-                 f"{JS}.CONSUMER.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"),
+                 f"{JS}.INFO", f"{JS}.STREAM.NAMES", f"{JS}.STREAM.CREATE.<stream>", f"{JS}.STREAM.UPDATE.<stream>",
+                 f"{JS}.STREAM.INFO.<stream>", f"{JS}.STREAM.MSG.GET.<stream>", f"{JS}.DIRECT.GET.<stream>",
+                 f"{JS}.DIRECT.GET.<stream>.>", f"{JS}.CONSUMER.*.<stream>", f"{JS}.CONSUMER.*.<stream>.>",
+                 f"{JS}.CONSUMER.*.*.<stream>.>", "$JS.ACK.<stream>.>", "$JS.FC.<stream>.>", "$KV.<kv>.>",
+                 "$O.<object>.>", f"{JS}.STREAM.PURGE.OBJ_<object>",  # an artifact replaced or deleted
+                 f"{JS}.STREAM.MSG.DELETE.{s.EVAL_STREAM}"),  # a dead-lettered job out of the work queue
         subscribe=(s.GOAL_SUBMIT_SUBJECT, s.STOP_SUBJECT),
         responds=True,
-        notes=("no stream may be deleted: `$JS.API.STREAM.DELETE` is the admin's",)),
+        notes=("only its own streams, buckets and stores, by name (<stream>: "
+               + ", ".join(PLANNER_STREAMS) + "; <kv>, <object>: the buckets among them); none may be deleted "
+               "(`$JS.API.STREAM.DELETE` is the admin's) and only the stores' purged",)),
     "assembler": Role(
         "turns a config (or the tools LLM's reply) into code; summarises validated code",
         subscribe=(s.ASSEMBLE_SUBJECT, s.SUMMARY_SUBJECT), responds=True),
@@ -83,7 +96,7 @@ ROLES: dict[str, Role] = {
                  *_object_write(s.WEIGHTS_BUCKET), f"{JS}.STREAM.MSG.GET.OBJ_{s.WEIGHTS_BUCKET}"),
         subscribe=(s.RUN_ENDED_SUBJECT,),
         notes=("reads no registry record and no code artifact: a job carries its code",
-               "may read and replace weights (it made them, from data it holds), nothing else of the registry")),
+               "writes weights under names never used before and reads their metadata, nothing else of the registry")),
     # the researcher's CLI (submit, run --nats-url, report, export, runs)
     "client": Role(
         "submits goals, stops runs, follows them, reads reports and artifacts; validates a model file in the sandbox",
@@ -93,7 +106,8 @@ ROLES: dict[str, Role] = {
     # read-only views of the registry and the live events (the dashboard's, once it exists)
     "dashboard": Role(
         "shows runs live: reads the registry and the events",
-        publish=(*(p for b in REGISTRY_KV for p in _kv_read(b)), *_object_read(s.ARTIFACTS_BUCKET)),
+        publish=(*(p for b in REGISTRY_KV for p in _kv_read(b)), *_object_read(s.ARTIFACTS_BUCKET),
+                 *_object_read(s.WEIGHTS_BUCKET)),
         subscribe=(f"{s.EVENTS_PREFIX}.>",)),
     "admin": Role("the operator's: everything (maintenance with the `nats` CLI, tests' set-up)",
                   publish=(">",), subscribe=(">",), responds=True),
@@ -104,12 +118,22 @@ def permissions(role: str) -> dict:
     """nats-server's permissions block for `role`: its subjects plus its own inbox."""
     spec = ROLES[role]
     inbox = f"{inbox_prefix(role)}.>"
+    publish = [subject for pattern in spec.publish for subject in expand(pattern)]
     # an empty allow list would mean no restriction at all: a role that only answers denies the rest
-    block: dict = {"publish": {"allow": list(spec.publish)} if spec.publish else {"deny": [">"]},
+    block: dict = {"publish": {"allow": publish} if publish else {"deny": [">"]},
                    "subscribe": {"allow": [*spec.subscribe, inbox]}}
     if spec.responds:
-        block["allow_responses"] = {"max": 1, "expires": "10m"}
+        # one reply per request, however long the work took (an LLM's code: many minutes)
+        block["allow_responses"] = True
     return block
+
+
+def expand(pattern: str) -> list[str]:
+    """One subject per name for each placeholder in `pattern` (PLACEHOLDERS)."""
+    for placeholder, names in PLACEHOLDERS.items():
+        if placeholder in pattern:
+            return [subject for name in names for subject in expand(pattern.replace(placeholder, name, 1))]
+    return [pattern]
 
 
 def users() -> list[dict]:
@@ -121,8 +145,10 @@ def server_config(tls_dir: str, *, max_payload: int, monitor: str | None = None)
     of the stack's CA from every client and maps it to a user, the users and their permissions,
     and the largest message. Listen address, port and JetStream's store are the command line's."""
     config: dict = {
+        # handshake_first: TLS before a byte of NATS, so a client never talks to a server that skips
+        # it (without it, a client upgrades only when the server's first words ask for TLS)
         "tls": {"cert_file": f"{tls_dir}/cert.pem", "key_file": f"{tls_dir}/key.pem", "ca_file": f"{tls_dir}/ca.pem",
-                "verify_and_map": True, "timeout": 5},
+                "verify_and_map": True, "timeout": 5, "handshake_first": True},
         "authorization": {"users": users()},
         "max_payload": max_payload,
     }

@@ -97,6 +97,9 @@ def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, credentials,
                       for c in docker_engine.containers.list(filters={"label": [
                           f"com.docker.compose.project={project}", "com.docker.compose.service=evaluator"]})}
     assert report["status"] == "max_iterations"
+    # the product's default runtime: gVisor wherever the engine has it, through the Docker socket proxy
+    has_runsc = "runsc" in (docker_engine.info().get("Runtimes") or {})
+    assert set(report["container_runtimes"]) == ({"runsc"} if has_runsc else {"runc"}), report["container_runtimes"]
     [it] = report["iterations"]
     assert it["validation"]["ok"] is True and it["evaluation"]["aggregated"]["val_accuracy"]["n"] == 2
     assert {s["evaluator"] for s in it["evaluation"]["seed_results"]} == {f"{project}-evaluator-1"}  # the stack's replica

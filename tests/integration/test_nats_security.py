@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig
 
-from researcher.stack import LocalStack, free_port, start_nats_server
+from researcher.stack import LocalStack, find_nats_server, free_port, start_nats_server
 from services.planner.loop import Planner
 from services.planner.steps import job_id
 from shared.messaging import subjects as s
@@ -134,6 +135,12 @@ async def test_every_role_is_refused_what_its_work_does_not_need(nats_url, stack
         *(p.request(f"$JS.API.STREAM.PURGE.{stream}") for p in (ev, cl) for stream in (s.EVAL_STREAM, kv_runs)),
         *(p.request(f"$JS.API.STREAM.DELETE.{stream}") for p in (ev, cl, pl) for stream in (kv_runs, s.EVAL_STREAM)),
         cl.request(f"$JS.API.STREAM.CREATE.{s.EVAL_STREAM}"),
+        # the planner: only its own streams, by name, and no purge of the registry's records
+        pl.request("$JS.API.STREAM.CREATE.SNOOP", b'{"name": "SNOOP", "subjects": ["_INBOX.>"]}'),
+        pl.request(f"$JS.API.STREAM.PURGE.{kv_runs}"),
+        pl.request("$JS.API.CONSUMER.CREATE.SNOOP.x"),
+        # the evaluator: weights are written under new names, never purged
+        ev.request(f"$JS.API.STREAM.PURGE.OBJ_{s.WEIGHTS_BUCKET}"),
         ev.request(f"$JS.API.STREAM.UPDATE.{s.EVAL_STREAM}"),
         # an evaluator reads no registry record and no code artifact
         ev.request(f"$JS.API.STREAM.MSG.GET.{kv_runs}", b'{"last_by_subj": "$KV.research_runs.victim"}'),
@@ -207,9 +214,22 @@ def _outside_address() -> str:
     return found[0]
 
 
+def _plain_connect_answered(host: str, port: int) -> bytes:
+    """What the server says to a client speaking plain NATS (CONNECT, PING) over TCP."""
+    with socket.create_connection((host, port), timeout=5) as conn:
+        conn.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
+        said = b""
+        try:
+            while chunk := conn.recv(4096):
+                said += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return said
+
+
 async def test_connections_without_the_stacks_certificate_are_refused(credentials, tmp_path):
-    """No credential, no TLS, a client certificate of another CA, a server of another CA: each
-    refused, on loopback and on an address of this machine that is not loopback."""
+    """No credential, no TLS, a client certificate of another CA, a server of another CA, a server
+    that skips TLS: each refused, on loopback and on an address of this machine that is not loopback."""
     port = free_port()
     proc = start_nats_server(port, str(tmp_path / "js"), open(tmp_path / "server.log", "wb"), credentials=credentials,
                              bind="0.0.0.0")
@@ -217,11 +237,12 @@ async def test_connections_without_the_stacks_certificate_are_refused(credential
     try:
         for url in (f"tls://127.0.0.1:{port}", outside):
             host = url.split("//")[1].rsplit(":", 1)[0]
-            with pytest.raises((nats.errors.NoServersError, OSError, ssl.SSLError)):  # plain TCP: the server wants TLS
-                await _connect_raw(url.replace("tls://", "nats://"), tls=None)
+            # plain NATS over TCP: the server expects a TLS handshake first, says nothing, and hangs up
+            said = _plain_connect_answered(host, port)
+            assert b"PONG" not in said and b"INFO" not in said, said
             no_cert = ssl.create_default_context(cafile=str(credentials.ca_cert))
             with pytest.raises((nats.errors.NoServersError, OSError, ssl.SSLError)):
-                await _connect_raw(url, tls=no_cert, tls_hostname=host)
+                await _connect_raw(url, tls=no_cert, tls_hostname=host, tls_handshake_first=True)
             # a certificate for the planner's very name, from a CA of the attacker's own
             rogue_ca = pki.make_ca("rogue")
             rogue = pki.make_client(rogue_ca, "planner@pytorch-researcher")
@@ -230,7 +251,7 @@ async def test_connections_without_the_stacks_certificate_are_refused(credential
             with_rogue = ssl.create_default_context(cafile=str(credentials.ca_cert))
             with_rogue.load_cert_chain(tmp_path / "rogue.pem", tmp_path / "rogue-key.pem")
             with pytest.raises((nats.errors.NoServersError, OSError, ssl.SSLError)):
-                await _connect_raw(url, tls=with_rogue, tls_hostname=host)
+                await _connect_raw(url, tls=with_rogue, tls_hostname=host, tls_handshake_first=True)
             await _connect_raw(url, **secured("evaluator"))  # the real credential gets in, on both addresses
         # a server that is not the stack's (a certificate of another CA): the client refuses it
         other = Credentials(tmp_path / "other-stack")
@@ -238,12 +259,22 @@ async def test_connections_without_the_stacks_certificate_are_refused(credential
         port2 = free_port()
         impostor = start_nats_server(port2, str(tmp_path / "js2"), open(tmp_path / "impostor.log", "wb"),
                                      credentials=other)
+        # and one that skips TLS altogether (a plain server where the head should be): TLS comes first
+        # from the client, so it never speaks NATS to it
+        plain_port = free_port()
+        plain = subprocess.Popen([find_nats_server(), "-a", "127.0.0.1", "-p", str(plain_port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with pytest.raises(ssl.SSLCertVerificationError):
                 await _connect_raw(f"tls://127.0.0.1:{port2}", **secured("evaluator"))
+            while _plain_connect_answered("127.0.0.1", plain_port) == b"":  # listening yet
+                await asyncio.sleep(0.05)
+            with pytest.raises((nats.errors.NoServersError, OSError, ssl.SSLError, asyncio.TimeoutError)):
+                await _connect_raw(f"tls://127.0.0.1:{plain_port}", **secured("evaluator"))
         finally:
-            impostor.terminate()
-            impostor.wait(10)
+            for server in (impostor, plain):
+                server.terminate()
+                server.wait(10)
     finally:
         proc.terminate()
         proc.wait(10)
