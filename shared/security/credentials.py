@@ -185,7 +185,6 @@ class Credentials:
                     _write(where / "ca.pem", ca.cert)
         return made
 
-
     def write_server_config(self) -> Path:
         """The server's configuration beside its certificate (no secret in it: paths and permissions)."""
         from shared.messaging.limits import MAX_PAYLOAD

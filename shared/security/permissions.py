@@ -11,7 +11,7 @@ which no other role may subscribe to."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.messaging import subjects as s
 from shared.security.credentials import identity, inbox_prefix
@@ -64,7 +64,7 @@ class Role:
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
     responds: bool = False
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
 
 ROLES: dict[str, Role] = {

@@ -190,11 +190,13 @@ async def test_a_job_no_evaluator_finishes_is_dead_lettered_and_its_seed_fails(d
         dead = await js.get_last_msg(subjects.DEAD_STREAM, subjects.dead_job_subject(g.run_id))
         eval_left = (await js.stream_info(subjects.EVAL_STREAM)).state.messages
         await nc.close()
+        server_log = (stack.log_dir / "nats-server.log").read_text()
     [failed] = report["iterations"][0]["evaluation"]["failed_seeds"]
     assert "dead-lettered after 2 deliveries" in failed["error"] and subjects.dead_job_subject(g.run_id) in failed["error"]
     assert run.status == "max_iterations"
     assert json.loads(dead.data)["job_id"] == f"{g.run_id}.it0001.seed0" and dead.headers["Researcher-Deliveries"] == "2"
     assert eval_left == 0  # taken off the work queue
+    assert "Violation" not in server_log  # the planner's credential allows all of it (the delete included)
 
 
 async def test_malformed_messages_on_every_subject_are_rejected_and_the_services_keep_serving(docker_engine, tmp_path):
