@@ -25,7 +25,7 @@ from shared.messaging import subjects
 from shared.messaging.bus import COMMAND_CONNECT_S, TRANSIENT_ERRORS, connect, decode
 from shared.messaging.messages import TERMINAL_STATUSES, Event, Goal
 from shared.registry.records import IterationRecord, RunRecord
-from shared.registry.report import build_report, export_run, format_report, load_records
+from shared.registry.report import build_report, export_run, for_terminal, format_report, load_records
 from shared.registry.store import Registry
 from shared.runtime.config import load_config
 
@@ -48,7 +48,7 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0,
             bar.total = event.data.get("budget")
             bar.n = event.data["spent"]
             bar.refresh()
-        bar.write(f"[{time.strftime('%H:%M:%S')}] {event.message}", file=sys.stderr)
+        bar.write(f"[{time.strftime('%H:%M:%S')}] {for_terminal(event.message)}", file=sys.stderr)
 
     sub = await nc.subscribe(subjects.events_subject(goal.run_id), cb=on_event)
     try:
@@ -69,7 +69,7 @@ async def follow(nc, goal: Goal, quiet: bool = False, poll_s: float = 1.0,
 
 
 def show(records: tuple[RunRecord, list[IterationRecord]], as_json: bool) -> None:
-    print(json.dumps(build_report(*records), indent=2) if as_json else format_report(*records))
+    print(json.dumps(build_report(*records), indent=2) if as_json else for_terminal(format_report(*records)))
 
 
 def _check_llm_flags(args: argparse.Namespace) -> str | None:

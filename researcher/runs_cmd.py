@@ -24,7 +24,7 @@ from shared.messaging.bus import COMMAND_CONNECT_S, connect, decode, encode
 from shared.errors import MessageError
 from shared.messaging.messages import STOP_WAIT_S, TERMINAL_STATUSES, ErrorReply, StopAnswer, StopRequest
 from shared.registry.records import RunRecord
-from shared.registry.report import build_report, export_run, format_report, load_records
+from shared.registry.report import build_report, export_run, for_terminal, format_report, load_records
 from shared.registry.store import Registry
 
 
@@ -122,7 +122,7 @@ async def report(args: argparse.Namespace) -> int:
         records = await load_records(registry, args.run_id)
     if records is None:
         return _no_such_run(args, where)
-    print(json.dumps(build_report(*records), indent=2) if args.json else format_report(*records))
+    print(json.dumps(build_report(*records), indent=2) if args.json else for_terminal(format_report(*records)))
     return 0
 
 

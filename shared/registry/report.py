@@ -155,6 +155,17 @@ def container_runtimes(iterations: list[IterationRecord]) -> dict[str, int]:
     return {name: seen.count(name) for name in sorted({r for r in seen if r})}
 
 
+# C0 controls but newline and tab, DEL, and C1 controls: the ones a terminal acts on
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f, *range(0x80, 0xa0)) if c not in (0x09, 0x0a)}
+
+
+def for_terminal(text: str) -> str:
+    """`text` with the characters a terminal would act on shown as escapes: a goal, an LLM's reply or
+    an event may carry them (a title change, a cleared screen, a forged line), and none must reach
+    the researcher's terminal as anything but text."""
+    return text.translate(_CONTROLS)
+
+
 def _outcome(it: IterationRecord) -> str:
     v = it.validation
     accuracy = it.evaluation.summary() if it.evaluation else None

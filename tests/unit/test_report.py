@@ -7,7 +7,7 @@ import pytest
 from shared.evaluation.aggregate import summarise
 from shared.messaging.messages import Goal, SeedResult, ValidationResult
 from shared.registry.records import Decision, IterationRecord, RunRecord
-from shared.registry.report import build_report, format_report
+from shared.registry.report import build_report, for_terminal, format_report
 
 RUN = "run-report"
 GOAL = Goal(run_id=RUN, goal="beat 90% on digits", dataset="digits", target_accuracy=0.9, num_seeds=2)
@@ -200,3 +200,9 @@ def test_the_report_says_which_runtime_each_container_ran_under():
     assert report["iterations"][0]["validation"]["runtime"] == "runsc"
     assert report["iterations"][0]["evaluation"]["seed_results"][0]["runtime"] == "runsc"
     assert "containers: 2 under runsc (gVisor" in format_report(run_record(current_iteration=1), [it])
+
+
+def test_text_for_a_terminal_shows_its_control_characters_as_escapes():
+    hostile = "goal\x1b]0;pwned\x07\x1b[2J\rforged line\x9b31m\ttab\nnext"
+    assert for_terminal(hostile) == "goal\\x1b]0;pwned\\x07\\x1b[2J\\x0dforged line\\x9b31m\ttab\nnext"
+    assert for_terminal("plain ünïcode — fine") == "plain ünïcode — fine"
