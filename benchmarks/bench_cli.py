@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.security.credentials import Credentials, default_root
 from researcher.stack import free_port, start_nats_server
 from shared.runtime.log import configure_logging
 
@@ -138,10 +139,11 @@ def main() -> int:
 
     store = tempfile.TemporaryDirectory(prefix="bench-cli-js-")
     port = free_port()
-    nats = start_nats_server(port, store.name, subprocess.DEVNULL)
+    # the stack's configuration (TLS, the roles): the command connects as a client, as a user's does
+    nats = start_nats_server(port, store.name, subprocess.DEVNULL, credentials=Credentials(default_root()))
     try:
-        report_argv = cli("report", "0000000000000000", "--nats-url", f"nats://127.0.0.1:{port}")
-        timed_process(report_argv, expect=(1,))  # the first one creates the registry's buckets
+        report_argv = cli("report", "0000000000000000", "--nats-url", f"tls://127.0.0.1:{port}")
+        timed_process(report_argv, expect=(1,))  # the first one warms the page cache
         reports = [timed_process(report_argv, expect=(1,)) for _ in range(args.runs)]
         print(row("researcher report", reports, floor, "python -c pass"))
     finally:

@@ -65,11 +65,11 @@ def stopped_within(proc: subprocess.Popen, limit_s: float) -> float:
     return time.monotonic() - began
 
 
-def test_a_service_told_to_stop_after_its_server_died_stops_within_its_grace_period(tmp_path):
+def test_a_service_told_to_stop_after_its_server_died_stops_within_its_grace_period(tmp_path, credentials):
     port, log = free_port(), tmp_path / "assembler.log"
     with tempfile.TemporaryDirectory() as store:
-        server = start_nats_server(port, store, subprocess.DEVNULL)
-        proc = assembler(f"nats://127.0.0.1:{port}", log)
+        server = start_nats_server(port, store, subprocess.DEVNULL, credentials=credentials)
+        proc = assembler(f"tls://127.0.0.1:{port}", log)
         try:
             wait_for_event(proc, log, "assembler_ready")
             server.kill()
@@ -99,16 +99,17 @@ def test_a_service_still_connecting_stops_at_once_and_logs_its_retries_sparingly
     assert [e["repeats"] for e in refused] == [2 ** i for i in range(len(refused))]  # 1, 2, 4, ...: not one per attempt
 
 
-async def test_work_in_hand_that_waits_on_a_dead_server_is_cut_at_the_grace_period(tmp_path, monkeypatch):
+async def test_work_in_hand_that_waits_on_a_dead_server_is_cut_at_the_grace_period(tmp_path, monkeypatch, credentials):
     """An answer in flight that would wait on NATS forever (as the evaluator's publish of a result
     through an outage would): the service still leaves within its grace period and CLOSE_S."""
     logs = capture_logs(tmp_path, monkeypatch)
     port, stop, started = free_port(), asyncio.Event(), asyncio.Event()
     with tempfile.TemporaryDirectory() as store:
-        server = start_nats_server(port, store, subprocess.DEVNULL)
+        server = start_nats_server(port, store, subprocess.DEVNULL, credentials=credentials)
         try:
-            url = f"nats://127.0.0.1:{port}"
-            client, service_nc = await connect(url, "tests", role="admin"), await connect(url, "service-under-test")
+            url = f"tls://127.0.0.1:{port}"
+            client = await connect(url, "tests", role="admin")
+            service_nc = await connect(url, "service-under-test", role="assembler")  # it answers the assemble subject
 
             async def never_done(request):
                 started.set()
