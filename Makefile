@@ -263,5 +263,5 @@ endif
 # All of this machine's evaluator containers, GPU ones included (--remove-orphans). NATS_URL
 # only has to be set for compose to read the file.
 evaluator-down: compose-check
-	NATS_URL="$${NATS_URL:-tls://unused:4222}" NATS_CREDENTIALS="$${NATS_CREDENTIALS:-unused}" \
+	NATS_URL="$${NATS_URL:-tls://unused:4222}" NATS_CREDENTIALS="$${NATS_CREDENTIALS:-/nonexistent}" \
 	  $(EVALUATORS_STACK) down --remove-orphans
