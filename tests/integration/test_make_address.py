@@ -60,3 +60,10 @@ def test_a_command_pointed_where_no_server_answers_says_so_within_seconds():
     assert done.returncode == 1
     assert "no NATS server answered at nats://127.0.0.1:" in done.stderr and "NATS_PORT" in done.stderr, done.stderr
     assert took < COMMAND_CONNECT_S + 5, took
+
+
+def test_make_evaluator_down_needs_no_address_or_credential():
+    """Stopping a machine's evaluators takes no NATS_URL or NATS_CREDENTIALS (compose still reads
+    the file, so the defaults must parse); a project of the test's own, so no real one is touched."""
+    done = make("evaluator-down", f"EVALUATOR_PROJECT=prtest-down-{os.getpid()}")
+    assert done.returncode == 0, done.stderr
