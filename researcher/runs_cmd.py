@@ -95,11 +95,17 @@ async def open_registry(nats_url: str | None, home: Home) -> AsyncIterator[tuple
     raise busy
 
 
+async def client_connection(url: str, home: Home | None):
+    """A command's connection as the client role: with the home's credential for a home's stack,
+    else this machine's (or NATS_CREDENTIALS)."""
+    credential = str(home.credentials.role("client").path) if home else None
+    return await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S, credential=credential)
+
+
 @asynccontextmanager
 async def _connected(url: str, home: Home | None) -> AsyncIterator[Registry]:
-    """A reader's connection: as the client role, with the home's credential for a home's stack."""
-    credential = str(home.credentials.role("client").path) if home else None
-    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S, credential=credential)
+    """A reader's connection to the registry (client_connection)."""
+    nc = await client_connection(url, home)
     try:
         yield await Registry.read(nc.jetstream())
     finally:
@@ -188,8 +194,7 @@ async def stop_run(args: argparse.Namespace) -> int:
     if not url:
         raise NoRegistry("no running stack to ask: pass --nats-url (or NATS_URL) for a stack started with `make up`; "
                          f"no `researcher run` is running on {home.path} (one in progress stops with Ctrl-C)")
-    credential = None if args.nats_url else str(home.credentials.role("client").path)
-    nc = await connect(url, "researcher-cli", first_within_s=COMMAND_CONNECT_S, credential=credential)
+    nc = await client_connection(url, None if args.nats_url else home)
     try:
         run = await (await Registry.read(nc.jetstream())).get_run(args.run_id)
         if run is None or run.status in TERMINAL_STATUSES:  # nothing to ask a planner
