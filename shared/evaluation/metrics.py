@@ -14,14 +14,7 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-# The scalar keys, each one number per seed, that the evaluator aggregates over seeds.
-SCALAR_METRICS: tuple[str, ...] = (
-    "val_accuracy", "val_balanced_accuracy",
-    "val_f1_macro", "val_f1_weighted",
-    "val_precision_macro", "val_precision_weighted",
-    "val_recall_macro", "val_recall_weighted",
-    "val_loss", "val_roc_auc", "val_pr_auc",
-)
+from shared.messaging.messages import SCALAR_METRICS  # the scalar keys, one number per seed, aggregated over seeds
 
 PROB_FLOOR = 1e-7  # probabilities are clipped to [PROB_FLOOR, 1] so log loss stays finite
 IMBALANCE_RATIO = 1.5  # largest/smallest class support above which accuracy misleads

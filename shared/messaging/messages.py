@@ -16,9 +16,20 @@ import msgspec
 
 # stopped: the planning LLM chose to end the run before its budget was spent, or the command that
 # drove an embedded stack was interrupted (or killed: the next embedded stack on its home says so)
-RunStatus = Literal["running", "goal_achieved", "no_progress", "max_iterations", "stopped", "failed"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"goal_achieved", "no_progress", "max_iterations", "stopped", "failed"})
+# budget_spent: a limit of the goal's own (CPU or GPU seconds, LLM tokens) was reached
+RunStatus = Literal["running", "goal_achieved", "no_progress", "max_iterations", "budget_spent", "stopped", "failed"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"goal_achieved", "no_progress", "max_iterations", "budget_spent",
+                                               "stopped", "failed"})
 GoalStatistic = Literal["mean", "ci_lower"]
+# The scalar metrics of a seed (shared.evaluation.metrics computes them), each one number per seed
+# that aggregates over seeds; any of them may be a goal's metric.
+SCALAR_METRICS: tuple[str, ...] = (
+    "val_accuracy", "val_balanced_accuracy",
+    "val_f1_macro", "val_f1_weighted",
+    "val_precision_macro", "val_precision_weighted",
+    "val_recall_macro", "val_recall_weighted",
+    "val_loss", "val_roc_auc", "val_pr_auc",
+)
 
 
 # ---- the data and the training recipe ----
@@ -29,8 +40,12 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     kind: Literal["image", "tabular"]
     input_shape: list[int]  # without the batch dimension: (C, H, W) for images, (F,) for tables
     num_classes: int
-    num_samples: int  # before the train/validation split and any subset
+    num_samples: int  # the pool train and validation are drawn from (the test split is apart), before any subset
     class_names: list[str] = []
+    # the held-out test split, never seen by the search: "official" (the data set's own test files)
+    # or "held_out" (drawn once per run from the data, stratified); "" on records before it existed
+    test_source: str = ""
+    num_test: int = 0
 
     def num_train(self, val_fraction: float, subset_size: int | None = None) -> int:
         """Training samples of one seed: the part of the (subset of the) set left after validation."""
@@ -63,6 +78,9 @@ class TrainingRecipe(msgspec.Struct, frozen=True, kw_only=True):
     # inputs scaled to (x - mean) / std with the training split's statistics (per feature for tables,
     # per channel for images), by the trusted data pipeline; False trains on the raw values
     standardize: bool = True
+    # the training loss weighs each class by n_samples / (n_classes * its count) in the training split
+    # (scikit-learn's "balanced"): a rare class counts as much as a common one
+    class_weights: bool = False
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any]) -> "TrainingRecipe":
@@ -99,6 +117,29 @@ class Goal(msgspec.Struct, frozen=True, kw_only=True):
     # the run's compute budget in seed-epochs (one seed trained for one epoch); None: max_iterations
     # full evaluations at the longest training, max_iterations x num_seeds x max_epochs (`budget_epochs`)
     epoch_budget: int | None = None
+    # ---- the metric the goal is judged on (SCALAR_METRICS' names; loss is lower-is-better) and its
+    # target; None: target_accuracy, the older field, which is then the target of this metric ----
+    goal_metric: str = "val_accuracy"
+    target: float | None = None
+    # ---- the goal's own budgets, measured (the containers' cgroups, the LLM servers' token counts);
+    # a run that reaches one ends budget_spent. None: no limit ----
+    max_cpu_s: float | None = None
+    max_gpu_s: float | None = None
+    max_llm_tokens: int | None = None
+
+    @property
+    def target_value(self) -> float:
+        """The target of goal_metric."""
+        return self.target_accuracy if self.target is None else self.target
+
+    @property
+    def lower_is_better(self) -> bool:
+        return lower_is_better(self.goal_metric)
+
+
+def lower_is_better(metric: str) -> bool:
+    """A loss improves downwards; every other metric (accuracy, F1, AUC, ...) upwards."""
+    return metric.endswith("loss")
 
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -106,7 +147,10 @@ RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 GOAL_LIMITS: dict[str, tuple[int, int]] = {
     "max_iterations": (1, 1000), "num_seeds": (1, 100), "patience": (1, 1000), "max_epochs": (1, 1000),
     "subset_size": (10, 100_000_000), "parallel": (1, 64), "epoch_budget": (1, 100_000_000),
+    "max_llm_tokens": (1, 10_000_000_000),
 }
+OPTIONAL_LIMITS = frozenset({"subset_size", "parallel", "epoch_budget", "max_llm_tokens"})  # None: no limit
+MAX_SECONDS = 10_000_000.0  # a compute budget's cap (about 116 days)
 MAX_GOAL_CHARS = 4000
 
 
@@ -120,12 +164,22 @@ def goal_problems(goal: Goal) -> list[str]:
         problems.append(f"goal must be a description of 1 to {MAX_GOAL_CHARS} characters")
     if not goal.dataset.strip():
         problems.append("dataset must name a data set")
-    if not (math.isfinite(goal.target_accuracy) and 0.0 < goal.target_accuracy <= 1.0):
-        hint = " (a fraction: 0.95, not 95)" if goal.target_accuracy > 1 else ""
-        problems.append(f"target_accuracy must be in (0, 1]{hint}, not {goal.target_accuracy!r}")
+    if goal.goal_metric not in SCALAR_METRICS:
+        problems.append(f"goal_metric must be one of {', '.join(SCALAR_METRICS)}, not {goal.goal_metric!r}")
+    field, target = ("target_accuracy", goal.target_accuracy) if goal.target is None else ("target", goal.target)
+    if goal.lower_is_better:
+        if not (math.isfinite(target) and target > 0.0):
+            problems.append(f"{field} must be a number above 0 for {goal.goal_metric} (lower is better), not {target!r}")
+    elif not (math.isfinite(target) and 0.0 < target <= 1.0):
+        hint = " (a fraction: 0.95, not 95)" if target > 1 else ""
+        problems.append(f"{field} must be in (0, 1]{hint} for {goal.goal_metric}, not {target!r}")
+    for name in ("max_cpu_s", "max_gpu_s"):
+        seconds = getattr(goal, name)
+        if seconds is not None and not (math.isfinite(seconds) and 0.0 < seconds <= MAX_SECONDS):
+            problems.append(f"{name} must be a number of seconds above 0 and at most {MAX_SECONDS:.0f}, not {seconds!r}")
     for name, (low, high) in GOAL_LIMITS.items():
         value = getattr(goal, name)
-        if value is None and name in ("subset_size", "parallel", "epoch_budget"):
+        if value is None and name in OPTIONAL_LIMITS:
             continue
         if not low <= value <= high:
             problems.append(f"{name} must be an integer from {low} to {high}, not {value!r}")
@@ -139,20 +193,24 @@ def goal_problems(goal: Goal) -> list[str]:
 TARGET_TOLERANCE = 1e-9
 
 
-def meets_target(value: float | None, target: float) -> bool:
-    """Whether a goal statistic reaches its target; a value a rounding error below it does."""
-    return value is not None and math.isfinite(value) and value >= target - TARGET_TOLERANCE
+def meets_target(value: float | None, target: float, lower: bool = False) -> bool:
+    """Whether a goal statistic reaches its target (at or above it; at or below it for a `lower`
+    is better metric); a value a rounding error short of it does."""
+    if value is None or not math.isfinite(value):
+        return False
+    return value <= target + TARGET_TOLERANCE if lower else value >= target - TARGET_TOLERANCE
 
 
-def versus_target(value: float, target: float) -> str:
+def versus_target(value: float, target: float, lower: bool = False) -> str:
     """"0.8997 below target 0.9000" with enough digits that the two never print alike while one
     misses the other (0.899996 is shown as such, not as 0.9000)."""
-    reached = meets_target(value, target)
+    reached = meets_target(value, target, lower)
     for digits in range(4, 10):
         shown, wanted = f"{value:.{digits}f}", f"{target:.{digits}f}"
         if reached or shown != wanted:
             break
-    return f"{shown} {'>=' if reached else 'below'} target {wanted}"
+    relation = ("<=" if reached else "above") if lower else (">=" if reached else "below")
+    return f"{shown} {relation} target {wanted}"
 
 
 class GoalAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -320,6 +378,10 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     standardize: bool = DEFAULT_RECIPE.standardize
     rung: int | None = None  # the successive-halving rung it trains for; None: the full budget
     keep_weights: bool = True  # a lower rung's weights are never used: not kept
+    class_weights: bool = DEFAULT_RECIPE.class_weights
+    # "val": predict the validation inputs (the search's score); "test": the run has ended, and its
+    # best candidate predicts the held-out test inputs (scored on the trusted side, never searched on)
+    split: Literal["val", "test"] = "val"
 
     @classmethod
     def with_recipe(cls, recipe: TrainingRecipe, **fields: Any) -> "EvalJob":
@@ -348,6 +410,18 @@ class Preprocessing(msgspec.Struct, frozen=True, kw_only=True):
     shape: list[int]  # of mean and std, broadcasting over a batch: (C, 1, 1) for images, (F,) for tables
     mean: list[float]  # flattened
     std: list[float]  # flattened; holds the 1e-6 that keeps a constant feature finite
+
+
+class SeedCost(msgspec.Struct, frozen=True, kw_only=True):
+    """What one seed's training container cost, measured from outside the code: its cgroup's
+    counters as the engine reads them (shared.sandboxing.cost), never the code's own word."""
+
+    wall_s: float  # the container's run, start to exit
+    cpu_s: float | None = None  # user + system CPU time of every process in the container
+    peak_memory_bytes: int | None = None  # the cgroup's memory high-water mark
+    gpu_s: float | None = None  # seconds the container's processes held the GPU busy (None: no GPU)
+    peak_gpu_memory_bytes: int | None = None
+    measured_by: str = ""  # where the figures come from, e.g. "cgroup v2", "nvml"
 
 
 class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -384,6 +458,8 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     # ---- where the job's time went, seconds (shared.evaluation.job_timings names every key):
     # the trusted side's own clocks, and the container's claims under "harness." ----
     timings: dict[str, float] = {}
+    cost: SeedCost | None = None  # None: not measured (a failure before the container ran, an older evaluator)
+    split: Literal["val", "test"] = "val"  # as its job's: "test" metrics are the held-out test split's
 
 
 class RunEnded(msgspec.Struct, frozen=True, kw_only=True):

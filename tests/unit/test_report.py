@@ -153,7 +153,8 @@ def test_the_preprocessing_is_part_of_each_candidates_recipe():
     run = run_record(best_iteration=1, best_score=0.81)
     report = build_report(run, [raw, rejected_iteration()])
     assert report["iterations"][0]["recipe"] == {"epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd",
-                                                 "weight_decay": 0.0, "augment": False, "standardize": False}
+                                                 "weight_decay": 0.0, "augment": False, "standardize": False,
+                                                 "class_weights": False}
     assert report["best"]["recipe"]["standardize"] is False
     assert report["iterations"][1]["recipe"]["standardize"] is True  # left out: the default, as the planner reads it
     text = format_report(run, [raw, rejected_iteration()])
