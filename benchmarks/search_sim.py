@@ -221,7 +221,7 @@ class Search:
         out = self.outcome
         out.real_s = time.perf_counter() - started
         out.sim_wall_s = self.now
-        out.spent = fidelity.spent([trial_of(h) for h in self.history()])
+        out.spent = fidelity.spent([trial_of(h, self.run.goal) for h in self.history()])
         out.candidates = len(self.records)
         out.full_evaluations = sum(1 for h in self.records.values() if h.score("mean") is not None)
         out.best = best_of(self.run.goal, self.history())[1]
@@ -233,7 +233,7 @@ class Search:
         if self.outcome.status:
             return False
         biggest = self._ladder(self.max_epochs)
-        trials = [trial_of(h) for h in self.history()]
+        trials = [trial_of(h, self.run.goal) for h in self.history()]
         plan = fidelity.plan(trials, parallel=self.policy.parallel, budget=self.run.goal.epoch_budget or 0,
                              new_cost=biggest[0].cost, reserve=biggest[-1].cost if len(biggest) > 1 else 0,
                              eta=self.settings.reduction_factor, target=self.run.goal.target_accuracy)
@@ -297,7 +297,7 @@ class Search:
             out = self.outcome
             out.status, out.reached, out.sim_to_target_s = decision.status, True, self.now
             # what the run had dispatched when the verdict came, candidates still in flight included
-            out.to_target = fidelity.spent([trial_of(h) for h in self.history()])
+            out.to_target = fidelity.spent([trial_of(h, self.run.goal) for h in self.history()])
             return False
         return True
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from shared.messaging.messages import Goal, GoalStatistic, meets_target, versus_target
-from shared.registry.records import EMPTY_SUMMARY, Decision, IterationRecord
-
-
-def iteration_score(record: IterationRecord, statistic: GoalStatistic) -> float | None:
-    """The goal statistic of an iteration evaluated at the full budget; None when it was rejected,
-    every seed failed, or it stopped at a cheap rung."""
-    return record.score(statistic)
+from shared.messaging.messages import Goal, meets_target, versus_target
+from shared.registry.records import EMPTY_SUMMARY, Decision, IterationRecord, better
 
 
 def best_of(goal: Goal, history: list[IterationRecord]) -> tuple[int | None, float | None]:
-    """The best candidate at the full budget and its score (the earliest of equals)."""
+    """The best candidate at the full budget on the goal's metric and its score (the earliest of equals)."""
     best_it, best_score = None, None
     for record in history:
-        score = iteration_score(record, goal.goal_statistic)
-        if score is not None and (best_score is None or score > best_score):
+        score = record.goal_score(goal)
+        if better(score, best_score, goal.lower_is_better):
             best_it, best_score = record.iteration, score
     return best_it, best_score
 
@@ -29,42 +23,46 @@ def decide(goal: Goal, history: list[IterationRecord]) -> tuple[Decision, int | 
     current = history[-1]
     best_it, best_score, since_best = None, None, 0
     for record in history:
-        score = iteration_score(record, goal.goal_statistic)
-        if score is not None and (best_score is None or score > best_score):
+        score = record.goal_score(goal)
+        if better(score, best_score, goal.lower_is_better):
             best_it, best_score, since_best = record.iteration, score, 0
         else:
             since_best += 1
-    score = iteration_score(current, goal.goal_statistic)
-    label = _label(goal)
-    if meets_target(score, goal.target_accuracy):
+    score = current.goal_score(goal)
+    label = goal_label(goal)
+    lower = goal.lower_is_better
+    if meets_target(score, goal.target_value, lower):
         return Decision(action="goal_achieved", status="goal_achieved",
-                        reasoning=f"validation accuracy {label} {versus_target(score, goal.target_accuracy)}"), best_it, best_score
+                        reasoning=f"{label} {versus_target(score, goal.target_value, lower)}"), best_it, best_score
     if since_best >= goal.patience:
         return Decision(action="stop", status="no_progress",
                         reasoning=f"no better result in the last {since_best} full evaluations (patience {goal.patience}); "
                                   f"best {label} {_fmt(best_score)}"), best_it, best_score
-    accuracy = current.evaluation.summary() if current.evaluation else EMPTY_SUMMARY
+    measured = current.evaluation.summary(goal.goal_metric) if current.evaluation else EMPTY_SUMMARY
     if score is not None:
-        why = f"{label} {versus_target(score, goal.target_accuracy)}"
-    elif accuracy.n:
-        why = (f"only {accuracy.n} seed(s) succeeded (mean {accuracy.mean:.4f}), too few for a 95% interval, "
-               "so its lower bound is undefined")
+        why = f"{label} {versus_target(score, goal.target_value, lower)}"
+    elif measured.n:
+        why = (f"only {measured.n} seed(s) succeeded (mean {goal.goal_metric} {measured.mean:.4f}), too few for a "
+               "95% interval, so its bound is undefined")
     else:
-        why = "this configuration was rejected or failed; trying another"
+        why = "this configuration was rejected, failed, or has no value of the goal's metric; trying another"
     return Decision(action="iterate", reasoning=f"{why}; the search goes on"), best_it, best_score
 
 
-def budget_decision(goal: Goal, best_score: float | None, spent: str) -> Decision:
-    """The run's end when its compute budget allows nothing more."""
-    label = _label(goal)
-    return Decision(action="stop", status="max_iterations",
-                    reasoning=f"{spent}; best {label} "
-                              + (versus_target(best_score, goal.target_accuracy) if best_score is not None
-                                 else f"n/a, target {goal.target_accuracy:.4f}"))
+def budget_decision(goal: Goal, best_score: float | None, spent: str, status: str = "max_iterations") -> Decision:
+    """The run's end when a budget allows nothing more: the compute the search plans with
+    (max_iterations), or one of the goal's own limits (budget_spent)."""
+    return Decision(action="stop", status=status,  # type: ignore[arg-type]
+                    reasoning=f"{spent}; best {goal_label(goal)} "
+                              + (versus_target(best_score, goal.target_value, goal.lower_is_better)
+                                 if best_score is not None else f"n/a, target {goal.target_value:.4f}"))
 
 
-def _label(goal: Goal) -> str:
-    return "mean" if goal.goal_statistic == "mean" else "lower 95% bound"
+def goal_label(goal: Goal) -> str:
+    """"val_accuracy mean", "val_loss upper 95% bound": what a goal's score is."""
+    if goal.goal_statistic == "mean":
+        return f"{goal.goal_metric} mean"
+    return f"{goal.goal_metric} {'upper' if goal.lower_is_better else 'lower'} 95% bound"
 
 
 def _fmt(value: float | None) -> str:

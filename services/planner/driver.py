@@ -25,8 +25,8 @@ from services.planner.records import drop_weights, store_calls
 from services.planner.steps import CandidateSteps
 from shared.messaging import subjects
 from shared.messaging.bus import encode, through_outages
-from shared.messaging.messages import TERMINAL_STATUSES, RunEnded, TrainingRecipe, meets_target
-from shared.registry.records import (DEFAULT_METRIC, Decision, IterationRecord, RungResult, RungSpec, RunRecord,
+from shared.messaging.messages import TERMINAL_STATUSES, Goal, RunEnded, TrainingRecipe, meets_target
+from shared.registry.records import (Decision, IterationRecord, RungResult, RungSpec, RunRecord, oriented,
                                      unless_ended)
 
 if TYPE_CHECKING:
@@ -37,13 +37,15 @@ replace = msgspec.structs.replace
 IDLE_POLL_S = 5.0  # with nothing to do, the run record is read again this often (a stop by command)
 
 
-def trial_of(it: IterationRecord) -> fidelity.Trial:
-    """A candidate as successive halving sees it: its ladder, the rung it is on, its scores there."""
+def trial_of(it: IterationRecord, goal: Goal) -> fidelity.Trial:
+    """A candidate as successive halving sees it: its ladder, the rung it is on, its scores there
+    (the goal metric's mean, turned so that higher is better: successive halving ranks by maximum)."""
     rungs = [fidelity.Rung(r.index, r.epochs, tuple(r.seeds)) for r in it.rungs]
     reached = next((i for i, r in enumerate(rungs) if r.index == it.rung), len(rungs) - 1)
-    scores: dict[int | None, float | None] = {p.index: _mean(p.evaluation) for p in it.passed}
+    score = lambda evaluation: oriented(metric_mean(evaluation, goal), goal.lower_is_better)  # noqa: E731
+    scores: dict[int | None, float | None] = {p.index: score(p.evaluation) for p in it.passed}
     if it.state in ("evaluated", "parked") or (it.state == "decided" and it.evaluation is not None):
-        scores[it.rung] = _mean(it.evaluation)
+        scores[it.rung] = score(it.evaluation)
     return fidelity.Trial(number=it.iteration, rungs=rungs, reached=reached, scores=scores,
                           in_flight=it.in_flight or it.state == "evaluated", closed=it.state in ("rejected", "decided"))
 
@@ -61,8 +63,9 @@ def _epochs(config: dict) -> int:
         return TrainingRecipe().epochs
 
 
-def _mean(evaluation) -> float | None:
-    return evaluation.summary(DEFAULT_METRIC).mean if evaluation is not None else None
+def metric_mean(evaluation, goal: Goal) -> float | None:
+    """The mean of the goal's metric over an evaluation's seeds (any rung)."""
+    return evaluation.summary(goal.goal_metric).mean if evaluation is not None else None
 
 
 class RunDriver:
@@ -145,7 +148,7 @@ class RunDriver:
         for it in self.history():
             if it.state in ("evaluated", "rejected") and not await self._verdict(self.run, it):
                 return True  # the run ended: the next pass closes it
-        if meets_target(self.run.best_score, run.goal.target_accuracy):  # a verdict cut short by a crash
+        if meets_target(self.run.best_score, run.goal.target_value, run.goal.lower_is_better):  # a verdict cut short by a crash
             await self.end("goal_achieved", f"the best full evaluation, candidate {self.run.best_iteration}, "
                                             f"met the target ({self.run.best_score:.4f})")
             return True
@@ -201,21 +204,23 @@ class RunDriver:
         if best_it != it.iteration and it.evaluation is not None:
             await drop_weights(self.registry, self.run_id, it.iteration, it.seeds)
         await self.event("decided", f"candidate {it.iteration}: {decision.action}: {decision.reasoning}", it.iteration,
-                         {"action": decision.action, "score": it.score(run.goal.goal_statistic)})
+                         {"action": decision.action, "score": it.goal_score(run.goal)})
         if decision.status:
             await self.end(decision.status, decision.reasoning)
             return False
         return True
 
     async def _park(self, it: IterationRecord) -> None:
-        trials = [trial_of(h) for h in self.history()]
+        goal = self.run.goal if self.run else None
+        assert goal is not None
+        trials = [trial_of(h, goal) for h in self.history()]
         ranked = fidelity.ranked(trials, it.rung)  # the order promotion uses
         place = next((i + 1 for i, t in enumerate(ranked) if t.number == it.iteration), None)
         await self.update(it.iteration, lambda r: replace(r, state="parked"))
-        score = _mean(it.evaluation)
+        score = metric_mean(it.evaluation, goal)
         where = (f"{score:.4f}, {_ordinal(place)} of {len(ranked)} at this rung" if score is not None and place
                  else "no seed succeeded")
-        await self.event("parked", f"candidate {it.iteration}: rung {it.rung} val_accuracy mean {where}; "
+        await self.event("parked", f"candidate {it.iteration}: rung {it.rung} {goal.goal_metric} mean {where}; "
                          "waits to earn the next rung", it.iteration, {"rung": it.rung, "score": score, "place": place})
 
     # ---- what to start ----
@@ -231,10 +236,11 @@ class RunDriver:
     async def _schedule(self, run: RunRecord) -> bool:
         """Promote, propose, or end the run when nothing more fits its budget; -> False when it ended."""
         biggest = self._ladder(run, self._max_epochs(run))
-        trials = [trial_of(h) for h in self.history()]
+        trials = [trial_of(h, run.goal) for h in self.history()]
         plan = fidelity.plan(trials, parallel=run.goal.parallel or self.settings.parallel, budget=self.budget(run),
                              new_cost=biggest[0].cost, reserve=biggest[-1].cost if len(biggest) > 1 else 0,
-                             eta=self.settings.reduction_factor, target=run.goal.target_accuracy)
+                             eta=self.settings.reduction_factor,
+                             target=oriented(run.goal.target_value, run.goal.lower_is_better))
         for p in plan.promote:
             await self._promote(self.candidates[p.trial.number], trials, p.to, plan.forced)
         for _ in range(plan.propose):
@@ -252,16 +258,18 @@ class RunDriver:
     async def _promote(self, it: IterationRecord, trials: list[fidelity.Trial], nxt: fidelity.Rung,
                        forced: bool) -> None:
         trial = next(t for t in trials if t.number == it.iteration)
-        assert it.evaluation is not None
-        score = trial.scores.get(it.rung)
+        assert it.evaluation is not None and self.run is not None
+        goal = self.run.goal
+        score = metric_mean(it.evaluation, goal)
         ranked = fidelity.ranked(trials, it.rung)
         place = next(i + 1 for i, t in enumerate(ranked) if t.number == it.iteration)
         if forced:
             why = "the end game: the best cheap result, straight to the full budget while the budget allows it"
-        elif score is not None and score >= (self.run.goal.target_accuracy if self.run else 1.0):
-            why = f"its rung {it.rung} score {score:.4f} already meets the target"
+        elif meets_target(score, goal.target_value, goal.lower_is_better):
+            why = f"its rung {it.rung} {goal.goal_metric} {score:.4f} already meets the target"
         else:
-            why = (f"its rung {it.rung} score {score:.4f} is {_ordinal(place)} of {len(ranked)}, in the top "
+            shown = "n/a" if score is None else f"{score:.4f}"
+            why = (f"its rung {it.rung} {goal.goal_metric} {shown} is {_ordinal(place)} of {len(ranked)}, in the top "
                    f"1/{self.settings.reduction_factor}")
         passed = RungResult(index=it.rung, epochs=trial.rung.epochs, seeds=it.seeds, evaluation=it.evaluation,
                             started_at=it.started_at, finished_at=it.finished_at or time.time())
@@ -277,7 +285,7 @@ class RunDriver:
         assert run is not None and run.dataset_facts is not None
         n = run.current_iteration + 1
         history = self.history()
-        used = fidelity.spent([trial_of(h) for h in history])
+        used = fidelity.spent([trial_of(h, run.goal) for h in history])
         context = plan_context(run.goal, run.dataset_facts, self.planner.num_train(run), history, run.best_iteration,
                                self._max_epochs(run), self.config.llm.history_limit, spent=used, budget=self.budget(run))
         view = RunView(run=run, history=history, number=n, max_epochs=self._max_epochs(run),
@@ -345,7 +353,7 @@ class RunDriver:
         run = self.run
         assert run is not None
         flying = [h for h in self.history() if h.in_flight]
-        used = fidelity.spent([trial_of(h) for h in self.history()])
+        used = fidelity.spent([trial_of(h, run.goal) for h in self.history()])
         parts = [f"#{h.iteration} {'full' if h.rung is None else f'rung {h.rung}'}" for h in flying]
         line = f"in flight: {', '.join(parts) or 'none'}; compute {used}/{self.budget(run)} seed-epochs"
         if line != self._progress:

@@ -120,12 +120,15 @@ def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[
     """The goal, the data, the budget, the best configuration so far and the recent history."""
     done = len(history)
     budget = budget if budget is not None else goal.max_iterations * goal.num_seeds * max_epochs
-    statistic = "mean over seeds" if goal.goal_statistic == "mean" else "lower bound of the 95% interval over seeds"
+    bound = "upper" if goal.lower_is_better else "lower"
+    statistic = "mean over seeds" if goal.goal_statistic == "mean" else f"{bound} bound of the 95% interval over seeds"
     lines = [
         f"Goal: {goal.goal}",
         f"Data set: {facts.name} ({facts.kind}), input shape {list(facts.input_shape)}, "
         f"{facts.num_classes} classes, {num_train} training samples",
-        f"Target: validation accuracy ({statistic}) >= {goal.target_accuracy}",
+        f"Target: {goal.goal_metric} on the validation split ({statistic}) "
+        f"{'<=' if goal.lower_is_better else '>='} {goal.target_value} ({'lower' if goal.lower_is_better else 'higher'} "
+        "is better; every metric of each candidate is shown below)",
         f"Each configuration is trained for its own epochs (at most {max_epochs}) with {goal.num_seeds} seed(s).",
         f"Budget: {budget - spent} of {budget} seed-epochs (one seed trained one epoch) left; candidates train "
         f"briefly first and the best earn the full budget; the run stops after {goal.patience} full evaluations "

@@ -21,9 +21,10 @@ from services.planner.llm_plan import ask_plan, merge_decision
 from services.planner.records import tokens_used
 from services.planner.search import N_STARTUP_TRIALS, Hint, SearchBounds, local_move, propose
 from shared.llm.client import LLMClient
-from shared.messaging.messages import LLMCall, TrainingRecipe
+from shared.messaging.messages import Goal, LLMCall, TrainingRecipe
 from shared.registry.leaderboard import layer_counts
-from shared.registry.records import DEFAULT_METRIC, Decision, IterationRecord, Proposer as ProposerName, RunRecord
+from shared.registry.records import (DEFAULT_METRIC, Decision, IterationRecord, Proposer as ProposerName, RunRecord,
+                                     oriented)
 from shared.runtime.config import Config
 
 
@@ -127,24 +128,29 @@ class PlanningLLM:
         return Abstained(decision=decision, decided_after=last.iteration, calls=answer.calls)
 
 
-def progress_score(h: IterationRecord) -> float | None:
-    """A candidate's mean validation accuracy at the highest rung it finished (what the search
+def progress_score(h: IterationRecord, metric: str = DEFAULT_METRIC) -> float | None:
+    """A candidate's mean of `metric` (the goal's) at the highest rung it finished (what the search
     learns from, at every fidelity); None when it has none."""
     evaluations = [p.evaluation for p in h.passed] + ([h.evaluation] if h.state in ("evaluated", "parked", "decided")
                                                       else [])
     for evaluation in reversed(evaluations):
         if evaluation is not None:
-            return evaluation.summary(DEFAULT_METRIC).mean
+            return evaluation.summary(metric).mean
     return None
 
 
-def incumbent(history: list[IterationRecord], statistic) -> IterationRecord | None:
+def search_score(h: IterationRecord, goal: Goal) -> float | None:
+    """`progress_score` on the goal's metric turned so that higher is better: what the search maximises."""
+    return oriented(progress_score(h, goal.goal_metric), goal.lower_is_better)
+
+
+def incumbent(history: list[IterationRecord], goal: Goal) -> IterationRecord | None:
     """The run's best candidate: the best at the full budget, else the furthest and best of the cheap rungs."""
-    full = [h for h in history if h.score(statistic) is not None]
+    full = [h for h in history if h.goal_score(goal) is not None]
     if full:
-        return max(full, key=lambda h: (h.score(statistic), -h.iteration))
-    scored = [h for h in history if progress_score(h) is not None]
-    return max(scored, key=lambda h: (len(h.passed), progress_score(h), -h.iteration), default=None)
+        return max(full, key=lambda h: (oriented(h.goal_score(goal), goal.lower_is_better), -h.iteration))
+    scored = [h for h in history if search_score(h, goal) is not None]
+    return max(scored, key=lambda h: (len(h.passed), search_score(h, goal), -h.iteration), default=None)
 
 
 def hint(h: IterationRecord) -> Hint | None:
@@ -177,17 +183,18 @@ class BuiltinSearch:
         bounds = SearchBounds(min_epochs=min(self.min_epochs, view.max_epochs), max_epochs=view.max_epochs,
                               num_train=view.num_train)
         searched = [h for h in view.history if h.search_params]
-        measured = [(h.search_params, progress_score(h)) for h in searched
-                    if not h.in_flight or progress_score(h) is not None]  # a rejected one is told as failed
-        pending = [h.search_params for h in searched if h.in_flight and progress_score(h) is None]
-        best = incumbent(view.history, view.run.goal.goal_statistic)
+        goal = view.run.goal
+        measured = [(h.search_params, search_score(h, goal)) for h in searched
+                    if not h.in_flight or search_score(h, goal) is not None]  # a rejected one is told as failed
+        pending = [h.search_params for h in searched if h.in_flight and search_score(h, goal) is None]
+        best = incumbent(view.history, goal)
         local = random.Random(seed * 7919 + view.number).random() < self.local_share
         if best is not None and best.search_params and local and len(measured) >= N_STARTUP_TRIALS:
-            score = best.score(view.run.goal.goal_statistic)
+            score = best.goal_score(goal)
             cheap = best.passed[-1].index if best.evaluation is None and best.passed else best.rung
-            label = (f"candidate {best.iteration}, the best so far ("
+            label = (f"candidate {best.iteration}, the best so far ({goal.goal_metric} "
                      + (f"{score:.4f} at the full budget" if score is not None else
-                        f"{progress_score(best):.4f} at its cheap rung {cheap}") + ")")
+                        f"{progress_score(best, goal.goal_metric):.4f} at its cheap rung {cheap}") + ")")
             found = local_move(facts, best.search_params, hint=hint(best), seed=seed + view.number, bounds=bounds,
                                label=label)
             if all(found.params != h.search_params for h in searched):  # a move already made: TPE instead

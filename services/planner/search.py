@@ -221,6 +221,10 @@ def rebuild_study(facts: DatasetFacts, history: Sequence[tuple[dict, float | Non
                   TPESampler(seed=_sampler_seed(seed, len(history) + len(pending)), n_startup_trials=N_STARTUP_TRIALS,
                              multivariate=True, constant_liar=True))
     study = optuna.create_study(direction="maximize", sampler=chosen)
+    # a failed trial scores as low as the worst measured one, and never above FAILED_SCORE: with an
+    # oriented loss (negated, so every score is below 0) a fixed 0 would rank a failure first
+    measured = [s for _, s in history if s is not None and math.isfinite(s)]
+    failed_value = min([FAILED_SCORE, *measured])
     used = 0
     for params, score in [*history, *((p, math.nan) for p in pending)]:
         running = score is not None and math.isnan(score)
@@ -230,7 +234,7 @@ def rebuild_study(facts: DatasetFacts, history: Sequence[tuple[dict, float | Non
             if running:
                 trial = optuna.trial.create_trial(params=dict(params), distributions=space, state=TrialState.RUNNING)
             else:
-                value = FAILED_SCORE if score is None or not math.isfinite(score) else float(score)
+                value = failed_value if score is None or not math.isfinite(score) else float(score)
                 trial = optuna.trial.create_trial(params=dict(params), distributions=space, value=value)
             study.add_trial(trial)
         except ValueError:  # a value outside its distribution
@@ -245,8 +249,8 @@ def propose(facts: DatasetFacts, history: Sequence[tuple[dict, float | None]], *
     """The next configuration to evaluate; the same inputs give the same proposal.
 
     ``history`` holds ``(params, score)`` of measured trials in order: params as returned in
-    ``Proposal.params``, score the trial's mean validation accuracy at the highest rung it
-    finished, None for a failed trial. ``pending`` holds the params of trials still in flight.
+    ``Proposal.params``, score the trial's mean of the goal's metric at the highest rung it
+    finished, turned so that higher is better (a loss negated), None for a failed trial. ``pending`` holds the params of trials still in flight.
     """
     shown, note = _window(history)
     # past the window the sampler's seed still moves with the run (its history's length alone would not)

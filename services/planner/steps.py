@@ -172,16 +172,19 @@ class CandidateSteps:
         if len(results) < len(it.seeds) and not overdue:
             await self.d.results_arrived(COLLECT_POLL_S)  # a result, or poll the registry again
             return
-        evaluation = summarise(results, it.seeds)
+        goal = run.goal
+        evaluation = summarise(results, it.seeds, rank_by=goal.goal_metric)
         if it.rung is None:  # a cheap rung's curves are in its results; plots are for full evaluations
             evaluation.plots = await store_plots(self.registry, run, it, evaluation)
         await self.d.update(it.iteration, lambda r: replace(r, state="evaluated", evaluation=evaluation,
                                                             finished_at=time.time()))
-        acc = evaluation.summary()
-        mean = "n/a" if acc.mean is None else f"{acc.mean:.4f}"
+        measured = evaluation.summary(goal.goal_metric)
+        mean = "n/a" if measured.mean is None else f"{measured.mean:.4f}"
         fidelity = "at the full budget" if it.rung is None else f"at rung {it.rung}"
-        await self.d.event("evaluated", f"candidate {it.iteration}: val_accuracy mean {mean} over {acc.n} seed(s) {fidelity}",
-                           it.iteration, {"val_accuracy": msgspec.to_builtins(acc), "rung": it.rung})
+        await self.d.event("evaluated", f"candidate {it.iteration}: {goal.goal_metric} mean {mean} over {measured.n} "
+                           f"seed(s) {fidelity}", it.iteration,
+                           {goal.goal_metric: msgspec.to_builtins(measured), "metric": goal.goal_metric,
+                            "val_accuracy": msgspec.to_builtins(evaluation.summary()), "rung": it.rung})
 
     async def reject(self, run: RunRecord, it: IterationRecord, result: ValidationResult) -> None:
         await self.d.update(it.iteration, lambda r: replace(r, state="rejected", validation=result, finished_at=time.time()))

@@ -8,14 +8,16 @@ import msgspec
 
 from shared.evaluation.dynamics import analyse_learning
 from shared.evaluation.stats import aggregate, metric_bounds
-from shared.messaging.messages import SeedResult
-from shared.registry.records import (DEFAULT_METRIC, Evaluation, FinalScores, LearningDynamics, SeedFailure, SeedRow)
+from shared.messaging.messages import SeedResult, lower_is_better
+from shared.registry.records import (DEFAULT_METRIC, Evaluation, FinalScores, LearningDynamics, SeedFailure, SeedRow,
+                                     oriented)
 
 
 def summarise(results: Mapping[int, SeedResult], seeds: Sequence[int], *, metrics: Sequence[str] | None = None,
               confidence: float = 0.95, intervals: bool = True, rank_by: str = DEFAULT_METRIC) -> Evaluation:
     """Aggregate every metric (or only `metrics`) over the seeds that succeeded; failed or missing
-    seeds are listed, never dropped silently. The best seed is the one highest on `rank_by`."""
+    seeds are listed, never dropped silently. The best seed is the one best on `rank_by` (the lowest
+    for a loss)."""
     ok = {s: r for s, r in results.items() if r.ok}
     names = metrics or sorted({name for r in ok.values() for name, value in r.metrics.items() if value is not None})
     aggregated = {}
@@ -26,7 +28,9 @@ def summarise(results: Mapping[int, SeedResult], seeds: Sequence[int], *, metric
     failed = [SeedFailure(seed=s, error=results[s].error, reason=results[s].reason) if s in results
               else SeedFailure(seed=s, error="no result arrived in time", reason="missing")
               for s in seeds if s not in ok]
-    best_seed = max(ok, key=lambda s: ok[s].metrics.get(rank_by) or 0.0) if ok else None
+    lower = lower_is_better(rank_by)
+    ranked = lambda s: oriented(ok[s].metrics.get(rank_by), lower)  # noqa: E731
+    best_seed = max(ok, key=lambda s: (ranked(s) is not None, ranked(s) or 0.0)) if ok else None
     curves = {str(s): list(r.learning_curve) for s, r in sorted(ok.items())}
     return Evaluation(
         num_seeds=len(seeds),

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.messaging.messages import TrainingRecipe
-from shared.registry.records import DEFAULT_METRIC, Evaluation, IterationRecord, RunRecord
+from shared.messaging.messages import TrainingRecipe, lower_is_better
+from shared.registry.records import DEFAULT_METRIC, Evaluation, IterationRecord, RunRecord, better, oriented
 
 
 def fidelity(it: IterationRecord) -> str:
@@ -47,25 +47,31 @@ def leaderboard(run: RunRecord, iterations: list[IterationRecord]) -> list[dict[
     """Every measured candidate, those at the full budget first (by the goal statistic), then by the
     rung they reached and their mean there."""
     rows = []
+    goal = run.goal
     for it in iterations:
         evaluation = latest(it)
         if evaluation is None:
             continue
-        summary = evaluation.summary(DEFAULT_METRIC)
+        summary = evaluation.summary(goal.goal_metric)
         full = it.rung is None and it.evaluation is not None
         reached = -1 if full else (it.rung if it.evaluation is not None else it.passed[-1].index)
+        accuracy = evaluation.summary(DEFAULT_METRIC)
         rows.append({"iteration": it.iteration, "config": config_summary(it), "fidelity": fidelity(it),
                      "rung": None if full else reached,
-                     "full_budget": full, "score": it.score(run.goal.goal_statistic) if full else summary.mean,
-                     "val_accuracy": {"mean": summary.mean, "ci_95": summary.ci_95, "n": summary.n},
+                     "full_budget": full, "score": it.goal_score(goal) if full else summary.mean,
+                     "metric": goal.goal_metric,
+                     goal.goal_metric: {"mean": summary.mean, "ci_95": summary.ci_95, "n": summary.n},
+                     "val_accuracy": {"mean": accuracy.mean, "ci_95": accuracy.ci_95, "n": accuracy.n},
                      "compute_seed_epochs": it.compute(), "proposer": it.proposer, "reasoning": it.reasoning})
-    # the full budget first, then the higher cheap rungs; within each, the better score
+    # the full budget first, then the higher cheap rungs; within each, the better score (lower, for a loss)
+    ranked = lambda r: oriented(r["score"], goal.lower_is_better)  # noqa: E731
     return sorted(rows, key=lambda r: (not r["full_budget"], -(r["rung"] if r["rung"] is not None else 0),
-                                       -(r["score"] if r["score"] is not None else -1.0), r["iteration"]))
+                                       ranked(r) is None, -(ranked(r) or 0.0), r["iteration"]))
 
 
-def proposers(iterations: list[IterationRecord]) -> dict[str, dict[str, Any]]:
-    """How each proposer's candidates fared: how many, how many earned the full budget, the best there."""
+def proposers(iterations: list[IterationRecord], metric: str = DEFAULT_METRIC) -> dict[str, dict[str, Any]]:
+    """How each proposer's candidates fared: how many, how many earned the full budget, the best
+    mean of `metric` there."""
     out: dict[str, dict[str, Any]] = {}
     for it in iterations:
         row = out.setdefault(it.proposer, {"candidates": 0, "rejected": 0, "promoted": 0, "full_budget": 0,
@@ -76,8 +82,8 @@ def proposers(iterations: list[IterationRecord]) -> dict[str, dict[str, Any]]:
         row["compute_seed_epochs"] += it.compute()
         if it.rung is None and it.evaluation is not None:
             row["full_budget"] += 1
-            mean = it.evaluation.summary(DEFAULT_METRIC).mean
-            if mean is not None and (row["best_full_mean"] is None or mean > row["best_full_mean"]):
+            mean = it.evaluation.summary(metric).mean
+            if better(mean, row["best_full_mean"], lower_is_better(metric)):
                 row["best_full_mean"] = mean
     return out
 
@@ -91,10 +97,10 @@ def compute(run: RunRecord, iterations: list[IterationRecord], budget: int | Non
 def format_leaderboard(rows: list[dict[str, Any]], limit: int = 10) -> list[str]:
     lines = [f"leaderboard (top {min(limit, len(rows))} of {len(rows)} measured candidates):"]
     for r in rows[:limit]:
-        acc = r["val_accuracy"]
+        acc = r[r.get("metric", "val_accuracy")]
         ci = f" [{acc['ci_95'][0]:.4f}, {acc['ci_95'][1]:.4f}]" if acc["ci_95"] else ""
         mean = "n/a" if acc["mean"] is None else f"{acc['mean']:.4f}"
-        lines.append(f"  #{r['iteration']:<4} {r['fidelity']:<12} {mean}{ci} over {acc['n']} seed(s), "
+        lines.append(f"  #{r['iteration']:<4} {r['fidelity']:<12} {r.get('metric', 'val_accuracy')} {mean}{ci} over {acc['n']} seed(s), "
                      f"{r['compute_seed_epochs']} seed-epochs, by {r['proposer']}: {r['config']}")
     return lines
 

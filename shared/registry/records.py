@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal
 import msgspec
 
 from shared.messaging.messages import (TERMINAL_STATUSES, DatasetFacts, EpochStats, Goal, GoalStatistic, LLMCall, ModelFacts, Narrative,
-                                       RunStatus, ValidationResult)
+                                       RunStatus, ValidationResult, lower_is_better)
 
 # parked: a cheap rung finished, and the candidate waits to be promoted (or not); decided: closed
 IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "parked", "rejected",
@@ -36,13 +36,14 @@ class MetricSummary(msgspec.Struct, frozen=True, kw_only=True):
     n: int = 0
     confidence_level: float = 0.95
 
-    def statistic(self, name: GoalStatistic) -> float | None:
-        """The number a goal is judged on: the mean, or the lower bound of the interval; None when
+    def statistic(self, name: GoalStatistic, lower: bool = False) -> float | None:
+        """The number a goal is judged on: the mean, or the interval's cautious end ("ci_lower": its
+        lower bound, or its upper bound for a `lower`-is-better metric such as a loss); None when
         there is none (no seed succeeded, or one seed and the interval was asked for)."""
         if self.n == 0:
             return None
         if name == "ci_lower":
-            return self.ci_95[0] if self.ci_95 else None
+            return (self.ci_95[1] if lower else self.ci_95[0]) if self.ci_95 else None
         return self.mean
 
 
@@ -169,7 +170,7 @@ class Evaluation(msgspec.Struct, kw_only=True):
 
     def score(self, statistic: GoalStatistic, metric: str = DEFAULT_METRIC) -> float | None:
         """The goal statistic of `metric`: what decisions and leaderboards compare."""
-        return self.summary(metric).statistic(statistic)
+        return self.summary(metric).statistic(statistic, lower_is_better(metric))
 
 
 # ---- the rest of an iteration ----
@@ -237,6 +238,18 @@ class RunRecord(msgspec.Struct, kw_only=True):
     finished_at: float | None = None
 
 
+def better(a: float | None, b: float | None, lower: bool = False) -> bool:
+    """Whether score `a` beats `b` (None never beats, and is beaten by any number)."""
+    if a is None:
+        return False
+    return b is None or (a < b if lower else a > b)
+
+
+def oriented(value: float | None, lower: bool) -> float | None:
+    """A score turned so that higher is better (a loss negated), for code that ranks by maximum."""
+    return None if value is None else (-value if lower else value)
+
+
 def unless_ended(change: Callable[[RunRecord], RunRecord]) -> Callable[[RunRecord], RunRecord]:
     """`change` for a run that has not ended: an ended one (say, stopped by its interrupted
     command while a step was under way) stays as it ended."""
@@ -270,10 +283,15 @@ class IterationRecord(msgspec.Struct, kw_only=True):
     started_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
 
-    def score(self, statistic: GoalStatistic) -> float | None:
-        """The goal statistic of an iteration evaluated at the full budget; None when it was rejected,
-        every seed failed, or it has not (yet) earned the full budget: cheap rungs never count."""
-        return self.evaluation.score(statistic) if self.evaluation and self.rung is None else None
+    def score(self, statistic: GoalStatistic, metric: str = DEFAULT_METRIC) -> float | None:
+        """The goal statistic of `metric` of an iteration evaluated at the full budget; None when it
+        was rejected, every seed failed, or it has not (yet) earned the full budget: cheap rungs
+        never count."""
+        return self.evaluation.score(statistic, metric) if self.evaluation and self.rung is None else None
+
+    def goal_score(self, goal: Goal) -> float | None:
+        """`score` as `goal` judges it: its statistic of its metric."""
+        return self.score(goal.goal_statistic, goal.goal_metric)
 
     @property
     def in_flight(self) -> bool:

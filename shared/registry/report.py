@@ -14,7 +14,7 @@ from shared.messaging.messages import PROBE_BATCH, TrainingRecipe
 from shared.registry.best_model import export_best
 from shared.registry.leaderboard import (compute, fidelity, format_leaderboard, format_proposers, leaderboard,
                                          proposers)
-from shared.registry.records import IterationRecord, RunRecord
+from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord
 from shared.registry.store import Registry
 
 
@@ -86,6 +86,9 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
     chosen, best = best_iteration(run, iterations), None
     if chosen is not None:
         best = {"iteration": chosen.iteration, "score": run.best_score, "goal_statistic": run.goal.goal_statistic,
+                "goal_metric": run.goal.goal_metric,
+                run.goal.goal_metric: msgspec.to_builtins(chosen.evaluation.summary(run.goal.goal_metric))
+                if chosen.evaluation else None,
                 "val_accuracy": msgspec.to_builtins(chosen.evaluation.summary()) if chosen.evaluation else None,
                 "model_config": chosen.model_config, "recipe": msgspec.to_builtins(recipe_of(chosen)),
                 "param_count": chosen.validation.param_count if chosen.validation else None,
@@ -96,13 +99,16 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "dataset": run.goal.dataset,
         "dataset_facts": msgspec.to_builtins(run.dataset_facts),
         "target_accuracy": run.goal.target_accuracy,
+        "goal_metric": run.goal.goal_metric,
+        "target": run.goal.target_value,
+        "lower_is_better": run.goal.lower_is_better,
         "goal_statistic": run.goal.goal_statistic,
         "status": run.status,
         "error": run.error,
         "settings": msgspec.to_builtins(run.goal),
         "iterations": [iteration_report(it) for it in iterations],
         "leaderboard": leaderboard(run, iterations),
-        "proposers": proposers(iterations),
+        "proposers": proposers(iterations, run.goal.goal_metric),
         "compute": compute(run, iterations, run.budget_epochs),
         "container_runtimes": container_runtimes(iterations),
         "reason": run.reason,
@@ -166,18 +172,24 @@ def for_terminal(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
-def _outcome(it: IterationRecord) -> str:
+def _outcome(it: IterationRecord, metric: str) -> str:
+    """The candidate's goal metric (and its accuracy beside it, when the goal is on another metric)."""
     v = it.validation
-    accuracy = it.evaluation.summary() if it.evaluation else None
     if v is not None and not v.ok:
         return f"rejected: {v.error}"
-    if accuracy is not None and accuracy.n == 1 and accuracy.mean is not None:  # one seed: say which
+    shown = [_measured(it, metric)] + ([_measured(it, DEFAULT_METRIC)] if metric != DEFAULT_METRIC else [])
+    return "; ".join(part for part in shown if part) or it.state
+
+
+def _measured(it: IterationRecord, metric: str) -> str:
+    summary = it.evaluation.summary(metric) if it.evaluation else None
+    if summary is not None and summary.n == 1 and summary.mean is not None:  # one seed: say which
         only = next((row.seed for row in it.evaluation.seed_results if row.ok), None)  # type: ignore[union-attr]
-        return f"val_accuracy {accuracy.mean:.4f} from one seed (seed {only})"
-    if accuracy is not None and accuracy.n and accuracy.mean is not None:
-        ci = f" [{accuracy.ci_95[0]:.4f}, {accuracy.ci_95[1]:.4f}]" if accuracy.ci_95 else ""
-        return f"val_accuracy {accuracy.mean:.4f} ± {accuracy.std or 0.0:.4f}{ci} over {accuracy.n} seeds"
-    return it.state
+        return f"{metric} {summary.mean:.4f} from one seed (seed {only})"
+    if summary is not None and summary.n and summary.mean is not None:
+        ci = f" [{summary.ci_95[0]:.4f}, {summary.ci_95[1]:.4f}]" if summary.ci_95 else ""
+        return f"{metric} {summary.mean:.4f} ± {summary.std or 0.0:.4f}{ci} over {summary.n} seeds"
+    return ""
 
 
 def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
@@ -185,7 +197,8 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     goal = run.goal
     lines = [f"run {run.run_id}: {goal.goal!r} on {goal.dataset}",
              f"status: {run.status}" + (f" ({run.error})" if run.error else ""),
-             f"target: {goal.target_accuracy:.4f} on the {goal.goal_statistic} of validation accuracy", ""]
+             f"target: {goal.goal_metric} {'<=' if goal.lower_is_better else '>='} {goal.target_value:.4f}, on its "
+             f"{goal.goal_statistic} over seeds on the validation split (the split candidates are selected on)", ""]
     lines += format_leaderboard(leaderboard(run, iterations)) + [""]
     detailed = [it for it in iterations if (it.rung is None and it.evaluation is not None) or len(iterations) <= 12]
     if len(detailed) < len(iterations):
@@ -197,7 +210,8 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
             flops = f", {v.flops // PROBE_BATCH:,} FLOPs per sample" if v.flops is not None else ""
             params = f"{v.param_count:,} params{flops} (reported by the model's process), "
         at = "" if it.rung is None else f" [{fidelity(it)}]"
-        lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}{at}: {params}{_outcome(it)}")
+        lines.append(f"  #{it.iteration} {it.class_name or it.model_config.get('class_name', '?')}{at}: {params}"
+                     f"{_outcome(it, goal.goal_metric)}")
         recipe = recipe_of(it) if it.evaluation else None  # a candidate that never trained had none
         if recipe is not None:
             lines.append(f"      trained: {format_recipe(recipe)}")
@@ -208,17 +222,17 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
             if it.decision.disagreement:
                 lines.append(f"      !! {it.decision.disagreement}")
     if run.best_iteration is not None and run.best_score is not None:
-        lines += ["", f"best: iteration {run.best_iteration} ({goal.goal_statistic} {run.best_score:.4f})"]
+        lines += ["", f"best: iteration {run.best_iteration} ({goal.goal_metric} {goal.goal_statistic} {run.best_score:.4f})"]
         chosen = best_iteration(run, iterations)
         final = chosen.evaluation if chosen is not None and chosen.evaluation else None
         if final is not None and final.best_seed is not None and final.final is not None:
-            score = final.final.val_accuracy
-            lines.append(f"      its best seed: {final.best_seed}" + (f" (val_accuracy {score:.4f})" if score is not None
+            score = getattr(final.final, goal.goal_metric, None)
+            lines.append(f"      its best seed: {final.best_seed}" + (f" ({goal.goal_metric} {score:.4f})" if score is not None
                                                                        else "") + ", the one its confusion matrix shows")
     spent = compute(run, iterations, run.budget_epochs)
     lines += ["", f"compute: {spent['spent_seed_epochs']} of {spent['budget_seed_epochs']} seed-epochs, "
                   f"{spent['candidates']} candidates, {spent['reached_full_budget']} at the full budget"]
-    lines += ["proposers:"] + format_proposers(proposers(iterations))
+    lines += ["proposers:"] + format_proposers(proposers(iterations, goal.goal_metric))
     runtimes = container_runtimes(iterations)
     if runtimes:
         lines.append("containers: " + "; ".join(f"{count} under {RUNTIMES.get(name, name)}" for name, count in runtimes.items()))

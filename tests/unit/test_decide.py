@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.planner.decide import budget_decision, decide, iteration_score
+from services.planner.decide import budget_decision, decide
 from shared.evaluation.aggregate import summarise
 from shared.messaging.messages import EpochStats, Goal, SeedResult, ValidationResult
 from shared.registry.records import IterationRecord
@@ -158,7 +158,7 @@ def test_an_iteration_whose_seeds_all_failed_has_no_score():
     seeds = [0, 1]
     record = IterationRecord(run_id=RUN, iteration=2, state="evaluated", seeds=seeds,
                              evaluation=summarise({0: seed_result(2, 0, None, "CUDA OOM")}, seeds))
-    assert iteration_score(record, "mean") is None
+    assert record.score("mean") is None
     decision, best_it, _ = decide(goal(), [evaluated(1, [0.5, 0.6]), record])
     assert decision.action == "iterate"
     assert best_it == 1

@@ -1,6 +1,7 @@
 """The proposer seam's pure parts: whose turn it is, what a candidate scored where, the incumbent."""
 
 from services.planner.driver import trial_of
+from shared.messaging.messages import Goal
 from services.planner.proposers import hint, incumbent, llm_turn, progress_score
 from shared.evaluation.aggregate import summarise
 from shared.messaging.messages import EpochStats, SeedResult
@@ -38,10 +39,11 @@ def test_scores_come_from_the_highest_rung_finished_and_only_the_full_one_counts
     full = candidate(3, "decided", None, [0.85, 0.87])
     assert progress_score(cheap) == 0.7 and progress_score(promoted) == 0.8
     assert cheap.score("mean") is None and full.score("mean") == 0.86
-    assert incumbent([cheap, promoted, full], "mean").iteration == 3
-    assert incumbent([cheap, promoted], "mean").iteration == 2  # furthest up the ladder first
-    assert trial_of(promoted).in_flight and trial_of(promoted).scores == {0: 0.8}
-    assert trial_of(cheap).parked and trial_of(full).closed
+    goal = Goal(run_id="r", goal="g")
+    assert incumbent([cheap, promoted, full], goal).iteration == 3
+    assert incumbent([cheap, promoted], goal).iteration == 2  # furthest up the ladder first
+    assert trial_of(promoted, goal).in_flight and trial_of(promoted, goal).scores == {0: 0.8}
+    assert trial_of(cheap, goal).parked and trial_of(full, goal).closed
     assert promoted.compute() == 2 + 12 and full.compute() == 12  # its full rung is queued: committed
 
 

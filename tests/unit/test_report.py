@@ -131,14 +131,14 @@ def test_format_report(records, report):
     text = format_report(*records)
     assert f"run {RUN}" in text
     assert "status: goal_achieved" in text
-    assert "target: 0.9000" in text
+    assert "target: val_accuracy >= 0.9000, on its mean over seeds on the validation split" in text
     assert ("#1 SmallCNN: 12,345 params, 40,000 FLOPs per sample (reported by the model's process), "
             "val_accuracy 0.9300 ± 0.0141") in text
     assert "over 2 seeds" in text
     low, high = report["iterations"][0]["evaluation"]["aggregated"]["val_accuracy"]["ci_95"]
     assert f"[{low:.4f}, {high:.4f}]" in text
     assert "-> goal_achieved: validation accuracy mean 0.9300 >= target 0.9000" in text
-    assert "best: iteration 1 (mean 0.9300)" in text
+    assert "best: iteration 1 (val_accuracy mean 0.9300)" in text
     assert "its best seed: 1 (val_accuracy 0.9400), the one its confusion matrix shows" in text
     assert "wall time: 12.5 s" in text
     assert ("      trained: 10 epochs, batch 64, adam lr 0.001, weight decay 0; inputs standardised with the "
@@ -185,7 +185,7 @@ def test_format_report_with_one_seed_has_no_interval():
                           validation=ValidationResult(ok=True, param_count=10),
                           evaluation=summarise({0: seed(1, 0, 0.8)}, [0]))
     text = format_report(run_record(best_iteration=1, best_score=0.8), [one])
-    line = next(line for line in text.splitlines() if line.startswith("  #1 ") and "val_accuracy" in line)
+    line = next(line for line in text.splitlines() if line.startswith("  #1 SmallCNN"))
     assert line.endswith("val_accuracy 0.8000 from one seed (seed 0)")  # which seed, and no [low, high] interval
 
 
