@@ -131,8 +131,8 @@ def research_agent_main(argv: list[str] | None = None) -> int:
     forwarded = ["run", args.goal, "--dataset", args.dataset, "--target-accuracy", str(args.target_accuracy),
                  "--max-iterations", str(args.max_iterations), "--num-seeds", str(args.num_seeds),
                  "--patience", str(args.patience), "--goal-statistic", args.goal_statistic,
-                 "--max-epochs", str(args.max_epochs)]
-    for flag in ("subset_size", "parallel", "epoch_budget"):
+                 "--max-epochs", str(args.max_epochs), "--goal-metric", args.goal_metric]
+    for flag in ("subset_size", "parallel", "epoch_budget", "target", "max_cpu_s", "max_gpu_s", "max_llm_tokens"):
         if getattr(args, flag):
             forwarded += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.nats_url:

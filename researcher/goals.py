@@ -19,7 +19,7 @@ from shared.data.files import LOCAL_HINT
 from shared.errors import MessageError
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode, publish_to_stream
-from shared.messaging.messages import GOAL_LIMITS, ErrorReply, Goal, GoalAnswer, GoalStatistic
+from shared.messaging.messages import GOAL_LIMITS, SCALAR_METRICS, ErrorReply, Goal, GoalAnswer, GoalStatistic
 from shared.messaging.limits import cap_problems
 from shared.runtime.config import Config, PlannerConfig
 
@@ -44,7 +44,14 @@ def goal_args(p: argparse.ArgumentParser) -> None:
     """A goal's flags; their defaults are Goal's own, their ranges GOAL_LIMITS."""
     d, limits = Goal(run_id="-", goal="-"), GOAL_LIMITS
     p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(known_datasets())}")
-    p.add_argument("--target-accuracy", type=float, default=d.target_accuracy, help="a fraction in (0, 1]")
+    p.add_argument("--goal-metric", choices=SCALAR_METRICS, default=d.goal_metric, metavar="METRIC",
+                   help="the validation metric the goal is judged and candidates are selected on, one of: "
+                        f"{', '.join(SCALAR_METRICS)} (val_loss: lower is better, every other: higher)")
+    p.add_argument("--target", type=float, default=None,
+                   help="the goal metric's target: a fraction in (0, 1], or above 0 for val_loss "
+                        "(default: --target-accuracy's value)")
+    p.add_argument("--target-accuracy", type=float, default=d.target_accuracy,
+                   help="a fraction in (0, 1]; the target of --goal-metric when --target is not given")
     p.add_argument("--max-iterations", type=int, default=d.max_iterations,
                    help="the compute budget in full evaluations: N x num-seeds x max-epochs seed-epochs, "
                         "%d to %d" % limits["max_iterations"])
@@ -58,9 +65,18 @@ def goal_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=d.patience,
                    help="full evaluations without a better best before stopping, %d to %d" % limits["patience"])
     p.add_argument("--goal-statistic", choices=get_args(GoalStatistic), default=d.goal_statistic,
-                   help="judge the goal on the mean over seeds or the lower bound of its 95%% interval")
+                   help="judge the goal on the mean over seeds or the cautious end of its 95%% interval "
+                        "(the lower bound; the upper for val_loss)")
     p.add_argument("--subset-size", type=int, default=d.subset_size, help="samples drawn from the data set, at least %d (default: all of them)" % limits["subset_size"][0])
     p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="%d to %d" % limits["max_epochs"])
+    p.add_argument("--max-cpu-s", type=float, default=None,
+                   help="end the run (budget_spent) once its training containers have used this many CPU seconds, "
+                        "as their cgroups count them (default: no limit)")
+    p.add_argument("--max-gpu-s", type=float, default=None,
+                   help="likewise for GPU seconds (default: no limit)")
+    p.add_argument("--max-llm-tokens", type=int, default=None,
+                   help="end the run (budget_spent) once its LLM calls have used this many tokens, in and out, "
+                        "as the servers report them (default: no limit)")
     p.add_argument("--require-llm", action="store_true", help="fail the run instead of falling back to the built-in "
                    "search or assembler when a configured LLM cannot be reached or answers nothing usable")
 
@@ -101,7 +117,9 @@ def make_goal(args: argparse.Namespace) -> Goal:
                 target_accuracy=args.target_accuracy, max_iterations=args.max_iterations,
                 num_seeds=args.num_seeds, patience=args.patience, goal_statistic=args.goal_statistic,
                 subset_size=args.subset_size, max_epochs=args.max_epochs, submitted_at=time.time(),
-                require_llm=args.require_llm, parallel=args.parallel, epoch_budget=args.epoch_budget)
+                require_llm=args.require_llm, parallel=args.parallel, epoch_budget=args.epoch_budget,
+                goal_metric=args.goal_metric, target=args.target, max_cpu_s=args.max_cpu_s, max_gpu_s=args.max_gpu_s,
+                max_llm_tokens=args.max_llm_tokens)
 
 
 class GoalRejected(Exception):

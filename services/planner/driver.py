@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import msgspec
 import structlog
 
-from services.planner import fidelity
+from services.planner import budgets, fidelity
 from services.planner.decide import best_of, budget_decision, decide
 from services.planner.llm_plan import plan_context
 from services.planner.proposers import Abstained, Declined, Proposal, RunView, llm_turn
@@ -25,7 +25,7 @@ from services.planner.records import drop_weights, store_calls
 from services.planner.steps import CandidateSteps
 from shared.messaging import subjects
 from shared.messaging.bus import encode, through_outages
-from shared.messaging.messages import TERMINAL_STATUSES, Goal, RunEnded, TrainingRecipe, meets_target
+from shared.messaging.messages import TERMINAL_STATUSES, Goal, RunEnded, SeedResult, TrainingRecipe, meets_target
 from shared.registry.records import (Decision, IterationRecord, RungResult, RungSpec, RunRecord, oriented,
                                      unless_ended)
 
@@ -82,6 +82,7 @@ class RunDriver:
         self._wake = asyncio.Event()  # a candidate changed state, or a seed result came
         self._results = asyncio.Condition()
         self._stop_asked: str | None = None  # `researcher stop`: why, until the next pass ends the run
+        self.unaggregated = budgets.Unaggregated()  # costs of seed results not in an evaluation yet
 
     # ---- the cache, written through ----
     def history(self) -> list[IterationRecord]:
@@ -100,8 +101,10 @@ class RunDriver:
         self._stop_asked = why
         self._wake.set()
 
-    def notify(self) -> None:
+    def notify(self, result: SeedResult | None = None) -> None:
         """A seed result of this run was stored (Planner.on_result)."""
+        if result is not None:
+            self.unaggregated.add(result)
         self._wake.set()
         asyncio.ensure_future(self._notify_results())
 
@@ -152,6 +155,8 @@ class RunDriver:
             await self.end("goal_achieved", f"the best full evaluation, candidate {self.run.best_iteration}, "
                                             f"met the target ({self.run.best_score:.4f})")
             return True
+        if await self._over_budget(run):
+            return True  # the run ended: the next pass closes it
         if await self._schedule(run):
             await self._report_progress()
             try:
@@ -253,6 +258,20 @@ class RunDriver:
                                        f"{self.budget(run)} seed-epochs used, too few left for another candidate or promotion")
             await self.end(decision.status or "max_iterations", decision.reasoning)
             return False
+        return True
+
+    async def _over_budget(self, run: RunRecord) -> bool:
+        """End the run as budget_spent once it has used one of its goal's own limits (CPU or GPU
+        seconds, LLM tokens); -> whether it did."""
+        goal = run.goal
+        if goal.max_cpu_s is None and goal.max_gpu_s is None and goal.max_llm_tokens is None:
+            return False
+        used = budgets.spent(run, self.history(), self.unaggregated.spent(self.candidates))
+        limit = budgets.reached(goal, used)
+        if limit is None:
+            return False
+        _, best_score = best_of(goal, self.history())
+        await self.end("budget_spent", budget_decision(goal, best_score, limit, status="budget_spent").reasoning)
         return True
 
     async def _promote(self, it: IterationRecord, trials: list[fidelity.Trial], nxt: fidelity.Rung,

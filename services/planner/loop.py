@@ -74,7 +74,7 @@ class Planner:
                                             "duration_s": result.duration_s, "evaluator": result.evaluator})
         driver = self._drivers.get(result.run_id)
         if driver is not None:
-            driver.notify()
+            driver.notify(result)
 
     async def _unasked(self, result: SeedResult) -> str | None:
         """Why no job of this run asks for `result` (its id is not the one dispatched, its candidate is

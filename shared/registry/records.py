@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal
 import msgspec
 
 from shared.messaging.messages import (TERMINAL_STATUSES, DatasetFacts, EpochStats, Goal, GoalStatistic, LLMCall, ModelFacts, Narrative,
-                                       RunStatus, ValidationResult, lower_is_better)
+                                       RunStatus, SeedCost, ValidationResult, lower_is_better)
 
 # parked: a cheap rung finished, and the candidate waits to be promoted (or not); decided: closed
 IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "parked", "rejected",
@@ -151,6 +151,7 @@ class SeedRow(msgspec.Struct, frozen=True, kw_only=True):
     dynamics: LearningDynamics | None = None
     started_at: float = 0.0  # when an evaluator took its job (its clock); it ended duration_s later
     runtime: str | None = None  # its container's OCI runtime (runsc: gVisor; runc), None before it was recorded
+    cost: SeedCost | None = None  # what its container used, measured from outside it; None: not measured
 
 
 class Evaluation(msgspec.Struct, kw_only=True):

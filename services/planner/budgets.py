@@ -1,0 +1,88 @@
+"""The goal's own budgets (CPU seconds, GPU seconds, LLM tokens): what a run has spent, measured
+(the training containers' cgroups, the LLM servers' token counts), and whether a limit is reached.
+
+A seed's cost is in its candidate's evaluation once the candidate is aggregated; before that the
+driver keeps the costs of the results that came (`Unaggregated`), so a run is stopped on what its
+containers used, not on what was aggregated. A planner that restarts loses only that tally of the
+candidates still in flight, which their evaluations bring back when they are aggregated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.messaging.messages import Goal, SeedCost, SeedResult
+from shared.registry.records import Evaluation, IterationRecord, RunRecord
+
+
+@dataclass(frozen=True)
+class Spent:
+    cpu_s: float = 0.0
+    gpu_s: float = 0.0
+    llm_tokens: int = 0
+    seeds_measured: int = 0  # seeds whose cost was measured (an older evaluator's were not)
+
+    def __add__(self, other: "Spent") -> "Spent":
+        return Spent(self.cpu_s + other.cpu_s, self.gpu_s + other.gpu_s, self.llm_tokens + other.llm_tokens,
+                     self.seeds_measured + other.seeds_measured)
+
+
+def of_cost(cost: SeedCost | None) -> Spent:
+    if cost is None:
+        return Spent()
+    return Spent(cpu_s=cost.cpu_s or 0.0, gpu_s=cost.gpu_s or 0.0, seeds_measured=1)
+
+
+def evaluations(it: IterationRecord) -> list[Evaluation]:
+    """Every evaluation of a candidate: the cheap rungs it passed and the one it is on."""
+    return [p.evaluation for p in it.passed if p.evaluation is not None] + ([it.evaluation] if it.evaluation else [])
+
+
+def llm_tokens(run: RunRecord, history: list[IterationRecord]) -> int:
+    """Tokens in and out of every LLM call of the run: the check at its start and each candidate's."""
+    return sum(c.tokens for c in run.llm_check or []) + sum(c.tokens for h in history for c in h.llm_calls)
+
+
+class Unaggregated:
+    """The costs of seed results that came for candidates not aggregated yet, by job id."""
+
+    def __init__(self) -> None:
+        self._costs: dict[str, tuple[int, int | None, SeedCost]] = {}
+
+    def add(self, result: SeedResult) -> None:
+        if result.cost is not None and result.split == "val":
+            self._costs[result.job_id] = (result.iteration, result.rung, result.cost)
+
+    def spent(self, candidates: dict[int, IterationRecord]) -> Spent:
+        """Of the results whose candidate is still waiting for them at that rung (the others are
+        in an evaluation now, or were never asked for)."""
+        total = Spent()
+        for job_id, (n, rung, cost) in list(self._costs.items()):
+            it = candidates.get(n)
+            if it is not None and it.state in ("validated", "evaluating") and it.rung == rung:
+                total = total + of_cost(cost)
+            else:
+                del self._costs[job_id]
+        return total
+
+
+def spent(run: RunRecord, history: list[IterationRecord], pending: Spent = Spent()) -> Spent:
+    """What the run has used so far: its aggregated seeds' costs, `pending` (Unaggregated.spent), tokens."""
+    total = pending + Spent(llm_tokens=llm_tokens(run, history))
+    for it in history:
+        for evaluation in evaluations(it):
+            for row in evaluation.seed_results:
+                total = total + of_cost(row.cost)
+    return total
+
+
+def reached(goal: Goal, used: Spent) -> str | None:
+    """Which of the goal's limits `used` has reached, in a sentence; None while none is."""
+    if goal.max_cpu_s is not None and used.cpu_s >= goal.max_cpu_s:
+        return (f"the CPU budget is spent: {used.cpu_s:.1f} of {goal.max_cpu_s:g} CPU seconds used by "
+                f"{used.seeds_measured} seed container(s), as their cgroups count them")
+    if goal.max_gpu_s is not None and used.gpu_s >= goal.max_gpu_s:
+        return f"the GPU budget is spent: {used.gpu_s:.1f} of {goal.max_gpu_s:g} GPU seconds used"
+    if goal.max_llm_tokens is not None and used.llm_tokens >= goal.max_llm_tokens:
+        return f"the LLM token budget is spent: {used.llm_tokens:,} of {goal.max_llm_tokens:,} tokens used"
+    return None
