@@ -44,16 +44,42 @@ def llm_tokens(run: RunRecord, history: list[IterationRecord]) -> int:
 
 
 class Unaggregated:
-    """The costs of seed results that came for candidates not aggregated yet, by job id."""
+    """The seed results that came for candidates not aggregated yet (their costs), by job id."""
 
     def __init__(self) -> None:
-        self._costs: dict[str, tuple[int, int | None, SeedCost]] = {}
+        self._results: dict[str, tuple[int, int | None, SeedCost | None]] = {}
 
     def add(self, result: SeedResult) -> None:
-        if result.cost is not None and result.split == "val":
-            self._costs[result.job_id] = (result.iteration, result.rung, result.cost)
+        if result.split == "val":
+            self._results[result.job_id] = (result.iteration, result.rung, result.cost)
+
+    def _waiting(self, candidates: dict[int, IterationRecord]) -> list[tuple[int, SeedCost | None]]:
+        """(candidate, cost) of the results whose candidate still waits for them at that rung; the
+        others (in an evaluation now, or never asked for) are forgotten."""
+        out = []
+        for job_id, (n, rung, cost) in list(self._results.items()):
+            it = candidates.get(n)
+            if it is not None and it.state in ("validated", "evaluating") and it.rung == rung:
+                out.append((n, cost))
+            else:
+                del self._results[job_id]
+        return out
 
     def spent(self, candidates: dict[int, IterationRecord]) -> Spent:
+        total = Spent()
+        for _, cost in self._waiting(candidates):
+            total = total + of_cost(cost)
+        return total
+
+    def complete(self, candidates: dict[int, IterationRecord]) -> list[int]:
+        """Candidates whose every seed has its result here: about to be aggregated and judged."""
+        counts: dict[int, int] = {}
+        for n, _ in self._waiting(candidates):
+            counts[n] = counts.get(n, 0) + 1
+        return [n for n, count in counts.items() if count >= len(candidates[n].seeds)]
+
+
+def spent(self, candidates: dict[int, IterationRecord]) -> Spent:
         """Of the results whose candidate is still waiting for them at that rung (the others are
         in an evaluation now, or were never asked for)."""
         total = Spent()

@@ -268,8 +268,8 @@ class RunDriver:
             return False
         used = budgets.spent(run, self.history(), self.unaggregated.spent(self.candidates))
         limit = budgets.reached(goal, used)
-        if limit is None:
-            return False
+        if limit is None or self.unaggregated.complete(self.candidates):
+            return False  # a candidate with all its results in is judged first: its compute is spent already
         _, best_score = best_of(goal, self.history())
         await self.end("budget_spent", budget_decision(goal, best_score, limit, status="budget_spent").reasoning)
         return True

@@ -84,6 +84,9 @@ def test_budgets_count_measured_cost_and_tokens():
     used = budgets.spent(run, [done, flying], pending.spent({1: done, 2: flying}))
     assert (used.cpu_s, used.llm_tokens, used.seeds_measured) == (4.5, 2000, 3)
     assert budgets.reached(run.goal, used).startswith("the LLM token budget is spent: 2,000 of 1,500")
+    assert pending.complete({1: done, 2: flying}) == []  # one of its two seeds is in
+    pending.add(result(2, 1, 0.5, 0.5, cpu_s=0.5))
+    assert pending.complete({1: done, 2: flying}) == [2]  # judged before the budget ends the run
     more = budgets.spent(run, [done, flying], budgets.Spent(cpu_s=1.0))
     assert budgets.reached(goal(max_cpu_s=3.0), more).startswith("the CPU budget is spent: 3.0 of 3 CPU seconds")
     assert budgets.reached(goal(), more) is None
