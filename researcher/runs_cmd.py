@@ -163,7 +163,8 @@ async def runs(args: argparse.Namespace) -> int:
 
 def run_row(run: RunRecord) -> dict:
     return {"run_id": run.run_id, "status": run.status, "dataset": run.goal.dataset, "goal": run.goal.goal,
-            "goal_statistic": run.goal.goal_statistic, "target": run.goal.target_accuracy,
+            "goal_statistic": run.goal.goal_statistic, "goal_metric": run.goal.goal_metric,
+            "target": run.goal.target_value,
             "best_score": run.best_score, "best_iteration": run.best_iteration,
             "iterations": run.current_iteration, "max_iterations": run.goal.max_iterations,
             "candidates": run.current_iteration, "budget_seed_epochs": run.budget_epochs,
@@ -171,11 +172,12 @@ def run_row(run: RunRecord) -> dict:
 
 
 def format_runs(found: list[RunRecord]) -> str:
-    header = ("RUN", "STATUS", "DATASET", "BEST", "TARGET", "CANDIDATES", "STARTED", "GOAL")
+    header = ("RUN", "STATUS", "DATASET", "METRIC", "BEST", "TARGET", "CANDIDATES", "STARTED", "GOAL")
     rows = [header]
     for run in found:
         best = "-" if run.best_score is None else f"{run.best_score:.4f}"
-        rows.append((run.run_id, run.status, _cut(run.goal.dataset, 24), best, f"{run.goal.target_accuracy:.4f}",
+        target = f"{'<=' if run.goal.lower_is_better else '>='}{run.goal.target_value:.4f}"
+        rows.append((run.run_id, run.status, _cut(run.goal.dataset, 24), run.goal.goal_metric, best, target,
                      str(run.current_iteration),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at)), _cut(run.goal.goal, 48)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
