@@ -42,6 +42,7 @@ class TrainSettings:
     channels_last: bool = True  # for 4-D (image) inputs
     compile: bool = False  # torch.compile the model first (worth it for long runs only)
     augment: bool = False  # image batches: random crop (4-pixel padding) and horizontal flip, on the device
+    class_weights: bool = False  # the loss weighs each class by n / (n_classes * its count) in y_train
 
 
 @dataclass
@@ -82,6 +83,16 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     out = padded[:, :, dy:dy + h, dx:dx + w]
     flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def balanced_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" class weights from the training labels: n / (n_present * count) for
+    each class present in `y`, 1 for a class the model outputs but `y` lacks (it never enters the loss).
+    (num_classes,) float32 on y's device."""
+    counts = torch.bincount(y.long(), minlength=num_classes)[:num_classes].float()
+    present = int((counts > 0).sum())
+    weights = y.numel() / (max(present, 1) * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, torch.ones_like(weights))
 
 
 def _predict(model: nn.Module, x: torch.Tensor, autocast) -> np.ndarray:
@@ -141,6 +152,8 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
                 xb = augment_batch(xb, generator)
             with autocast():
                 logits = model(xb)
+                if settings.class_weights and loss_fn.weight is None:  # the model's class count is known only now
+                    loss_fn = nn.CrossEntropyLoss(weight=balanced_weights(y_tr, logits.shape[1]))
                 loss = loss_fn(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
