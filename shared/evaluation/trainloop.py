@@ -56,6 +56,9 @@ class TrainOutput:
     failure: dict[str, Any] | None = None  # {"reason", "error"} when training diverged
     setup_time_s: float = 0.0  # data and model onto the device, the optimizer built: before the first epoch
     predict_time_s: float = 0.0  # the final predictions, after train_time_s
+    # bytes: torch's allocator high-water mark over the call, on CUDA (None elsewhere); the caching
+    # allocator reserves more, and nvidia-smi adds the CUDA context (benchmarks/gpu_check.py compares them)
+    peak_gpu_memory_bytes: int | None = None
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -108,6 +111,8 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
     entered = time.perf_counter()
     device = device or pick_device()
     cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     x_tr = torch.as_tensor(x_train).to(device, non_blocking=True)
@@ -183,4 +188,5 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
     if settings.track_val_each_epoch:
         per_epoch.append(probs)
     return TrainOutput(curve, probs, per_epoch, train_time, seen / train_time if train_time > 0 else 0.0, str(device),
-                       setup_time_s=started - entered, predict_time_s=time.perf_counter() - started - train_time)
+                       setup_time_s=started - entered, predict_time_s=time.perf_counter() - started - train_time,
+                       peak_gpu_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if cuda else None)
