@@ -105,7 +105,9 @@ def step_airbench(device_name: str, sizes: dict) -> None:
         figures[f"{label}_val_accuracy"] = round(float((out.val_probs.argmax(1) == y_val).mean()), 3)
         figures[f"{label}_s"] = round(out.train_time_s, 2)
         figures[f"{label}_call_s"] = round(time.perf_counter() - started, 2)  # compile time included
-    _emit(status="ok", ratio=round(figures["engine_samples_per_s"] / figures["reference_samples_per_s"], 2), **figures)
+    engine = figures.get("engine_samples_per_s")
+    _emit(status="ok" if engine else "failed", ratio=round(engine / reference.samples_per_s, 2) if engine else None,
+          **figures)
 
 
 def _nvidia_smi_used_mib() -> float | str:

@@ -7,6 +7,11 @@
 #   scripts/gpu-check.sh [--device cuda|cpu] [--json FILE]   run the check (default: cuda)
 #   scripts/gpu-check.sh wheels                               fill $GPU_WHEELS here (needs pip and the index)
 #
+# On a lent device machine (a checkout whose build/gpu-wheels was filled first; build/ is ignored, so carry it):
+#   run(command="bash scripts/gpu-check.sh --json $OUT/gpu-check.json", carry=["build/gpu-wheels"], timeout_s=540)
+# Exit status: 0 every step ok; 1 a step failed or timed out (its row says why; --json keeps its stderr);
+# 2 this machine lacks a package; 3 no CUDA here, nothing measured.
+#
 # Environment:
 #   PYTHON            the interpreter that has torch (default: python3)
 #   GPU_WHEELS        the wheels folder (default: build/gpu-wheels); installed with --target into

@@ -111,6 +111,7 @@ def test_the_recipe_flags_of_both_commands_default_to_the_recipe_and_turn_standa
     assert recipe_from(parser.parse_args([])) == DEFAULT_RECIPE
     assert recipe_from(parser.parse_args(["--no-standardize", "--augment"])) == TrainingRecipe(standardize=False,
                                                                                             augment=True)
+    assert recipe_from(parser.parse_args(["--class-weights"])) == TrainingRecipe(class_weights=True)
 
 
 def test_class_weights_find_the_rare_class_of_the_imbalanced_set_and_reach_a_pr_auc_goal():
