@@ -18,7 +18,7 @@ export TORCH_SPEC
 
 .DEFAULT_GOAL := help
 .PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search \
-        bench-tls
+        bench-tls gpu-check gpu-check-wheels
 
 help:
 	@echo "Targets:"
@@ -31,6 +31,10 @@ help:
 	@echo "  clean   remove build/ and $(VENV)"
 	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
 	@echo "  bench-eval     training samples/s of the engine against a plain PyTorch loop, and the ratio"
+	@echo "  gpu-check      on a GPU machine without Docker: the engine's CUDA path against plain and airbench loops,"
+	@echo "                 its GPU figures against torch.cuda and nvidia-smi, quick-evaluator; one table (scripts/gpu-check.sh;"
+	@echo "                 GPU_CHECK_ARGS=--device cpu runs it here at tiny sizes)"
+	@echo "  gpu-check-wheels  build/gpu-wheels: the wheels the check needs beyond torch, for the GPU machine's Python 3.12"
 	@echo "  bench-cli      start-up of researcher --help, report and validate: seconds and peak RSS against python -c pass"
 	@echo "                 and against the cold container"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
@@ -110,6 +114,15 @@ bench-eval: venv
 
 bench-cli: venv images
 	$(VENV)/bin/python -m benchmarks.bench_cli $(BENCH_ARGS)
+
+# Meant for a machine with CUDA torch and no venv: the working tree plus build/gpu-wheels (gpu-check-wheels, made
+# here) travel there, and the check uses its python3 (PYTHON=...).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	bash scripts/gpu-check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-wheels: venv
+	VENV_PY=$(VENV)/bin/python bash scripts/gpu-check.sh wheels
 
 # In-process training on the deterministic assembler's models: no Docker, no stack.
 bench-search: venv

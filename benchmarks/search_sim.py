@@ -109,7 +109,7 @@ class Trainer:
             model = namespace[class_name]()
             settings = TrainSettings(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
                                      optimizer=recipe.optimizer, weight_decay=recipe.weight_decay, seed=seed,
-                                     augment=recipe.augment)
+                                     augment=recipe.augment, class_weights=recipe.class_weights)
             out = train_model(model, data.x_train, data.y_train, data.x_val, settings, torch.device("cpu"))
             base = dict(job_id=f"bench.{seed}", run_id="bench", iteration=0, seed=seed)
             if out.failure:

@@ -55,11 +55,14 @@ def recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=d.standardize,
                    help="scale the inputs by the training split's mean and std (per feature; per channel for images); "
                         "--no-standardize trains on the raw values (default: %(default)s)")
+    p.add_argument("--class-weights", action="store_true", default=d.class_weights,
+                   help="weigh the loss by n_samples / (n_classes * count) per class of the training split (imbalanced data)")
 
 
 def recipe_from(args: argparse.Namespace) -> TrainingRecipe:
     return TrainingRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                          weight_decay=args.weight_decay, augment=args.augment, standardize=args.standardize)
+                          weight_decay=args.weight_decay, augment=args.augment, standardize=args.standardize,
+                          class_weights=args.class_weights)
 
 
 def format_evaluation(evaluation: Evaluation, title: str, goal: tuple[str, float | None, bool | None] | None = None) -> str:
@@ -212,7 +215,7 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
                                  optimizer=args.optimizer, weight_decay=args.weight_decay,
                                  target_accuracy=args.target_accuracy, goal_statistic=args.goal_statistic,
                                  device=args.device, data_dir=data_dir, val_fraction=settings.val_fraction, augment=args.augment,
-                                 standardize=args.standardize,
+                                 standardize=args.standardize, class_weights=args.class_weights,
                                  output_dir=str(args.output_dir) if args.output_dir else None,
                                  save_confusion_matrix_plot=bool(args.output_dir), export_learning_curves=bool(args.output_dir))
     except DatasetError as exc:

@@ -216,7 +216,8 @@ def train(job, blob, stage):
                              optimizer=str(hp["optimizer"]), weight_decay=float(hp["weight_decay"]), seed=seed,
                              track_val_each_epoch=bool(job.get("track_learning_curves", True)),
                              track_gradient_norms=bool(job.get("track_gradient_norms", False)),
-                             compile=bool(job.get("compile", False)), augment=bool(job.get("augment", False)))
+                             compile=bool(job.get("compile", False)), augment=bool(job.get("augment", False)),
+                             class_weights=bool(job.get("class_weights", False)))
     try:
         out = train_model(model, arrays["x_train"], arrays["y_train"], arrays["x_val"], settings)
     except BaseException as exc:

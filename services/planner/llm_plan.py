@@ -114,6 +114,15 @@ def _round(value: Any) -> Any:
     return value
 
 
+def _balance_lines(facts: DatasetFacts) -> list[str]:
+    """The class counts where they are imbalanced, so the LLM knows when "class_weights" is worth a try."""
+    if not facts.imbalanced:
+        return []
+    counts = ", ".join(f"{name}: {count}" for name, count in zip(facts.class_names, facts.class_counts))
+    return [f"Classes are imbalanced (largest/smallest = {facts.imbalance_ratio():.0f}; samples per class: {counts}): "
+            "accuracy alone misleads, and \"class_weights\": true weighs the loss towards the rare classes."]
+
+
 def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[IterationRecord],
                  best_iteration: int | None, max_epochs: int, history_limit: int, *, spent: int = 0,
                  budget: int | None = None) -> str:
@@ -130,6 +139,7 @@ def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[
         f"{'<=' if goal.lower_is_better else '>='} {goal.target_value} ({'lower' if goal.lower_is_better else 'higher'} "
         "is better; every metric of each candidate is shown below)",
         f"Each configuration is trained for its own epochs (at most {max_epochs}) with {goal.num_seeds} seed(s).",
+        *_balance_lines(facts),
         f"Budget: {budget - spent} of {budget} seed-epochs (one seed trained one epoch) left; candidates train "
         f"briefly first and the best earn the full budget; the run stops after {goal.patience} full evaluations "
         "without a better result.",

@@ -113,6 +113,8 @@ def search_space(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()
         "epochs": IntDistribution(bounds.min_epochs, bounds.max_epochs),
         "batch_size": CategoricalDistribution(_batch_sizes(facts, bounds)),
     }
+    if facts.imbalanced:  # a run's facts never change, so every trial of it has this parameter or none does
+        space["class_weights"] = CategoricalDistribution([False, True])  # the loss's "balanced" class weights
     return space
 
 
@@ -126,6 +128,8 @@ def default_params(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()) -
         "epochs": min(max(recipe.epochs, bounds.min_epochs), bounds.max_epochs),
         "batch_size": recipe.batch_size if recipe.batch_size in sizes else sizes[0],
     }
+    if facts.imbalanced:  # unweighted first: weights trade accuracy for the rare classes' recall
+        shared["class_weights"] = False
     if facts.kind == "image":
         return {"n_blocks": 2, "base_channels": 32, "kernel_size": 3, "dense_units": 128,
                 "batch_norm": True, **shared}
@@ -191,6 +195,7 @@ def to_model_config(facts: DatasetFacts, params: dict[str, Any]) -> dict[str, An
         "epochs": params["epochs"],
         "batch_size": params["batch_size"],
         **({"standardize": params["standardize"]} if "standardize" in params else {}),
+        **({"class_weights": params["class_weights"]} if "class_weights" in params else {}),
     }
 
 

@@ -13,7 +13,7 @@ from shared.errors import DatasetError, UnknownDatasetError
 from shared.messaging.messages import Goal, goal_problems
 
 # Every registered name; shared.data.datasets.LOADERS has exactly these keys (a unit test checks).
-NAMES = ("digits", "breast_cancer", "wine", "iris", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")
+NAMES = ("digits", "breast_cancer", "wine", "iris", "synthetic", "imbalanced", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")
 ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fashionmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist"}
 
 

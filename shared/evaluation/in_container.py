@@ -88,6 +88,7 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
                                   f"{job.subset_size}: {exc}", duration_s=round(time.monotonic() - started, 3), **base))
     container_job = TrainJob(
         source=job.source, class_name=job.class_name, seed=job.seed, augment=recipe.augment,
+        class_weights=recipe.class_weights,
         hparams=Hparams(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
                         weight_decay=recipe.weight_decay),
         n_val=len(data.y_val), num_classes=ds.num_classes, max_weights_bytes=max_weights_bytes)

@@ -14,10 +14,9 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from shared.messaging.messages import SCALAR_METRICS  # the scalar keys, one number per seed, aggregated over seeds
+from shared.messaging.messages import IMBALANCE_RATIO, SCALAR_METRICS  # the scalar keys, one number per seed, aggregated over seeds
 
 PROB_FLOOR = 1e-7  # probabilities are clipped to [PROB_FLOOR, 1] so log loss stays finite
-IMBALANCE_RATIO = 1.5  # largest/smallest class support above which accuracy misleads
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], *,

@@ -64,6 +64,7 @@ class QuickEvalConfig:
     compile: bool = False
     augment: bool = DEFAULT_RECIPE.augment  # random crop and flip of image batches during training
     standardize: bool = DEFAULT_RECIPE.standardize  # inputs scaled by the training split's mean and std
+    class_weights: bool = DEFAULT_RECIPE.class_weights  # the loss weighs classes by n / (n_classes * count)
     data_dir: str | None = None  # None: data.dir's default; a CSV path relative to it, or absolute anywhere
 
     def __post_init__(self) -> None:
@@ -154,7 +155,7 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
                                  optimizer=config.optimizer, weight_decay=config.weight_decay, seed=seed,
                                  track_val_each_epoch=config.track_learning_curves,
                                  track_gradient_norms=config.track_gradient_norms, compile=config.compile,
-                                 augment=config.augment)
+                                 augment=config.augment, class_weights=config.class_weights)
         out = train_model(_reinitialise(model, seed), data.x_train, data.y_train, data.x_val, settings, device)
         if out.failure:
             seed_results.append(SeedResult(job_id=f"local.seed{seed}", run_id="local", iteration=0, seed=seed, ok=False,

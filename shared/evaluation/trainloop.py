@@ -42,6 +42,7 @@ class TrainSettings:
     channels_last: bool = True  # for 4-D (image) inputs
     compile: bool = False  # torch.compile the model first (worth it for long runs only)
     augment: bool = False  # image batches: random crop (4-pixel padding) and horizontal flip, on the device
+    class_weights: bool = False  # the loss weighs each class by n / (n_classes * its count) in y_train
 
 
 @dataclass
@@ -55,6 +56,9 @@ class TrainOutput:
     failure: dict[str, Any] | None = None  # {"reason", "error"} when training diverged
     setup_time_s: float = 0.0  # data and model onto the device, the optimizer built: before the first epoch
     predict_time_s: float = 0.0  # the final predictions, after train_time_s
+    # bytes: torch's allocator high-water mark over the call, on CUDA (None elsewhere); the caching
+    # allocator reserves more, and nvidia-smi adds the CUDA context (benchmarks/gpu_check.py compares them)
+    peak_gpu_memory_bytes: int | None = None
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -84,6 +88,16 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
+def balanced_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" class weights from the training labels: n / (n_present * count) for
+    each class present in `y`, 1 for a class the model outputs but `y` lacks (it never enters the loss).
+    (num_classes,) float32 on y's device."""
+    counts = torch.bincount(y.long(), minlength=num_classes)[:num_classes].float()
+    present = int((counts > 0).sum())
+    weights = y.numel() / (max(present, 1) * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, torch.ones_like(weights))
+
+
 def _predict(model: nn.Module, x: torch.Tensor, autocast) -> np.ndarray:
     model.eval()
     with torch.no_grad(), autocast():
@@ -97,6 +111,8 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
     entered = time.perf_counter()
     device = device or pick_device()
     cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     x_tr = torch.as_tensor(x_train).to(device, non_blocking=True)
@@ -141,6 +157,8 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
                 xb = augment_batch(xb, generator)
             with autocast():
                 logits = model(xb)
+                if settings.class_weights and loss_fn.weight is None:  # the model's class count is known only now
+                    loss_fn = nn.CrossEntropyLoss(weight=balanced_weights(y_tr, logits.shape[1]))
                 loss = loss_fn(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -170,4 +188,5 @@ def train_model(model: nn.Module, x_train: np.ndarray | torch.Tensor, y_train: n
     if settings.track_val_each_epoch:
         per_epoch.append(probs)
     return TrainOutput(curve, probs, per_epoch, train_time, seen / train_time if train_time > 0 else 0.0, str(device),
-                       setup_time_s=started - entered, predict_time_s=time.perf_counter() - started - train_time)
+                       setup_time_s=started - entered, predict_time_s=time.perf_counter() - started - train_time,
+                       peak_gpu_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if cuda else None)

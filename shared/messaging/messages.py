@@ -33,6 +33,9 @@ SCALAR_METRICS: tuple[str, ...] = (
 
 
 # ---- the data and the training recipe ----
+IMBALANCE_RATIO = 1.5  # largest/smallest class count above which accuracy misleads (and class weights may help)
+
+
 class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     """What the planner, the search and the LLMs may know of a data set: never its labels."""
 
@@ -46,6 +49,20 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     # or "held_out" (drawn once per run from the data, stratified); "" on records before it existed
     test_source: str = ""
     num_test: int = 0
+    # samples per class in the pool num_samples counts (class_names' order), so the search and the LLMs
+    # can weigh an imbalanced set's classes. Counts are no sample's label: they say how many, never
+    # which; the split is stratified, so every seed's training split has these proportions anyway.
+    # [] on records before it existed: read as balanced.
+    class_counts: list[int] = []
+
+    def imbalance_ratio(self) -> float:
+        """Largest over smallest class count (of the classes present); 1.0 when the counts are unknown."""
+        present = [c for c in self.class_counts if c > 0]
+        return max(present) / min(present) if present else 1.0
+
+    @property
+    def imbalanced(self) -> bool:
+        return self.imbalance_ratio() > IMBALANCE_RATIO
 
     def num_train(self, val_fraction: float, subset_size: int | None = None) -> int:
         """Training samples of one seed: the part of the (subset of the) set left after validation."""

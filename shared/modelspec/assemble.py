@@ -14,8 +14,9 @@ Seed format::
 ``type`` names a ``torch.nn`` class, the other keys of a layer are keyword arguments of its
 constructor. Training hyperparameters beside ``layers`` are ignored here, but for ``standardize``
 (true or false: whether the trusted data pipeline scales the inputs by the training split's mean
-and std), whose type is checked here with the rest of a config, so that a proposal with a bad one
-is answered before ``TrainingRecipe.from_model_config`` meets it.
+and std) and ``class_weights`` (true or false: whether the loss weighs classes by their counts),
+whose types are checked here with the rest of a config, so that a proposal with a bad one is
+answered before ``TrainingRecipe.from_model_config`` meets it.
 """
 
 from __future__ import annotations
@@ -154,6 +155,10 @@ def _check_top(config: Any) -> tuple[str, tuple[int, ...], int | None, list]:
     if not isinstance(standardize, bool):
         raise ConfigError("standardize must be true (scale the inputs by the training split's mean and std) or "
                           f"false (train on the raw values), got {standardize!r}")
+    class_weights = config.get("class_weights", False)
+    if not isinstance(class_weights, bool):
+        raise ConfigError("class_weights must be true (the loss weighs each class by n_samples / (n_classes * its "
+                          f"count) in the training split) or false (unweighted), got {class_weights!r}")
     layers = config.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ConfigError("layers must be a non-empty list of objects like "

@@ -47,7 +47,8 @@ def format_recipe(recipe: TrainingRecipe) -> str:
     inputs = ("inputs standardised with the training split's mean and std" if recipe.standardize
               else "raw inputs (not standardised)")
     return (f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g}, weight decay "
-            f"{recipe.weight_decay:g}{', augmented' if recipe.augment else ''}; {inputs}")
+            f"{recipe.weight_decay:g}{', augmented' if recipe.augment else ''}"
+            f"{', class-weighted loss' if recipe.class_weights else ''}; {inputs}")
 
 
 def iteration_report(it: IterationRecord) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class TrainJob(msgspec.Struct, frozen=True, kw_only=True, tag_field="mode", tag=
     hparams: Hparams
     augment: bool = False
     threads: int = 1
+    # the loss weighs classes by their counts in y_train (TrainSettings.class_weights); an image built
+    # before this key ignores it and trains unweighted
+    class_weights: bool = False
     # ---- what the answer must hold (the harness ignores these keys) ----
     n_val: int = 0  # rows of x_val: predictions are (n_val, num_classes)
     num_classes: int = 0

@@ -187,3 +187,20 @@ def test_a_job_waits_for_the_refill_under_way_rather_than_starting_another(docke
         assert outcome.pooled  # it got the refill's container, warm, not a cold one of its own
     finally:
         runner.close()
+
+
+def test_class_weights_reach_the_loss_inside_the_container(runner):
+    """On the 1%-positive set, the flag travels job -> container -> engine, which weighs the loss by
+    the counts of the training labels it holds: the rare class's recall rises (the validation
+    labels never enter the container; the scores are computed outside)."""
+    model = assemble({"class_name": "RareMLP", "input_shape": [20], "num_classes": 2,
+                      "layers": [{"type": "Linear", "out_features": 64}, {"type": "ReLU"}, {"type": "Linear", "out_features": 2}]})
+    recall = {}
+    for weighted in (False, True):
+        result = evaluate_job(EvalJob.with_recipe(TrainingRecipe(epochs=10, batch_size=128, class_weights=weighted),
+                                                  job_id=f"t.it0001.seed0.{weighted}", run_id="t", iteration=1, seed=0,
+                                                  dataset="imbalanced", class_name=model.class_name, source=model.source),
+                              runner, timeout_s=300, memory="2g")
+        assert result.ok, result.error
+        recall[weighted] = result.metrics["val_recall_macro"]
+    assert recall[True] > recall[False] + 0.1, recall

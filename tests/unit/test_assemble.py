@@ -219,6 +219,8 @@ def test_linear_on_image_input_is_a_shape_error():
                            "false (train on the raw values), got 'yes'"),
     ("standardize", 1, "standardize must be true"),
     ("standardize", None, "standardize must be true"),
+    ("class_weights", "balanced", "class_weights must be true (the loss weighs each class by n_samples / (n_classes "
+                                  "* its count) in the training split) or false (unweighted), got 'balanced'"),
 ])
 def test_bad_top_level(key, value, fragment):
     cfg = copy.deepcopy(SEED)

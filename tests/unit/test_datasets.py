@@ -25,6 +25,7 @@ def test_digits_is_an_image_data_set():
     ("wine", 178, 13, 3),
     ("iris", 150, 4, 3),
     ("synthetic", 1200, 20, 3),
+    ("imbalanced", 5000, 20, 2),
 ])
 def test_tabular_data_sets(name, num_samples, num_features, num_classes):
     ds = load_dataset(name)
@@ -40,7 +41,10 @@ def test_tabular_data_sets(name, num_samples, num_features, num_classes):
 def test_facts_describe_the_data_set():
     assert msgspec.to_builtins(load_dataset("iris").facts()) == {
         "name": "iris", "kind": "tabular", "input_shape": [4], "num_classes": 3, "num_samples": 150,
-        "class_names": ["setosa", "versicolor", "virginica"], "test_source": "", "num_test": 0}
+        "class_names": ["setosa", "versicolor", "virginica"], "test_source": "", "num_test": 0,
+        "class_counts": [50, 50, 50]}
+    rare = load_dataset("imbalanced").facts()
+    assert rare.class_counts == [4950, 50] and rare.imbalanced and rare.imbalance_ratio() == 99.0
 
 
 def test_names_ignore_case_and_surrounding_space():
@@ -53,8 +57,8 @@ def test_synthetic_is_the_same_every_time():
 
 
 def test_known_datasets():
-    assert known_datasets() == ["breast_cancer", "cifar10", "cifar100", "digits", "fashion_mnist", "iris", "mnist",
-                                "svhn", "synthetic", "wine", "csv:PATH:TARGET"]
+    assert known_datasets() == ["breast_cancer", "cifar10", "cifar100", "digits", "fashion_mnist", "imbalanced", "iris",
+                                "mnist", "svhn", "synthetic", "wine", "csv:PATH:TARGET"]
 
 
 def test_unknown_name_lists_the_known_names():

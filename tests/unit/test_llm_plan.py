@@ -123,3 +123,14 @@ def test_the_context_carries_every_metric_the_report_has():
     assert set(evaluation.aggregated) == set(SCALAR_METRICS)
     for name in evaluation.aggregated:
         assert f'"{name}": {{"mean": ' in text, name
+
+
+def test_the_context_names_class_weights_where_the_classes_are_imbalanced():
+    rare = DatasetFacts(name="imbalanced", kind="tabular", input_shape=[20], num_classes=2, num_samples=5000,
+                        class_names=["negative", "positive"], class_counts=[4950, 50])
+    text = plan_context(GOAL, rare, 4000, [], best_iteration=None, max_epochs=20, history_limit=3)
+    assert "Classes are imbalanced (largest/smallest = 99; samples per class: negative: 4950, positive: 50)" in text
+    assert '"class_weights": true' in text
+    assert "imbalanced" not in plan_context(GOAL, FACTS, 1400, [], best_iteration=None, max_epochs=20, history_limit=3)
+    weighted = complete_config({**MLP, "class_weights": True}, rare, 20)
+    assert weighted["class_weights"] is True and complete_config(MLP, rare, 20)["class_weights"] is False

@@ -111,3 +111,18 @@ def test_the_recipe_flags_of_both_commands_default_to_the_recipe_and_turn_standa
     assert recipe_from(parser.parse_args([])) == DEFAULT_RECIPE
     assert recipe_from(parser.parse_args(["--no-standardize", "--augment"])) == TrainingRecipe(standardize=False,
                                                                                             augment=True)
+    assert recipe_from(parser.parse_args(["--class-weights"])) == TrainingRecipe(class_weights=True)
+
+
+def test_class_weights_find_the_rare_class_of_the_imbalanced_set_and_reach_a_pr_auc_goal():
+    """1% positives: unweighted, the MLP mostly answers "negative" (99% accuracy); weighted, it finds
+    most positives. Measured here (means over 3 seeds): PR-AUC 0.647 -> 0.746, macro recall 0.55 -> 0.86
+    (the positives' own 0.1 -> 0.75), accuracy 0.991 -> 0.989."""
+    runs = {weighted: quick_evaluate_once(reference_model((20,), 2), QuickEvalConfig(
+        dataset_name="imbalanced", epochs=10, batch_size=128, num_seeds=3, class_weights=weighted,
+        track_learning_curves=False, compute_confusion_matrix=False)) for weighted in (False, True)}
+    pr_auc = {w: r["aggregated"]["val_pr_auc"]["mean"] for w, r in runs.items()}
+    recall = {w: r["aggregated"]["val_recall_macro"]["mean"] for w, r in runs.items()}
+    assert recall[True] > recall[False] + 0.15 and pr_auc[True] > pr_auc[False], (pr_auc, recall)
+    assert pr_auc[True] >= 0.7 > pr_auc[False]  # a PR-AUC goal of 0.7 (mean over seeds): reached with weights only
+    assert runs[True]["config"]["class_weights"] is True

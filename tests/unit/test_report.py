@@ -147,18 +147,19 @@ def test_format_report(records, report):
 
 def test_the_preprocessing_is_part_of_each_candidates_recipe():
     raw = IterationRecord(run_id=RUN, iteration=1, state="decided", class_name="SmallCNN",
-                          model_config={**CNN, "optimizer": "sgd", "lr": 0.05, "standardize": False},
+                          model_config={**CNN, "optimizer": "sgd", "lr": 0.05, "standardize": False, "class_weights": True},
                           validation=ValidationResult(ok=True, param_count=10),
                           evaluation=summarise({0: seed(1, 0, 0.8), 1: seed(1, 1, 0.82)}, [0, 1]))
     run = run_record(best_iteration=1, best_score=0.81)
     report = build_report(run, [raw, rejected_iteration()])
     assert report["iterations"][0]["recipe"] == {"epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd",
                                                  "weight_decay": 0.0, "augment": False, "standardize": False,
-                                                 "class_weights": False}
+                                                 "class_weights": True}
     assert report["best"]["recipe"]["standardize"] is False
     assert report["iterations"][1]["recipe"]["standardize"] is True  # left out: the default, as the planner reads it
     text = format_report(run, [raw, rejected_iteration()])
-    assert "trained: 10 epochs, batch 64, sgd lr 0.05, weight decay 0; raw inputs (not standardised)" in text
+    assert ("trained: 10 epochs, batch 64, sgd lr 0.05, weight decay 0, class-weighted loss; raw inputs (not "
+            "standardised)") in text
     assert text.count("trained:") == 1  # the rejected candidate never trained
 
 

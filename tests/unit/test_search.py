@@ -8,9 +8,9 @@ import torch
 from optuna.distributions import CategoricalDistribution
 
 from shared.modelspec.assemble import assemble
-from shared.messaging.messages import DatasetFacts
+from shared.messaging.messages import DatasetFacts, TrainingRecipe
 from services.planner.search import (SearchBounds, default_params, local_move, propose,
-                                     rebuild_study, search_space)
+                                     rebuild_study, search_space, to_model_config)
 
 DIGITS = DatasetFacts(name="digits", kind="image", input_shape=(1, 8, 8), num_classes=10,
                       num_samples=1437)
@@ -207,3 +207,15 @@ def test_a_long_history_is_windowed_to_its_best_and_latest_trials():
     found = propose(TABLE, history, seed=2)
     assert found.history_used == 200 and "the best 100 earlier ones and the latest 100 of 300" in found.reasoning
     assert propose(TABLE, history, seed=2).params == found.params  # still deterministic
+
+
+def test_an_imbalanced_set_lets_the_search_choose_class_weights():
+    rare = DatasetFacts(name="imbalanced", kind="tabular", input_shape=[20], num_classes=2, num_samples=5000,
+                        class_counts=[4950, 50])
+    assert "class_weights" not in propose(TABLE, [], seed=1).params  # counts unknown (an older record): balanced
+    first = propose(rare, [], seed=1)
+    assert first.model_config["class_weights"] is False  # the known-good default trains unweighted
+    tried = {propose(rare, [(first.params, 0.5)] * k, seed=k).params["class_weights"] for k in range(1, 8)}
+    assert tried == {False, True}
+    weighted = to_model_config(rare, {**first.params, "class_weights": True})
+    assert TrainingRecipe.from_model_config(weighted).class_weights is True

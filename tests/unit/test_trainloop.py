@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.evaluation.trainloop import TrainSettings, train_model
+from shared.evaluation.trainloop import TrainSettings, balanced_weights, train_model
 from shared.messaging.messages import DEFAULT_RECIPE
 
 
@@ -73,3 +73,20 @@ def test_augmentation_crops_and_flips_reproducibly():
     out = train_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3)), images,
                       torch.randint(0, 3, (16,)), images[:4], recipe_settings(epochs=2, batch_size=8, augment=True))
     assert out.failure is None and len(out.curve) == 2
+
+
+def test_class_weights_are_scikit_learns_balanced_ones_from_the_training_labels():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0] * 90 + [1] * 7 + [2] * 3)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    assert torch.allclose(balanced_weights(torch.as_tensor(y), 3), torch.as_tensor(expected, dtype=torch.float32))
+    # a class the model outputs but the labels lack never enters the loss: weight 1, not a division by zero
+    assert balanced_weights(torch.tensor([0, 0, 1]), 3).tolist() == pytest.approx([0.75, 1.5, 1.0])
+
+
+def test_class_weights_change_the_training_and_keep_it_reproducible():
+    x, y = data()
+    y = np.where(np.arange(len(y)) % 10 == 0, 2, 0)  # 10% rare class
+    runs = [train_model(mlp(), x, y, x[:8], recipe_settings(epochs=2, class_weights=weighted)) for weighted in (False, True, True)]
+    assert runs[1].curve == runs[2].curve and runs[0].curve != runs[1].curve
