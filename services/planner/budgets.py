@@ -65,34 +65,7 @@ class Unaggregated:
                 del self._results[job_id]
         return out
 
-    def spent(self, candidates: dict[int, IterationRecord]) -> Spent:
-        total = Spent()
-        for _, cost in self._waiting(candidates):
-            total = total + of_cost(cost)
-        return total
-
-    def complete(self, candidates: dict[int, IterationRecord]) -> list[int]:
-        """Candidates whose every seed has its result here: about to be aggregated and judged."""
-        counts: dict[int, int] = {}
-        for n, _ in self._waiting(candidates):
-            counts[n] = counts.get(n, 0) + 1
-        return [n for n, count in counts.items() if count >= len(candidates[n].seeds)]
-
-
-def spent(self, candidates: dict[int, IterationRecord]) -> Spent:
-        """Of the results whose candidate is still waiting for them at that rung (the others are
-        in an evaluation now, or were never asked for)."""
-        total = Spent()
-        for job_id, (n, rung, cost) in list(self._costs.items()):
-            it = candidates.get(n)
-            if it is not None and it.state in ("validated", "evaluating") and it.rung == rung:
-                total = total + of_cost(cost)
-            else:
-                del self._costs[job_id]
-        return total
-
-
-def spent(run: RunRecord, history: list[IterationRecord], pending: Spent = Spent()) -> Spent:
+    def spent(run: RunRecord, history: list[IterationRecord], pending: Spent = Spent()) -> Spent:
     """What the run has used so far: its aggregated seeds' costs, `pending` (Unaggregated.spent), tokens."""
     total = pending + Spent(llm_tokens=llm_tokens(run, history))
     for it in history:
