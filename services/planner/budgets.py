@@ -65,7 +65,21 @@ class Unaggregated:
                 del self._results[job_id]
         return out
 
-    def spent(run: RunRecord, history: list[IterationRecord], pending: Spent = Spent()) -> Spent:
+    def spent(self, candidates: dict[int, IterationRecord]) -> Spent:
+        total = Spent()
+        for _, cost in self._waiting(candidates):
+            total = total + of_cost(cost)
+        return total
+
+    def complete(self, candidates: dict[int, IterationRecord]) -> list[int]:
+        """Candidates whose every seed has its result here: about to be aggregated and judged."""
+        counts: dict[int, int] = {}
+        for n, _ in self._waiting(candidates):
+            counts[n] = counts.get(n, 0) + 1
+        return [n for n, count in counts.items() if count >= len(candidates[n].seeds)]
+
+
+def spent(run: RunRecord, history: list[IterationRecord], pending: Spent = Spent()) -> Spent:
     """What the run has used so far: its aggregated seeds' costs, `pending` (Unaggregated.spent), tokens."""
     total = pending + Spent(llm_tokens=llm_tokens(run, history))
     for it in history:
