@@ -46,6 +46,7 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     # or "held_out" (drawn once per run from the data, stratified); "" on records before it existed
     test_source: str = ""
     num_test: int = 0
+    test_note: str = ""  # why a set with official test files holds out a split instead ("" when it does not)
 
     def num_train(self, val_fraction: float, subset_size: int | None = None) -> int:
         """Training samples of one seed: the part of the (subset of the) set left after validation."""
