@@ -12,6 +12,7 @@ import yaml
 from shared.llm.usage import format_sources, llm_sources, usage_by_role
 from shared.messaging.messages import PROBE_BATCH, TrainingRecipe
 from shared.registry.best_model import export_best
+from shared.registry.held_out import format_held_out, held_out_section
 from shared.registry.leaderboard import (compute, fidelity, format_leaderboard, format_proposers, leaderboard,
                                          proposers)
 from shared.registry.records import IterationRecord, RunRecord
@@ -107,6 +108,8 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "container_runtimes": container_runtimes(iterations),
         "reason": run.reason,
         "best": best,
+        # its best candidate on the held-out test split beside its validation figures: what to report
+        "test": held_out_section(run, iterations),
         "llm_usage": _llm_usage(iterations),
         "llm_sources": llm_sources(run, iterations),  # the LLMs' share of the work, and each fallback's why
         "created_at": run.created_at,
@@ -186,6 +189,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     lines = [f"run {run.run_id}: {goal.goal!r} on {goal.dataset}",
              f"status: {run.status}" + (f" ({run.error})" if run.error else ""),
              f"target: {goal.target_accuracy:.4f} on the {goal.goal_statistic} of validation accuracy", ""]
+    lines += format_held_out(run, iterations)  # first: the figures to report
     lines += format_leaderboard(leaderboard(run, iterations)) + [""]
     detailed = [it for it in iterations if (it.rung is None and it.evaluation is not None) or len(iterations) <= 12]
     if len(detailed) < len(iterations):
