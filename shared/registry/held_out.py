@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from shared.messaging.messages import TERMINAL_STATUSES
 from shared.registry.records import IterationRecord, MetricSummary, RunRecord
 
 # the metrics shown side by side in the text (every one is in the JSON), as "val_" / "test_" + name
@@ -38,8 +39,7 @@ def held_out_section(run: RunRecord, iterations: list[IterationRecord]) -> dict[
     return {
         "iteration": test.iteration,
         "selected_on": "validation",  # the search chose the candidate on validation; test was never searched on
-        "state": "tested" if test.finished_at is not None and not test.error else
-                 "failed" if test.error else "testing",
+        "state": _state(run),
         "error": test.error,
         "source": facts.test_source if facts else "",
         "num_test": facts.num_test if facts else 0,
@@ -55,6 +55,18 @@ def held_out_section(run: RunRecord, iterations: list[IterationRecord]) -> dict[
     }
 
 
+def _state(run: RunRecord) -> str:
+    """tested | failed (no figures, test.error says why) | testing | unfinished (the run ended
+    without the planner: an interrupted `researcher run` records its run stopped)."""
+    test = run.test
+    assert test is not None
+    if test.error:
+        return "failed"
+    if test.finished_at is not None:
+        return "tested"
+    return "unfinished" if run.status in TERMINAL_STATUSES else "testing"
+
+
 def _figure(summary: MetricSummary | None) -> str:
     if summary is None or not summary.n or summary.mean is None:
         return "n/a"
@@ -68,8 +80,11 @@ def format_held_out(run: RunRecord, iterations: list[IterationRecord]) -> list[s
     if test is None:
         return []
     head = f"test split ({_source(run)}; never seen by the search): candidate {test.iteration}, chosen on validation"
-    if test.finished_at is None:
+    state = _state(run)
+    if state == "testing":
         return [head, f"  testing: over its {len(test.seeds)} seed(s); the run ends {test.status} once the results are in", ""]
+    if state == "unfinished":
+        return [head, f"  the test was not finished: the run was ended {run.status} before its results were in", ""]
     if test.error:
         return [head, f"  the test could not be done: {test.error}", ""]
     chosen = next((it for it in iterations if it.iteration == test.iteration), None)

@@ -241,9 +241,12 @@ def test_the_report_leads_with_the_test_figures_of_the_candidate_chosen_on_valid
     ({"finished_at": None, "evaluation": None}, "testing", "testing: over its 2 seed(s); the run ends goal_achieved once"),
     ({"evaluation": None, "error": "no seed was scored in time"}, "failed",
      "the test could not be done: no seed was scored in time"),
+    ({"finished_at": None, "evaluation": None, "status": "stopped"}, "unfinished",  # an interrupted researcher run
+     "the test was not finished: the run was ended stopped before its results were in"),
 ])
 def test_a_test_under_way_or_failed_says_so(test, state, says):
-    run = run_with_test(**test)
+    run = run_with_test(**{k: v for k, v in test.items() if k != "status"})
+    run.status = test.get("status", "running")
     assert says in format_report(run, [evaluated_iteration()])
     assert build_report(run, [evaluated_iteration()])["test"]["state"] == state
 
