@@ -50,15 +50,16 @@ class FinalTest:
         """Begin testing the best candidate instead of ending now; -> False when the run ends untested."""
         if run.test is not None or self.wanted(run, status) is not None:
             return False
-        best = self.d.candidates[run.best_iteration or 0]
-        test = TestEvaluation(iteration=best.iteration, seeds=list(best.seeds), status=status, reason=reason,  # type: ignore[arg-type]
-                              started_at=time.time())
+        best, facts = self.d.candidates[run.best_iteration or 0], run.dataset_facts
+        assert facts is not None  # wanted() checked it
+        test = TestEvaluation(iteration=best.iteration, seeds=list(best.seeds), status=status,  # type: ignore[arg-type]
+                              reason=reason, started_at=time.time())
         self.d.run = await self.d.set_run(unless_ended(lambda r: r if r.test is not None else replace(r, test=test)))
         # the jobs of other candidates still queued need no evaluator now; the test's are kept
         await self.d.planner.nc.publish(subjects.RUN_ENDED_SUBJECT, encode(RunEnded(run_id=run.run_id, status=status)))
         await self.d.event("testing", f"testing candidate {best.iteration} on the held-out test split "
-                           f"({run.dataset_facts.test_source}, {run.dataset_facts.num_test} samples) over its "  # type: ignore[union-attr]
-                           f"{len(best.seeds)} seed(s), before the run ends {status}: {reason}", best.iteration,
+                           f"({facts.test_source}, {facts.num_test} samples) over its {len(best.seeds)} seed(s), "
+                           f"before the run ends {status}: {reason}", best.iteration,
                            {"seeds": best.seeds, "status": status})
         return True
 

@@ -68,7 +68,8 @@ class Planner:
         accuracy = result.metrics.get(headline)
         outcome = (f"{headline} {'n/a' if accuracy is None else f'{accuracy:.4f}'}" if result.ok
                    else f"failed ({result.reason or 'error'}): {result.error}")
-        rung = " on the test split" if result.split == "test" else "" if result.rung is None else f" (rung {result.rung})"
+        rung = (" on the test split" if result.split == "test" else
+                "" if result.rung is None else f" (rung {result.rung})")
         await self.event(result.run_id, "seed_done", f"candidate {result.iteration}: seed {result.seed}{rung} {outcome}",
                          result.iteration, {"seed": result.seed, "ok": result.ok, "metrics": result.metrics,
                                             "rung": result.rung, "split": result.split, "started_at": result.started_at,
