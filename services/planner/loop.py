@@ -109,13 +109,15 @@ class Planner:
         bind_run(request.run_id)
         why = f"stopped by hand ({request.by or 'researcher stop'})"
         log.info("stop_asked", by=request.by)
+        before = await self.registry.get_run(request.run_id)
+        testing = before is not None and before.test is not None  # then this stop ends it now, untested
         driver.ask_stop(why)
         deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline:
             run = await self.registry.get_run(request.run_id)
             if run is not None and run.status in TERMINAL_STATUSES:
                 return StopAnswer(run_id=run.run_id, status=run.status, message=run.reason or why)
-            if run is not None and run.test is not None:
+            if run is not None and run.test is not None and not testing:
                 return StopAnswer(run_id=run.run_id, status="running", message=(
                     f"stopping: its best candidate, {run.test.iteration}, is tested on the held-out test split "
                     "first, then the run ends stopped; stop it again to end it now, untested"))
@@ -125,7 +127,8 @@ class Planner:
     async def on_dead_job(self, job: EvalJob, deliveries: int) -> None:
         """A seed job JetStream gave up on: a failed seed carrying why, unless a result came after all."""
         bind_run(job.run_id, iteration=job.iteration, seed=job.seed)
-        if (await self.registry.seed_results(job.run_id, job.iteration, [job.seed], job.rung, job.split)).get(job.seed):
+        done = await self.registry.seed_results(job.run_id, job.iteration, [job.seed], job.rung, job.split)
+        if done.get(job.seed):
             return  # the last evaluator finished it after all; that result stands
         error = (f"dead-lettered after {deliveries} deliveries: no evaluator finished it (each one that took it "
                  "died, stopped, or could not run it: see the run's evaluator_unavailable events); the job is kept on "
