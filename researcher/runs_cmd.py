@@ -220,4 +220,4 @@ async def stop_run(args: argparse.Namespace) -> int:
     finally:
         await nc.close()
     print(f"run {answer.run_id}: {answer.status}: {answer.message}", file=sys.stderr)
-    return 0 if answer.status == "stopped" else 1
+    return 0 if answer.status == "stopped" or answer.testing else 1

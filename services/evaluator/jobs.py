@@ -49,9 +49,10 @@ class JobHandler:
     async def __call__(self, job: EvalJob, delivery: Delivery) -> None:
         """Train and score one seed; publish its result (the consumer then acks). Stopping, it waits
         up to drain_timeout_s for the job, then hands it back for another replica at once. A job
-        of a run that has ended is acked unrun: nobody waits for its result."""
+        of a run that has ended is acked unrun: nobody waits for its result; but for a test job, which
+        its run queues as it ends (and waits for)."""
         structlog.contextvars.bind_contextvars(iteration=job.iteration, seed=job.seed, job_id=job.job_id)
-        if job.run_id in self.ended:
+        if job.run_id in self.ended and job.split != "test":
             log.info("job_dropped", reason=f"its run ended ({self.ended[job.run_id]})")
             return
         laps = Laps()
@@ -85,8 +86,8 @@ class JobHandler:
             data = encode(result)
         except MessageTooLargeError as exc:  # a result no planner could read: the seed fails saying why, once
             result = SeedResult(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, ok=False,
-                                rung=job.rung, started_at=started_at, reason="result_too_large", error=str(exc),
-                                evaluator=self.replica)
+                                rung=job.rung, split=job.split, started_at=started_at, reason="result_too_large",
+                                error=str(exc), evaluator=self.replica)
             data = encode(result)
         await through_outages(lambda: publish_to_stream(self.js, subjects.results_subject(job.run_id), data,
                                                         headers={"Nats-Msg-Id": job.job_id}), "publish result")

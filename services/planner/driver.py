@@ -19,6 +19,7 @@ import structlog
 
 from services.planner import budgets, fidelity
 from services.planner.decide import best_of, budget_decision, decide
+from services.planner.final_test import FinalTest
 from services.planner.llm_plan import plan_context
 from services.planner.proposers import Abstained, Declined, Proposal, RunView, llm_turn
 from services.planner.records import drop_weights, store_calls
@@ -76,6 +77,7 @@ class RunDriver:
         self.candidates: dict[int, IterationRecord] = {}
         self.tasks: dict[int, asyncio.Task] = {}
         self.steps = CandidateSteps(self)
+        self.final_test = FinalTest(self)
         self.run: RunRecord | None = None
         self._loaded = False
         self._progress = ""
@@ -130,15 +132,20 @@ class RunDriver:
             if run is not None:
                 await self.registry.forget_running(self.run_id)
             return False
-        if self._stop_asked is not None:
-            await self.end("stopped", self._stop_asked)
-            return True  # the next pass finds it ended, and closes
         if not self._loaded:
             self.candidates = {h.iteration: h for h in await self.registry.iterations(self.run_id, run.current_iteration)}
             self._loaded = True
+        if run.test is not None:  # ending: its best candidate on the test split
+            await self.close()  # the candidates' own steps are over
+            await self.final_test.step(run, self._stop_asked)
+            return True
+        if self._stop_asked is not None:
+            why, self._stop_asked = self._stop_asked, None  # a second stop, while testing, ends it untested
+            await self.end("stopped", why)
+            return True  # the next pass finds it ended (or testing), and closes
         if run.budget_epochs is None:  # fixed at the first step: the stack's epoch cap may change later
             budget = fidelity.budget_epochs(run.goal, self._max_epochs(run))
-            run = self.run = await self._set_run(lambda r: replace(r, budget_epochs=r.budget_epochs or budget))
+            run = self.run = await self.set_run(lambda r: replace(r, budget_epochs=r.budget_epochs or budget))
         guard = self.planner.guard
         if guard.pending(run):
             await guard.check(run)
@@ -199,7 +206,7 @@ class RunDriver:
                           key=lambda h: (h.finished_at or 0.0, h.iteration))
         decision, best_it, best_score = decide(run.goal, [*verdicts, it])
         before = run.best_iteration
-        self.run = await self._set_run(lambda r: replace(r, best_iteration=best_it, best_score=best_score))
+        self.run = await self.set_run(lambda r: replace(r, best_iteration=best_it, best_score=best_score))
         now = time.time()
         await self.update(it.iteration, lambda r: replace(r, state="decided", decision=decision,
                                                           finished_at=r.finished_at or now))
@@ -338,7 +345,7 @@ class RunDriver:
                                  ladder=[RungSpec(index=r.index, epochs=r.epochs, seeds=list(r.seeds)) for r in rungs],
                                  llm_calls=await store_calls(self.registry, run.run_id, n, own_calls))
         # the number first: a planner that dies before the record is written never reuses it
-        self.run = await self._set_run(lambda r: replace(r, current_iteration=max(r.current_iteration, n)))
+        self.run = await self.set_run(lambda r: replace(r, current_iteration=max(r.current_iteration, n)))
         await self.registry.put_iteration(record)
         self.candidates[n] = record
         by = "the planning LLM" if proposal.proposer == "llm" else "the built-in search"
@@ -356,12 +363,19 @@ class RunDriver:
             await self.event("disagreement", f"candidate {n}: {decision.disagreement}", n)
 
     # ---- the run ----
-    async def _set_run(self, change: Callable[[RunRecord], RunRecord]) -> RunRecord:
+    async def set_run(self, change: Callable[[RunRecord], RunRecord]) -> RunRecord:
         return await self.registry.update_run(self.run_id, unless_ended(change))
 
     async def end(self, status: str, reason: str) -> None:
+        """End the run with `status`: first its best candidate is tested on the test split (the run
+        stays running meanwhile: final_test.py), unless it failed or nothing was evaluated."""
+        assert self.run is not None
+        if not await self.final_test.start(self.run, status, reason):
+            await self.finish(status, reason)
+
+    async def finish(self, status: str, reason: str) -> None:
         now = time.time()
-        await self._set_run(lambda r: replace(r, status=status, reason=reason, finished_at=now,
+        await self.set_run(lambda r: replace(r, status=status, reason=reason, finished_at=now,
                                               error=reason if status == "failed" else r.error))
         await self.event("run_finished", f"run finished: {status}: {reason}", data={"status": status})
         # the jobs of candidates still in flight need no evaluator now

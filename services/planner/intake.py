@@ -13,7 +13,7 @@ import msgspec
 import structlog
 
 from shared.data.catalog import check_goal
-from shared.data.datasets import load_dataset
+from shared.data.datasets import load_dataset, with_test_split
 from shared.data.files import STACK_HINT, with_hint
 from shared.llm.check import unconfigured_problem
 from shared.errors import DatasetError, MessageError
@@ -34,7 +34,9 @@ def new_run(goal: Goal, data: DataConfig) -> RunRecord:
     be had. Reads the data set: blocking, for a thread."""
     record = RunRecord(run_id=goal.run_id, goal=goal)
     try:
-        record.dataset_facts = load_dataset(goal.dataset, data_dir=data.dir).facts()
+        # the facts of the pool the search draws from, and of the test split it never sees
+        record.dataset_facts = with_test_split(load_dataset(goal.dataset, data_dir=data.dir), data.test_fraction,
+                                               data.test_seed).facts()
     except DatasetError as exc:
         record.status, record.error, record.finished_at = "failed", with_hint(exc, STACK_HINT), time.time()
     except Exception as exc:  # noqa: BLE001 - a loader's own fault still ends the run with its reason, never a hang

@@ -64,13 +64,15 @@ class Planner:
             log.warning("result_ignored", job_id=result.job_id, why=unasked)
             return
         await self.registry.put_seed_result(result)
-        accuracy = result.metrics.get("val_accuracy")
-        outcome = (f"val_accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}" if result.ok
+        headline = f"{result.split}_accuracy"
+        accuracy = result.metrics.get(headline)
+        outcome = (f"{headline} {'n/a' if accuracy is None else f'{accuracy:.4f}'}" if result.ok
                    else f"failed ({result.reason or 'error'}): {result.error}")
-        rung = "" if result.rung is None else f" (rung {result.rung})"
+        rung = (" on the test split" if result.split == "test" else
+                "" if result.rung is None else f" (rung {result.rung})")
         await self.event(result.run_id, "seed_done", f"candidate {result.iteration}: seed {result.seed}{rung} {outcome}",
                          result.iteration, {"seed": result.seed, "ok": result.ok, "metrics": result.metrics,
-                                            "rung": result.rung, "started_at": result.started_at,
+                                            "rung": result.rung, "split": result.split, "started_at": result.started_at,
                                             "duration_s": result.duration_s, "evaluator": result.evaluator})
         driver = self._drivers.get(result.run_id)
         if driver is not None:
@@ -79,9 +81,18 @@ class Planner:
     async def _unasked(self, result: SeedResult) -> str | None:
         """Why no job of this run asks for `result` (its id is not the one dispatched, its candidate is
         not training that rung and seed), or None. A job is published before its candidate is marked
-        evaluating, so a validated one counts too."""
-        if result.job_id != job_id(result.run_id, result.iteration, result.seed, result.rung):
-            return f"the job id is not {job_id(result.run_id, result.iteration, result.seed, result.rung)}"
+        evaluating, so a validated one counts too. A test result counts while its run tests that
+        candidate on that seed (final_test.py writes the test before it queues a job)."""
+        wanted = job_id(result.run_id, result.iteration, result.seed, result.rung, result.split)
+        if result.job_id != wanted or (result.split == "test" and result.rung is not None):
+            return f"the job id is not {wanted}"
+        if result.split == "test":
+            run = await self.registry.get_run(result.run_id)
+            test = run.test if run is not None else None
+            if test is None or test.finished_at is not None or test.iteration != result.iteration \
+                    or result.seed not in test.seeds:
+                return f"no test of candidate {result.iteration} on seed {result.seed} is under way"
+            return None
         it = await self.registry.get_iteration(result.run_id, result.iteration)
         if it is None:
             return "no such candidate"
@@ -98,25 +109,32 @@ class Planner:
         bind_run(request.run_id)
         why = f"stopped by hand ({request.by or 'researcher stop'})"
         log.info("stop_asked", by=request.by)
+        before = await self.registry.get_run(request.run_id)
+        testing = before is not None and before.test is not None  # then this stop ends it now, untested
         driver.ask_stop(why)
         deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline:
             run = await self.registry.get_run(request.run_id)
             if run is not None and run.status in TERMINAL_STATUSES:
                 return StopAnswer(run_id=run.run_id, status=run.status, message=run.reason or why)
+            if run is not None and run.test is not None and not testing:
+                return StopAnswer(run_id=run.run_id, status="running", testing=True, message=(
+                    f"stopping: its best candidate, {run.test.iteration}, is tested on the held-out test split "
+                    "first, then the run ends stopped; stop it again to end it now, untested"))
             await asyncio.sleep(0.1)
         return StopAnswer(run_id=request.run_id, status="running", message="asked to stop; it stops at its next step")
 
     async def on_dead_job(self, job: EvalJob, deliveries: int) -> None:
         """A seed job JetStream gave up on: a failed seed carrying why, unless a result came after all."""
         bind_run(job.run_id, iteration=job.iteration, seed=job.seed)
-        if (await self.registry.seed_results(job.run_id, job.iteration, [job.seed], job.rung)).get(job.seed):
+        done = await self.registry.seed_results(job.run_id, job.iteration, [job.seed], job.rung, job.split)
+        if done.get(job.seed):
             return  # the last evaluator finished it after all; that result stands
         error = (f"dead-lettered after {deliveries} deliveries: no evaluator finished it (each one that took it "
                  "died, stopped, or could not run it: see the run's evaluator_unavailable events); the job is kept on "
                  f"{subjects.dead_job_subject(job.run_id)}")
         await self.on_result(SeedResult(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed,
-                                        rung=job.rung, ok=False, error=error, reason="dead_letter",
+                                        rung=job.rung, split=job.split, ok=False, error=error, reason="dead_letter",
                                         evaluator="dead-letter"))
 
     async def resume_all(self) -> int:

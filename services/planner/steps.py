@@ -31,8 +31,11 @@ _MACHINERY_REASONS = frozenset({"service_unavailable", "harness_failed"})
 COLLECT_POLL_S = 5.0  # a result another planner replica stored is seen this soon
 
 
-def job_id(run_id: str, iteration: int, seed: int, rung: int | None) -> str:
-    return f"{run_id}.it{iteration:04d}{'' if rung is None else f'.r{rung}'}.seed{seed}"
+def job_id(run_id: str, iteration: int, seed: int, rung: int | None, split: str = "val") -> str:
+    """A seed job's id (its stream message id too); a test job's ("test": the run's best candidate
+    on the held-out test split, at its end) is its own."""
+    at = ".test" if split == "test" else "" if rung is None else f".r{rung}"
+    return f"{run_id}.it{iteration:04d}{at}.seed{seed}"
 
 
 class CandidateSteps:

@@ -11,12 +11,17 @@ read here rather than through torchvision itself: the only torchvision wheel for
 project's torch (torchvision 0.28.0 for torch 2.13.0+cpu) is a CUDA build whose `_C.so` needs
 libtorch_cuda.so, so `import torchvision` fails with "operator torchvision::nms does not exist"
 (pytorch/vision#9085). The readers follow torchvision's (`datasets/cifar.py`, `mnist.py`,
-`svhn.py`): same files, same pickle decoding, same axis order and class names. Only the
-training split of each is used; the product draws its own stratified train/validation split
-from each seed.
+`svhn.py`): same files, same pickle decoding, same axis order and class names.
+
+Every data set is split three ways (`with_test_split`, then `split`): a test split first, the
+same for every seed and every run (the set's official test files where it has them and they are
+there; otherwise a stratified `data.test_fraction` of it, drawn with `data.test_seed`), then each
+seed's stratified train/validation split from the rest. A test sample is never a training sample
+of any seed.
 
 Everything is loaded on the trusted side; the evaluation container receives the training
-split and the validation inputs only, never the validation labels.
+split and the validation inputs only (the test inputs instead, once, when a run's best candidate
+is tested), never the validation or test labels.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from typing import Callable, Literal
 
 import numpy as np
 from sklearn import datasets as skd
-from sklearn.model_selection import train_test_split
 
 from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_csv_name  # noqa: F401 - re-exported
-from shared.data.files import SOURCES, csv_file, csv_unreadable, image_files, target_column
+from shared.data.splits import Split, split, with_test_split  # noqa: F401 - re-exported
+from shared.data.files import SOURCES, TEST_FILES, csv_file, csv_unreadable, image_files, target_column
 from shared.errors import DatasetError, DatasetNotFoundError
 from shared.messaging.messages import DatasetFacts
 from shared.runtime.config import DataConfig
@@ -49,6 +54,11 @@ class Dataset:
     x: np.ndarray  # (N, C, H, W) for images, (N, F) for tabular; float32
     y: np.ndarray  # (N,) int64 class indices
     class_names: tuple[str, ...]
+    # ---- the test split, apart from (x, y): the official one as loaded, or after with_test_split ----
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    test_source: str = ""  # "official" | "held_out"; "" before with_test_split (and no official one)
+    test_note: str = ""  # why a set with official test files holds out a split instead
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,20 +71,9 @@ class Dataset:
     def facts(self) -> DatasetFacts:
         return DatasetFacts(name=self.name, kind=self.kind, input_shape=list(self.input_shape),
                             num_classes=self.num_classes, num_samples=int(self.x.shape[0]),
-                            class_names=list(self.class_names),
+                            class_names=list(self.class_names), test_source=self.test_source,
+                            num_test=0 if self.y_test is None else int(len(self.y_test)), test_note=self.test_note,
                             class_counts=np.bincount(self.y, minlength=self.num_classes).tolist())
-
-
-@dataclass(frozen=True)
-class Split:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    # the normalisation applied, (1, C, 1, 1) for images, (1, F) for tables: a trained model needs it
-    # (mean 0 and std 1 where the recipe left the inputs raw)
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
 
 
 def _digits() -> Dataset:
@@ -114,9 +113,26 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot")
 
 
-def _images(name: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> Dataset:
-    """uint8 (N, C, H, W) -> float32 in [0, 1]."""
-    return Dataset(name, "image", (x.astype(np.float32) / 255.0), y.astype(np.int64), classes)
+def _images(name: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...],
+            test: tuple[np.ndarray, np.ndarray] | str) -> Dataset:
+    """uint8 (N, C, H, W) -> float32 in [0, 1]; `test`: the official test split's (x, y), or why
+    there is none (its files are missing)."""
+    if isinstance(test, str):
+        return Dataset(name, "image", (x.astype(np.float32) / 255.0), y.astype(np.int64), classes, test_note=test)
+    return Dataset(name, "image", (x.astype(np.float32) / 255.0), y.astype(np.int64), classes,
+                   test[0].astype(np.float32) / 255.0, test[1].astype(np.int64), "official")
+
+
+def _official(key: str, root: Path, read: Callable[[list[Path]], tuple[np.ndarray, np.ndarray]]
+              ) -> tuple[np.ndarray, np.ndarray] | str:
+    """The official test split read by `read` from its TEST_FILES, or, where any is missing, a note
+    saying so (a stratified share of the training files is held out instead: with_test_split)."""
+    try:
+        return read(image_files(key, root, test=True))
+    except DatasetNotFoundError:
+        missing = ", ".join(str(root / name) for name in TEST_FILES[key])
+        return (f"the official test files of {key} are not all there ({missing}); a stratified share of its "
+                f"training files is held out as the test split instead ({SOURCES[key].format(root=root)} for them)")
 
 
 def _unpickle(path: Path) -> dict:
@@ -133,19 +149,24 @@ def _unpickle(path: Path) -> dict:
     return {text(k): ([text(n) for n in v] if isinstance(v, list) else v) for k, v in raw.items()}
 
 
+def _cifar_batches(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    parts = [_unpickle(p) for p in paths]
+    x = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
+    return x, np.concatenate([np.asarray(p[label_key]) for p in parts])
+
+
 def _cifar10(root: Path) -> Dataset:
     *batches, meta = image_files("cifar10", root)
-    parts = [_unpickle(p) for p in batches]
-    x = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
-    y = np.concatenate([np.asarray(p["labels"]) for p in parts])
-    return _images("cifar10", x, y, tuple(_unpickle(meta)["label_names"]))
+    x, y = _cifar_batches(batches, "labels")
+    test = _official("cifar10", root, lambda paths: _cifar_batches(paths, "labels"))
+    return _images("cifar10", x, y, tuple(_unpickle(meta)["label_names"]), test)
 
 
 def _cifar100(root: Path) -> Dataset:
     train, meta = image_files("cifar100", root)
-    part = _unpickle(train)
-    x = np.asarray(part["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return _images("cifar100", x, np.asarray(part["fine_labels"]), tuple(_unpickle(meta)["fine_label_names"]))
+    x, y = _cifar_batches([train], "fine_labels")
+    test = _official("cifar100", root, lambda paths: _cifar_batches(paths, "fine_labels"))
+    return _images("cifar100", x, y, tuple(_unpickle(meta)["fine_label_names"]), test)
 
 
 def _idx(path: Path, magic: int) -> np.ndarray:
@@ -164,19 +185,25 @@ def _idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+def _idx_pair(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's images and labels files -> (N, 1, 28, 28) uint8, (N,)."""
+    images, labels = paths
+    x, y = _idx(images, 2051), _idx(labels, 2049)
+    if len(x) != len(y):
+        raise DatasetError(f"{images.parent}: {len(x)} images but {len(y)} labels; the two files are from "
+                           "different sets")
+    return x[:, None, :, :], y
+
+
 def _mnist_like(name: str, classes: tuple[str, ...]) -> Callable[[Path], Dataset]:
     def load(root: Path) -> Dataset:
-        images, labels = image_files(name, root)
-        x, y = _idx(images, 2051), _idx(labels, 2049)
-        if len(x) != len(y):
-            raise DatasetError(f"{images.parent}: {len(x)} images but {len(y)} labels; the two files are from "
-                               "different sets")
-        return _images(name, x[:, None, :, :], y, classes)
+        x, y = _idx_pair(image_files(name, root))
+        return _images(name, x, y, classes, _official(name, root, _idx_pair))
     return load
 
 
-def _svhn(root: Path) -> Dataset:
-    (path,) = image_files("svhn", root)
+def _svhn_mat(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    (path,) = paths
     from scipy.io import loadmat  # scipy comes with scikit-learn
 
     try:
@@ -184,9 +211,14 @@ def _svhn(root: Path) -> Dataset:
         x = np.transpose(mat["X"], (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W), as torchvision does
         y = mat["y"].astype(np.int64).squeeze(1)
     except Exception as exc:  # noqa: BLE001 - scipy's MatReadError, a ValueError, a missing key: a bad file each
-        raise DatasetError(f"{path}: not SVHN's train_32x32.mat ({type(exc).__name__}: {exc}); download it again") from exc
+        raise DatasetError(f"{path}: not SVHN's {path.name} ({type(exc).__name__}: {exc}); download it again") from exc
     y[y == 10] = 0  # SVHN labels the digit 0 as 10
-    return _images("svhn", x, y, tuple(str(d) for d in range(10)))
+    return x, y
+
+
+def _svhn(root: Path) -> Dataset:
+    x, y = _svhn_mat(image_files("svhn", root))
+    return _images("svhn", x, y, tuple(str(d) for d in range(10)), _official("svhn", root, _svhn_mat))
 
 
 # ---- CSV ----
@@ -288,22 +320,3 @@ def _load(key: str, root: Path, download_missing: bool) -> Dataset:
             raise
     download(key, root)
     return LOADERS[key](root)
-
-
-def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fraction, subset_size: int | None = None,
-          standardize: bool = True) -> Split:
-    """Stratified subset and train/validation split drawn from `seed`, then (with `standardize`, a
-    recipe's choice) normalised with the training split's statistics, per channel for images and
-    per feature for tables. Without it the values stay raw, and the Split says so with mean 0 and
-    std 1: a trained model's preprocessing is applied the same way either way."""
-    x, y = ds.x, ds.y
-    if subset_size and subset_size < len(y):
-        x, _, y, _ = train_test_split(x, y, train_size=subset_size, stratify=y, random_state=seed)
-    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, stratify=y, random_state=seed)
-    axes = (0, 2, 3) if ds.kind == "image" else (0,)
-    mean = x_train.mean(axis=axes, keepdims=True)
-    std = x_train.std(axis=axes, keepdims=True) + 1e-6
-    if not standardize:
-        mean, std = np.zeros_like(mean), np.ones_like(std)
-    norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-    return Split(norm(x_train), y_train.astype(np.int64), norm(x_val), y_val.astype(np.int64), mean, std)

@@ -25,6 +25,15 @@ FILES: dict[str, tuple[str, ...]] = {
     "fashion_mnist": tuple(f"FashionMNIST/raw/{name}" for name in _IDX),
     "svhn": ("train_32x32.mat",),
 }
+# Each one's official test split, in the same layout: used as the held-out test split where all
+# of its files are there (a stratified share of the training files is held out where they are not)
+TEST_FILES: dict[str, tuple[str, ...]] = {
+    "cifar10": ("cifar-10-batches-py/test_batch",),
+    "cifar100": ("cifar-100-python/test",),
+    "mnist": ("MNIST/raw/t10k-images-idx3-ubyte[.gz]", "MNIST/raw/t10k-labels-idx1-ubyte[.gz]"),
+    "fashion_mnist": ("FashionMNIST/raw/t10k-images-idx3-ubyte[.gz]", "FashionMNIST/raw/t10k-labels-idx1-ubyte[.gz]"),
+    "svhn": ("test_32x32.mat",),
+}
 SOURCES = {  # how to get the files by hand; {root} is the data directory
     "cifar10": "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into {root}",
     "cifar100": "download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into {root}",
@@ -48,11 +57,11 @@ def with_hint(exc: DatasetError, hint: str) -> str:
     return f"{exc}; {hint}" if isinstance(exc, (DatasetNotFoundError, OutsideDataDirError)) else str(exc)
 
 
-def image_files(key: str, root: Path) -> list[Path]:
-    """The path of each of `key`'s FILES under `root`, in their order; DatasetNotFoundError naming
-    the missing ones and how to get them. Only looks: opens nothing."""
+def image_files(key: str, root: Path, test: bool = False) -> list[Path]:
+    """The path of each of `key`'s FILES (TEST_FILES with `test`) under `root`, in their order;
+    DatasetNotFoundError naming the missing ones and how to get them. Only looks: opens nothing."""
     found, missing = [], []
-    for name in FILES[key]:
+    for name in (TEST_FILES if test else FILES)[key]:
         stem = name.removesuffix("[.gz]")
         options = [root / stem, root / f"{stem}.gz"] if name != stem else [root / stem]
         present = [p for p in options if p.is_file()]

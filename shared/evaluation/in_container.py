@@ -2,6 +2,9 @@
 
 The container gets (x_train, y_train, x_val) and returns class probabilities for x_val; the
 labels of the validation split never leave this process, so generated code cannot forge its score.
+A test job (`EvalJob.split == "test"`: a run's best candidate, once, at its end) trains the same
+way on the same training split and sends the held-out test inputs as x_val instead; they are
+scored here against the test labels (metrics named test_*, no per-epoch curve against them).
 Its report is decoded strictly (shared.sandboxing.protocol); the predictions' base64 must have
 exactly the length the job implies before a byte of it is decoded.
 """
@@ -19,7 +22,7 @@ import numpy as np
 
 from shared.sandboxing.protocol import Hparams, TrainJob, TrainOutcome, b64_len
 from shared.sandboxing.validate import common_fields, failure_of
-from shared.data.datasets import load_dataset, split
+from shared.data.datasets import load_dataset, split, with_test_split
 from shared.errors import DatasetError, DatasetUnavailableError
 from shared.messaging.messages import EpochStats, EvalJob, SeedResult
 from shared.evaluation.metrics import score
@@ -75,9 +78,11 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     laps = Laps()
     started = laps.started
     data_config = data_config or DataConfig()
-    base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator)
+    base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator,
+                split=job.split)
     try:
-        ds = load_dataset(job.dataset, data_dir=data_config.dir)
+        ds = with_test_split(load_dataset(job.dataset, data_dir=data_config.dir), data_config.test_fraction,
+                             data_config.test_seed)
     except DatasetError as exc:
         raise DatasetUnavailableError(evaluator, job.dataset, str(exc)) from exc
     recipe = job.recipe
@@ -86,13 +91,19 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     except ValueError as exc:  # a subset too small for a stratified split: the job's fault, not the code's
         return Trained(SeedResult(ok=False, reason="bad_subset", error=f"cannot split {job.dataset} with subset_size "
                                   f"{job.subset_size}: {exc}", duration_s=round(time.monotonic() - started, 3), **base))
+    testing = job.split == "test"
+    if testing:  # the test inputs in place of the validation ones, normalised as the training split is
+        x_val, y_val = ((ds.x_test - data.mean) / data.std).astype(np.float32), ds.y_test
+        max_weights_bytes = 0  # its weights are the full evaluation's, kept already
+    else:
+        x_val, y_val = data.x_val, data.y_val
     container_job = TrainJob(
         source=job.source, class_name=job.class_name, seed=job.seed, augment=recipe.augment,
         class_weights=recipe.class_weights,
         hparams=Hparams(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
                         weight_decay=recipe.weight_decay),
-        n_val=len(data.y_val), num_classes=ds.num_classes, max_weights_bytes=max_weights_bytes)
-    blob = _npz(x_train=data.x_train, y_train=data.y_train, x_val=data.x_val)
+        n_val=len(y_val), num_classes=ds.num_classes, max_weights_bytes=max_weights_bytes)
+    blob = _npz(x_train=data.x_train, y_train=data.y_train, x_val=x_val)
     laps.lap("data_s")
     outcome = runner.run(container_job, blob, timeout_s, job_id=job.job_id)
     laps.skip()
@@ -105,11 +116,13 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     result = outcome.report.result  # type: ignore[union-attr]  # failure_of checked it
     try:
         probs = predictions(result, container_job)
-        curve = learning_curve(result, container_job, data.y_val)
+        curve = [] if testing else learning_curve(result, container_job, y_val)
     except BadPredictions as exc:
         return Trained(SeedResult(ok=False, reason="bad_predictions", **{**common, "duration_s": elapsed()},
                                   error=f"the harness returned unusable predictions: {exc}"))
-    metrics, details = score(data.y_val, probs, ds.class_names)  # every metric here, from our own labels
+    metrics, details = score(y_val, probs, ds.class_names)  # every metric here, from our own labels
+    if testing:
+        metrics = {f"test_{name.removeprefix('val_')}": value for name, value in metrics.items()}
     weights, weights_error = kept_weights(result, container_job)
     laps.lap("score_s")
     return Trained(SeedResult(ok=True, metrics=finite(metrics), details=finite(details), learning_curve=curve,

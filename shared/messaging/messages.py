@@ -49,6 +49,7 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     # or "held_out" (drawn once per run from the data, stratified); "" on records before it existed
     test_source: str = ""
     num_test: int = 0
+    test_note: str = ""  # why a set with official test files holds out a split instead ("" when it does not)
     # samples per class in the pool num_samples counts (class_names' order), so the search and the LLMs
     # can weigh an imbalanced set's classes. Counts are no sample's label: they say how many, never
     # which; the split is stratified, so every seed's training split has these proportions anyway.
@@ -503,6 +504,7 @@ class StopAnswer(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     status: str
     message: str = ""
+    testing: bool = False  # the stop is taken: the run ends stopped once its best candidate is tested
 
 
 # ---- progress events ----

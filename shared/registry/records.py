@@ -223,6 +223,22 @@ class RungResult(msgspec.Struct, kw_only=True):
     finished_at: float = 0.0
 
 
+class TestEvaluation(msgspec.Struct, kw_only=True):
+    """The run's best candidate (chosen on validation) on the held-out test split, over all its
+    seeds, once, when the run ends. The run stays running until it is done, then takes `status`."""
+
+    __test__ = False  # not a pytest test class, wherever a test imports it
+
+    iteration: int
+    seeds: list[int]
+    status: RunStatus  # the status the run ends with once tested
+    reason: str  # why it ends, as the run's reason then says
+    started_at: float
+    evaluation: Evaluation | None = None  # test_* metrics over the seeds, once the results are in
+    error: str | None = None  # why there are no test figures (no seed succeeded, none in time, a stop)
+    finished_at: float | None = None
+
+
 class RunRecord(msgspec.Struct, kw_only=True):
     run_id: str
     goal: Goal
@@ -235,6 +251,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     llm_check: list[LLMCall] | None = None  # the check of each configured LLM at the start; None: not made
     reason: str | None = None  # why the run ended, in a sentence (set by the planner when it ends it)
     budget_epochs: int | None = None  # its compute budget in seed-epochs, as the planner set it at its first step
+    test: TestEvaluation | None = None  # its best candidate on the test split; None: not (yet) tested
     created_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -12,6 +12,7 @@ import yaml
 from shared.llm.usage import format_sources, llm_sources, usage_by_role
 from shared.messaging.messages import PROBE_BATCH, TrainingRecipe
 from shared.registry.best_model import export_best
+from shared.registry.held_out import format_held_out, held_out_section
 from shared.registry.leaderboard import (compute, fidelity, format_leaderboard, format_proposers, leaderboard,
                                          proposers)
 from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord
@@ -114,6 +115,8 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "container_runtimes": container_runtimes(iterations),
         "reason": run.reason,
         "best": best,
+        # its best candidate on the held-out test split beside its validation figures: what to report
+        "test": held_out_section(run, iterations),
         "llm_usage": _llm_usage(iterations),
         "llm_sources": llm_sources(run, iterations),  # the LLMs' share of the work, and each fallback's why
         "created_at": run.created_at,
@@ -200,6 +203,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
              f"status: {run.status}" + (f" ({run.error})" if run.error else ""),
              f"target: {goal.goal_metric} {'<=' if goal.lower_is_better else '>='} {goal.target_value:.4f}, on its "
              f"{goal.goal_statistic} over seeds on the validation split (the split candidates are selected on)", ""]
+    lines += format_held_out(run, iterations)  # first: the figures to report
     lines += format_leaderboard(leaderboard(run, iterations)) + [""]
     detailed = [it for it in iterations if (it.rung is None and it.evaluation is not None) or len(iterations) <= 12]
     if len(detailed) < len(iterations):

@@ -57,9 +57,11 @@ def iteration_key(run_id: str, iteration: int) -> str:
     return f"{run_id}.it{iteration:04d}"
 
 
-def seed_key(run_id: str, iteration: int, seed: int, rung: int | None = None) -> str:
-    """A seed's result at the full budget (rung None, as every result was before rungs) or at a rung."""
-    return f"{iteration_key(run_id, iteration)}{'' if rung is None else f'.r{rung}'}.seed{seed}"
+def seed_key(run_id: str, iteration: int, seed: int, rung: int | None = None, split: str = "val") -> str:
+    """A seed's result at the full budget (rung None, as every result was before rungs) or at a rung;
+    on the held-out test split (`split` "test": the run's best candidate, at its end) apart."""
+    at = ".test" if split == "test" else "" if rung is None else f".r{rung}"
+    return f"{iteration_key(run_id, iteration)}{at}.seed{seed}"
 
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -232,14 +234,14 @@ class Registry:
 
     # ---- seed results (one key each: a redelivered result overwrites itself, never counts twice) ----
     async def put_seed_result(self, result: SeedResult) -> None:
-        await self._iterations.put(seed_key(result.run_id, result.iteration, result.seed, result.rung),
+        await self._iterations.put(seed_key(result.run_id, result.iteration, result.seed, result.rung, result.split),
                                    msgspec.json.encode(result))
 
     async def seed_results(self, run_id: str, iteration: int, seeds: list[int],
-                           rung: int | None = None) -> dict[int, SeedResult]:
+                           rung: int | None = None, split: str = "val") -> dict[int, SeedResult]:
         out: dict[int, SeedResult] = {}
         for seed in seeds:
-            found = await self._get(self._iterations, seed_key(run_id, iteration, seed, rung), SeedResult)
+            found = await self._get(self._iterations, seed_key(run_id, iteration, seed, rung, split), SeedResult)
             if found:
                 out[seed] = found[0]
         return out

@@ -28,10 +28,16 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     dir: str = "~/.cache/pytorch-researcher/data"  # torchvision data sets in their on-disk layout (compose: /data)
     val_fraction: float = 0.2  # share of the training data held out for validation, per seed
+    # share of the data held out as the test split, once per data set (not per seed), where it has
+    # no official test split of its own; drawn stratified with test_seed, so every run draws the same
+    test_fraction: float = 0.2
+    test_seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be between 0 and 1 (exclusive)")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError("data.test_fraction must be between 0 and 1 (exclusive), e.g. 0.2")
 
 
 class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,7 +1,13 @@
 """Training generated code in a real container; every metric computed outside it."""
 
+import hashlib
+import json
+
+import msgspec
+import numpy as np
 import pytest
 
+from shared.data.datasets import load_dataset, split, with_test_split
 from shared.modelspec.assemble import assemble
 from shared.evaluation.in_container import evaluate_job
 from shared.sandboxing.containers import ContainerRunner, Limits
@@ -204,3 +210,58 @@ def test_class_weights_reach_the_loss_inside_the_container(runner):
         assert result.ok, result.error
         recall[weighted] = result.metrics["val_recall_macro"]
     assert recall[True] > recall[False] + 0.1, recall
+
+
+# ---- the held-out test split (issue 15) ----
+PEEK = '''import hashlib
+import json
+from torch import nn
+
+try:  # the harness's frame that loaded the job's npz blob: every array the container was given
+    raise RuntimeError("where am I")
+except RuntimeError as exc:
+    frame = exc.__traceback__.tb_frame
+while "arrays" not in frame.f_locals:
+    frame = frame.f_back
+arrays = frame.f_locals["arrays"]
+print("BLOB " + json.dumps({k: [list(arrays[k].shape), hashlib.sha256(arrays[k].tobytes()).hexdigest()]
+                            for k in arrays.files}), flush=True)
+
+
+class Peek(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+'''
+
+
+def blob_seen(result) -> dict:
+    line = next(line for line in result.output_tail.splitlines() if line.startswith("BLOB "))
+    return json.loads(line.removeprefix("BLOB "))
+
+
+def digest(array) -> list:
+    return [list(array.shape), hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()]
+
+
+def test_a_test_job_trains_as_before_and_predicts_the_test_inputs_without_their_labels(runner):
+    """The container of a test job holds the seed's training split, as its validation job's does,
+    and the held-out test inputs in place of the validation ones: no label but the training ones."""
+    val = evaluate_job(job(PEEK, "Peek", epochs=1), runner, timeout_s=300, memory="2g")
+    test = evaluate_job(msgspec.structs.replace(job(PEEK, "Peek", epochs=1), split="test",
+                                                job_id="t.it0001.test.seed0"), runner, timeout_s=300, memory="2g")
+    assert val.ok and test.ok, (val.error, test.error)
+    ds = with_test_split(load_dataset("digits"))
+    data = split(ds, 0)
+    x_test = ((ds.x_test - data.mean) / data.std).astype(np.float32)  # as the training split normalises it
+    assert blob_seen(test) == {"x_train": digest(data.x_train), "y_train": digest(data.y_train), "x_val": digest(x_test)}
+    assert blob_seen(val) == {"x_train": digest(data.x_train), "y_train": digest(data.y_train),
+                              "x_val": digest(data.x_val)}
+    # scored outside on the test labels, under test_ names, with no per-epoch curve against them
+    assert test.split == "test" and val.split == "val"
+    assert set(test.metrics) == {f"test_{name.removeprefix('val_')}" for name in val.metrics}
+    assert 0.0 <= test.metrics["test_accuracy"] <= 1.0 and test.learning_curve == []
+    assert sum(test.details["class_balance"]["counts"]) == len(ds.y_test) == 360

@@ -211,7 +211,9 @@ async def test_a_csv_in_the_data_directory_named_relative_to_it_becomes_a_run(nc
     good = goal(dataset="csv:plants.csv:kind", max_iterations=1, num_seeds=1)
     assert await submit_goal(nc, good) == "accepted"
     run = await wait_run(await Registry.open(nc.jetstream()), good.run_id)
-    assert run.status == "running" and run.dataset_facts.num_samples == 60 and run.dataset_facts.class_names == ["a", "b"]
+    facts = run.dataset_facts
+    assert run.status == "running" and facts.class_names == ["a", "b"]
+    assert (facts.num_samples, facts.num_test, facts.test_source) == (48, 12, "held_out")  # 60 rows, 20% held out
 
 
 async def test_a_published_goal_on_missing_data_becomes_a_failed_run_saying_where(nc, data_dir):

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from researcher.stack import LocalStack
+from shared.data.datasets import load_dataset, with_test_split
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode
 from shared.messaging.messages import Event, Goal
@@ -88,7 +89,7 @@ def test_researcher_run_with_a_planning_and_a_tools_llm(docker_engine, tmp_path)
 
     # the planning LLM's (repaired) config is the one assembled and evaluated
     assert first["proposer"] == "llm"
-    assert first["model_config"] == {**LLM_NET, "weight_decay": 0.0, "standardize": True, "input_shape": [1, 8, 8],
+    assert first["model_config"] == {**LLM_NET, "weight_decay": 0.0, "standardize": True, "class_weights": False, "input_shape": [1, 8, 8],
                                      "num_classes": 10}  # the recipe it left out, recorded as it ran
     assert [(c["purpose"], c["outcome"]) for c in first["llm_calls"] if c["role"] == "planning"] == [
         ("propose", "malformed"), ("propose", "ok"), ("decide", "ok")]
@@ -169,8 +170,10 @@ async def test_the_planning_llm_iterates_with_a_changed_config_then_stops(docker
             out = await export_run(registry, run_id, tmp_path / "export")
             decide_call = next(c for c in report["iterations"][-1]["llm_calls"] if c["purpose"] == "decide")
             exchange = json.loads(await registry.get_artifact(decide_call["exchange"]))
+            tested = await registry.seed_results(run_id, run.test.iteration, run.test.seeds, None, "test")
             await sub.unsubscribe()
             await nc.close()
+        planner_requests = llm.seen(PLANNER)
 
     assert run.status == "stopped", report
     first, second = report["iterations"]
@@ -196,3 +199,19 @@ async def test_the_planning_llm_iterates_with_a_changed_config_then_stops(docker
     assert "not worth more compute" in exchange["reply"]
     assert "Best configuration so far" in exchange["messages"][1]["content"]
     assert "WiderMLP" in exchange["messages"][1]["content"]  # its history includes iteration 2
+
+    # stopped by the LLM: first its best candidate, chosen on validation, was tested on the test split
+    assert run.test.iteration == run.best_iteration == report["test"]["iteration"] == report["best"]["iteration"]
+    assert run.test.error is None and [r.split for r in tested.values()] == ["test"]
+    test_accuracy = [r.metrics["test_accuracy"] for r in tested.values()]
+    assert report["test"]["metrics"]["accuracy"]["test"]["values"] == test_accuracy
+    best = report["iterations"][run.best_iteration - 1]["evaluation"]["aggregated"]["val_accuracy"]
+    assert report["test"]["metrics"]["accuracy"]["validation"] == best
+    kinds = [e.kind for e in events]
+    assert kinds.index("testing") < kinds.index("tested")
+    assert f"testing candidate {run.best_iteration} on the held-out test split" in events[kinds.index("testing")].message
+    # nothing of the test split reached the planning LLM: no test metric, figure or label in any prompt
+    digits = with_test_split(load_dataset("digits"))
+    prompts = "\n".join(request.text for request in planner_requests)
+    assert planner_requests and "test_" not in prompts and "test split" not in prompts
+    assert json.dumps(digits.y_test[:40].tolist())[1:-1] not in prompts  # the labels, as a list would print them

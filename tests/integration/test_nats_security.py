@@ -28,7 +28,7 @@ from services.planner.steps import job_id
 from shared.messaging import subjects as s
 from shared.messaging.bus import encode, ensure_streams, secured
 from shared.messaging.messages import EvalJob, Goal, SeedResult, StopRequest
-from shared.registry.records import IterationRecord, RunRecord
+from shared.registry.records import IterationRecord, RunRecord, TestEvaluation
 from shared.registry.store import Registry
 from shared.security import pki
 from shared.security.credentials import Credentials, _interface_addresses
@@ -323,3 +323,22 @@ async def test_the_planner_counts_only_results_of_the_jobs_it_dispatched(nc):
     assert "no such candidate" in await Planner._unasked(planner, result(iteration=7, job_id=job_id(RUN, 7, 0, 0)))
     assert "rung 0 with seeds [0, 1]" in await Planner._unasked(planner, result(seed=5, job_id=job_id(RUN, 1, 5, 0)))
     assert "rung 0" in await Planner._unasked(planner, result(rung=None, job_id=job_id(RUN, 1, 0, None)))
+
+    # a test result counts only while its run tests that candidate on that seed
+    tested = f"{RUN}-tested"
+    test = TestEvaluation(iteration=1, seeds=[0, 1], status="max_iterations", reason="budget", started_at=1.0)
+    await registry.create_run(RunRecord(run_id=tested, goal=Goal(run_id=tested, goal="g", dataset="digits"), test=test))
+
+    def test_result(**over) -> SeedResult:
+        return result(**{"run_id": tested, "rung": None, "split": "test", "job_id": job_id(tested, 1, 0, None, "test"),
+                         **over})
+    assert job_id(tested, 1, 0, None, "test") == f"{tested}.it0001.test.seed0"
+    assert await Planner._unasked(planner, test_result()) is None
+    assert "job id" in await Planner._unasked(planner, test_result(job_id=job_id(tested, 1, 0, None)))
+    assert "no test of candidate 1 on seed 5" in await Planner._unasked(
+        planner, test_result(seed=5, job_id=job_id(tested, 1, 5, None, "test")))
+    assert "no test of candidate 2" in await Planner._unasked(
+        planner, test_result(iteration=2, job_id=job_id(tested, 2, 0, None, "test")))
+    assert "no test of candidate" in await Planner._unasked(planner, test_result(run_id=RUN, job_id=job_id(RUN, 1, 0, None, "test")))
+    await registry.update_run(tested, lambda r: msgspec.structs.replace(r, test=msgspec.structs.replace(test, finished_at=2.0)))
+    assert "no test of candidate 1" in await Planner._unasked(planner, test_result())  # over: a late one is not counted

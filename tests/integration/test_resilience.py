@@ -125,6 +125,11 @@ async def test_a_planner_killed_mid_run_continues_it_when_started_again(docker_e
         stack.procs["planner"].wait()
         await asyncio.sleep(2)  # results arrive meanwhile: they wait in the RESULTS stream
         stack.start_service("planner")
+        # and again once the run's best candidate is being tested: the next planner continues the test
+        await wait_for_text(stack.log_dir / "planner.log", "on the held-out test split", timeout=300)
+        stack.procs["planner"].send_signal(signal.SIGKILL)
+        stack.procs["planner"].wait()
+        stack.start_service("planner")
         run = await _wait_terminal(registry, g.run_id, timeout=300)
         report = await load_report(registry, g.run_id)
         kept = {i: [seed for seed, result in (await registry.seed_results(g.run_id, i, [0, 1])).items()
@@ -136,6 +141,10 @@ async def test_a_planner_killed_mid_run_continues_it_when_started_again(docker_e
     assert [it["iteration"] for it in report["iterations"]] == [1, 2]
     assert_every_iteration_evaluated(report, seeds=2)
     assert '"resumed_runs": 1' in (stack.log_dir / "planner.log").read_text()
+    # tested once, over both seeds, on the candidate chosen on validation
+    assert run.test.iteration == run.best_iteration and run.test.error is None, run.test
+    assert run.test.evaluation.summary("test_accuracy").n == 2 and report["test"]["state"] == "tested"
+    assert [e.kind for e in follower.events].count("testing") == 1
 
 
 async def test_a_nats_server_restart_mid_run_loses_no_run(docker_engine, tmp_path):

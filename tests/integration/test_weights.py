@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from sklearn.model_selection import train_test_split
 
 from services.evaluator import main as evaluator_main
-from shared.data.datasets import load_dataset
+from shared.data.datasets import load_dataset, with_test_split
 from shared.evaluation.aggregate import summarise
 from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode, ensure_streams
@@ -46,8 +46,9 @@ def readme_load_snippets() -> list[str]:
 
 
 def raw_validation(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's validation inputs before normalisation, drawn as shared.data.datasets.split draws them."""
-    ds = load_dataset("digits")
+    """The seed's validation inputs before normalisation, drawn as shared.data.datasets.split draws them
+    (from the pool the test split leaves)."""
+    ds = with_test_split(load_dataset("digits"))
     _, x_val, _, y_val = train_test_split(ds.x, ds.y, test_size=DataConfig().val_fraction, stratify=ds.y,
                                           random_state=seed)
     return x_val, y_val
@@ -99,7 +100,7 @@ async def test_exported_weights_load_and_score_what_the_evaluator_recorded(docke
     # the records a planner would have written, then the export
     registry = await Registry.open(nc.jetstream())
     code = await registry.put_artifact(f"{run_id}/it0001/model_code.py", model.source.encode())
-    facts = load_dataset("digits").facts()
+    facts = with_test_split(load_dataset("digits")).facts()
     await registry.create_run(RunRecord(run_id=run_id, goal=Goal(run_id=run_id, goal="digits", dataset="digits"),
                                         status="max_iterations", current_iteration=1, best_iteration=1,
                                         dataset_facts=facts))

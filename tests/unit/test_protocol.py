@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from docker.errors import NotFound
 
-from shared.data.datasets import load_dataset, split
+from shared.data.datasets import load_dataset, split, with_test_split
 from shared.evaluation.in_container import evaluate_job
 from shared.messaging.bus import decode, encode
 from shared.messaging.messages import EpochStats, EvalJob, SeedResult, TrainingRecipe
@@ -128,7 +128,7 @@ def test_a_fair_training_report_is_scored_and_the_job_states_its_predictions():
     runner = FakeRunner(trained)
     result = evaluate_job(EVAL, runner, timeout_s=60, memory="2g")
     assert result.ok, result.error
-    data = split(load_dataset("iris"), 0, 0.2, None)
+    data = split(with_test_split(load_dataset("iris")), 0, 0.2, None)  # from the pool: the test split is apart
     assert (runner.jobs[0].n_val, runner.jobs[0].num_classes) == (len(data.y_val), 3)
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from shared.evaluation.aggregate import summarise
-from shared.messaging.messages import Goal, SeedResult, ValidationResult
-from shared.registry.records import Decision, IterationRecord, RunRecord
+from shared.messaging.messages import DatasetFacts, Goal, SeedResult, ValidationResult
+from shared.registry.records import Decision, IterationRecord, RunRecord, TestEvaluation
 from shared.registry.report import build_report, for_terminal, format_report
 
 RUN = "run-report"
@@ -208,3 +208,49 @@ def test_text_for_a_terminal_shows_its_control_characters_as_escapes():
     hostile = "goal\x1b]0;pwned\x07\x1b[2J\rforged line\x9b31m\ttab\nnext"
     assert for_terminal(hostile) == "goal\\x1b]0;pwned\\x07\\x1b[2J\\x0dforged line\\x9b31m\ttab\nnext"
     assert for_terminal("plain ünïcode — fine") == "plain ünïcode — fine"
+
+
+# ---- the held-out test split ----
+def run_with_test(**test) -> RunRecord:
+    results = {s: SeedResult(job_id=f"{RUN}.it0001.test.seed{s}", run_id=RUN, iteration=1, seed=s, ok=True, split="test",
+                             metrics={"test_accuracy": acc, "test_loss": 0.4}) for s, acc in ((0, 0.88), (1, 0.90))}
+    fields = dict(iteration=1, seeds=[0, 1], status="goal_achieved", reason="met", started_at=1012.0,
+                  evaluation=summarise(results, [0, 1], rank_by="test_accuracy"), finished_at=1020.0) | test
+    facts = DatasetFacts(name="digits", kind="image", input_shape=[1, 8, 8], num_classes=10, num_samples=1437,
+                         test_source="held_out", num_test=360)
+    return run_record(test=TestEvaluation(**fields), dataset_facts=facts)
+
+
+def test_the_report_leads_with_the_test_figures_of_the_candidate_chosen_on_validation():
+    run, iterations = run_with_test(), [evaluated_iteration(), rejected_iteration()]
+    section = build_report(run, iterations)["test"]
+    assert section["iteration"] == 1 == run.best_iteration and section["selected_on"] == "validation"
+    assert section["state"] == "tested" and (section["source"], section["num_test"]) == ("held_out", 360)
+    accuracy = section["metrics"]["accuracy"]
+    assert accuracy["test"]["mean"] == pytest.approx(0.89) and accuracy["validation"]["mean"] == pytest.approx(0.93)
+    assert accuracy["test"]["ci_95"] and accuracy["validation"]["ci_95"]  # both with their intervals
+    text = format_report(run, iterations)
+    lines = text.splitlines()
+    assert lines[4].startswith("test split (360 samples, held out of its training files; never seen by the search): "
+                               "candidate 1, chosen on validation")
+    row = next(line for line in lines if line.strip().startswith("accuracy"))
+    assert row.index("0.8900") < row.index("0.9300")  # test first, validation beside it
+    assert "validation (used for selection)" in text and text.index("test split") < text.index("SmallCNN")
+
+
+@pytest.mark.parametrize("test, state, says", [
+    ({"finished_at": None, "evaluation": None}, "testing", "testing: over its 2 seed(s); the run ends goal_achieved once"),
+    ({"evaluation": None, "error": "no seed was scored in time"}, "failed",
+     "the test could not be done: no seed was scored in time"),
+    ({"finished_at": None, "evaluation": None, "status": "stopped"}, "unfinished",  # an interrupted researcher run
+     "the test was not finished: the run was ended stopped before its results were in"),
+])
+def test_a_test_under_way_or_failed_says_so(test, state, says):
+    run = run_with_test(**{k: v for k, v in test.items() if k != "status"})
+    run.status = test.get("status", "running")
+    assert says in format_report(run, [evaluated_iteration()])
+    assert build_report(run, [evaluated_iteration()])["test"]["state"] == state
+
+
+def test_an_untested_run_has_no_test_section(report):
+    assert report["test"] is None

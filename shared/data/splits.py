@@ -1,0 +1,78 @@
+"""The three-way split of a data set (shared.data.datasets): the test split once per data set,
+then each seed's stratified train/validation split of the rest, normalised on its training split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from shared.errors import DatasetError
+from shared.runtime.config import DataConfig
+
+if TYPE_CHECKING:
+    from shared.data.datasets import Dataset
+
+
+@dataclass(frozen=True)
+class Split:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    # the normalisation applied, (1, C, 1, 1) for images, (1, F) for tables: a trained model needs it
+    # (mean 0 and std 1 where the recipe left the inputs raw)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+
+# (id of the data set, test_fraction, seed) -> (that data set, kept so its id stays its own; the split one)
+_tested: dict[tuple[int, float, int], tuple[Dataset, Dataset]] = {}
+
+
+def with_test_split(ds: Dataset, test_fraction: float = DataConfig().test_fraction,
+                    seed: int = DataConfig().test_seed) -> Dataset:
+    """`ds` split in two: (x, y) the pool every seed's train/validation split is drawn from, and
+    (x_test, y_test) the test split, which no seed ever trains on. The official test split where
+    the loader found one; otherwise a stratified `test_fraction` drawn with `seed` (the same one
+    for every seed of every run, so the split never depends on a training seed)."""
+    if ds.test_source:
+        return ds
+    if ds.y_test is not None:
+        return replace(ds, test_source="official")
+    key = (id(ds), test_fraction, seed)
+    if key not in _tested or _tested[key][0] is not ds:
+        try:
+            pool, test = train_test_split(np.arange(len(ds.y)), test_size=test_fraction, stratify=ds.y,
+                                          random_state=seed)
+        except ValueError as exc:  # a class with a single sample cannot be on both sides
+            counts = np.bincount(ds.y, minlength=ds.num_classes)
+            rare = ", ".join(f"{ds.class_names[c]!r} ({counts[c]})" for c in np.argsort(counts)[:3])
+            raise DatasetError(f"{ds.name}: cannot hold out a stratified test split of {test_fraction:g} ({exc}); "
+                               f"its rarest classes: {rare}; every class needs at least 2 samples, better 10 "
+                               "(or set data.test_fraction)") from exc
+        pool.sort(), test.sort()  # in the data's own order: the seeds' splits shuffle anyway
+        _tested[key] = ds, replace(ds, x=ds.x[pool], y=ds.y[pool], x_test=ds.x[test], y_test=ds.y[test],
+                                   test_source="held_out")
+    return _tested[key][1]
+
+
+def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fraction, subset_size: int | None = None,
+          standardize: bool = True) -> Split:
+    """Stratified subset and train/validation split drawn from `seed`, then (with `standardize`, a
+    recipe's choice) normalised with the training split's statistics, per channel for images and
+    per feature for tables. Without it the values stay raw, and the Split says so with mean 0 and
+    std 1: a trained model's preprocessing is applied the same way either way."""
+    x, y = ds.x, ds.y
+    if subset_size and subset_size < len(y):
+        x, _, y, _ = train_test_split(x, y, train_size=subset_size, stratify=y, random_state=seed)
+    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, stratify=y, random_state=seed)
+    axes = (0, 2, 3) if ds.kind == "image" else (0,)
+    mean = x_train.mean(axis=axes, keepdims=True)
+    std = x_train.std(axis=axes, keepdims=True) + 1e-6
+    if not standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
+    return Split(norm(x_train), y_train.astype(np.int64), norm(x_val), y_val.astype(np.int64), mean, std)

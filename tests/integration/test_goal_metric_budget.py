@@ -1,0 +1,48 @@
+"""Two goals on one real stack at once: one judged on macro F1 on a data set with a 1% positive
+class ends on that metric; one with a CPU budget far below a candidate's cost ends budget_spent,
+its measured best still reported. Real nats-server, real services as processes, real Docker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from researcher.stack import LocalStack
+from shared.registry.report import load_report
+from tests.integration.test_end_to_end import _wait_terminal
+from tests.integration.test_resilience import FAST, goal, start_run
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+async def test_a_goal_on_macro_f1_and_a_goal_whose_cpu_budget_runs_out(docker_engine, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    f1 = goal(f"f1-{tag}", goal="rare positives", dataset="imbalanced", goal_metric="val_f1_macro", target=0.999,
+              max_iterations=2, num_seeds=2, subset_size=None, max_epochs=3)
+    # one full evaluation (a budget of one: no cheap rung) whose two seeds cost far more than 0.5 CPU s
+    tiny = goal(f"cpu-{tag}", max_iterations=1, num_seeds=2, max_epochs=2, max_cpu_s=0.5, patience=5)
+    with LocalStack(log_dir=tmp_path / "logs", env=FAST) as stack:
+        nc, js, registry, f1_events = await start_run(stack, f1)
+        _, _, _, tiny_events = await start_run(stack, tiny)
+        f1_run, tiny_run = await asyncio.gather(_wait_terminal(registry, f1.run_id, 400),
+                                                _wait_terminal(registry, tiny.run_id, 400))
+        f1_report, tiny_report = await load_report(registry, f1.run_id), await load_report(registry, tiny.run_id)
+        await nc.close()
+
+    assert f1_run.status in ("max_iterations", "no_progress"), (f1_run.status, f1_run.reason, f1_run.error)
+    assert f1_report["goal_metric"] == "val_f1_macro" and f1_report["leaderboard"][0]["metric"] == "val_f1_macro"
+    best = next(it for it in f1_report["iterations"] if it["iteration"] == f1_run.best_iteration)
+    f1s = best["evaluation"]["aggregated"]["val_f1_macro"]
+    assert f1_run.best_score == pytest.approx(f1s["mean"])  # the best is the best on F1, judged on its mean
+    full = [it for it in f1_report["iterations"] if it["fidelity"] == "full budget" and it["evaluation"]]
+    assert f1_run.best_score == max(it["evaluation"]["aggregated"]["val_f1_macro"]["mean"] for it in full)
+    decided = [e.message for e in f1_events.events if e.kind == "decided"]
+    assert decided and all("val_f1_macro" in m for m in decided), decided
+    assert "val_f1_macro" in f1_report["best"] and "val_accuracy" in f1_report["best"]
+
+    assert tiny_run.status == "budget_spent", (tiny_run.status, tiny_run.reason, tiny_run.error)
+    assert tiny_run.reason.startswith("the CPU budget is spent: ") and "of 0.5 CPU seconds" in tiny_run.reason
+    assert tiny_run.best_iteration == 1 and tiny_report["best"]["iteration"] == 1  # judged before the run ended
+    assert [e.data["status"] for e in tiny_events.events if e.kind == "run_finished"] == ["budget_spent"]
