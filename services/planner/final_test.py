@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from services.planner.driver import RunDriver
 
 replace = msgspec.structs.replace
-TEST_METRIC = "test_accuracy"  # the best seed of a test evaluation is the one highest on it
+
+
+def test_metric(goal) -> str:
+    """The goal's metric on the test split: the best seed of a test evaluation is the best on it."""
+    return "test_" + goal.goal_metric.removeprefix("val_")
 
 
 class FinalTest:
@@ -85,9 +89,9 @@ class FinalTest:
         if len(results) < len(test.seeds) and waited <= self.config.planner.eval_timeout_s:
             await self.d.results_arrived(5.0)
             return
-        evaluation = summarise(results, test.seeds, rank_by=TEST_METRIC)
+        evaluation = summarise(results, test.seeds, rank_by=test_metric(run.goal))
         error = None
-        if not evaluation.summary(TEST_METRIC).n:
+        if not evaluation.summary("test_accuracy").n:
             why = "; ".join(f"seed {f.seed}: {f.reason}: {f.error}" for f in evaluation.failed_seeds)
             error = (f"no seed of candidate {test.iteration} was scored on the test split within "
                      f"planner.eval_timeout_s ({self.config.planner.eval_timeout_s:g} s): {why}")
@@ -102,14 +106,15 @@ class FinalTest:
     async def _close(self, test: TestEvaluation, status: str | None = None, reason: str | None = None) -> None:
         test = replace(test, finished_at=time.time())
         self.d.run = await self.d.set_run(unless_ended(lambda r: replace(r, test=test)))
-        accuracy = test.evaluation.summary(TEST_METRIC) if test.evaluation else None
-        if accuracy is not None and accuracy.n:
-            ci = f" [{accuracy.ci_95[0]:.4f}, {accuracy.ci_95[1]:.4f}]" if accuracy.ci_95 else ""
-            line = f"test_accuracy mean {accuracy.mean:.4f}{ci} over {accuracy.n} seed(s)"
+        metric = test_metric(self.d.run.goal) if self.d.run else "test_accuracy"
+        measured = test.evaluation.summary(metric) if test.evaluation else None
+        if measured is not None and measured.n:
+            ci = f" [{measured.ci_95[0]:.4f}, {measured.ci_95[1]:.4f}]" if measured.ci_95 else ""
+            line = f"{metric} mean {measured.mean:.4f}{ci} over {measured.n} seed(s)"
         else:
             line = f"no test figures: {test.error}"
         await self.d.event("tested", f"candidate {test.iteration} on the held-out test split: {line}", test.iteration,
-                           {TEST_METRIC: msgspec.to_builtins(accuracy), "error": test.error})
+                           {metric: msgspec.to_builtins(measured), "metric": metric, "error": test.error})
         await self.d.finish(status or test.status, reason or test.reason)
 
     async def _queue(self, run: RunRecord, test: TestEvaluation) -> None:

@@ -90,10 +90,12 @@ def format_held_out(run: RunRecord, iterations: list[IterationRecord]) -> list[s
     chosen = next((it for it in iterations if it.iteration == test.iteration), None)
     val = chosen.evaluation if chosen is not None else None
     lines = [head, f"  {'metric':<20} {'test (reported)':<40} validation (used for selection)"]
-    for name in SIDE_BY_SIDE:
+    goal_name = run.goal.goal_metric.removeprefix("val_")
+    for name in [goal_name, *(n for n in SIDE_BY_SIDE if n != goal_name)]:  # the goal's metric first
         tested = test.evaluation.summary(f"test_{name}") if test.evaluation else None
         if tested is None or not tested.n:
             continue
-        lines.append(f"  {name:<20} {_figure(tested):<40} {_figure(val.summary(f'val_{name}') if val else None)}")
+        label = f"{name} (goal)" if name == goal_name else name
+        lines.append(f"  {label:<20} {_figure(tested):<40} {_figure(val.summary(f'val_{name}') if val else None)}")
     note = run.dataset_facts.test_note if run.dataset_facts else ""
     return lines + ([f"  note: {note}"] if note else []) + [""]
