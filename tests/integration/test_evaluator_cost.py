@@ -4,9 +4,13 @@ The harness's own baseline (the supervisor, the worker with torch imported, the 
 loop) is measured by control seeds of the same tiny model without the load: a model's figure is
 its seed's minus the control's. Of two control seeds the lower figures count: cgroup v1 charges a
 file's page cache to the container that first reads it, so whichever container first touches
-files no other has read lately (the first of a session, often) peaks up to ~80 MB higher.
+files no other has read lately (the first of a session, often) peaks up to ~80 MB higher and
+spends up to ~0.4 CPU s more. Measured on 2 cores under runc: the control peaks at ~295 MB (its
+harness held ~160 MB when ready) and spends 1.1-1.5 CPU s; the 400 MB model peaks 419.5 MB
+above it; 3 s of busy loop cost 2.8-3.2 CPU s above it.
 """
 
+import msgspec
 import pytest
 
 from shared.evaluation.in_container import evaluate_job
@@ -17,7 +21,7 @@ from tests.conftest import SANDBOX_IMAGE
 pytestmark = [pytest.mark.docker]
 
 BALLAST_BYTES = 400 * 2**20  # a float32 tensor of 100 Mi elements, written so that every page is resident
-BUSY_S = 3.0  # CPU seconds of one thread's busy loop
+BUSY_S = 5.0  # CPU seconds of one thread's busy loop (the control's own CPU time varies by ~0.4 s)
 
 MODEL = """
 import time
@@ -60,7 +64,8 @@ def cost_of(runner, ballast: int = 0, busy: float = 0.0):
 @pytest.fixture(scope="module")
 def control(runner):
     first, second = cost_of(runner), cost_of(runner)
-    return min((first, second), key=lambda cost: cost.peak_memory_bytes)
+    return msgspec.structs.replace(first, peak_memory_bytes=min(first.peak_memory_bytes, second.peak_memory_bytes),
+                                   cpu_s=min(first.cpu_s, second.cpu_s))
 
 
 def test_a_seed_reports_its_containers_cost_from_the_engine(control):
@@ -78,7 +83,7 @@ def test_a_model_holding_400_mb_peaks_400_mb_above_the_control(runner, control):
     assert abs(extra - BALLAST_BYTES) < 0.1 * BALLAST_BYTES, (held, control)
 
 
-def test_a_busy_loop_of_3_cpu_seconds_costs_3_cpu_seconds_above_the_control(runner, control):
+def test_a_busy_loop_of_5_cpu_seconds_costs_5_cpu_seconds_above_the_control(runner, control):
     busy = cost_of(runner, busy=BUSY_S)
     extra = busy.cpu_s - control.cpu_s
     assert abs(extra - BUSY_S) < 0.1 * BUSY_S, (busy, control)
