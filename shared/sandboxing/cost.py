@@ -157,7 +157,8 @@ class GpuSampler:
             if sample is not None:
                 self.seen = True
                 used, load = sample
-                mine = [b for pid, b in used.items() if pid in container_pids(self.container_id, self.cgroup_root)]
+                pids = container_pids(self.container_id, self.cgroup_root) if used else set()
+                mine = [b for pid, b in used.items() if pid in pids]
                 if mine:
                     self.peak = max(self.peak, sum(mine))
                     self.gpu_s += (now - last) * load
