@@ -80,6 +80,8 @@ def run_cost(history: Iterable[IterationRecord]) -> RunCost:
 
 def format_cost(cost: RunCost) -> str:
     """One line: '12.4 CPU s, 3.0 GPU s, peak 715 MB, 9.1 s in containers over 4 seeds (1 not measured)'."""
+    if not cost.seeds:  # an older evaluator's seeds, or none yet
+        return f"not measured ({cost.unmeasured} seeds without figures)" if cost.unmeasured else "none yet"
     parts = [f"{cost.cpu_s:.1f} CPU s"]
     if cost.gpu_s is not None:
         parts.append(f"{cost.gpu_s:.1f} GPU s")
