@@ -17,6 +17,7 @@ from researcher.goals import DefaultsHelp
 from shared.data.files import LOCAL_HINT, with_hint
 from shared.errors import ConfigFileError, DatasetError, DatasetUnavailableError, SandboxUnavailableError
 from shared.messaging.messages import DEFAULT_RECIPE, EvalJob, GoalStatistic, Optimizer, TrainingRecipe, meets_target
+from shared.registry.costs import evaluation_cost, format_cost
 from shared.registry.records import Evaluation
 from shared.runtime.config import load_config
 
@@ -84,6 +85,9 @@ def format_evaluation(evaluation: Evaluation, title: str, goal: tuple[str, float
     for row in evaluation.seed_results:
         for insight in (row.dynamics.insights if row.dynamics else [])[:2]:
             lines.append(f"  seed {row.seed}: {insight}")
+    cost = evaluation_cost(evaluation)
+    if cost.seeds:  # containers measured from outside (quick-evaluator's in-process seeds are not)
+        lines.append(f"  cost: {format_cost(cost)}")
     if goal is not None and goal[2] is not None:
         statistic, value, achieved = goal
         lines.append(f"  goal achieved: {achieved} ({statistic} = {value if value is None else round(value, 4)})")

@@ -12,13 +12,15 @@ Protocol on stdin: one JSON header line {"nonce", "job", "blob_len", "max_output
 "max_total_output_bytes"}, then blob_len bytes of data (npz). On stdout: "@@READY" once the
 worker has imported torch (a pooled container waits here for its job), "@@STAGE <nonce> <name>"
 as the code reaches import, init, forward, train, predict, then one "@@RESULT <nonce> <json>"
-line before exit. The report adds what only a trusted process can
+line, then it lingers until the trusted side has read the container's counters from outside (a
+line on stdin, or LINGER_S) and exits. The report adds what only a trusted process can
 see: the worker's exit status, and this container's cgroup counters (OOM kills, pids-cap hits).
 """
 
 import ctypes
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -28,6 +30,9 @@ import time
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 MAX_RESULT_BYTES = 512 * 1024 * 1024  # predictions of a large validation split, base64
 PR_SET_DUMPABLE = 4
+# seconds the container outlives its report at most: its cgroup counters (peak memory, CPU time)
+# vanish with it, and the trusted side reads them from outside before it lets it go
+LINGER_S = 30.0
 
 # cgroup v2 (one file per counter) first, then v1's per-controller mounts.
 OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
@@ -210,11 +215,20 @@ def main():
         # process's run inside it)
         "timings": {"receive_s": handed - received, "worker_s": worker_done - handed},
     }
-    out.line("@@RESULT " + header["nonce"] + " " + json.dumps(report))
-    try:  # whatever the code left running goes with the container; end it now anyway
+    try:  # whatever the code left running ends before the report: its cost is counted, then stops
         os.killpg(worker.pid, signal.SIGKILL)
     except OSError:
         pass
+    out.line("@@RESULT " + header["nonce"] + " " + json.dumps(report))
+    linger(LINGER_S)
+
+
+def linger(seconds):
+    """Wait for the trusted side's release (any byte on stdin, or its end) for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([0], [], [], left)[0]:
+            return
 
 
 if __name__ == "__main__":

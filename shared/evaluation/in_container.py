@@ -108,7 +108,7 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     outcome = runner.run(container_job, blob, timeout_s, job_id=job.job_id)
     laps.skip()
     elapsed = lambda: round(time.monotonic() - started, 3)  # noqa: E731
-    common = {**common_fields(outcome), **base, "timings": _timings(laps, outcome)}
+    common = {**common_fields(outcome), **base, "timings": _timings(laps, outcome), "cost": outcome.cost}
     failure = failure_of(outcome, timeout_s, memory, getattr(getattr(runner, "limits", None), "pids", None))
     if failure is not None:
         return Trained(SeedResult(ok=False, error=f"training failed: {failure.error}", reason=failure.reason,

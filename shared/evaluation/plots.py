@@ -135,3 +135,22 @@ def evaluation_plots(evaluation: Evaluation, class_names: Sequence[str], title: 
     if curves:
         wanted["learning_curves.png"] = lambda: learning_curves_png(curves, title=f"{title}, {which}")
     return wanted
+
+
+def accuracy_vs_compute_png(points: Sequence[tuple[int, float, float]], *, metric: str, axis: str,
+                            title: str = "") -> bytes:
+    """Each candidate's mean validation `metric` against its measured compute (`axis`: "CPU
+    seconds" or "GPU seconds", every rung's seeds), labelled with its iteration: (iteration,
+    seconds, score) points."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    if points:
+        ax.scatter([p[1] for p in points], [p[2] for p in points], color=VAL_COLOR)
+        for iteration, seconds, value in points:
+            ax.annotate(f"#{iteration}", (seconds, value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no candidate with measured compute", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"{axis} (all its seeds and rungs)")
+    ax.set_ylabel(f"mean {metric} over seeds")
+    ax.set_title(title or f"{metric} against compute")
+    return _png(fig)

@@ -434,12 +434,15 @@ class SeedCost(msgspec.Struct, frozen=True, kw_only=True):
     """What one seed's training container cost, measured from outside the code: its cgroup's
     counters as the engine reads them (shared.sandboxing.cost), never the code's own word."""
 
-    wall_s: float  # the container's run, start to exit
+    wall_s: float  # the job's run in its container: hand-over to report (a pooled container's start is not the job's)
     cpu_s: float | None = None  # user + system CPU time of every process in the container
     peak_memory_bytes: int | None = None  # the cgroup's memory high-water mark
     gpu_s: float | None = None  # seconds the container's processes held the GPU busy (None: no GPU)
     peak_gpu_memory_bytes: int | None = None
     measured_by: str = ""  # where the figures come from, e.g. "cgroup v2", "nvml"
+    # bytes its harness held when ready, torch imported, before the job (page cache included):
+    # part of peak_memory_bytes, which cannot be reset from outside; cpu_s counts from then
+    baseline_memory_bytes: int | None = None
 
 
 class SeedResult(msgspec.Struct, frozen=True, kw_only=True):

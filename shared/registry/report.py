@@ -13,6 +13,8 @@ from shared.llm.usage import format_sources, llm_sources, usage_by_role
 from shared.messaging.messages import PROBE_BATCH, TrainingRecipe
 from shared.registry.best_model import export_best
 from shared.registry.held_out import format_held_out, held_out_section
+from shared.registry.costs import (candidate_cost, compute_points, cost_report, format_cost, format_seed_cost,
+                                   run_cost)
 from shared.registry.leaderboard import (compute, fidelity, format_leaderboard, format_proposers, leaderboard,
                                          proposers)
 from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord
@@ -117,6 +119,7 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "best": best,
         # its best candidate on the held-out test split beside its validation figures: what to report
         "test": held_out_section(run, iterations),
+        "cost": cost_report(iterations),  # measured compute per candidate and for the run, beside the LLM tokens
         "llm_usage": _llm_usage(iterations),
         "llm_sources": llm_sources(run, iterations),  # the LLMs' share of the work, and each fallback's why
         "created_at": run.created_at,
@@ -220,6 +223,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
         recipe = recipe_of(it) if it.evaluation else None  # a candidate that never trained had none
         if recipe is not None:
             lines.append(f"      trained: {format_recipe(recipe)}")
+        lines += _cost_lines(it)
         for failure in (it.evaluation.failed_seeds if it.evaluation else []):
             lines.append(f"      seed {failure.seed} failed ({failure.reason or 'error'}): {failure.error}")
         if it.decision:
@@ -243,6 +247,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
         lines.append("containers: " + "; ".join(f"{count} under {RUNTIMES.get(name, name)}" for name, count in runtimes.items()))
     if run.reason:
         lines.append(f"ended: {run.reason}")
+    lines.append(f"compute measured: {format_cost(run_cost(iterations))}")
     for role, row in _llm_usage(iterations)["per_role"].items():
         lines.append(f"{role} LLM: {row['calls']} calls ({row['failed']} failed), {row['tokens_in']:,} tokens in, "
                      f"{row['tokens_out']:,} out, {row['latency_s']:.1f} s")
@@ -251,6 +256,16 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     if wall is not None:
         lines.append(f"wall time: {wall} s")
     return "\n".join(lines)
+
+
+def _cost_lines(it: IterationRecord) -> list[str]:
+    """Its measured cost over every rung, and each seed's of its current evaluation."""
+    cost = candidate_cost(it)
+    if not cost.seeds and not cost.unmeasured:
+        return []
+    seeds = [format_seed_cost(row.seed, row.cost) for row in (it.evaluation.seed_results if it.evaluation else [])
+             if row.cost and row.cost.cpu_s is not None]
+    return [f"      cost: {format_cost(cost)}"] + ([f"        {'; '.join(seeds)}"] if seeds else [])
 
 
 async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
@@ -289,6 +304,10 @@ async def export_run(registry: Registry, run_id: str, out: Path) -> Path:
         {k: report[k] for k in ("run_id", "goal", "dataset", "status", "best", "created_at", "finished_at")}]
     registry_file.write_text(json.dumps(existing, indent=2))
     (out / "experiments" / run_id / "report.json").write_text(json.dumps(report, indent=2))
+    from shared.evaluation.plots import accuracy_vs_compute_png  # matplotlib only for an export
+    points, axis = compute_points(iterations, run.goal.goal_metric)
+    (out / "experiments" / run_id / "accuracy_vs_compute.png").write_bytes(
+        accuracy_vs_compute_png(points, metric=run.goal.goal_metric, axis=axis, title=f"run {run_id}"))
     return out
 
 

@@ -14,6 +14,8 @@ from typing import Callable
 
 from docker.errors import APIError, NotFound
 
+from shared.messaging.messages import SeedCost
+from shared.sandboxing.cost import Counters
 from shared.sandboxing.protocol import BadReport, ContainerJob, Report, decode_report
 
 READY_STDOUT_BYTES = 64 * 1024  # before its job a container says only "@@READY"
@@ -38,6 +40,7 @@ class RunOutcome:
     stage: str = "start"  # the last stage the harness saw the code reach (import, init, forward, ...)
     bad_report: str | None = None  # why the report was rejected: malformed, or more bytes than the job implies
     report_limit: int = 0  # bytes of stdout the job allowed
+    cost: SeedCost | None = None  # what the job cost, read from outside (training runners measure it)
 
 
 class Attached:
@@ -52,6 +55,7 @@ class Attached:
         self.ended = False  # the stream reached EOF: the container ended
         # read's search: what for, where it was found (-1: not yet), where the next look starts
         self._until, self._found, self._searched = b"", -1, 0
+        self.ready_counters: Counters | None = None  # its cgroup once its harness was ready (training runners)
 
     def read(self, deadline: float, until: bytes | None = None, line: bool = False) -> bool:
         """Demultiplex frames until `until` is in stdout or the stream ends (EOF: `ended` set);
@@ -108,6 +112,14 @@ class Attached:
             return True
         self._searched = len(self.stdout)
         return False
+
+    def release(self) -> None:
+        """Let the supervisor exit: its counters have been read (or will not be)."""
+        try:
+            self.raw.settimeout(1.0)
+            self.raw.sendall(b"\n")
+        except OSError:  # it ended already
+            pass
 
     def alive(self) -> bool:
         """A waiting container has nothing to say: readable means it ended (EOF) or broke."""

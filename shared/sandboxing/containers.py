@@ -24,6 +24,7 @@ from shared.sandboxing.boundary import Boundary, choose
 # RunOutcome and stable_replica_name lived here once: still imported from here
 from shared.sandboxing.container_io import Attached, RunOutcome, end, kill, last_stage, read_report, remove  # noqa: F401
 from shared.sandboxing.engine import connect_engine, stable_replica_name  # noqa: F401
+from shared.sandboxing.cost import GpuSampler, read_counters, seed_cost
 from shared.sandboxing.pool import WarmPool
 from shared.sandboxing.protocol import ContainerJob, max_report_bytes
 from shared.errors import SandboxUnavailableError
@@ -81,8 +82,10 @@ class ContainerRunner:
     """
 
     def __init__(self, limits: Limits, owner: str, *, pool_size: int = 0, max_idle_s: float = 600.0,
-                 max_job_s: float = 3600.0, warm_flops: bool = False, warm_train: bool = False) -> None:
+                 max_job_s: float = 3600.0, warm_flops: bool = False, warm_train: bool = False,
+                 measure_cost: bool = False) -> None:
         self.limits, self.owner = limits, owner
+        self.measure_cost = measure_cost  # training containers: each job's cost, from the engine (RunOutcome.cost)
         self.max_idle_s, self.max_job_s = max_idle_s, max_job_s
         self.warm_flops = warm_flops  # validation containers: pooled ones warm the FLOP counter too
         self.warm_train = warm_train  # training containers: pooled ones import what an optimizer needs too
@@ -252,6 +255,8 @@ class ContainerRunner:
             if not warm.read(started + START_TIMEOUT_S, until=READY_LINE) or READY_LINE not in warm.stdout:
                 tail = bytes(warm.stderr[-2000:]).decode("utf-8", "replace")
                 raise SandboxUnavailableError(f"the sandbox harness did not start within {START_TIMEOUT_S:g} s: {tail}")
+            if self.measure_cost:  # the job's CPU time counts from here (a pooled one's start is not its)
+                warm.ready_counters = read_counters(container)
             return warm
         except BaseException as exc:
             remove(container)
@@ -280,7 +285,7 @@ class ContainerRunner:
         job = msgspec.structs.replace(job, threads=max(1, int(self.limits.cpus)))
         limit = max_report_bytes(job, self.limits.max_output_bytes)
         warm.stdout_limit = len(warm.stdout) + limit
-        timed_out, ended = False, False
+        timed_out, ended, cost = False, False, None
         with self._running_lock:
             self._running.add(warm.container)
         try:
@@ -288,6 +293,8 @@ class ContainerRunner:
                       "max_output_bytes": self.limits.max_output_bytes,
                       "max_total_output_bytes": self.limits.max_total_output_bytes}
             warm.raw.settimeout(max(0.1, deadline - time.monotonic()))
+            handed = time.monotonic()
+            gpu = GpuSampler(warm.container.id).start() if self.measure_cost and self.limits.gpus else None
             try:
                 warm.raw.sendall(msgspec.json.encode(header) + b"\n" + blob)
                 laps.lap("send_s")
@@ -297,6 +304,11 @@ class ContainerRunner:
             except OSError:  # the container closed its stdin early (died): read what is left below
                 pass
             finally:
+                if self.measure_cost:  # before the supervisor may exit: its cgroup's counters go with it
+                    wall_s = time.monotonic() - handed
+                    cost = seed_cost(warm.ready_counters, read_counters(warm.container), wall_s, self.boundary.runtime,
+                                     gpu.stop() if gpu else None)
+                warm.release()
                 warm.close()
             laps.lap("in_container_s")
             report, bad = read_report(warm, nonce, job, limit)
@@ -321,6 +333,7 @@ class ContainerRunner:
             pooled=pooled,
             timings=laps.seconds,
             stage=last_stage(warm.stdout, nonce),
+            cost=cost,
         )
 
     def _retire(self, container) -> None:

@@ -44,7 +44,7 @@ def make_eval_runner(config: Config, owner: str) -> ContainerRunner:
     """The training containers' runner, with the GPUs passed through (all, or the ones named) when
     the setting asks; its containers' expiry covers the longest training the configuration allows."""
     runner = ContainerRunner(eval_limits(config, False), owner=owner, max_job_s=config.evaluator.train_timeout_s,
-                             pool_size=config.evaluator.pool_size, warm_train=True)
+                             pool_size=config.evaluator.pool_size, warm_train=True, measure_cost=True)
     try:
         runtimes = runner.client.info().get("Runtimes") or {}
     except Exception:

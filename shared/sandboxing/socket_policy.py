@@ -37,6 +37,7 @@ ROUTES: list[tuple[str, re.Pattern, str]] = [(method, re.compile(f"^{path}$"), k
     ("GET", f"/containers/{_ID}/json", "inspect"),
     ("POST", f"/containers/{_ID}/(start|stop|kill|wait|attach|resize)", "owned"),
     ("GET", f"/containers/{_ID}/logs", "owned"),
+    ("GET", f"/containers/{_ID}/stats", "owned"),  # a training container's cost, read before it exits
     ("POST", f"/containers/{_ID}/update", "update"),
     ("DELETE", f"/containers/{_ID}", "owned"),
 ]]
@@ -53,7 +54,7 @@ REASONS: list[tuple[re.Pattern, str]] = [(re.compile(pattern), why) for pattern,
     (r"^/(swarm|services|nodes|tasks|secrets|configs)(/|$)", "the services use no swarm"),
     (r"^/plugins", "plugins run as root on the host"),
     (r"/prune$|^/system/", "pruning and the engine's own state are the host's operator's"),
-    (r"^/containers/[^/]+/(archive|export|changes|copy|rename|pause|unpause|restart|top|stats|attach/ws)$",
+    (r"^/containers/[^/]+/(archive|export|changes|copy|rename|pause|unpause|restart|top|attach/ws)$",
      "the services never make this call on a container"),
 ]]
 

@@ -46,6 +46,8 @@ def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(do
             assert len(acc["values"]) == 2 and acc["ci_95"][0] <= acc["mean"] <= acc["ci_95"][1]
     assert report["leaderboard"][0]["fidelity"] == "full budget"
     assert report["leaderboard"][0]["iteration"] == report["best"]["iteration"]
+    # every seed's container measured from outside, totalled for the run (shared/registry/costs.py)
+    assert report["cost"]["total"]["seeds"] > 0 and report["cost"]["total"]["cpu_s"] > 0, report["cost"]
     assert "candidate 1: the built-in search proposed" in proc.stderr  # progress shown while it ran
     assert "\r" not in proc.stderr  # no terminal: a line per event, no progress bar redrawn among them
     run_id = report["run_id"]
@@ -61,6 +63,7 @@ def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(do
     exported = cli("export", run_id, str(tmp_path / "later"), home=home)
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "later" / "experiments" / run_id / "results.json").is_file()
+    assert (tmp_path / "later" / "experiments" / run_id / "accuracy_vs_compute.png").is_file()
     # the exported best model loads and predicts, with no retraining: near the accuracy its run recorded
     best = load_best(tmp_path / "later" / "experiments" / run_id / "best")
     digits = load_dataset("digits")

@@ -128,6 +128,8 @@ def test_researcher_evaluate_trains_a_file_in_containers(docker_engine, tmp_path
     evaluation = json.loads(proc.stdout)
     assert evaluation["aggregated"]["val_accuracy"]["n"] == 2 and evaluation["failed_seeds"] == []
     assert len(evaluation["final"]["confusion_matrix"]) == 10 and evaluation["seed_results"][0]["dynamics"]["insights"]
+    # each seed's container measured from outside (the evaluator's runner measures; shared/sandboxing/cost.py)
+    assert all(row["cost"]["cpu_s"] > 0 and row["cost"]["peak_memory_bytes"] > 0 for row in evaluation["seed_results"])
 
 
 # ---- a cheap job's fixed cost (issue 13) ----

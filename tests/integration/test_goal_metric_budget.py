@@ -41,8 +41,13 @@ async def test_a_goal_on_macro_f1_and_a_goal_whose_cpu_budget_runs_out(docker_en
     decided = [e.message for e in f1_events.events if e.kind == "decided"]
     assert decided and all("val_f1_macro" in m for m in decided), decided
     assert "val_f1_macro" in f1_report["best"] and "val_accuracy" in f1_report["best"]
+    assert f1_report["test"]["iteration"] == f1_run.best_iteration and f1_report["test"]["state"] == "tested"
+    assert f1_report["test"]["metrics"]["f1_macro"]["test"]["n"] == 2  # the goal's metric on the test split
 
     assert tiny_run.status == "budget_spent", (tiny_run.status, tiny_run.reason, tiny_run.error)
     assert tiny_run.reason.startswith("the CPU budget is spent: ") and "of 0.5 CPU seconds" in tiny_run.reason
     assert tiny_run.best_iteration == 1 and tiny_report["best"]["iteration"] == 1  # judged before the run ended
     assert [e.data["status"] for e in tiny_events.events if e.kind == "run_finished"] == ["budget_spent"]
+    assert tiny_report["test"]["iteration"] == 1 and tiny_report["test"]["state"] == "tested"  # still tested
+    costs = [row["cost"] for row in tiny_report["iterations"][0]["evaluation"]["seed_results"]]
+    assert all(c["cpu_s"] > 0.5 and c["peak_memory_bytes"] > 0 for c in costs), costs

@@ -40,11 +40,13 @@ async def test_a_run_written_before_the_typed_records_still_reports(nc, tmp_path
     text = format_report(run, iterations)
     assert "#1 SmallCNN: 650 params, 1,280 FLOPs per sample (reported by the model's process), val_accuracy" in text
     assert "rejected: RuntimeError: boom" in text
+    assert "compute measured: not measured (" in text  # its seeds ran before their containers' cost was read
     report = build_report(run, iterations)
     assert report["iterations"][0]["evaluation"]["aggregated"]["val_accuracy"] == msgspec.to_builtins(first.evaluation.summary())
     await export_run(registry, "old-run", tmp_path)
     results = json.loads((tmp_path / "experiments/old-run/results.json").read_text())
     assert results["evaluation"]["best_seed"] == old["best_seed"]
+    assert (tmp_path / "experiments/old-run/accuracy_vs_compute.png").read_bytes().startswith(b"\x89PNG")
     # best/ of a run from before weights were kept: each seed says why it has none
     best = json.loads((tmp_path / "experiments/old-run/best/preprocessing.json").read_text())
     assert best["best_seed"] is None and best["class_name"] == "SmallCNN"

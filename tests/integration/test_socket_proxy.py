@@ -89,6 +89,7 @@ def test_calls_on_a_container_without_the_owner_label_are_refused(client, docker
                                             labels={"test-proxy": tag, "com.docker.compose.service": "nats"})
     refused(lambda: client.api.exec_create(other.id, ["true"]), "exec runs a command")
     refused(lambda: client.api.kill(other.id), "is not a sandbox container")
+    refused(lambda: client.api.stats(other.id, stream=False, one_shot=True), "is not a sandbox container")
     refused(lambda: client.api.remove_container(other.id, force=True), "is not a sandbox container")
     seen = client.containers.get(other.id)
     assert seen.labels == {"com.docker.compose.service": "nats"} and "SECRET" not in json.dumps(seen.attrs)
@@ -120,10 +121,13 @@ def test_a_second_request_on_a_kept_alive_connection_is_checked_too(proxy_socket
 
 
 def test_the_sandboxs_real_work_passes_through_the_proxy(proxy_socket, docker_engine, monkeypatch):
-    """A warm pool (create, attach, start, update), one validation on it, and the clean-up."""
+    """A warm pool (create, attach, start, update), one job on it with its cost read (stats), and
+    the clean-up."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{proxy_socket}")
     owner = f"tests-proxy-{uuid.uuid4().hex[:8]}"
-    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="512m"), owner=owner, pool_size=1)
+    runner = ContainerRunner(Limits(image=SANDBOX_IMAGE, memory="512m"), owner=owner, pool_size=1, measure_cost=True)
+    outcomes, run = [], runner.run
+    runner.run = lambda *args, **kwargs: outcomes.append(run(*args, **kwargs)) or outcomes[-1]  # keeps what it returns
     try:
         runner.start_pool()
         assert runner.wait_warm(1)
@@ -132,6 +136,7 @@ def test_the_sandboxs_real_work_passes_through_the_proxy(proxy_socket, docker_en
         result = validate(request, runner, 60.0, "512m", "flag")
         assert result.ok, result.error
         assert result.output_shape == [2, 10]
+        assert outcomes[0].cost.cpu_s is not None and outcomes[0].cost.peak_memory_bytes, outcomes[0].cost
     finally:
         runner.close()
     assert not docker_engine.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"})

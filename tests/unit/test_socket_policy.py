@@ -122,6 +122,7 @@ def test_a_literal_duplicate_key_and_non_json_are_refused():
     ("POST", "/v1.41/containers/abc/../../containers/abc/exec", "clean form"),
     ("POST", "/v1.41/containers/abc%2F..%2Fexec/start", "clean form"),
     ("DELETE", "/v1.41/containers/abc?link=1", "link"),
+    ("GET", "/v1.41/containers/abc/top", "never make this call"),
 ])
 def test_calls_the_services_never_make_are_refused_saying_why(method, target, fragment):
     assert fragment in refusal(b"", target, method)
@@ -137,4 +138,6 @@ def test_a_start_with_a_body_is_refused_and_an_update_passes_only_cpu_shares():
 def test_calls_on_containers_name_the_container_to_check():
     call = POLICY.check("POST", "/v1.41/containers/abc/kill", b"")
     assert call.container == "abc" and call.target("f" * 64) == f"/v1.41/containers/{'f' * 64}/kill"
+    stats = POLICY.check("GET", "/v1.41/containers/abc/stats?stream=0&one-shot=1")  # a training container's cost
+    assert stats.container == "abc" and stats.target("f" * 64) == f"/v1.41/containers/{'f' * 64}/stats?stream=0&one-shot=1"
     assert POLICY.check("GET", '/v1.41/containers/json?all=1&filters={"label":["org.pytorch-researcher.owner=x"]}').container is None
