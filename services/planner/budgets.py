@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.messaging.messages import Goal, SeedCost, SeedResult
-from shared.registry.records import Evaluation, IterationRecord, RunRecord
+from shared.registry.costs import run_cost
+from shared.registry.records import IterationRecord, RunRecord
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,6 @@ def of_cost(cost: SeedCost | None) -> Spent:
     if cost is None:
         return Spent()
     return Spent(cpu_s=cost.cpu_s or 0.0, gpu_s=cost.gpu_s or 0.0, seeds_measured=1)
-
-
-def evaluations(it: IterationRecord) -> list[Evaluation]:
-    """Every evaluation of a candidate: the cheap rungs it passed and the one it is on."""
-    return [p.evaluation for p in it.passed if p.evaluation is not None] + ([it.evaluation] if it.evaluation else [])
 
 
 def llm_tokens(run: RunRecord, history: list[IterationRecord]) -> int:
@@ -80,13 +76,11 @@ class Unaggregated:
 
 
 def spent(run: RunRecord, history: list[IterationRecord], pending: Spent = Spent()) -> Spent:
-    """What the run has used so far: its aggregated seeds' costs, `pending` (Unaggregated.spent), tokens."""
-    total = pending + Spent(llm_tokens=llm_tokens(run, history))
-    for it in history:
-        for evaluation in evaluations(it):
-            for row in evaluation.seed_results:
-                total = total + of_cost(row.cost)
-    return total
+    """What the run has used so far: its aggregated seeds' costs (every rung: costs.run_cost),
+    `pending` (Unaggregated.spent), and its LLM tokens."""
+    cost = run_cost(history)
+    return pending + Spent(cpu_s=cost.cpu_s, gpu_s=cost.gpu_s or 0.0, llm_tokens=llm_tokens(run, history),
+                           seeds_measured=cost.seeds)
 
 
 def reached(goal: Goal, used: Spent) -> str | None:

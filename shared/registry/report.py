@@ -13,8 +13,8 @@ from shared.llm.usage import format_sources, llm_sources, usage_by_role
 from shared.messaging.messages import PROBE_BATCH, TrainingRecipe
 from shared.registry.best_model import export_best
 from shared.registry.held_out import format_held_out, held_out_section
-from shared.registry.costs import (candidate_cost, compute_points, cost_report, format_cost, format_seed_cost,
-                                   run_cost)
+from shared.registry.costs import (candidate_cost, compute_points, cost_report, evaluation_cost, format_cost,
+                                   format_seed_cost, run_cost)
 from shared.registry.leaderboard import (compute, fidelity, format_leaderboard, format_proposers, leaderboard,
                                          proposers)
 from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord
@@ -119,7 +119,9 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "best": best,
         # its best candidate on the held-out test split beside its validation figures: what to report
         "test": held_out_section(run, iterations),
-        "cost": cost_report(iterations),  # measured compute per candidate and for the run, beside the LLM tokens
+        # measured compute per candidate and for the search, beside the LLM tokens; the final test's apart
+        "cost": {**cost_report(iterations),
+                 "test": msgspec.to_builtins(evaluation_cost(run.test.evaluation)) if run.test else None},
         "llm_usage": _llm_usage(iterations),
         "llm_sources": llm_sources(run, iterations),  # the LLMs' share of the work, and each fallback's why
         "created_at": run.created_at,
@@ -247,7 +249,9 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
         lines.append("containers: " + "; ".join(f"{count} under {RUNTIMES.get(name, name)}" for name, count in runtimes.items()))
     if run.reason:
         lines.append(f"ended: {run.reason}")
-    lines.append(f"compute measured: {format_cost(run_cost(iterations))}")
+    lines.append(f"compute measured: {format_cost(run_cost(iterations))}"
+                 + (f"; the final test: {format_cost(evaluation_cost(run.test.evaluation))}"
+                    if run.test and run.test.evaluation else ""))
     for role, row in _llm_usage(iterations)["per_role"].items():
         lines.append(f"{role} LLM: {row['calls']} calls ({row['failed']} failed), {row['tokens_in']:,} tokens in, "
                      f"{row['tokens_out']:,} out, {row['latency_s']:.1f} s")
