@@ -21,8 +21,9 @@ async def test_a_goal_on_macro_f1_and_a_goal_whose_cpu_budget_runs_out(docker_en
     tag = uuid.uuid4().hex[:6]
     f1 = goal(f"f1-{tag}", goal="rare positives", dataset="imbalanced", goal_metric="val_f1_macro", target=0.999,
               max_iterations=2, num_seeds=2, subset_size=None, max_epochs=3)
-    # one full evaluation (a budget of one: no cheap rung) whose two seeds cost far more than 0.5 CPU s
-    tiny = goal(f"cpu-{tag}", max_iterations=1, num_seeds=2, max_epochs=2, max_cpu_s=0.5, patience=5)
+    # one full evaluation (a budget of one: no cheap rung) of one seed, which costs far more than 0.5 CPU s:
+    # it is judged (all its seeds are in) before the spent budget ends the run
+    tiny = goal(f"cpu-{tag}", max_iterations=1, num_seeds=1, max_epochs=2, max_cpu_s=0.5, patience=5)
     with LocalStack(log_dir=tmp_path / "logs", env=FAST) as stack:
         nc, js, registry, f1_events = await start_run(stack, f1)
         _, _, _, tiny_events = await start_run(stack, tiny)
