@@ -1,6 +1,6 @@
-"""Two goals on one real stack at once: one judged on macro F1 on a data set with a 1% positive
-class ends on that metric; one with a CPU budget far below a candidate's cost ends budget_spent,
-its measured best still reported. Real nats-server, real services as processes, real Docker."""
+"""Three goals on one real stack at once: on a data set with a 1% positive class, one judged on
+macro F1 ends on that metric and one reaches a PR-AUC target; one with a CPU budget far below a
+candidate's cost ends budget_spent, its judged best still tested and reported. Real nats-server, real services as processes, real Docker."""
 
 from __future__ import annotations
 
@@ -24,11 +24,15 @@ async def test_a_goal_on_macro_f1_and_a_goal_whose_cpu_budget_runs_out(docker_en
     # one full evaluation (a budget of one: no cheap rung) of one seed, which costs far more than 0.5 CPU s:
     # it is judged (all its seeds are in) before the spent budget ends the run
     tiny = goal(f"cpu-{tag}", max_iterations=1, num_seeds=1, max_epochs=2, max_cpu_s=0.5, patience=5)
+    pr = goal(f"pr-{tag}", goal="rare positives, ranked", dataset="imbalanced", goal_metric="val_pr_auc", target=0.6,
+              max_iterations=3, num_seeds=2, subset_size=None, max_epochs=10)
     with LocalStack(log_dir=tmp_path / "logs", env=FAST) as stack:
         nc, js, registry, f1_events = await start_run(stack, f1)
         _, _, _, tiny_events = await start_run(stack, tiny)
-        f1_run, tiny_run = await asyncio.gather(_wait_terminal(registry, f1.run_id, 400),
-                                                _wait_terminal(registry, tiny.run_id, 400))
+        _, _, _, pr_events = await start_run(stack, pr)
+        f1_run, tiny_run, pr_run = await asyncio.gather(_wait_terminal(registry, f1.run_id, 400),
+                                                        _wait_terminal(registry, tiny.run_id, 400),
+                                                        _wait_terminal(registry, pr.run_id, 400))
         f1_report, tiny_report = await load_report(registry, f1.run_id), await load_report(registry, tiny.run_id)
         await nc.close()
 
@@ -44,6 +48,10 @@ async def test_a_goal_on_macro_f1_and_a_goal_whose_cpu_budget_runs_out(docker_en
     assert "val_f1_macro" in f1_report["best"] and "val_accuracy" in f1_report["best"]
     assert f1_report["test"]["iteration"] == f1_run.best_iteration and f1_report["test"]["state"] == "tested"
     assert f1_report["test"]["metrics"]["f1_macro"]["test"]["n"] == 2  # the goal's metric on the test split
+
+    # PR-AUC on the 1% positives: the default candidate reaches about 0.72 (seeds 0 and 1, 10 epochs)
+    assert pr_run.status == "goal_achieved", (pr_run.status, pr_run.reason, pr_run.error)
+    assert "val_pr_auc mean" in pr_run.reason and ">= target 0.6000" in pr_run.reason
 
     assert tiny_run.status == "budget_spent", (tiny_run.status, tiny_run.reason, tiny_run.error)
     assert tiny_run.reason.startswith("the CPU budget is spent: ") and "of 0.5 CPU seconds" in tiny_run.reason
