@@ -33,7 +33,7 @@ class JobHandler:
 
     def __init__(self, nc, js, runner: ContainerRunner, config: Config, replica: str, stop: asyncio.Event) -> None:
         self.nc, self.js, self.runner, self.config, self.replica, self.stop = nc, js, runner, config, replica, stop
-        self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # run id -> how it ended
+        self.ended: collections.OrderedDict[str, RunEnded] = collections.OrderedDict()  # run id -> how it ended
 
     async def on_run_ended(self, msg) -> None:
         """A run ended: its jobs still queued are dropped unrun (the newest ENDED_KEPT runs are remembered)."""
@@ -42,18 +42,19 @@ class JobHandler:
         except MessageError as exc:
             log.warning("malformed_message", subject=msg.subject, error=str(exc))
             return
-        self.ended[ended.run_id] = ended.status
+        self.ended[ended.run_id] = ended
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
 
     async def __call__(self, job: EvalJob, delivery: Delivery) -> None:
         """Train and score one seed; publish its result (the consumer then acks). Stopping, it waits
         up to drain_timeout_s for the job, then hands it back for another replica at once. A job
-        of a run that has ended is acked unrun: nobody waits for its result; but for a test job, which
-        its run queues as it ends (and waits for)."""
+        of a run that has ended is acked unrun: nobody waits for its result; but for a test job while
+        its run is testing (it queues them as it ends, and waits for them)."""
         structlog.contextvars.bind_contextvars(iteration=job.iteration, seed=job.seed, job_id=job.job_id)
-        if job.run_id in self.ended and job.split != "test":
-            log.info("job_dropped", reason=f"its run ended ({self.ended[job.run_id]})")
+        ended = self.ended.get(job.run_id)
+        if ended is not None and (job.split != "test" or not ended.testing):
+            log.info("job_dropped", reason=f"its run ended ({ended.status})")
             return
         laps = Laps()
         started_at = time.time()

@@ -29,9 +29,13 @@ class Spent:
 
 
 def of_cost(cost: SeedCost | None) -> Spent:
+    """A seed's spend; one whose counters could not be read counts its wall time as CPU seconds, so
+    a budget never stops counting a container (one CPU for its time: the least it can have used)."""
     if cost is None:
         return Spent()
-    return Spent(cpu_s=cost.cpu_s or 0.0, gpu_s=cost.gpu_s or 0.0, seeds_measured=1)
+    if cost.cpu_s is None:
+        return Spent(cpu_s=cost.wall_s, gpu_s=cost.gpu_s or 0.0)
+    return Spent(cpu_s=cost.cpu_s, gpu_s=cost.gpu_s or 0.0, seeds_measured=1)
 
 
 def llm_tokens(run: RunRecord, history: list[IterationRecord]) -> int:
@@ -79,7 +83,7 @@ def spent(run: RunRecord, history: list[IterationRecord], pending: Spent = Spent
     """What the run has used so far: its aggregated seeds' costs (every rung: costs.run_cost),
     `pending` (Unaggregated.spent), and its LLM tokens."""
     cost = run_cost(history)
-    return pending + Spent(cpu_s=cost.cpu_s, gpu_s=cost.gpu_s or 0.0, llm_tokens=llm_tokens(run, history),
+    return pending + Spent(cpu_s=cost.cpu_s + cost.unmeasured_wall_s, gpu_s=cost.gpu_s or 0.0, llm_tokens=llm_tokens(run, history),
                            seeds_measured=cost.seeds)
 
 

@@ -84,6 +84,7 @@ class RunDriver:
         self._wake = asyncio.Event()  # a candidate changed state, or a seed result came
         self._results = asyncio.Condition()
         self._stop_asked: str | None = None  # `researcher stop`: why, until the next pass ends the run
+        self._stop_asked_at = 0.0
         self.unaggregated = budgets.Unaggregated()  # costs of seed results not in an evaluation yet
 
     # ---- the cache, written through ----
@@ -100,7 +101,7 @@ class RunDriver:
 
     def ask_stop(self, why: str) -> None:
         """End the run as stopped at its next pass (its own task: never beside a pass in progress)."""
-        self._stop_asked = why
+        self._stop_asked, self._stop_asked_at = why, time.time()
         self._wake.set()
 
     def notify(self, result: SeedResult | None = None) -> None:
@@ -137,6 +138,8 @@ class RunDriver:
             self._loaded = True
         if run.test is not None:  # ending: its best candidate on the test split
             await self.close()  # the candidates' own steps are over
+            if self._stop_asked is not None and self._stop_asked_at < run.test.started_at:
+                self._stop_asked = None  # asked as a pass was ending the run: the ending under way answers it
             await self.final_test.step(run, self._stop_asked)
             return True
         if self._stop_asked is not None:
@@ -166,11 +169,15 @@ class RunDriver:
             return True  # the run ended: the next pass closes it
         if await self._schedule(run):
             await self._report_progress()
-            try:
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
-            except asyncio.TimeoutError:
-                pass
+            await self._idle()
         return True
+
+    async def _idle(self) -> None:
+        """Until a candidate changes or a result comes, or IDLE_POLL_S (a stop by command)."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+        except asyncio.TimeoutError:
+            pass
 
     async def close(self) -> None:
         for task in self.tasks.values():
@@ -269,14 +276,17 @@ class RunDriver:
 
     async def _over_budget(self, run: RunRecord) -> bool:
         """End the run as budget_spent once it has used one of its goal's own limits (CPU or GPU
-        seconds, LLM tokens); -> whether it did."""
+        seconds, LLM tokens); -> whether it did, or waits to (nothing new may start then)."""
         goal = run.goal
         if goal.max_cpu_s is None and goal.max_gpu_s is None and goal.max_llm_tokens is None:
             return False
         used = budgets.spent(run, self.history(), self.unaggregated.spent(self.candidates))
         limit = budgets.reached(goal, used)
-        if limit is None or self.unaggregated.complete(self.candidates):
-            return False  # a candidate with all its results in is judged first: its compute is spent already
+        if limit is None:
+            return False
+        if self.unaggregated.complete(self.candidates):  # judged first: its compute is spent already
+            await self._idle()
+            return True
         _, best_score = best_of(goal, self.history())
         await self.end("budget_spent", budget_decision(goal, best_score, limit, status="budget_spent").reasoning)
         return True

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from services.planner.steps import job_id
+from services.planner.steps import queue_seed_jobs
 from shared.evaluation.aggregate import summarise
 from shared.messaging import subjects
-from shared.messaging.bus import encode, publish_to_stream
-from shared.messaging.messages import EvalJob, RunEnded, TrainingRecipe
+from shared.messaging.bus import encode
+from shared.messaging.messages import RunEnded
+from shared.registry.held_out import untested_why
 from shared.registry.records import RunRecord, TestEvaluation, unless_ended
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 replace = msgspec.structs.replace
 
 
-def test_metric(goal) -> str:
+def goal_test_metric(goal) -> str:
     """The goal's metric on the test split: the best seed of a test evaluation is the best on it."""
     return "test_" + goal.goal_metric.removeprefix("val_")
 
@@ -38,21 +39,15 @@ class FinalTest:
         self.registry, self.config = driver.registry, driver.config
         self._queued = False  # this driver queued the jobs (a restarted planner queues the missing ones again)
 
-    def wanted(self, run: RunRecord, status: str) -> str | None:
-        """Why the run ends untested, or None: it has a best candidate measured at the full budget,
-        a test split, and an end that is not a failure."""
-        best = self.d.candidates.get(run.best_iteration or 0)
-        if status == "failed":
-            return "the run failed"
-        if best is None or best.evaluation is None or not best.evaluation.summary().n:
-            return "no candidate was evaluated at the full budget"
-        if run.dataset_facts is None or not run.dataset_facts.num_test:
-            return "its data set has no test split (a run started before test splits)"
-        return None
-
     async def start(self, run: RunRecord, status: str, reason: str) -> bool:
-        """Begin testing the best candidate instead of ending now; -> False when the run ends untested."""
-        if run.test is not None or self.wanted(run, status) is not None:
+        """Begin testing the best candidate instead of ending now; -> False when the run ends untested
+        (an event says why, unless it failed: its own end says that)."""
+        if run.test is not None:
+            return False
+        why = untested_why(run, list(self.d.candidates.values()), status)
+        if why is not None:
+            if status != "failed":
+                await self.d.event("untested", f"the run ends {status} untested on the held-out test split: {why}")
             return False
         best, facts = self.d.candidates[run.best_iteration or 0], run.dataset_facts
         assert facts is not None  # wanted() checked it
@@ -60,7 +55,8 @@ class FinalTest:
                               reason=reason, started_at=time.time())
         self.d.run = await self.d.set_run(unless_ended(lambda r: r if r.test is not None else replace(r, test=test)))
         # the jobs of other candidates still queued need no evaluator now; the test's are kept
-        await self.d.planner.nc.publish(subjects.RUN_ENDED_SUBJECT, encode(RunEnded(run_id=run.run_id, status=status)))
+        await self.d.planner.nc.publish(subjects.RUN_ENDED_SUBJECT, encode(RunEnded(run_id=run.run_id, status=status,
+                                                                                  testing=True)))
         await self.d.event("testing", f"testing candidate {best.iteration} on the held-out test split "
                            f"({facts.test_source}, {facts.num_test} samples) over its {len(best.seeds)} seed(s), "
                            f"before the run ends {status}: {reason}", best.iteration,
@@ -89,12 +85,14 @@ class FinalTest:
         if len(results) < len(test.seeds) and waited <= self.config.planner.eval_timeout_s:
             await self.d.results_arrived(5.0)
             return
-        evaluation = summarise(results, test.seeds, rank_by=test_metric(run.goal))
+        evaluation = summarise(results, test.seeds, rank_by=goal_test_metric(run.goal))
         error = None
         if not evaluation.summary("test_accuracy").n:
             why = "; ".join(f"seed {f.seed}: {f.reason}: {f.error}" for f in evaluation.failed_seeds)
-            error = (f"no seed of candidate {test.iteration} was scored on the test split within "
-                     f"planner.eval_timeout_s ({self.config.planner.eval_timeout_s:g} s): {why}")
+            late = len(results) < len(test.seeds)
+            error = (f"no seed of candidate {test.iteration} was scored on the test split"
+                     + (f" within planner.eval_timeout_s ({self.config.planner.eval_timeout_s:g} s)" if late else "")
+                     + f": {why}")
         await self._close(replace(test, evaluation=evaluation, error=error))
 
     async def abandon(self, run: RunRecord, why: str) -> None:
@@ -106,7 +104,7 @@ class FinalTest:
     async def _close(self, test: TestEvaluation, status: str | None = None, reason: str | None = None) -> None:
         test = replace(test, finished_at=time.time())
         self.d.run = await self.d.set_run(unless_ended(lambda r: replace(r, test=test)))
-        metric = test_metric(self.d.run.goal) if self.d.run else "test_accuracy"
+        metric = goal_test_metric(self.d.run.goal) if self.d.run else "test_accuracy"
         measured = test.evaluation.summary(metric) if test.evaluation else None
         if measured is not None and measured.n:
             ci = f" [{measured.ci_95[0]:.4f}, {measured.ci_95[1]:.4f}]" if measured.ci_95 else ""
@@ -122,13 +120,6 @@ class FinalTest:
         best = self.d.candidates[test.iteration]
         done = await self.registry.seed_results(run.run_id, test.iteration, test.seeds, None, "test")
         source = (await self.registry.get_artifact(best.code_artifact or "") or b"").decode()
-        full = next(r for r in best.rungs if r.index is None)
-        recipe = replace(TrainingRecipe.from_model_config(best.model_config), epochs=full.epochs)
-        for seed in (s for s in test.seeds if s not in done):
-            job = EvalJob.with_recipe(recipe, job_id=job_id(run.run_id, test.iteration, seed, None, "test"),
-                                      run_id=run.run_id, iteration=test.iteration, seed=seed, dataset=run.goal.dataset,
-                                      class_name=best.class_name, source=source, subset_size=run.goal.subset_size,
-                                      rung=None, keep_weights=False, split="test")
-            await publish_to_stream(self.d.planner.js, subjects.EVAL_SUBJECT, encode(job),
-                                    headers={"Nats-Msg-Id": job.job_id})
+        await queue_seed_jobs(self.d.planner.js, run, best, source, [s for s in test.seeds if s not in done], rung=None,
+                              split="test")
         self._queued = True

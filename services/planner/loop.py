@@ -120,7 +120,7 @@ class Planner:
             if run is not None and run.test is not None and not testing:
                 return StopAnswer(run_id=run.run_id, status="running", testing=True, message=(
                     f"stopping: its best candidate, {run.test.iteration}, is tested on the held-out test split "
-                    "first, then the run ends stopped; stop it again to end it now, untested"))
+                    "first, then the run ends; stop it again to end it now, untested"))
             await asyncio.sleep(0.1)
         return StopAnswer(run_id=request.run_id, status="running", message="asked to stop; it stops at its next step")
 

@@ -31,6 +31,23 @@ _MACHINERY_REASONS = frozenset({"service_unavailable", "harness_failed"})
 COLLECT_POLL_S = 5.0  # a result another planner replica stored is seen this soon
 
 
+async def queue_seed_jobs(js, run: RunRecord, it: IterationRecord, source: str, seeds: list[int], *,
+                          rung: int | None, split: str = "val") -> None:
+    """The seed jobs of candidate `it` at `rung` (its ladder's epochs there; None: the full budget),
+    predicting the validation inputs, or the test inputs at the run's end (`split` "test"). The job
+    id is the message id: a job queued again (after a crash) is dropped as a duplicate."""
+    epochs = next(r for r in it.rungs if r.index == rung).epochs
+    recipe = replace(TrainingRecipe.from_model_config(it.model_config), epochs=epochs)
+    facts = run.dataset_facts
+    for seed in seeds:
+        job = EvalJob.with_recipe(recipe, job_id=job_id(run.run_id, it.iteration, seed, rung, split), run_id=run.run_id,
+                                  iteration=it.iteration, seed=seed, dataset=run.goal.dataset, class_name=it.class_name,
+                                  source=source, subset_size=run.goal.subset_size, rung=rung,
+                                  keep_weights=rung is None and split == "val", split=split,  # type: ignore[arg-type]
+                                  test_digest=facts.test_digest if facts else "")
+        await publish_to_stream(js, subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
+
+
 def job_id(run_id: str, iteration: int, seed: int, rung: int | None, split: str = "val") -> str:
     """A seed job's id (its stream message id too); a test job's ("test": the run's best candidate
     on the held-out test split, at its end) is its own."""
@@ -143,14 +160,7 @@ class CandidateSteps:
     async def _dispatch(self, run: RunRecord, it: IterationRecord) -> None:
         source = (await self.registry.get_artifact(it.code_artifact or "") or b"").decode()
         rung = next(r for r in it.rungs if r.index == it.rung)
-        recipe = replace(TrainingRecipe.from_model_config(it.model_config), epochs=rung.epochs)
-        for seed in it.seeds:
-            job = EvalJob.with_recipe(recipe, job_id=job_id(run.run_id, it.iteration, seed, it.rung), run_id=run.run_id,
-                                      iteration=it.iteration, seed=seed, dataset=run.goal.dataset,
-                                      class_name=it.class_name, source=source, subset_size=run.goal.subset_size,
-                                      rung=it.rung, keep_weights=it.rung is None)
-            # the job id is the message id: a re-dispatch after a crash is dropped as a duplicate
-            await publish_to_stream(self.p.js, subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
+        await queue_seed_jobs(self.p.js, run, it, source, it.seeds, rung=it.rung)
         summary, calls = it.summary, []
         if summary is None:  # while the seeds train
             summary, calls = await self._summarise(run, it, source)

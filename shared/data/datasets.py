@@ -27,6 +27,7 @@ is tested), never the validation or test labels.
 from __future__ import annotations
 
 import csv
+import hashlib
 import gzip
 import os
 import pickle
@@ -45,6 +46,7 @@ from shared.messaging.messages import DatasetFacts
 from shared.runtime.config import DataConfig
 
 DEFAULT_DATA_DIR = DataConfig().dir  # data.dir's default, for callers with no configuration
+_digests: dict[tuple[int, int, int], str] = {}  # Dataset.test_digest's, by its arrays (kept as long as they are)
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,25 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def test_digest(self) -> str:
+        """Which test split this is, as a digest of its inputs and labels and of the pool's size: the
+        planner's and every evaluator's must match, or a test sample could be another's training one."""
+        if self.y_test is None:
+            return ""
+        key = (id(self.x_test), id(self.y_test), len(self.y))
+        if key not in _digests:
+            h = hashlib.sha256(np.ascontiguousarray(self.x_test).tobytes())
+            h.update(np.ascontiguousarray(self.y_test).tobytes())
+            h.update(str(len(self.y)).encode())
+            _digests[key] = h.hexdigest()[:16]
+        return _digests[key]
+
     def facts(self) -> DatasetFacts:
         return DatasetFacts(name=self.name, kind=self.kind, input_shape=list(self.input_shape),
                             num_classes=self.num_classes, num_samples=int(self.x.shape[0]),
                             class_names=list(self.class_names), test_source=self.test_source,
                             num_test=0 if self.y_test is None else int(len(self.y_test)), test_note=self.test_note,
+                            test_digest=self.test_digest(),
                             class_counts=np.bincount(self.y, minlength=self.num_classes).tolist())
 
 

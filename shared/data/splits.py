@@ -53,6 +53,12 @@ def with_test_split(ds: Dataset, test_fraction: float = DataConfig().test_fracti
             raise DatasetError(f"{ds.name}: cannot hold out a stratified test split of {test_fraction:g} ({exc}); "
                                f"its rarest classes: {rare}; every class needs at least 2 samples, better 10 "
                                "(or set data.test_fraction)") from exc
+        left = np.bincount(ds.y[pool], minlength=ds.num_classes)
+        if left.min() < 2:  # each seed's stratified train/validation split needs two of every class
+            short = ", ".join(f"{ds.class_names[c]!r} ({left[c]} left)" for c in np.flatnonzero(left < 2))
+            raise DatasetError(f"{ds.name}: after its test split of {test_fraction:g}, too few samples of {short} "
+                               "for a train/validation split; every class needs at least 3 samples, better 10 "
+                               "(or set data.test_fraction)")
         pool.sort(), test.sort()  # in the data's own order: the seeds' splits shuffle anyway
         _tested[key] = ds, replace(ds, x=ds.x[pool], y=ds.y[pool], x_test=ds.x[test], y_test=ds.y[test],
                                    test_source="held_out")

@@ -85,6 +85,12 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
                              data_config.test_seed)
     except DatasetError as exc:
         raise DatasetUnavailableError(evaluator, job.dataset, str(exc)) from exc
+    if job.test_digest and ds.test_digest() != job.test_digest:
+        raise DatasetUnavailableError(evaluator, job.dataset, (
+            f"its test split ({ds.test_source or 'none'}, {0 if ds.y_test is None else len(ds.y_test)} samples, "
+            f"digest {ds.test_digest() or '-'}) is not the planner's (digest {job.test_digest}), so a test sample "
+            "could be a training one here; give every machine the same files (the official test files too) and "
+            "the same data.test_fraction and data.test_seed"))
     recipe = job.recipe
     try:
         data = split(ds, job.seed, data_config.val_fraction, job.subset_size, standardize=recipe.standardize)

@@ -50,6 +50,7 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     test_source: str = ""
     num_test: int = 0
     test_note: str = ""  # why a set with official test files holds out a split instead ("" when it does not)
+    test_digest: str = ""  # which test split (Dataset.test_digest): every job carries it, each evaluator checks it
     # samples per class in the pool num_samples counts (class_names' order), so the search and the LLMs
     # can weigh an imbalanced set's classes. Counts are no sample's label: they say how many, never
     # which; the split is stratified, so every seed's training split has these proportions anyway.
@@ -185,7 +186,10 @@ def goal_problems(goal: Goal) -> list[str]:
     if goal.goal_metric not in SCALAR_METRICS:
         problems.append(f"goal_metric must be one of {', '.join(SCALAR_METRICS)}, not {goal.goal_metric!r}")
     field, target = ("target_accuracy", goal.target_accuracy) if goal.target is None else ("target", goal.target)
-    if goal.lower_is_better:
+    if goal.lower_is_better and goal.target is None:
+        problems.append(f"target is needed for {goal.goal_metric} (lower is better: the value to get below, e.g. 0.3); "
+                        "target_accuracy is a fraction to reach")
+    elif goal.lower_is_better:
         if not (math.isfinite(target) and target > 0.0):
             problems.append(f"{field} must be a number above 0 for {goal.goal_metric} (lower is better), not {target!r}")
     elif not (math.isfinite(target) and 0.0 < target <= 1.0):
@@ -400,6 +404,9 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     # "val": predict the validation inputs (the search's score); "test": the run has ended, and its
     # best candidate predicts the held-out test inputs (scored on the trusted side, never searched on)
     split: Literal["val", "test"] = "val"
+    # the planner's test split (DatasetFacts.test_digest): an evaluator whose own differs (other files,
+    # another data.test_fraction) refuses the job as a fault of its machine; "": not checked
+    test_digest: str = ""
 
     @classmethod
     def with_recipe(cls, recipe: TrainingRecipe, **fields: Any) -> "EvalJob":
@@ -488,6 +495,7 @@ class RunEnded(msgspec.Struct, frozen=True, kw_only=True):
 
     run_id: str
     status: str
+    testing: bool = False  # its best candidate's test jobs are still wanted (the run ends once they are in)
 
 
 STOP_WAIT_S = 10.0  # how long the planner waits for a run asked to stop to end before it answers anyway

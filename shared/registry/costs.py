@@ -28,13 +28,15 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     peak_gpu_memory_bytes: int | None = None
     seeds: int = 0  # seed containers measured
     unmeasured: int = 0  # seed rows without figures (failed before their container ran, older evaluators)
+    unmeasured_wall_s: float = 0.0  # those rows' wall time, where they have one: what a CPU budget counts for them
 
     def __add__(self, other: RunCost) -> RunCost:
         return RunCost(cpu_s=round(self.cpu_s + other.cpu_s, 3), gpu_s=_add(self.gpu_s, other.gpu_s),
                        wall_s=round(self.wall_s + other.wall_s, 3),
                        peak_memory_bytes=_max(self.peak_memory_bytes, other.peak_memory_bytes),
                        peak_gpu_memory_bytes=_max(self.peak_gpu_memory_bytes, other.peak_gpu_memory_bytes),
-                       seeds=self.seeds + other.seeds, unmeasured=self.unmeasured + other.unmeasured)
+                       seeds=self.seeds + other.seeds, unmeasured=self.unmeasured + other.unmeasured,
+                       unmeasured_wall_s=round(self.unmeasured_wall_s + other.unmeasured_wall_s, 3))
 
     @property
     def compute_s(self) -> float:
@@ -55,7 +57,7 @@ def evaluation_cost(evaluation: Evaluation | None) -> RunCost:
     for row in evaluation.seed_results if evaluation else []:
         c = row.cost
         if c is None or c.cpu_s is None:
-            total += RunCost(wall_s=c.wall_s if c else 0.0, unmeasured=1)
+            total += RunCost(wall_s=c.wall_s if c else 0.0, unmeasured=1, unmeasured_wall_s=c.wall_s if c else 0.0)
             continue
         total += RunCost(cpu_s=c.cpu_s, gpu_s=c.gpu_s, wall_s=c.wall_s, peak_memory_bytes=c.peak_memory_bytes,
                          peak_gpu_memory_bytes=c.peak_gpu_memory_bytes, seeds=1)

@@ -24,12 +24,25 @@ def _source(run: RunRecord) -> str:
     return f"{facts.num_test:,} samples, {kind}"
 
 
+def untested_why(run: RunRecord, iterations: list[IterationRecord], status: str) -> str | None:
+    """Why a run ending with `status` is not tested, or None: it has a best candidate measured at
+    the full budget, a test split, and an end that is not a failure."""
+    best = next((it for it in iterations if it.iteration == run.best_iteration), None)
+    if status == "failed":
+        return "the run failed"
+    if best is None or best.evaluation is None or not best.evaluation.summary().n:
+        return "no candidate was evaluated at the full budget (a cheap rung's result is never tested)"
+    if run.dataset_facts is None or not run.dataset_facts.num_test:
+        return "its data set has no test split (a run started before test splits)"
+    return None
+
+
 def held_out_section(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any] | None:
-    """The JSON report's "test": None when the run was not tested (it failed, nothing was evaluated,
-    or it ran before test splits)."""
+    """The JSON report's "test": None while the run goes on; for an ended run not tested, why."""
     test = run.test
     if test is None:
-        return None
+        why = untested_why(run, iterations, run.status) if run.status in TERMINAL_STATUSES else None
+        return None if why is None else {"state": "untested", "why": why, "selected_on": "validation"}
     chosen = next((it for it in iterations if it.iteration == test.iteration), None)
     val = chosen.evaluation if chosen is not None else None
     evaluation = test.evaluation
@@ -78,7 +91,8 @@ def format_held_out(run: RunRecord, iterations: list[IterationRecord]) -> list[s
     """The text report's opening lines on the test split; [] when the run was not tested."""
     test = run.test
     if test is None:
-        return []
+        why = untested_why(run, iterations, run.status) if run.status in TERMINAL_STATUSES else None
+        return [] if why is None else [f"test split: not tested: {why}", ""]
     head = f"test split ({_source(run)}; never seen by the search): candidate {test.iteration}, chosen on validation"
     state = _state(run)
     if state == "testing":

@@ -89,6 +89,18 @@ class FinalScores(msgspec.Struct, frozen=True, kw_only=True):
     val_loss: float | None = None
     val_roc_auc: float | None = None
     val_pr_auc: float | None = None
+    # ---- the same on the held-out test split, in a run's final test ----
+    test_accuracy: float | None = None
+    test_balanced_accuracy: float | None = None
+    test_f1_macro: float | None = None
+    test_f1_weighted: float | None = None
+    test_precision_macro: float | None = None
+    test_precision_weighted: float | None = None
+    test_recall_macro: float | None = None
+    test_recall_weighted: float | None = None
+    test_loss: float | None = None
+    test_roc_auc: float | None = None
+    test_pr_auc: float | None = None
     auc_kind: str | None = None  # binary | ovr
     auc_note: str | None = None  # why AUC is missing, when it is
     per_class: list[ClassMetrics] = []

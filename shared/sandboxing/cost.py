@@ -109,23 +109,39 @@ def container_pids(container_id: str, cgroup_root: str = CGROUP_ROOT) -> set[int
     return set()
 
 
-def gpu_apps() -> tuple[dict[int, int], float] | None:
-    """-> ({host pid: GPU memory bytes} of every compute process, mean utilisation of the GPUs
-    (0..1)), or None without nvidia-smi."""
+def gpu_apps() -> tuple[dict[int, tuple[str, int]], dict[str, float]] | None:
+    """-> ({host pid: (its GPU's uuid, its GPU memory bytes)} of every compute process, {GPU uuid:
+    utilisation 0..1}), or None without nvidia-smi."""
     try:
-        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=5, check=True).stdout
-        util = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,gpu_uuid,used_memory",
+                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5,
+                              check=True).stdout
+        util = subprocess.run(["nvidia-smi", "--query-gpu=uuid,utilization.gpu", "--format=csv,noheader,nounits"],
                               capture_output=True, text=True, timeout=5, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    used = {}
-    for line in apps.splitlines():
-        pid, _, mib = line.partition(",")
-        if pid.strip().isdigit() and mib.strip().isdigit():
-            used[int(pid)] = used.get(int(pid), 0) + int(mib) * 2**20
-    loads = [float(v) / 100 for v in util.split() if v.replace(".", "", 1).isdigit()]
-    return used, (sum(loads) / len(loads) if loads else 0.0)
+    return parse_apps(apps), parse_loads(util)
+
+
+def parse_apps(text: str) -> dict[int, tuple[str, int]]:
+    """nvidia-smi's "pid, gpu_uuid, used_memory [MiB]" lines (a process on two GPUs: its memory summed)."""
+    used: dict[int, tuple[str, int]] = {}
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 3 and fields[0].isdigit() and fields[2].isdigit():
+            pid = int(fields[0])
+            used[pid] = (fields[1], used.get(pid, ("", 0))[1] + int(fields[2]) * 2**20)
+    return used
+
+
+def parse_loads(text: str) -> dict[str, float]:
+    """nvidia-smi's "uuid, utilization.gpu [%]" lines."""
+    loads = {}
+    for line in text.splitlines():
+        uuid, _, value = (f.strip() for f in line.partition(","))
+        if uuid and value.replace(".", "", 1).isdigit():
+            loads[uuid] = float(value) / 100
+    return loads
 
 
 class GpuSampler:
@@ -144,7 +160,8 @@ class GpuSampler:
         return self
 
     def stop(self) -> tuple[float, int] | None:
-        """-> (GPU seconds, peak GPU memory bytes), or None when NVML could never be asked."""
+        """-> (GPU seconds, peak GPU memory bytes), or None when none of the container's processes
+        was ever seen on a GPU (no nvidia-smi, or one that cannot see them: never a measured 0)."""
         self._stop.set()
         self._thread.join(timeout=10)
         return (self.gpu_s, self.peak) if self.seen else None
@@ -155,12 +172,13 @@ class GpuSampler:
             sample = gpu_apps()
             now = time.monotonic()
             if sample is not None:
-                self.seen = True
-                used, load = sample
+                used, loads = sample
                 pids = container_pids(self.container_id, self.cgroup_root) if used else set()
-                mine = [b for pid, b in used.items() if pid in pids]
-                if mine:
-                    self.peak = max(self.peak, sum(mine))
-                    self.gpu_s += (now - last) * load
+                mine = [used[pid] for pid in pids if pid in used]
+                if mine:  # the load of the GPUs its processes are on, not of every GPU of the machine
+                    self.seen = True
+                    self.peak = max(self.peak, sum(b for _, b in mine))
+                    gpus = {uuid for uuid, _ in mine}
+                    self.gpu_s += (now - last) * sum(loads.get(u, 0.0) for u in gpus)  # GPU-seconds: per GPU
             last = now
             self._stop.wait(self.every_s)

@@ -53,3 +53,11 @@ def test_a_containers_host_pids_come_from_its_cgroup(tmp_path):
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU host: the sampler measures there")
 def test_without_nvidia_smi_the_gpu_figures_stay_none():
     assert GpuSampler(CID, every_s=0.01).start().stop() is None
+
+
+def test_nvidia_smi_lines_give_each_process_its_gpu_and_each_gpu_its_load():
+    from shared.sandboxing.cost import parse_apps, parse_loads
+
+    apps = parse_apps("4242, GPU-aaa, 1024\n4243, GPU-bbb, 512\nnot a line\n4242, GPU-aaa, 1024\n")
+    assert apps == {4242: ("GPU-aaa", 2048 * 2**20), 4243: ("GPU-bbb", 512 * 2**20)}
+    assert parse_loads("GPU-aaa, 100\nGPU-bbb, 25\n[N/A]\n") == {"GPU-aaa": 1.0, "GPU-bbb": 0.25}

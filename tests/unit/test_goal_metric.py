@@ -61,6 +61,7 @@ def test_targets_follow_the_direction():
     assert goal_problems(goal(goal_metric="val_loss", target=2.5)) == []  # a loss may exceed 1
     assert goal_problems(goal(goal_metric="val_pr_auc", target=1.5))[0].startswith("target must be in (0, 1]")
     assert "goal_metric must be one of" in goal_problems(goal(goal_metric="accuracy"))[0]
+    assert goal_problems(goal(goal_metric="val_loss"))[0].startswith("target is needed for val_loss")  # not 0.95
 
 
 def test_a_failed_trial_never_ranks_above_a_measured_loss():
@@ -90,3 +91,5 @@ def test_budgets_count_measured_cost_and_tokens():
     more = budgets.spent(run, [done, flying], budgets.Spent(cpu_s=1.0))
     assert budgets.reached(goal(max_cpu_s=3.0), more).startswith("the CPU budget is spent: 3.0 of 3 CPU seconds")
     assert budgets.reached(goal(), more) is None
+    unread = budgets.of_cost(SeedCost(wall_s=7.0))  # its counters could not be read: its wall time counts
+    assert (unread.cpu_s, unread.seeds_measured) == (7.0, 0)

@@ -252,5 +252,6 @@ def test_a_test_under_way_or_failed_says_so(test, state, says):
     assert build_report(run, [evaluated_iteration()])["test"]["state"] == state
 
 
-def test_an_untested_run_has_no_test_section(report):
-    assert report["test"] is None
+def test_an_untested_run_says_why(report):
+    assert report["test"] == {"state": "untested", "selected_on": "validation",
+                              "why": "its data set has no test split (a run started before test splits)"}

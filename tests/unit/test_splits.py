@@ -51,6 +51,16 @@ def test_a_class_too_rare_to_hold_out_is_named():
     ds = Dataset("tiny", "tabular", np.zeros((11, 2), np.float32), np.array([0] * 10 + [1]), ("common", "rare"))
     with pytest.raises(DatasetError, match=r"tiny: cannot hold out a stratified test split.*'rare' \(1\).*data.test_fraction"):
         with_test_split(ds, 0.2)
+    two = Dataset("two", "tabular", np.zeros((202, 2), np.float32), np.array([0] * 100 + [1] * 100 + [2] * 2),
+                  ("a", "b", "rare"))
+    with pytest.raises(DatasetError, match=r"two: after its test split of 0.2, too few samples of 'rare' \(1 left\)"):
+        with_test_split(two, 0.2)  # one left: no seed could put it on both sides of its train/validation split
+
+
+def test_the_test_split_has_a_digest_every_job_carries():
+    a, b = with_test_split(numbered(), 0.2, seed=0), with_test_split(numbered(), 0.2, seed=1)
+    assert a.facts().test_digest == a.test_digest() != b.test_digest() and len(a.test_digest()) == 16
+    assert numbered().test_digest() == ""  # no test split yet: nothing to check
 
 
 def write_cifar10_test(root, n=6):
@@ -109,8 +119,8 @@ def test_an_official_test_split_is_used_where_its_files_are(tmp_path, name, writ
 
 
 def test_without_its_official_test_files_a_split_is_held_out_and_says_why(tmp_path):
-    write_cifar10(tmp_path, per_batch=10)  # 50 training images, no test_batch
+    write_cifar10(tmp_path, per_batch=20)  # 100 training images, no test_batch
     ds = with_test_split(load_dataset("cifar10", data_dir=tmp_path), 0.2)
-    assert ds.test_source == "held_out" and (len(ds.y), len(ds.y_test)) == (40, 10)
+    assert ds.test_source == "held_out" and (len(ds.y), len(ds.y_test)) == (80, 20)
     assert "cifar-10-batches-py/test_batch" in ds.test_note and "held out" in ds.test_note
     assert ds.facts().test_note == ds.test_note
