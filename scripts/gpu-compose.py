@@ -103,6 +103,7 @@ def evaluator_service(gpu_id: str, standalone: bool) -> str:
         "    volumes:\n"
         "      - docker-proxy:/run/docker-proxy\n"
         "      - ${RESEARCHER_DATA_DIR:-./data}:/data:ro\n"
+        "      - /sys/fs/cgroup:/sys/fs/cgroup:ro\n"
         f"      - {credential}:/run/secrets/nats:ro\n"
         f"{depends}"
         "    healthcheck:\n"

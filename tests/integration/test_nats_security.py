@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 from urllib.parse import urlparse
 
@@ -214,6 +215,14 @@ def _outside_address() -> str:
     return found[0]
 
 
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
 def _plain_connect_answered(host: str, port: int) -> bytes:
     """What the server says to a client speaking plain NATS (CONNECT, PING) over TCP."""
     with socket.create_connection((host, port), timeout=5) as conn:
@@ -267,7 +276,9 @@ async def test_connections_without_the_stacks_certificate_are_refused(credential
         try:
             with pytest.raises(ssl.SSLCertVerificationError):
                 await _connect_raw(f"tls://127.0.0.1:{port2}", **secured("evaluator"))
-            while _plain_connect_answered("127.0.0.1", plain_port) == b"":  # listening yet
+            deadline = time.monotonic() + 30
+            while not _listening("127.0.0.1", plain_port):  # the plain server is up before the client tries it
+                assert time.monotonic() < deadline, "the plain nats-server never listened"
                 await asyncio.sleep(0.05)
             with pytest.raises((nats.errors.NoServersError, OSError, ssl.SSLError, asyncio.TimeoutError)):
                 await _connect_raw(f"tls://127.0.0.1:{plain_port}", **secured("evaluator"))

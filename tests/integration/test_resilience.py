@@ -59,7 +59,9 @@ class Follower:
         self.events.append(decode(msg.data, Event, msg.subject))
 
     def seed_results(self) -> collections.Counter:
-        return collections.Counter((e.iteration, e.data["seed"]) for e in self.events if e.kind == "seed_done")
+        """(candidate, seed) -> its results during the search (the final test's are apart: `tested_seeds`)."""
+        return collections.Counter((e.iteration, e.data["seed"]) for e in self.events
+                                   if e.kind == "seed_done" and e.data.get("split", "val") == "val")
 
 
 async def start_run(stack: LocalStack, g: Goal):

@@ -75,7 +75,7 @@ class _FakeRunner:
 ])
 def test_make_eval_runner_sets_the_limits(monkeypatch, setting, runtimes, gpus, ids):
     monkeypatch.setattr(runners, "ContainerRunner",
-                        lambda limits, owner, max_job_s, pool_size, warm_train: _FakeRunner(limits, owner, max_job_s, runtimes))
+                        lambda limits, owner, max_job_s, pool_size, warm_train, **_: _FakeRunner(limits, owner, max_job_s, runtimes))
     config = Config(evaluator=EvaluatorConfig(gpus=setting))
     runner = make_eval_runner(config, owner="evaluator-test")
     assert (runner.limits.gpus, runner.limits.gpu_ids) == (gpus, ids)
