@@ -38,6 +38,7 @@ from typing import Callable, Literal
 import numpy as np
 from sklearn import datasets as skd
 
+from shared.data.encoders import Encoder
 from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_csv_name  # noqa: F401 - re-exported
 from shared.data.splits import Split, split, with_test_split  # noqa: F401 - re-exported
 from shared.data.files import SOURCES, TEST_FILES, csv_file, csv_unreadable, image_files, target_column
@@ -52,8 +53,11 @@ _digests: dict[tuple[int, int, int], str] = {}  # Dataset.test_digest's, by its 
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    kind: Literal["image", "tabular"]
-    x: np.ndarray  # (N, C, H, W) for images, (N, F) for tabular; float32
+    kind: Literal["image", "tabular", "text"]
+    # (N, C, H, W) float32 for images, (N, F) float32 for numeric tables; with an `encoder`, the raw
+    # rows as an object array ((N, columns) cells of a table, (N,) or (N, 2) strings of text), which
+    # each seed's split encodes with what it fits on its training split (shared.data.encoders)
+    x: np.ndarray
     y: np.ndarray  # (N,) int64 class indices
     class_names: tuple[str, ...]
     # ---- the test split, apart from (x, y): the official one as loaded, or after with_test_split ----
@@ -61,10 +65,11 @@ class Dataset:
     y_test: np.ndarray | None = None
     test_source: str = ""  # "official" | "held_out"; "" before with_test_split (and no official one)
     test_note: str = ""  # why a set with official test files holds out a split instead
+    encoder: Encoder | None = None  # raw rows -> model inputs, fitted per seed (None: x is the inputs)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        return tuple(self.encoder.output_shape) if self.encoder else tuple(self.x.shape[1:])
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +82,7 @@ class Dataset:
             return ""
         key = (id(self.x_test), id(self.y_test), len(self.y))
         if key not in _digests:
-            h = hashlib.sha256(np.ascontiguousarray(self.x_test).tobytes())
+            h = hashlib.sha256(_content_bytes(self.x_test))
             h.update(np.ascontiguousarray(self.y_test).tobytes())
             h.update(str(len(self.y)).encode())
             _digests[key] = h.hexdigest()[:16]
@@ -89,7 +94,16 @@ class Dataset:
                             class_names=list(self.class_names), test_source=self.test_source,
                             num_test=0 if self.y_test is None else int(len(self.y_test)), test_note=self.test_note,
                             test_digest=self.test_digest(),
-                            class_counts=np.bincount(self.y, minlength=self.num_classes).tolist())
+                            class_counts=np.bincount(self.y, minlength=self.num_classes).tolist(),
+                            **(self.encoder.facts() if self.encoder else {}))
+
+
+def _content_bytes(x: np.ndarray) -> bytes:
+    """An array's content as bytes: its buffer for numbers; for raw rows (an object array of text or
+    table cells, whose buffer holds pointers) each cell's text, with its type, separated unambiguously."""
+    if x.dtype != object:
+        return np.ascontiguousarray(x).tobytes()
+    return "\x1f".join(f"{type(v).__name__}:{v}" for v in x.ravel()).encode("utf-8", "surrogatepass")
 
 
 def _digits() -> Dataset:

@@ -4,7 +4,7 @@ then each seed's stratified train/validation split of the rest, normalised on it
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -14,6 +14,7 @@ from shared.runtime.config import DataConfig
 
 if TYPE_CHECKING:
     from shared.data.datasets import Dataset
+    from shared.data.encoders import Fitted
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,25 @@ class Split:
     x_val: np.ndarray
     y_val: np.ndarray
     # the normalisation applied, (1, C, 1, 1) for images, (1, F) for tables: a trained model needs it
-    # (mean 0 and std 1 where the recipe left the inputs raw)
+    # (mean 0 and std 1 where the recipe left the inputs raw, and for token ids, which are never scaled)
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    # the encoding fitted on this split's training rows (shared.data.encoders), None for data that needs none
+    fitted: Fitted | None = None
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Other inputs of the same data set (its raw rows: the test split's) made what this split's
+        model takes: encoded with this split's fitted encoding, normalised with its statistics."""
+        if self.fitted is not None:
+            x = self.fitted.transform(x)
+        if x.dtype.kind in "iu":  # token ids
+            return x.astype(np.int64)
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    @property
+    def encoding(self) -> dict[str, Any] | None:
+        """What the encoding fitted, as the seed's result records it."""
+        return self.fitted.record() if self.fitted is not None else None
 
 
 # (id of the data set, test_fraction, seed) -> (that data set, kept so its id stays its own; the split one)
@@ -75,10 +92,18 @@ def split(ds: Dataset, seed: int, val_fraction: float = DataConfig().val_fractio
     if subset_size and subset_size < len(y):
         x, _, y, _ = train_test_split(x, y, train_size=subset_size, stratify=y, random_state=seed)
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, stratify=y, random_state=seed)
+    fitted = None
+    if ds.encoder is not None:  # fitted on this seed's training rows only
+        fitted = ds.encoder.fit(x_train, y_train)
+        x_train, x_val = fitted.transform(x_train), fitted.transform(x_val)
+        if ds.encoder.dtype == "int64":  # token ids: never scaled
+            ones = np.ones((1, 1), np.float32)
+            return Split(x_train.astype(np.int64), y_train.astype(np.int64), x_val.astype(np.int64),
+                         y_val.astype(np.int64), ones * 0, ones, fitted)
     axes = (0, 2, 3) if ds.kind == "image" else (0,)
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True) + 1e-6
     if not standardize:
         mean, std = np.zeros_like(mean), np.ones_like(std)
     norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-    return Split(norm(x_train), y_train.astype(np.int64), norm(x_val), y_val.astype(np.int64), mean, std)
+    return Split(norm(x_train), y_train.astype(np.int64), norm(x_val), y_val.astype(np.int64), mean, std, fitted)

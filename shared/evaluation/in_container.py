@@ -99,7 +99,7 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
                                   f"{job.subset_size}: {exc}", duration_s=round(time.monotonic() - started, 3), **base))
     testing = job.split == "test"
     if testing:  # the test inputs in place of the validation ones, normalised as the training split is
-        x_val, y_val = ((ds.x_test - data.mean) / data.std).astype(np.float32), ds.y_test
+        x_val, y_val = data.prepare(ds.x_test), ds.y_test
         max_weights_bytes = 0  # its weights are the full evaluation's, kept already
     else:
         x_val, y_val = data.x_val, data.y_val
@@ -133,7 +133,7 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     laps.lap("score_s")
     return Trained(SeedResult(ok=True, metrics=finite(metrics), details=finite(details), learning_curve=curve,
                               train_time_s=result.train_time_s, samples_per_s=result.samples_per_s,
-                              device=result.device, preprocessing=preprocessing(data.mean, data.std),
+                              device=result.device, preprocessing=preprocessing(data.mean, data.std, data.encoding),
                               weights_error=weights_error, **{**common, "duration_s": elapsed(),
                                                               "timings": _timings(laps, outcome)}), weights)
 

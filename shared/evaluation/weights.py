@@ -102,6 +102,8 @@ def kept_weights(result: TrainOutcome, job: TrainJob) -> tuple[bytes | None, str
     return data, None
 
 
-def preprocessing(mean: np.ndarray, std: np.ndarray) -> Preprocessing:
-    """A split's normalisation, (1, C, 1, 1) or (1, F), as the record keeps it: without the batch axis."""
-    return Preprocessing(shape=list(mean.shape[1:]), mean=mean.ravel().tolist(), std=std.ravel().tolist())
+def preprocessing(mean: np.ndarray, std: np.ndarray, encoding: dict[str, Any] | None = None) -> Preprocessing:
+    """A split's normalisation, (1, C, 1, 1) or (1, F), as the record keeps it: without the batch axis;
+    with the encoding fitted before it, if any (Split.encoding)."""
+    return Preprocessing(shape=list(mean.shape[1:]), mean=mean.ravel().tolist(), std=std.ravel().tolist(),
+                         encoding=encoding)

@@ -36,12 +36,43 @@ SCALAR_METRICS: tuple[str, ...] = (
 IMBALANCE_RATIO = 1.5  # largest/smallest class count above which accuracy misleads (and class weights may help)
 
 
+class TextFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """A text data set as its models see it: token ids from a tokenizer, capped and padded to
+    `max_length` (id `pad_id` is padding; a model's mask is `ids != pad_id`). Lengths are counted in
+    tokens on the pool train and validation are drawn from (no labels), before capping."""
+
+    tokenizer: str  # where the tokenizer comes from, e.g. "wordpiece trained on each seed's training split"
+    vocab_size: int  # ids are in [0, vocab_size)
+    max_length: int  # every sample's ids, capped and padded to this many
+    pad_id: int = 0
+    pair: bool = False  # two segments ("[CLS] a [SEP] b [SEP]"): sentence-pair tasks
+    text_columns: list[str] = []  # the column (two for pairs) the text comes from
+    mean_length: float = 0.0
+    median_length: float = 0.0
+    p95_length: float = 0.0
+    longest: int = 0
+    truncated_share: float = 0.0  # samples longer than max_length, cut to it
+
+
+class ColumnFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """One column of a table and what its encoding makes of it (no values that could be labels)."""
+
+    name: str
+    kind: str  # "numeric" | "category" | "dropped"
+    width: int = 1  # input features it becomes (one-hot slots and a missing indicator count); 0 when dropped
+    distinct: int = 0  # distinct values in the pool (numeric: 0, not counted)
+    missing: int = 0  # blank cells in the pool, imputed with the training split's statistics
+    note: str = ""  # why a column is dropped (free text, an identifier, all blank), or how it is read
+
+
 class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     """What the planner, the search and the LLMs may know of a data set: never its labels."""
 
     name: str
-    kind: Literal["image", "tabular"]
-    input_shape: list[int]  # without the batch dimension: (C, H, W) for images, (F,) for tables
+    kind: Literal["image", "tabular", "text"]
+    # without the batch dimension: (C, H, W) for images, (F,) for tables (F after encoding), (L,) for
+    # text (token ids, L = text.max_length)
+    input_shape: list[int]
     num_classes: int
     num_samples: int  # the pool train and validation are drawn from (the test split is apart), before any subset
     class_names: list[str] = []
@@ -56,6 +87,16 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     # which; the split is stratified, so every seed's training split has these proportions anyway.
     # [] on records before it existed: read as balanced.
     class_counts: list[int] = []
+    # the inputs' dtype as models receive them: "float32" (images, tables) or "int64" (token ids)
+    input_dtype: Literal["float32", "int64"] = "float32"
+    text: TextFacts | None = None  # for kind "text"
+    columns: list[ColumnFacts] = []  # for a table read from a file: each column and its encoding
+    notes: list[str] = []  # what loading decided that a researcher should know (columns dropped, ...)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are in [0, vocab_size) for text; 0 for other kinds."""
+        return self.text.vocab_size if self.text else 0
 
     def imbalance_ratio(self) -> float:
         """Largest over smallest class count (of the classes present); 1.0 when the counts are unknown."""
@@ -435,6 +476,10 @@ class Preprocessing(msgspec.Struct, frozen=True, kw_only=True):
     shape: list[int]  # of mean and std, broadcasting over a batch: (C, 1, 1) for images, (F,) for tables
     mean: list[float]  # flattened
     std: list[float]  # flattened; holds the 1e-6 that keeps a constant feature finite
+    # the encoding fitted on the seed's training split and applied before the normalisation (a
+    # table's imputation values and categories, a text set's tokenizer): JSON, as the encoder records
+    # it (shared.data.encoders); None for data that needs none (images, all-numeric tables)
+    encoding: dict[str, Any] | None = None
 
 
 class SeedCost(msgspec.Struct, frozen=True, kw_only=True):

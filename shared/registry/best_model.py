@@ -42,6 +42,8 @@ def _seed_entry(result: SeedResult | None, row: SeedRow | None, seed: int, weigh
         p = result.preprocessing
         entry["mean"] = np.reshape(p.mean, p.shape).tolist()
         entry["std"] = np.reshape(p.std, p.shape).tolist()
+        if p.encoding is not None:  # fitted on this seed's training split, applied before the normalisation
+            entry["encoding"] = p.encoding
     return entry
 
 
