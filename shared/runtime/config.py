@@ -32,6 +32,13 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # no official test split of its own; drawn stratified with test_seed, so every run draws the same
     test_fraction: float = 0.2
     test_seed: int = 0
+    # ---- text (hf: data sets): how texts become token ids, on the trusted side (shared/data/text.py) ----
+    # "wordpiece" or "bpe": trained on each seed's training split; or a tokenizer.json path (relative to dir)
+    tokenizer: str = "wordpiece"
+    vocab_size: int = 8000  # of a trained tokenizer (ids 0-3 are [PAD], [UNK], [CLS], [SEP])
+    max_length: int = 128  # tokens per sample (a pair's two segments together), longer ones cut to it
+    # ---- tables (csv:, parquet:): shared/data/tables.py ----
+    max_categories: int = 32  # one-hot slots of a category column (its most frequent values; the rest share one)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
