@@ -106,7 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config = load_config()
         source = args.file.read_text(encoding="utf-8")
         # the evaluator service's rule, as this command trains the way it does: a CSV file in data.dir
-        load_dataset(args.dataset, data_dir=config.data.dir)
+        load_dataset(args.dataset, data_dir=config.data.dir, config=config.data)
     except DatasetError as exc:
         print(f"error: --dataset: {with_hint(exc, LOCAL_HINT)}", file=sys.stderr)
         return 2
@@ -211,7 +211,8 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
         settings = load_config().data
         data_dir = args.data_dir or settings.dir
         # trusted: the user's own files in the user's own process, so a CSV path may lie anywhere
-        dataset = load_dataset(args.dataset, data_dir=data_dir, download_missing=args.download, any_csv_path=True)
+        dataset = load_dataset(args.dataset, data_dir=data_dir, download_missing=args.download, any_csv_path=True,
+                               config=settings)
         model = (load_trusted_model(args.model_file, args.class_name) if args.model_file
                  else reference_model(dataset.input_shape, dataset.num_classes))
         config = QuickEvalConfig(dataset_name=args.dataset, num_seeds=args.num_seeds, epochs=args.epochs,

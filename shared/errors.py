@@ -38,12 +38,14 @@ class DatasetNotFoundError(DatasetError):
 
 
 class OutsideDataDirError(DatasetError):
-    """A CSV path that resolves outside the data directory: refused, since goals come over NATS."""
+    """A path (a CSV file, an hf: folder, a tokenizer) that resolves outside the data directory: refused,
+    since goals come over NATS."""
 
-    def __init__(self, given: str, root: str, resolved: str) -> None:
+    def __init__(self, given: str, root: str, resolved: str, what: str = "CSV file",
+                 example: str = "csv:FILE.csv:TARGET") -> None:
         self.given, self.root, self.resolved = given, root, resolved
-        super().__init__(f"CSV file {given!r} lies outside the data directory {root} (it resolves to {resolved}); "
-                         f"put the file in {root} and name it relative to it, as csv:FILE.csv:TARGET")
+        super().__init__(f"{what} {given!r} lies outside the data directory {root} (it resolves to {resolved}); "
+                         f"put it in {root} and name it relative to it, as {example}")
 
 
 class UnknownDatasetError(DatasetError):

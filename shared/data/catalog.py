@@ -7,6 +7,8 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import parse_qsl
 
 from shared.data.files import FILES, csv_file, csv_header, image_files, target_column, with_hint
 from shared.errors import DatasetError, UnknownDatasetError
@@ -17,8 +19,49 @@ NAMES = ("digits", "breast_cancer", "wine", "iris", "synthetic", "imbalanced", "
 ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fashionmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist"}
 
 
+HF_ROLES = ("text", "label")  # the column roles an hf: name may give after its `?`
+HF_SYNTAX = "hf:NAME?text=COLUMN[,COLUMN2]&label=COLUMN"
+
+
 def known_datasets() -> list[str]:
-    return sorted(NAMES) + ["csv:PATH:TARGET"]
+    return sorted(NAMES) + ["csv:PATH:TARGET", "hf:NAME"]
+
+
+class HfName(NamedTuple):
+    """`hf:PATH[?text=A[,B]&label=C]`: a Hugging Face data set (a Hub name such as imdb,
+    stanfordnlp/imdb or glue/sst2, or a folder under the data directory) and the column roles
+    given with it ((): inferred when it is loaded)."""
+
+    path: str
+    text: tuple[str, ...] = ()  # one column, or two for a sentence pair
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        """The canonical name: the roles in a fixed order, so one data set has one key."""
+        roles = [f"text={','.join(self.text)}"] if self.text else []
+        roles += [f"label={self.label}"] if self.label else []
+        return f"hf:{self.path}" + (f"?{'&'.join(roles)}" if roles else "")
+
+
+def parse_hf_name(name: str) -> HfName:
+    """`hf:PATH?text=A,B&label=C` -> HfName; DatasetError saying what is wrong and the syntax otherwise."""
+    body = name.strip()[3:].strip()
+    path, _, query = body.partition("?")
+    path = path.strip().rstrip("/")
+    if not path:
+        raise DatasetError(f"{name!r} names no data set; write {HF_SYNTAX}, e.g. hf:imdb or "
+                           "hf:glue/qnli?text=question,sentence&label=label (the part after ? is optional)")
+    roles: dict[str, str] = {}
+    for role, value in parse_qsl(query, keep_blank_values=True):
+        if role not in HF_ROLES or role in roles or not value.strip():
+            raise DatasetError(f"{name!r}: {role!r}={value!r} is not a column role; after ? give text=COLUMN "
+                               f"(two, comma-separated, for a sentence pair) and label=COLUMN, once each: {HF_SYNTAX}")
+        roles[role] = value.strip()
+    text = tuple(c.strip() for c in roles.get("text", "").split(",") if c.strip())
+    if len(text) > 2:
+        raise DatasetError(f"{name!r}: text= names {len(text)} columns; one, or two for a sentence pair ({HF_SYNTAX})")
+    return HfName(path, text, roles.get("label", ""))
 
 
 def parse_csv_name(name: str) -> tuple[str, str, str]:
@@ -31,7 +74,9 @@ def parse_csv_name(name: str) -> tuple[str, str, str]:
 
 def dataset_key(name: str) -> str:
     """The registered name for `name` (case and spaces ignored; `csv:PATH:TARGET` as given);
-    UnknownDatasetError otherwise. Loads nothing."""
+    `hf:NAME?ROLES` with its roles in a canonical order); UnknownDatasetError otherwise. Loads nothing."""
+    if name.strip().lower().startswith("hf:"):
+        return parse_hf_name(name).key
     if name.strip().lower().startswith("csv:"):
         spec = "csv:" + name.strip()[4:]  # `CSV:` too, so every later check sees the csv: it is
         parse_csv_name(spec)
@@ -47,9 +92,14 @@ def dataset_key(name: str) -> str:
 def check_files(key: str, data_dir: str | os.PathLike[str]) -> None:
     """That the data set `key` (a dataset_key) can be read from `data_dir`, without reading it: a
     torchvision set's files exist; a CSV file lies inside the data directory, exists, and its
-    header row names the target. DatasetError otherwise, saying where it looked."""
+    header row names the target; an hf: set's copy is found (hf_files.locate: its columns are
+    checked when it is loaded). DatasetError otherwise, saying where it looked."""
     root = Path(data_dir).expanduser()
-    if key in FILES:
+    if key.startswith("hf:"):
+        from shared.data.hf_files import locate  # no numpy there either
+
+        locate(parse_hf_name(key).path, root)
+    elif key in FILES:
         image_files(key, root)
     elif key.startswith("csv:"):
         _, path_text, target = parse_csv_name(key)

@@ -304,7 +304,7 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "fashion_mnist": _mnist_like("fashion_mnist", FASHION_CLASSES),
     "svhn": _svhn,
 }
-_cache: dict[tuple[str, str], Dataset] = {}
+_cache: dict[tuple, Dataset] = {}  # (key, data dir[, text settings]) -> loaded
 
 
 TORCHVISION_CLASSES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST",
@@ -327,19 +327,30 @@ def download(key: str, root: Path) -> None:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, download_missing: bool = False,
-                 any_csv_path: bool = False) -> Dataset:
-    """The data set called `name`; torchvision's and CSV files are read from `data_dir` (default
-    ~/.cache/pytorch-researcher/data). Nothing is downloaded unless `download_missing` is set: a
-    missing data set raises DatasetNotFoundError saying which files are expected where and how
-    to get them. A CSV path outside `data_dir` is refused unless `any_csv_path` is set, which
-    only trusted local commands do (quick-evaluator, on its user's own files)."""
+                 any_csv_path: bool = False, config: DataConfig | None = None) -> Dataset:
+    """The data set called `name`; torchvision's, CSV and hf: files are read from `data_dir` (default
+    ~/.cache/pytorch-researcher/data; hf: sets also from a Hugging Face cache, shared.data.hf_files).
+    Nothing is downloaded unless `download_missing` is set: a missing data set raises
+    DatasetNotFoundError saying which files are expected where and how to get them. A CSV path
+    outside `data_dir` is refused unless `any_csv_path` is set, which only trusted local commands do
+    (quick-evaluator, on its user's own files). `config`: how text becomes token ids (tokenizer,
+    vocab_size, max_length; the defaults without it)."""
     key = dataset_key(name)
     root = Path(data_dir or DEFAULT_DATA_DIR).expanduser()
     # a CSV path is checked before the cache, so a load allowed anywhere never serves a confined one
     csv_path = csv_file(parse_csv_name(key)[1], root, confine=not any_csv_path) if key.startswith("csv:") else None
-    if (key, str(root)) not in _cache:
-        _cache[(key, str(root))] = _csv(key, csv_path) if csv_path else _load(key, root, download_missing)
-    return _cache[(key, str(root))]
+    config = config or DataConfig()
+    # a text set's encoding is part of it: one loaded per tokenizer setting (the same object each
+    # time for the same one, so with_test_split's and the digests' caches hold)
+    cached = (key, str(root)) + ((config.tokenizer, config.vocab_size, config.max_length) if key.startswith("hf:") else ())
+    if cached not in _cache:
+        if key.startswith("hf:"):
+            from shared.data.text import load_text  # imports datasets: only for the sets that need it
+
+            _cache[cached] = load_text(key, root, config, download_missing)
+        else:
+            _cache[cached] = _csv(key, csv_path) if csv_path else _load(key, root, download_missing)
+    return _cache[cached]
 
 
 def _load(key: str, root: Path, download_missing: bool) -> Dataset:

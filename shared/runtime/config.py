@@ -45,6 +45,15 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("data.val_fraction must be between 0 and 1 (exclusive)")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError("data.test_fraction must be between 0 and 1 (exclusive), e.g. 0.2")
+        if self.tokenizer not in ("wordpiece", "bpe") and not self.tokenizer.endswith(".json"):
+            raise ValueError(f"data.tokenizer must be wordpiece, bpe or the path of a tokenizer.json under data.dir, "
+                             f"not {self.tokenizer!r}")
+        if not 16 <= self.vocab_size <= 1_000_000:
+            raise ValueError(f"data.vocab_size must be from 16 to 1000000 tokens (4 of them [PAD], [UNK], [CLS], "
+                             f"[SEP]), not {self.vocab_size}; 8000 suits a few thousand to a few hundred thousand texts")
+        if not 4 <= self.max_length <= 16_384:
+            raise ValueError(f"data.max_length must be from 4 to 16384 tokens per sample, not {self.max_length}; "
+                             "128 fits most sentences, 512 most reviews")
 
 
 class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -83,7 +83,7 @@ def test_a_csv_outside_the_data_directory_is_refused_saying_what_to_do(data, spe
     with pytest.raises(OutsideDataDirError) as caught:
         check_files(dataset_key(spec.format(root=data)), data)
     message = str(caught.value)
-    assert f"outside the data directory {data}" in message and f"put the file in {data}" in message
+    assert f"outside the data directory {data}" in message and f"put it in {data}" in message
     assert "csv:FILE.csv:TARGET" in message
 
 
