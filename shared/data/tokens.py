@@ -46,7 +46,10 @@ def texts_digest(x: np.ndarray) -> str:
 
 def _train(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
     """A WordPiece (BERT's: lower-cased, split on whitespace and punctuation) or byte-level BPE
-    (GPT-2's: every byte has a token, so no [UNK]) tokenizer trained on `texts`, ids 0-3 the specials."""
+    (GPT-2's: every byte has a token, so no [UNK]) tokenizer trained on `texts`, ids 0-3 the specials.
+    BPE's training is deterministic: the same texts give the same tokenizer. WordPiece's trainer
+    breaks ties between pieces in a hash map's random order, so a retrained one may differ (the
+    record's sha256 tells); its ids are at least numbered in one canonical order."""
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -60,6 +63,10 @@ def _train(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    if kind == "wordpiece":  # numbered in one order, not its trainer's hash map's
+        vocab = tok.get_vocab()
+        order = sorted(set(vocab) - set(SPECIALS), key=lambda t: (len(t.removeprefix("##")), t.startswith("##"), t))
+        tok.model = models.WordPiece(vocab={t: i for i, t in enumerate([*SPECIALS, *order])}, unk_token="[UNK]")
     return tok
 
 
