@@ -5,6 +5,9 @@ predict with it:
     best = load_best("export/experiments/RUN_ID/best")   # imports model_code.py: the generated code runs here
     labels = best.predict(inputs)                        # class names, for inputs shaped (N, *input_shape)
 
+A text model takes int64 token ids (N, max_length), never scaled: preprocessing.json's `encoding`
+names the tokenizer its seed fitted on its own training split (kind, size, sha256).
+
 Loading imports the generated code into this process, outside any sandbox: the user's choice,
 made by calling this. The weights are read by the safetensors library (no pickle)."""
 
@@ -26,14 +29,26 @@ class BestModel:
     mean: Any  # np.ndarray, the seed's training-split statistics, broadcast over a batch
     std: Any
 
+    encoding: dict[str, Any] | None = None  # what the seed fitted before the normalisation (a text set's tokenizer)
+
     def prepare(self, inputs) -> Any:
-        """Samples as shared.data.datasets.load_dataset gives them -> the normalised float32 batch."""
+        """Samples as shared.data.datasets.load_dataset gives them -> the normalised float32 batch;
+        for a text model, token ids (N, max_length) -> the int64 batch as they are (ids are never scaled)."""
         import numpy as np
         import torch
 
+        shape = f"(N, {', '.join(map(str, self.input_shape))})"
+        if self.encoding is not None and self.encoding.get("kind") == "text":
+            x = np.asarray(inputs)
+            if x.dtype.kind not in "iu" or list(x.shape[1:]) != self.input_shape:
+                raise ValueError(f"inputs {x.dtype} shaped {list(x.shape)}; this text model takes int64 token ids "
+                                 f"{shape}, tokenised as preprocessing.json's encoding says: a tokenizer fitted "
+                                 "on the seed's training split (Split.prepare of shared.data.splits.split(ds, seed) "
+                                 "makes them from texts)")
+            return torch.as_tensor(x, dtype=torch.int64)
         x = np.asarray(inputs, dtype=np.float32)
         if list(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"inputs shaped {list(x.shape)}; this model takes (N, {', '.join(map(str, self.input_shape))})")
+            raise ValueError(f"inputs shaped {list(x.shape)}; this model takes {shape}")
         return torch.as_tensor((x - self.mean) / self.std, dtype=torch.float32)
 
     def predict(self, inputs) -> list[str]:
@@ -64,4 +79,4 @@ def load_best(folder: str | Path, seed: int | None = None) -> BestModel:
     model.eval()
     return BestModel(model=model, seed=int(chosen), class_names=list(info["class_names"]),
                      input_shape=list(info["input_shape"]), mean=np.array(entry["mean"], dtype=np.float32),
-                     std=np.array(entry["std"], dtype=np.float32))
+                     std=np.array(entry["std"], dtype=np.float32), encoding=entry.get("encoding"))

@@ -4,7 +4,8 @@
         model_code.py            the generated code (the class named in preprocessing.json)
         seed_<n>.safetensors     each seed's trained weights, as the evaluator checked them
         preprocessing.json       the data set, input shape, class names, and each seed's
-                                 normalisation (its own training split's mean and std)
+                                 normalisation (its own training split's mean and std) and
+                                 encoding (a text set's tokenizer: kind, size, sha256)
 
 The weights were checked when they came out of their container (shared.evaluation.weights); they
 are written as stored. Loading them means importing model_code.py in one's own process: the
@@ -23,6 +24,11 @@ from shared.registry.store import Registry
 
 NORMALISE = ("x = (x - mean) / std, with mean and std of the seed's own training split: per channel for images "
              "(shape (C, 1, 1)), per feature for tables (shape (F,)); they broadcast over a batch")
+TOKENISE = ("text: int64 token ids (N, max_length), never normalised (mean 0, std 1): each seed's encoding names "
+            "the tokenizer fitted on its own training split (kind, vocab_size, max_length, sha256 of its JSON) and "
+            "the layout, [CLS] a [SEP] (b [SEP]) cut longest-first, padded with 0 ([PAD] 0, [UNK] 1, [CLS] 2, "
+            "[SEP] 3); shared.data.splits.split(load_dataset(dataset), seed).prepare(texts) makes them, and a "
+            "trained tokenizer's sha256 tells whether it is the same one")
 
 
 def _seed_entry(result: SeedResult | None, row: SeedRow | None, seed: int, weights_written: bool) -> dict[str, Any]:
@@ -70,6 +76,7 @@ async def export_best(registry: Registry, run: RunRecord, it: IterationRecord, c
         "class_names": list(facts.class_names) if facts else [],  # output column i is class_names[i]
         "inputs": "samples as shared.data.datasets.load_dataset(dataset).x gives them, shaped (N, *input_shape)",
         "normalise": NORMALISE,
+        **({"tokenise": TOKENISE, "input_dtype": "int64"} if facts and facts.kind == "text" else {}),
         # the seed highest on validation accuracy, when its weights were kept; else the first that has some
         "best_seed": best_seed if seeds.get(str(best_seed), {}).get("weights")
         else next((int(s) for s, e in seeds.items() if e["weights"]), None),

@@ -134,3 +134,20 @@ def test_a_tokenizer_outside_the_data_directory_or_unreadable_is_refused(tmp_pat
     (root / "bad.json").write_text("{\"not\": \"a tokenizer\"}")
     with pytest.raises(DatasetError, match="not a tokenizer.json the tokenizers library reads"):
         load_dataset("hf:s", data_dir=root, config=DataConfig(tokenizer="bad.json"))
+
+
+def test_a_text_models_ids_reach_it_as_int64_never_scaled():
+    import torch
+
+    from researcher.load import BestModel
+
+    fitted = encoder(CORPUS).fit(np.array(CORPUS, dtype=object))
+    model = torch.nn.Sequential(torch.nn.Embedding(120, 4), torch.nn.Flatten(), torch.nn.Linear(48, 2)).eval()
+    best = BestModel(model=model, seed=0, class_names=["neg", "pos"], input_shape=[12], mean=np.zeros(1, np.float32),
+                     std=np.ones(1, np.float32), encoding=fitted.record())
+    ids = fitted.transform(np.array(CORPUS[:3], dtype=object))
+    batch = best.prepare(ids)
+    assert batch.dtype == torch.int64 and torch.equal(batch, torch.as_tensor(ids))
+    assert len(best.predict(ids)) == 3
+    with pytest.raises(ValueError, match="int64 token ids"):
+        best.prepare(np.array(CORPUS[:3], dtype=object))  # texts: tokenised first, as the message says
