@@ -18,7 +18,7 @@ export TORCH_SPEC
 
 .DEFAULT_GOAL := help
 .PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search \
-        bench-tls gpu-check gpu-check-wheels
+        bench-tls bench-text gpu-check gpu-check-wheels
 
 help:
 	@echo "Targets:"
@@ -61,6 +61,8 @@ help:
 	@echo "  bench-planner  the planner's CPU seconds per candidate at candidate 50 and 500 of one run, and the ratio"
 	@echo "  bench-search   the planner's search against sequential TPE and random search: goals reached, compute"
 	@echo "                 to the target, simulated wall time (BENCH_ARGS: --seeds, --budget, --goals, --replicas)"
+	@echo "  bench-text     tokenisation speed: texts/s and tokens/s training a WordPiece and a BPE tokenizer and encoding"
+	@echo "                 with it, on a generated corpus (BENCH_ARGS: --texts, --vocab-size, --max-length)"
 	@echo "  bench-tls      what TLS and the roles' permissions cost: connect time, request/reply p50/p95, job queue"
 	@echo "                 throughput, plain against TLS in one run, and the ratios"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
@@ -127,6 +129,9 @@ gpu-check-wheels: venv
 # In-process training on the deterministic assembler's models: no Docker, no stack.
 bench-search: venv
 	$(VENV)/bin/python -m benchmarks.bench_search $(BENCH_ARGS)
+
+bench-text: venv
+	$(VENV)/bin/python -m benchmarks.bench_text $(BENCH_ARGS)
 
 # Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
 bench-scale: venv images
