@@ -51,7 +51,8 @@ def locate(name: str, root: Path) -> Location:
     hub = f"{owner}/{repo}" if owner else repo
     args = f"{hub!r}" + (f", {config!r}" if config else "")
     target = root / name.split("/")[-1] if not Path(name).is_absolute() else Path(name)
-    raise DatasetNotFoundError(f"hf:{name}", looked[:6] + (["..."] if len(looked) > 6 else []), (
+    places = ", ".join(looked[:8] + (["..."] if len(looked) > 8 else []))
+    raise DatasetNotFoundError(f"hf:{name}", [f"a copy in one of {places}"], (
         "nothing is downloaded unless asked: on a machine with internet run "
         f"`python -c \"import datasets; datasets.load_dataset({args}).save_to_disk('{target}')\"` and copy the folder "
         f"here, or put the Hub's data files (e.g. train-00000-of-00001.parquet) in {target}/, "
@@ -105,7 +106,7 @@ def _caches(root: Path) -> list[Path]:
     """Hugging Face cache roots, the data directory's own first (a path relative to it a service can read)."""
     env = [os.environ.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE")]
     out = [root / "huggingface", *[Path(v).expanduser() for v in env if v], Path("~/.cache/huggingface").expanduser()]
-    return list(dict.fromkeys(p for p in out if p.is_dir()))
+    return list(dict.fromkeys(out))  # each named where it looked, even where it is not there
 
 
 def _repo_dirs(base: Path, owner: str, repo: str, config: str, sep: str, prefix: str) -> list[tuple[Path, str]]:

@@ -15,6 +15,7 @@ tokenizers are kept in memory, keyed by exactly what they were fitted on.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ TRAINED = ("wordpiece", "bpe")
 _STATS_SAMPLE = 20_000  # texts whose lengths the facts count (evenly spaced): enough for a p95
 _fitted: OrderedDict[tuple, FittedText] = OrderedDict()  # (what was fitted on, settings) -> fitted
 _KEEP = 16  # fitted tokenizers kept: an evaluator's seeds of a few runs
+_lock = threading.Lock()  # an evaluator's jobs run in threads: the cache's order is changed under it
 
 
 def texts_digest(x: np.ndarray) -> str:
@@ -158,9 +160,10 @@ class TextEncoder:
     def fit(self, x_train: np.ndarray, y_train: np.ndarray | None = None) -> FittedText:
         digest = hashlib.sha256(self.user_file.read_bytes()).hexdigest() if self.user_file else texts_digest(x_train)
         key = (self.kind, digest, self.vocab_size, self.max_length, self.pair, self.text_columns)
-        if key in _fitted:
-            _fitted.move_to_end(key)
-            return _fitted[key]
+        with _lock:
+            if key in _fitted:
+                _fitted.move_to_end(key)
+                return _fitted[key]
         if self.user_file is not None:
             tok, perm = user_tokenizer(self.user_file)
             trained_on = {"file": self.user_file.name, "file_sha256": digest}
@@ -171,9 +174,10 @@ class TextEncoder:
                           "split": "this seed's training split only"}
         fitted = FittedText(tok, perm, kind=self.kind, max_length=self.max_length, pair=self.pair,
                             text_columns=self.text_columns, trained_on=trained_on)
-        _fitted[key] = fitted
-        while len(_fitted) > _KEEP:
-            _fitted.popitem(last=False)
+        with _lock:  # fitted outside it: two seeds' tokenizers train at once
+            _fitted[key] = fitted
+            while len(_fitted) > _KEEP:
+                _fitted.popitem(last=False)
         return fitted
 
     def facts(self) -> dict[str, Any]:

@@ -192,7 +192,8 @@ def test_an_unknown_set_says_where_it_looked_and_how_to_get_it(data):
         check_files(dataset_key("hf:stanfordnlp/imdb"), data)
     message = str(caught.value)
     assert str(data / "stanfordnlp" / "imdb") in message and str(data / "imdb") in message
-    assert "datasets--stanfordnlp--imdb" in message or "save_to_disk" in message
+    assert str(data / "huggingface" / "hub" / "datasets--stanfordnlp--imdb") in message
+    assert str(data.parent / "home" / ".cache" / "huggingface" / "datasets" / "stanfordnlp___imdb") in message
     assert f"load_dataset('stanfordnlp/imdb').save_to_disk('{data / 'imdb'}')" in message
     problems = check_goal(Goal(run_id="r", goal="g", dataset="hf:stanfordnlp/imdb"), data, hint="set data.dir")
     assert problems and problems[0].endswith("; set data.dir")
