@@ -179,13 +179,17 @@ def load_text(key: str, root: Path, config: DataConfig, download_missing: bool =
     test = _pick(splits, TEST)
     if test and not parts[test][0].all():
         held = _pick(splits, VALIDATION)
-        unused = f"the official test split {test!r} is unlabelled"
+        why = f"the official test split {test!r} is unlabelled"
         if held and parts[held][0].all():
-            note = f"{unused}: the official validation split {held!r} is the held-out test split"
+            note = f"{why}: the official validation split {held!r} is the held-out test split"
         else:
-            held, note = "", f"{unused} and no labelled validation split: a stratified share is held out"
+            held, note = "", f"{why} and no labelled validation split: a stratified share is held out"
     else:
         held, note = test, ""
+    unused = [s for s in splits if s not in (train, held)]
+    if unused:  # each seed draws its own validation split from the training split
+        notes.append(f"splits not used: {', '.join(unused)} (the pool is {train!r}; the test split "
+                     f"{repr(held) if held else 'is held out of it'})")
     x, y = _rows(splits[train], text, *parts[train])
     dropped = len(splits[train]) - len(y)
     if dropped:

@@ -162,6 +162,7 @@ def test_a_pair_set_with_glues_unlabelled_test_split_tests_on_validation(data):
     facts = ds.facts()
     assert facts.text.pair and facts.text.text_columns == ["question", "sentence"]
     assert facts.test_note == ds.test_note
+    assert "splits not used: test (the pool is 'train'; the test split 'validation')" in facts.notes[0]
     ids = split(ds, 0).x_train
     assert ((ids == 3).sum(axis=1) == 2).all()  # [SEP] after each of the two segments
 
