@@ -19,6 +19,7 @@ table stays 34 MB and loads in seconds; a table with text keeps them as an objec
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,15 @@ def read_frame(path: Path, fmt: str) -> pd.DataFrame:
         if fmt == "parquet":
             frame = pd.read_parquet(path)
         else:  # -sig: a spreadsheet's byte-order mark; skipinitialspace: UCI's "a, b" cells and " ?"
-            frame = pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=True, na_values=MISSING,
-                                low_memory=False)
+            with warnings.catch_warnings():  # index_col=False: a longer first row is an error, not an index
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=True, na_values=MISSING,
+                                    index_col=False, low_memory=False)
     except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: needs a header row and at least one data row") from None
+    except pd.errors.ParserWarning:
+        raise DatasetError(f"{path}: a row has more fields than the header; every row needs as many fields as "
+                           "the header (a trailing comma counts as one)") from None
         raise DatasetError(f"{path}: needs a header row and at least one data row") from None
     except pd.errors.ParserError as exc:
         raise DatasetError(f"{path}: not a well-formed CSV table ({str(exc).strip()}); every row needs "
@@ -151,7 +158,7 @@ def _column(name: str, index: int, cells: pd.Series, max_categories: int) -> Tab
         return drop(f"one value throughout ({present.iloc[0]!r})")
     if pd.api.types.is_numeric_dtype(cells):
         values = present.to_numpy(np.float64)
-        consecutive = distinct == len(cells) > 2 and values.max() - values.min() + 1 == len(cells)
+        consecutive = distinct == len(cells) > max_categories and values.max() - values.min() + 1 == len(cells)
         if consecutive and (values == np.round(values)).all():
             return drop(f"an identifier: a different whole number in every row ({values.min():g}..{values.max():g})")
         note = f"{missing} blanks: the training rows' median, and a missing indicator" if missing else ""
