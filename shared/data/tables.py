@@ -59,9 +59,6 @@ def load_table(spec: str, path: Path, max_categories: int):
     if all(c.kind == "dropped" for c in columns):
         why = "; ".join(f"{c.name}: {c.note}" for c in columns)
         raise DatasetError(f"{path}: no usable feature column ({why}); a table needs numbers or categories")
-    dropped = [c.name for c in columns if c.kind == "dropped"]
-    if dropped:
-        notes.append(f"columns dropped: {', '.join(dropped)} (see each column's note)")
     numeric = all(pd.api.types.is_numeric_dtype(features[name]) for name in features.columns)
     x = features.to_numpy(np.float32) if numeric else features.to_numpy(object)
     return Dataset(spec, "tabular", x, y, classes, encoder=TableEncoder(columns, tuple(notes)))

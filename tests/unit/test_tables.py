@@ -33,7 +33,9 @@ def test_titanic_columns_are_typed_and_the_identifiers_and_free_text_dropped(tmp
     assert age.missing == titanic()["Age"].isna().sum() and age.width == 2  # the value and its missing indicator
     # Pclass, Age+indicator, SibSp, Parch, Fare; Sex: 2 + other; Embarked: 3 + other + missing
     assert ds.input_shape == (6 + 3 + 5,) and ds.class_names == ("0", "1")
-    assert "columns dropped: PassengerId, Name, Ticket, Cabin" in ds.facts().notes[0]
+    assert ds.facts().columns_summary().startswith(  # as the report and the planning LLM show it
+        "11 columns -> 14 features; 5 numeric: Pclass, Age (blanks), SibSp, Parch, Fare; 2 categories: Sex, "
+        "Embarked (blanks); 4 dropped: PassengerId, Name, Ticket, Cabin")
 
 
 def test_adult_question_marks_are_blanks_and_test_labels_lose_their_dot(tmp_path):
@@ -152,3 +154,27 @@ def test_too_many_classes_are_refused(tmp_path):
     with pytest.raises(DatasetError, match="the target 'id' has 1500 distinct values, more than 1000 classes"):
         load_dataset("csv:ids.csv:id", data_dir=tmp_path)
 
+
+
+def test_an_exported_tables_model_encodes_raw_rows_as_its_seed_did(tmp_path):
+    """researcher.load's BestModel applies the recorded encoding (JSON, as preprocessing.json keeps it)
+    to a DataFrame of new raw rows: the same inputs as the seed's own Split.prepare gives."""
+    import torch
+
+    from researcher.load import BestModel
+
+    frame = titanic()
+    write(frame, tmp_path / "train.csv")
+    ds = with_test_split(load_dataset("csv:train.csv:Survived", data_dir=tmp_path))
+    s = split(ds, 0)
+    model = torch.nn.Linear(ds.input_shape[0], 2)
+    best = BestModel(model=model, seed=0, class_names=list(ds.class_names), input_shape=list(ds.input_shape),
+                     mean=s.mean, std=s.std, encoding=json.loads(json.dumps(s.encoding)))
+    rows = pd.read_csv(tmp_path / "train.csv").tail(20)  # with its target column, which is ignored
+    expected = s.prepare(rows.drop(columns="Survived").to_numpy(object))
+    assert np.allclose(best.prepare(rows).numpy(), expected, atol=1e-5)
+    assert len(best.predict(rows)) == 20
+    with pytest.raises(ValueError, match="rows lack the columns Sex"):
+        best.prepare(rows.drop(columns="Sex"))
+    with pytest.raises(ValueError, match="pass the raw rows as a pandas DataFrame"):
+        best.prepare(np.zeros((2, ds.input_shape[0])))
