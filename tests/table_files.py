@@ -60,7 +60,8 @@ def adult(rows: int = 400, seed: int = 1, dotted: bool = False) -> pd.DataFrame:
     frame["capital-gain"] = np.where(rng.random(rows) < 0.1, rng.integers(1, 99999, rows), 0)
     frame["capital-loss"] = np.where(rng.random(rows) < 0.05, rng.integers(1, 4000, rows), 0)
     frame["hours-per-week"] = rng.integers(1, 99, rows)
-    rich = (frame["educational-num"] + (frame["marital-status"] == "Married-civ-spouse") * 5 + rng.normal(0, 3, rows)) > 15
+    married = frame["marital-status"] == "Married-civ-spouse"
+    rich = (frame["educational-num"] + married * 5 + rng.normal(0, 3, rows)) > 15
     frame["income"] = np.where(rich, ">50K", "<=50K")
     if dotted:
         frame["income"] = np.char.add(frame["income"].astype(str), ".")

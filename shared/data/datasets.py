@@ -38,7 +38,7 @@ import numpy as np
 from sklearn import datasets as skd
 
 from shared.data.encoders import Encoder
-from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_table_name, table_format  # noqa: F401
+from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_table_name, table_format  # noqa: F401 - re-exported
 from shared.data.splits import Split, split, with_test_split  # noqa: F401 - re-exported
 from shared.data.files import SOURCES, TEST_FILES, image_files, table_file
 from shared.data.tables import load_table

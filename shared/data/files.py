@@ -131,5 +131,6 @@ def target_column(path: Path, header: list[str], target: str) -> int:
     """The index of `target` in `header`; DatasetError naming the columns there are."""
     if target not in header:
         raise DatasetError(f"{path}: no target column {target!r}; columns: {', '.join(header)}; "
-                           f"name one of them after the last colon, as csv:FILE.csv:COLUMN or parquet:FILE.parquet:COLUMN")
+                           "name one of them after the last colon, as csv:FILE.csv:COLUMN or "
+                           "parquet:FILE.parquet:COLUMN")
     return header.index(target)

@@ -104,7 +104,8 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
             return ""
         parts = []
         for kind, label in (("numeric", "numeric"), ("category", "categories"), ("dropped", "dropped")):
-            named = [c.name + (" (blanks)" if c.missing and kind != "dropped" else "") for c in self.columns if c.kind == kind]
+            named = [c.name + (" (blanks)" if c.missing and kind != "dropped" else "")
+                     for c in self.columns if c.kind == kind]
             if named:
                 shown = ", ".join(named[:8]) + (f", ... ({len(named) - 8} more)" if len(named) > 8 else "")
                 parts.append(f"{len(named)} {label}: {shown}")

@@ -11,7 +11,6 @@ import pytest
 from researcher.evaluate_cmd import reference_model
 from shared.data.catalog import check_files
 from shared.data.datasets import load_dataset, split, with_test_split
-from shared.data.table_encoding import FittedTable
 from shared.errors import DatasetError, OutsideDataDirError
 from shared.evaluation.quick_eval import QuickEvalConfig, quick_evaluate_once
 from tests.table_files import adult, fraud, titanic, write
