@@ -97,7 +97,7 @@ images:
 test: setup
 	@$(MAKE) --no-print-directory venv images service-image
 	@mkdir -p build; rm -f build/pytest.rc
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; echo $$rc > build/pytest.rc; exit $$rc
+	$(VENV)/bin/pytest -q --durations=25 $(PYTEST_ARGS); rc=$$?; echo $$rc > build/pytest.rc; exit $$rc
 
 run: setup
 	@$(MAKE) --no-print-directory venv images

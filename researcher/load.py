@@ -4,6 +4,7 @@ predict with it:
     from researcher.load import load_best
     best = load_best("export/experiments/RUN_ID/best")   # imports model_code.py: the generated code runs here
     labels = best.predict(inputs)                        # class names, for inputs shaped (N, *input_shape)
+    labels = best.predict(pandas.read_csv("new.csv"))    # a table's raw rows: its recorded encoding applied
 
 A text model takes int64 token ids (N, max_length), never scaled: preprocessing.json's `encoding`
 names the tokenizer its seed fitted on its own training split (kind, size, sha256).
@@ -28,12 +29,16 @@ class BestModel:
     input_shape: list[int]  # one sample's
     mean: Any  # np.ndarray, the seed's training-split statistics, broadcast over a batch
     std: Any
-
-    encoding: dict[str, Any] | None = None  # what the seed fitted before the normalisation (a text set's tokenizer)
+    # the encoding fitted on the seed's training split (a table's medians and categories, a text set's
+    # tokenizer), None if none
+    encoding: dict[str, Any] | None = None
 
     def prepare(self, inputs) -> Any:
-        """Samples as shared.data.datasets.load_dataset gives them -> the normalised float32 batch;
-        for a text model, token ids (N, max_length) -> the int64 batch as they are (ids are never scaled)."""
+        """Samples -> the model's batch. For a text model (a text `encoding`): token ids
+        (N, max_length), the int64 batch as they are (ids are never scaled). For a table read from a
+        file (a table `encoding` recorded): its raw rows, a pandas DataFrame with the file's columns
+        (the target's may be there or not), encoded as the seed's training split was; otherwise samples
+        as shared.data.datasets.load_dataset gives them, shaped (N, *input_shape), normalised float32."""
         import numpy as np
         import torch
 
@@ -46,10 +51,35 @@ class BestModel:
                                  "on the seed's training split (Split.prepare of shared.data.splits.split(ds, seed) "
                                  "makes them from texts)")
             return torch.as_tensor(x, dtype=torch.int64)
+        if self.encoding is not None:
+            inputs = self.encode(inputs)
         x = np.asarray(inputs, dtype=np.float32)
         if list(x.shape[1:]) != self.input_shape:
             raise ValueError(f"inputs shaped {list(x.shape)}; this model takes {shape}")
         return torch.as_tensor((x - self.mean) / self.std, dtype=torch.float32)
+
+    def encode(self, rows) -> Any:
+        """A table's raw rows (a DataFrame) -> its features, with the recorded encoding."""
+        import pandas as pd
+
+        from shared.data.table_encoding import FittedTable
+        from shared.data.tables import normalise_text
+
+        if self.encoding.get("kind") != "table":
+            raise ValueError(f"this model takes inputs encoded as its preprocessing.json's encoding says "
+                             f"(kind {self.encoding.get('kind')!r}); encode them first, shaped (N, {self.input_shape})")
+        if not isinstance(rows, pd.DataFrame):
+            raise ValueError("this model was trained on a table's encoded rows: pass the raw rows as a pandas "
+                             f"DataFrame with the columns {', '.join(self.encoding['inputs'])}")
+        missing = [name for name in self.encoding["inputs"] if name not in rows.columns]
+        if missing:
+            raise ValueError(f"rows lack the columns {', '.join(missing)}; this model's table had "
+                             f"{', '.join(self.encoding['inputs'])}")
+        frame = rows[self.encoding["inputs"]].copy()
+        for name in frame.columns:  # trimmed, "?" and "NA" blank, as the training file was read
+            if frame[name].dtype == object or pd.api.types.is_string_dtype(frame[name]):
+                frame[name] = normalise_text(frame[name])
+        return FittedTable.from_record(self.encoding).transform(frame.to_numpy(object))
 
     def predict(self, inputs) -> list[str]:
         """The class name of each sample."""

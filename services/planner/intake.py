@@ -35,7 +35,8 @@ def new_run(goal: Goal, data: DataConfig) -> RunRecord:
     record = RunRecord(run_id=goal.run_id, goal=goal)
     try:
         # the facts of the pool the search draws from, and of the test split it never sees
-        record.dataset_facts = with_test_split(load_dataset(goal.dataset, data_dir=data.dir, config=data), data.test_fraction,
+        record.dataset_facts = with_test_split(load_dataset(goal.dataset, data_dir=data.dir, config=data,
+                                                            max_categories=data.max_categories), data.test_fraction,
                                                data.test_seed).facts()
     except DatasetError as exc:
         record.status, record.error, record.finished_at = "failed", with_hint(exc, STACK_HINT), time.time()

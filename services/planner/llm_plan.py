@@ -140,6 +140,8 @@ def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[
         "is better; every metric of each candidate is shown below)",
         f"Each configuration is trained for its own epochs (at most {max_epochs}) with {goal.num_seeds} seed(s).",
         *_balance_lines(facts),
+        *([f"Table columns (encoded on the trusted side: medians for blanks, one-hot categories): "
+           f"{facts.columns_summary()}"] if facts.columns else []),
         f"Budget: {budget - spent} of {budget} seed-epochs (one seed trained one epoch) left; candidates train "
         f"briefly first and the best earn the full budget; the run stops after {goal.patience} full evaluations "
         "without a better result.",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
-from shared.data.files import FILES, csv_file, csv_header, image_files, target_column, with_hint
+from shared.data.files import FILES, FORMATS, image_files, table_file, table_header, target_column, with_hint
 from shared.errors import DatasetError, UnknownDatasetError
 from shared.messaging.messages import Goal, goal_problems
 
@@ -24,7 +24,7 @@ HF_SYNTAX = "hf:NAME?text=COLUMN[,COLUMN2]&label=COLUMN"
 
 
 def known_datasets() -> list[str]:
-    return sorted(NAMES) + ["csv:PATH:TARGET", "hf:NAME"]
+    return sorted(NAMES) + ["csv:PATH:TARGET", "parquet:PATH:TARGET", "hf:NAME"]
 
 
 class HfName(NamedTuple):
@@ -64,22 +64,30 @@ def parse_hf_name(name: str) -> HfName:
     return HfName(path, text, roles.get("label", ""))
 
 
-def parse_csv_name(name: str) -> tuple[str, str, str]:
-    """`csv:PATH:TARGET` -> ("csv", PATH, TARGET); PATH may itself hold colons."""
+def table_format(name: str) -> str:
+    """"csv" or "parquet" for a table's name (either case), "" for any other name."""
+    prefix = name.strip().split(":", 1)[0].lower()
+    return prefix if ":" in name and prefix in FORMATS else ""
+
+
+def parse_table_name(name: str) -> tuple[str, str, str]:
+    """`csv:PATH:TARGET` -> ("csv", PATH, TARGET), `parquet:` alike; PATH may itself hold colons."""
     parts = name.split(":")
-    if len(parts) < 3 or not parts[-1] or not ":".join(parts[1:-1]):
+    if len(parts) < 3 or not parts[-1] or not ":".join(parts[1:-1]) or not table_format(name):
         raise UnknownDatasetError(name, known_datasets())
-    return "csv", ":".join(parts[1:-1]), parts[-1]
+    return table_format(name), ":".join(parts[1:-1]), parts[-1]
 
 
 def dataset_key(name: str) -> str:
-    """The registered name for `name` (case and spaces ignored; `csv:PATH:TARGET` as given);
-    `hf:NAME?ROLES` with its roles in a canonical order); UnknownDatasetError otherwise. Loads nothing."""
+    """The registered name for `name` (case and spaces ignored; `csv:PATH:TARGET` and
+    `parquet:PATH:TARGET` as given; `hf:NAME?ROLES` with its roles in a canonical order);
+    UnknownDatasetError otherwise. Loads nothing."""
     if name.strip().lower().startswith("hf:"):
         return parse_hf_name(name).key
-    if name.strip().lower().startswith("csv:"):
-        spec = "csv:" + name.strip()[4:]  # `CSV:` too, so every later check sees the csv: it is
-        parse_csv_name(spec)
+    fmt = table_format(name)
+    if fmt:
+        spec = fmt + ":" + name.strip()[len(fmt) + 1:]  # `CSV:` too, so every later check sees the csv: it is
+        parse_table_name(spec)
         return spec
     key = name.strip().lower()
     key = ALIASES.get(key, key)
@@ -91,9 +99,10 @@ def dataset_key(name: str) -> str:
 
 def check_files(key: str, data_dir: str | os.PathLike[str]) -> None:
     """That the data set `key` (a dataset_key) can be read from `data_dir`, without reading it: a
-    torchvision set's files exist; a CSV file lies inside the data directory, exists, and its
-    header row names the target; an hf: set's copy is found (hf_files.locate: its columns are
-    checked when it is loaded). DatasetError otherwise, saying where it looked."""
+    torchvision set's files exist; a table's file lies inside the data directory, exists, and its
+    header row (a CSV file's) or schema (a Parquet file's) names the target; an hf: set's copy is
+    found (hf_files.locate: its columns are checked when it is loaded). DatasetError otherwise,
+    saying where it looked."""
     root = Path(data_dir).expanduser()
     if key.startswith("hf:"):
         from shared.data.hf_files import locate  # no numpy there either
@@ -101,10 +110,10 @@ def check_files(key: str, data_dir: str | os.PathLike[str]) -> None:
         locate(parse_hf_name(key).path, root)
     elif key in FILES:
         image_files(key, root)
-    elif key.startswith("csv:"):
-        _, path_text, target = parse_csv_name(key)
-        path = csv_file(path_text, root)
-        target_column(path, csv_header(path), target)
+    elif table_format(key):
+        fmt, path_text, target = parse_table_name(key)
+        path = table_file(path_text, root, fmt=fmt)
+        target_column(path, table_header(path, fmt), target)
 
 
 def check_goal(goal: Goal, data_dir: str | os.PathLike[str] | None = None, hint: str = "") -> list[str]:

@@ -1,12 +1,12 @@
 """Data sets: torchvision's image data sets read from a data directory in their on-disk formats,
-tabular data from CSV files, the embedded ones shipped in scikit-learn, and synthetic data for
+tables from CSV and Parquet files (shared.data.tables), the embedded ones shipped in scikit-learn, and synthetic data for
 smoke tests.
 
 The image data sets are read from exactly the files and folders torchvision's loaders use
 (`cifar-10-batches-py/`, `cifar-100-python/`, `MNIST/raw/`, `FashionMNIST/raw/`,
 `train_32x32.mat`; `shared.data.files.FILES` names each, and the checks at submission look for
-the same), so a data directory torchvision downloaded into works as it is. A CSV file is read
-from the data directory only (`shared.data.files.csv_file`). They are
+the same), so a data directory torchvision downloaded into works as it is. A table's file is read
+from the data directory only (`shared.data.files.table_file`). They are
 read here rather than through torchvision itself: the only torchvision wheel for this
 project's torch (torchvision 0.28.0 for torch 2.13.0+cpu) is a CUDA build whose `_C.so` needs
 libtorch_cuda.so, so `import torchvision` fails with "operator torchvision::nms does not exist"
@@ -26,7 +26,6 @@ is tested), never the validation or test labels.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import gzip
 import os
@@ -39,9 +38,10 @@ import numpy as np
 from sklearn import datasets as skd
 
 from shared.data.encoders import Encoder
-from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_csv_name  # noqa: F401 - re-exported
+from shared.data.catalog import ALIASES, NAMES, dataset_key, known_datasets, parse_table_name, table_format  # noqa: F401 - re-exported
 from shared.data.splits import Split, split, with_test_split  # noqa: F401 - re-exported
-from shared.data.files import SOURCES, TEST_FILES, csv_file, csv_unreadable, image_files, target_column
+from shared.data.files import SOURCES, TEST_FILES, image_files, table_file
+from shared.data.tables import load_table
 from shared.errors import DatasetError, DatasetNotFoundError
 from shared.messaging.messages import DatasetFacts
 from shared.runtime.config import DataConfig
@@ -251,46 +251,6 @@ def _svhn(root: Path) -> Dataset:
     return _images("svhn", x, y, tuple(str(d) for d in range(10)), _official("svhn", root, _svhn_mat))
 
 
-# ---- CSV ----
-def _csv(spec: str, path: Path) -> Dataset:
-    """`csv:PATH:TARGET` read from `path` (csv_file's): numeric feature columns, and a target
-    column whose distinct values are the classes."""
-    target = parse_csv_name(spec)[2]
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
-            reader = csv.reader(handle)
-            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]  # (line, cells)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise csv_unreadable(path, exc) from exc
-    if len(rows) < 2:
-        raise DatasetError(f"{path}: needs a header row and at least one data row")
-    header, body = [h.strip() for h in rows[0][1]], rows[1:]
-    t = target_column(path, header, target)
-    features = [i for i in range(len(header)) if i != t]
-    x = np.empty((len(body), len(features)), dtype=np.float32)
-    for n, (line, row) in enumerate(body):
-        if len(row) != len(header):
-            raise DatasetError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
-        if not row[t].strip():
-            raise DatasetError(f"{path} line {line}: the target {target!r} is empty")
-        for j, i in enumerate(features):
-            if not row[i].strip():
-                raise DatasetError(f"{path} line {line}: column {header[i]!r} is empty; "
-                                   "fill or drop missing values first")
-            try:
-                x[n, j] = float(row[i])
-            except ValueError:
-                raise DatasetError(f"{path} line {line}: column {header[i]!r} is not numeric ({row[i]!r}); "
-                                   "encode it as numbers first") from None
-    labels = [row[t].strip() for _, row in body]
-    try:
-        classes = sorted(set(labels), key=float)
-    except ValueError:
-        classes = sorted(set(labels))
-    index = {c: k for k, c in enumerate(classes)}
-    return Dataset(spec, "tabular", x, np.array([index[v] for v in labels], dtype=np.int64), tuple(classes))
-
-
 LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "digits": lambda root: _digits(),
     "breast_cancer": _sklearn_tabular("breast_cancer", skd.load_breast_cancer),
@@ -304,7 +264,7 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "fashion_mnist": _mnist_like("fashion_mnist", FASHION_CLASSES),
     "svhn": _svhn,
 }
-_cache: dict[tuple, Dataset] = {}  # (key, data dir[, text settings]) -> loaded
+_cache: dict[tuple, Dataset] = {}  # (key, data dir, the settings its encoding depends on) -> loaded
 
 
 TORCHVISION_CLASSES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST",
@@ -327,29 +287,33 @@ def download(key: str, root: Path) -> None:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, download_missing: bool = False,
-                 any_csv_path: bool = False, config: DataConfig | None = None) -> Dataset:
-    """The data set called `name`; torchvision's, CSV and hf: files are read from `data_dir` (default
-    ~/.cache/pytorch-researcher/data; hf: sets also from a Hugging Face cache, shared.data.hf_files).
-    Nothing is downloaded unless `download_missing` is set: a missing data set raises
-    DatasetNotFoundError saying which files are expected where and how to get them. A CSV path
-    outside `data_dir` is refused unless `any_csv_path` is set, which only trusted local commands do
-    (quick-evaluator, on its user's own files). `config`: how text becomes token ids (tokenizer,
-    vocab_size, max_length; the defaults without it)."""
+                 any_csv_path: bool = False, max_categories: int = DataConfig().max_categories,
+                 config: DataConfig | None = None) -> Dataset:
+    """The data set called `name`; torchvision's files, tables (CSV, Parquet) and hf: sets are read
+    from `data_dir` (default ~/.cache/pytorch-researcher/data; hf: sets also from a Hugging Face
+    cache, shared.data.hf_files). Nothing is downloaded unless `download_missing` is set: a missing
+    data set raises DatasetNotFoundError saying which files are expected where and how to get them.
+    A table's path outside `data_dir` is refused unless `any_csv_path` is set, which only trusted
+    local commands do (quick-evaluator, on its user's own files). `max_categories`:
+    data.max_categories, a category column's one-hot slots; `config`: how text becomes token ids
+    (data.tokenizer, vocab_size, max_length; the defaults without it)."""
     key = dataset_key(name)
     root = Path(data_dir or DEFAULT_DATA_DIR).expanduser()
-    # a CSV path is checked before the cache, so a load allowed anywhere never serves a confined one
-    csv_path = csv_file(parse_csv_name(key)[1], root, confine=not any_csv_path) if key.startswith("csv:") else None
-    config = config or DataConfig()
-    # a text set's encoding is part of it: one loaded per tokenizer setting (the same object each
-    # time for the same one, so with_test_split's and the digests' caches hold)
-    cached = (key, str(root)) + ((config.tokenizer, config.vocab_size, config.max_length) if key.startswith("hf:") else ())
+    fmt = table_format(key)
+    # a table's path is checked before the cache, so a load allowed anywhere never serves a confined one
+    path = table_file(parse_table_name(key)[1], root, confine=not any_csv_path, fmt=fmt) if fmt else None
+    text = config or DataConfig()
+    # an encoded set's settings are part of it: one loaded per setting (the same object each time for
+    # the same one, so with_test_split's and the digests' caches hold)
+    settings = (max_categories,) if fmt else (text.tokenizer, text.vocab_size, text.max_length) if key.startswith("hf:") else ()
+    cached = (key, str(root), *settings)
     if cached not in _cache:
         if key.startswith("hf:"):
             from shared.data.text import load_text  # imports datasets: only for the sets that need it
 
-            _cache[cached] = load_text(key, root, config, download_missing)
+            _cache[cached] = load_text(key, root, text, download_missing)
         else:
-            _cache[cached] = _csv(key, csv_path) if csv_path else _load(key, root, download_missing)
+            _cache[cached] = load_table(key, path, max_categories) if path else _load(key, root, download_missing)
     return _cache[cached]
 
 

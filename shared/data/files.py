@@ -3,7 +3,7 @@ no data: the planner refuses a goal whose files are missing when it is submitted
 run` before its stack starts, and the loaders in `shared.data.datasets` open exactly the files
 found here, so the check and the loaders cannot drift apart. No numpy: the CLI imports this.
 
-The data directory is `data.dir`. A CSV data set's path is relative to it, or absolute and
+The data directory is `data.dir`. A table's path (`csv:` or `parquet:`) is relative to it, or absolute and
 inside it once symlinks and `..` are resolved: a goal arrives over NATS from any client, and
 must never make a service read an arbitrary file of its host."""
 
@@ -75,17 +75,37 @@ def image_files(key: str, root: Path, test: bool = False) -> list[Path]:
     return found
 
 
-def csv_file(path_text: str, root: Path, confine: bool = True) -> Path:
-    """The file `csv:PATH:TARGET` names: PATH relative to the data directory `root`, or absolute
-    and inside it (symlinks and `..` resolved). `confine=False` is for trusted local commands
-    only (quick-evaluator): there an absolute PATH may lie anywhere."""
+FORMATS = {"csv": "CSV", "parquet": "Parquet"}  # a table's name prefix -> its format's name
+
+
+def table_file(path_text: str, root: Path, confine: bool = True, fmt: str = "csv") -> Path:
+    """The file `csv:PATH:TARGET` (or `parquet:`) names: PATH relative to the data directory `root`,
+    or absolute and inside it (symlinks and `..` resolved). `confine=False` is for trusted local
+    commands only (quick-evaluator): there an absolute PATH may lie anywhere."""
     given = Path(path_text).expanduser()
     path = (root / given).resolve()  # an absolute PATH replaces root
     if confine and not path.is_relative_to(root.resolve()):
         raise OutsideDataDirError(path_text, str(root), str(path))
     if not path.is_file():  # also refuses a FIFO or a device, which would block or never end
-        raise DatasetNotFoundError(path_text, [str(path)], "put the CSV file there (a header row, then a row per sample)")
+        raise DatasetNotFoundError(path_text, [str(path)],
+                                   f"put the {FORMATS[fmt]} file there (a header row, then a row per sample)")
     return path
+
+
+def table_header(path: Path, fmt: str) -> list[str]:
+    """A table's column names, reading only a CSV file's header row or a Parquet file's schema."""
+    if fmt == "csv":
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic == b"PAR1":  # the most likely slip: a Parquet file named as csv:
+            raise DatasetError(f"{path}: a Parquet file, not CSV text; name it parquet:PATH:TARGET")
+        return csv_header(path)
+    import pyarrow.parquet as pq  # pyarrow comes with datasets; imported only here, the CLI starts fast
+
+    try:
+        return [name.strip() for name in pq.read_schema(path).names if not name.startswith("__index_level_")]
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise table_unreadable(path, fmt, exc) from exc
 
 
 def csv_header(path: Path) -> list[str]:
@@ -96,11 +116,14 @@ def csv_header(path: Path) -> list[str]:
                 if any(cell.strip() for cell in row):
                     return [cell.strip() for cell in row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise csv_unreadable(path, exc) from exc
+        raise table_unreadable(path, "csv", exc) from exc
     raise DatasetError(f"{path}: needs a header row and at least one data row")
 
 
-def csv_unreadable(path: Path, exc: Exception) -> DatasetError:
+def table_unreadable(path: Path, fmt: str, exc: Exception) -> DatasetError:
+    if fmt == "parquet":
+        return DatasetError(f"{path}: cannot be read as a Parquet file ({exc}); write it with pandas' to_parquet "
+                            "or pyarrow, or name a CSV file as csv:PATH:TARGET")
     return DatasetError(f"{path}: cannot be read as CSV text ({exc}); save it as CSV in UTF-8")
 
 
@@ -108,5 +131,6 @@ def target_column(path: Path, header: list[str], target: str) -> int:
     """The index of `target` in `header`; DatasetError naming the columns there are."""
     if target not in header:
         raise DatasetError(f"{path}: no target column {target!r}; columns: {', '.join(header)}; "
-                           f"name one of them after the last colon, as csv:FILE.csv:COLUMN")
+                           "name one of them after the last colon, as csv:FILE.csv:COLUMN or "
+                           "parquet:FILE.parquet:COLUMN")
     return header.index(target)

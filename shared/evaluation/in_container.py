@@ -81,7 +81,8 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     base = dict(job_id=job.job_id, run_id=job.run_id, iteration=job.iteration, seed=job.seed, evaluator=evaluator,
                 split=job.split)
     try:
-        ds = with_test_split(load_dataset(job.dataset, data_dir=data_config.dir, config=data_config), data_config.test_fraction,
+        ds = with_test_split(load_dataset(job.dataset, data_dir=data_config.dir, config=data_config,
+                                          max_categories=data_config.max_categories), data_config.test_fraction,
                              data_config.test_seed)
     except DatasetError as exc:
         raise DatasetUnavailableError(evaluator, job.dataset, str(exc)) from exc

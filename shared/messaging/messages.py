@@ -98,6 +98,20 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
         """Token ids are in [0, vocab_size) for text; 0 for other kinds."""
         return self.text.vocab_size if self.text else 0
 
+    def columns_summary(self) -> str:
+        """A table's columns in one line, for the report and the planning LLM ("" for other data)."""
+        if not self.columns:
+            return ""
+        parts = []
+        for kind, label in (("numeric", "numeric"), ("category", "categories"), ("dropped", "dropped")):
+            named = [c.name + (" (blanks)" if c.missing and kind != "dropped" else "")
+                     for c in self.columns if c.kind == kind]
+            if named:
+                shown = ", ".join(named[:8]) + (f", ... ({len(named) - 8} more)" if len(named) > 8 else "")
+                parts.append(f"{len(named)} {label}: {shown}")
+        line = f"{len(self.columns)} columns -> {self.input_shape[0]} features; " + "; ".join(parts)
+        return "; ".join([line, *self.notes])
+
     def imbalance_ratio(self) -> float:
         """Largest over smallest class count (of the classes present); 1.0 when the counts are unknown."""
         present = [c for c in self.class_counts if c > 0]

@@ -74,7 +74,9 @@ async def export_best(registry: Registry, run: RunRecord, it: IterationRecord, c
         "dataset": run.goal.dataset, "kind": facts.kind if facts else None,
         "input_shape": list(facts.input_shape) if facts else None,  # one sample's, without the batch axis
         "class_names": list(facts.class_names) if facts else [],  # output column i is class_names[i]
-        "inputs": "samples as shared.data.datasets.load_dataset(dataset).x gives them, shaped (N, *input_shape)",
+        "inputs": ("a table's raw rows (its file's columns), encoded with a seed's `encoding`, then normalised: "
+                   "researcher.load.load_best(folder).predict(a pandas DataFrame) does both" if facts and facts.columns
+                   else "samples as shared.data.datasets.load_dataset(dataset).x gives them, shaped (N, *input_shape)"),
         "normalise": NORMALISE,
         **({"tokenise": TOKENISE, "input_dtype": "int64"} if facts and facts.kind == "text" else {}),
         # the seed highest on validation accuracy, when its weights were kept; else the first that has some

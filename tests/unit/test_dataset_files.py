@@ -192,13 +192,28 @@ def test_csv_tolerates_a_byte_order_mark_and_spaced_header(tmp_path):
     assert ds.x.tolist() == [[1], [2]] and ds.class_names == ("x", "y")
 
 
+def test_csv_blanks_and_text_are_read_not_refused(tmp_path):
+    """What the strict reader refused: a blank cell is imputed, text is a category, a row whose
+    target is blank is dropped with a note."""
+    path = tmp_path / "mixed.csv"
+    path.write_text("a,colour,kind\n1,red,x\n,blue,y\n\n\n3,red,\n4, ?,y\n")
+    ds = load_dataset(f"csv:{path}:kind", data_dir=tmp_path)
+    facts = ds.facts()
+    assert [(c.name, c.kind, c.missing) for c in facts.columns] == [("a", "numeric", 1), ("colour", "category", 1)]
+    assert facts.notes == ["1 of 4 rows dropped: their target 'kind' is blank"]
+    assert ds.class_names == ("x", "y") and ds.input_shape == (2 + 2 + 1 + 1,)  # a, its indicator; red, blue, other, blank
+
+
 @pytest.mark.parametrize("content, target, message", [
-    ("a,b\n1,2\n", "kind", "no target column 'kind'; columns: a, b"),
-    ("a,colour,kind\n1,red,x\n", "kind", "line 2: column 'colour' is not numeric ('red')"),
-    ("a,kind\n1\n", "kind", "line 2: 1 fields, the header has 2"),
-    ("a,kind\n1,x\n\n\n,y\n", "kind", "line 5: column 'a' is empty"),  # blank lines still counted
-    ("a,kind\n1,x\n2,\n", "kind", "line 3: the target 'kind' is empty"),
+    ("a,b\n1,2\n2,3\n", "kind", "no target column 'kind'; columns: a, b"),
+    ("a,kind\n1,x,3\n2,y\n", "kind", "a row has more fields than the header"),
+    ("a,kind\n1,x\n2,y,3\n", "kind", "Expected 2 fields in line 3, saw 3"),
+    ("a,kind\n1,x\n2,x\n3,x\n", "kind", "the target 'kind' has one class only ('x')"),
+    ("a,kind\n1,0.5\n2,1.25\n3,2\n", "kind", "a regression target; this product classifies"),
+    ("a,kind\n,\n,\n", "kind", "every row's target 'kind' is blank"),
+    ("a,b,kind\n,,x\n,?,y\n", "kind", "no usable feature column (a: all blank; b: all blank)"),
     ("a,kind\n", "kind", "needs a header row and at least one data row"),
+    ("", "kind", "needs a header row and at least one data row"),
 ])
 def test_csv_errors_are_specific(tmp_path, content, target, message):
     path = tmp_path / "bad.csv"

@@ -58,7 +58,8 @@ def test_synthetic_is_the_same_every_time():
 
 def test_known_datasets():
     assert known_datasets() == ["breast_cancer", "cifar10", "cifar100", "digits", "fashion_mnist", "imbalanced", "iris",
-                                "mnist", "svhn", "synthetic", "wine", "csv:PATH:TARGET", "hf:NAME"]
+                                "mnist", "svhn", "synthetic", "wine", "csv:PATH:TARGET",
+                                "parquet:PATH:TARGET", "hf:NAME"]
 
 
 def test_unknown_name_lists_the_known_names():
@@ -163,7 +164,7 @@ def test_the_catalog_names_exactly_the_loaders():
     """shared.data.catalog (names only, for the CLI) and LOADERS must not drift apart."""
     from shared.data.catalog import NAMES
     assert sorted(NAMES) == sorted(LOADERS)
-    assert known_datasets() == sorted(LOADERS) + ["csv:PATH:TARGET", "hf:NAME"]
+    assert known_datasets() == sorted(LOADERS) + ["csv:PATH:TARGET", "parquet:PATH:TARGET", "hf:NAME"]
 
 
 @pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer"])
