@@ -110,6 +110,7 @@ class FittedText:
                  text_columns: tuple[str, ...], trained_on: dict[str, Any]) -> None:
         self.tok, self.perm, self.kind, self.max_length, self.pair = tok, perm, kind, max_length, pair
         self.text_columns, self.trained_on = text_columns, trained_on
+        self.id_limit = 0  # ids at or above it become [UNK] (TextEncoder.fit sets it; 0: no limit)
         self.sha256 = hashlib.sha256(tok.to_str().encode()).hexdigest()  # before the cut and padding are set
         self._uncut = Tokenizer.from_str(tok.to_str())  # for lengths: a copy, so no call changes another's settings
         pad = tok.id_to_token(int(np.flatnonzero(perm == 0)[0])) if perm is not None else SPECIALS[0]
@@ -123,7 +124,10 @@ class FittedText:
     def transform(self, x: np.ndarray) -> np.ndarray:
         ids = np.array([e.ids for e in self.tok.encode_batch(_inputs(x, self.pair))], dtype=np.int64)
         ids = ids.reshape(len(x), self.max_length)  # (N, L) also for N = 0
-        return self.perm[ids] if self.perm is not None else ids
+        ids = self.perm[ids] if self.perm is not None else ids
+        # the models' embeddings hold id_limit rows (the facts' vocab_size, the pool's tokenizer's size): a
+        # piece this seed's tokenizer has beyond them (rare: it saw fewer texts than the pool's) is unknown
+        return np.where(ids < self.id_limit, ids, SPECIALS.index("[UNK]")) if self.id_limit else ids
 
     def record(self) -> dict[str, Any]:
         return {"kind": "text", "tokenizer": self.kind, "vocab_size": self.tok.get_vocab_size(with_added_tokens=True),
@@ -150,12 +154,18 @@ class TextEncoder:
         self.kind = tokenizer if user_file is None else "tokenizer.json"
         self.vocab_size, self.max_length, self.pair = vocab_size, max_length, pair
         self.text_columns, self.user_file, self.notes = text_columns, user_file, notes
-        self.output_shape = (max_length,)
         self._pool = pool  # what the facts' lengths are counted on (never the labels, never a test split)
         self._facts: dict[str, Any] | None = None
-        if user_file is not None:  # read now: a bad file fails at loading, and the facts need its size
-            tok, _ = user_tokenizer(user_file)
-            self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        # The models' shape follows the data, within the settings: a tokenizer fitted on the pool (its inputs
+        # only) gives the vocabulary's size where the texts hold fewer pieces than data.vocab_size, and the
+        # longest sample (rounded up to 8) the length where the texts are shorter than data.max_length; so a
+        # set of short reviews does not train embeddings of 8,000 rows and recurrences over 128 steps of padding
+        pooled = self.fit(pool)
+        self.vocab_size = pooled.tok.get_vocab_size(with_added_tokens=True)
+        self._lengths = pooled.lengths(pool[np.linspace(0, len(pool) - 1, _STATS_SAMPLE).astype(int)]
+                                       if len(pool) > _STATS_SAMPLE else pool)
+        self.max_length = min(max_length, max(8, -(-int(self._lengths.max(initial=1)) // 8) * 8))
+        self.output_shape = (self.max_length,)
 
     def fit(self, x_train: np.ndarray, y_train: np.ndarray | None = None) -> FittedText:
         digest = hashlib.sha256(self.user_file.read_bytes()).hexdigest() if self.user_file else texts_digest(x_train)
@@ -174,6 +184,7 @@ class TextEncoder:
                           "split": "this seed's training split only"}
         fitted = FittedText(tok, perm, kind=self.kind, max_length=self.max_length, pair=self.pair,
                             text_columns=self.text_columns, trained_on=trained_on)
+        fitted.id_limit = self.vocab_size if x_train is not self._pool else 0
         with _lock:  # fitted outside it: two seeds' tokenizers train at once
             _fitted[key] = fitted
             while len(_fitted) > _KEEP:
@@ -186,9 +197,7 @@ class TextEncoder:
         if self._facts is None:
             from shared.messaging.messages import TextFacts
 
-            pool = self._pool
-            sample = pool[np.linspace(0, len(pool) - 1, _STATS_SAMPLE).astype(int)] if len(pool) > _STATS_SAMPLE else pool
-            n = self.fit(pool).lengths(sample)
+            n = self._lengths
             where = (f"{self.kind} trained on each seed's training split, {self.vocab_size} tokens at most"
                      if self.user_file is None else f"{self.user_file.name} (the user's tokenizer.json)")
             text = TextFacts(tokenizer=where, vocab_size=self.vocab_size, max_length=self.max_length, pair=self.pair,

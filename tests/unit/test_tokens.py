@@ -91,9 +91,20 @@ def test_the_facts_count_lengths_on_the_pool():
     texts = ["short one"] * 8 + [" ".join(["long"] * 30)] * 2
     facts = encoder(texts).facts()
     text = facts["text"]
-    assert facts["input_dtype"] == "int64" and text.vocab_size == 120 and text.max_length == 12
+    # the pool's pieces are fewer than data.vocab_size (120): the models' embeddings hold just those
+    assert facts["input_dtype"] == "int64" and 4 < text.vocab_size < 120 and text.max_length == 12
     assert text.longest == 32 and text.median_length == 4 and text.truncated_share == 0.2
     assert any("ids != 0" in note for note in facts["notes"])
+
+
+def test_short_texts_are_padded_to_their_longest_and_no_id_reaches_past_the_vocabulary():
+    pool = np.array(CORPUS * 3, dtype=object)
+    enc = encoder(list(pool), max_length=128)
+    longest = enc.facts()["text"].longest
+    assert enc.output_shape == (max(8, -(-longest // 8) * 8),) and enc.max_length < 128  # rounded up to 8, not 128
+    seed = enc.fit(pool[::2])  # a seed's training rows: a tokenizer of its own, capped at the pool's size
+    ids = seed.transform(np.array(["never seen qqqq words " * 3] + list(pool[1::2]), dtype=object))
+    assert ids.shape == (len(pool[1::2]) + 1, enc.max_length) and ids.max() < enc.vocab_size
 
 
 def roberta_like(path) -> Tokenizer:
