@@ -50,11 +50,14 @@ def locate(name: str, root: Path) -> Location:
             return found
     hub = f"{owner}/{repo}" if owner else repo
     args = f"{hub!r}" + (f", {config!r}" if config else "")
+    # OWNER/NAME or NAME/CONFIG: the user knows which
+    other = (f" (or load_dataset({owner!r}, {repo!r}) where {repo} is a configuration of {owner})"
+             if owner and not config else "")
     target = root / name.split("/")[-1] if not Path(name).is_absolute() else Path(name)
     places = ", ".join(looked[:8] + (["..."] if len(looked) > 8 else []))
     raise DatasetNotFoundError(f"hf:{name}", [f"a copy in one of {places}"], (
         "nothing is downloaded unless asked: on a machine with internet run "
-        f"`python -c \"import datasets; datasets.load_dataset({args}).save_to_disk('{target}')\"` and copy the folder "
+        f"`python -c \"import datasets; datasets.load_dataset({args}).save_to_disk('{target}')\"`{other} and copy the folder "
         f"here, or put the Hub's data files (e.g. train-00000-of-00001.parquet) in {target}/, "
         "or set HF_HOME to a Hugging Face cache that holds it"))
 
