@@ -41,8 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.modelspec import seqlayers
+from shared.modelspec.common import ConfigError, fmt_shape
 from shared.modelspec.seqlayers import EXPECTS, SEQ_LAYERS
+from shared.modelspec.textspec import check_input, infer_token_kwargs, render_text
 
 MAX_LAYERS = 200
 DEFAULT_MAX_PARAMS = 200_000_000
@@ -101,33 +102,12 @@ _INFERRED: dict[str, tuple[str, int]] = {
 }
 
 
-class ConfigError(ValueError):
-    """A model_config that cannot become a module; ``layer_index`` is None for top-level keys."""
-
-    def __init__(self, reason: str, layer_index: int | None = None, layer_type: str | None = None):
-        self.reason = reason
-        self.layer_index = layer_index
-        self.layer_type = layer_type
-        if layer_index is None:
-            where = ""
-        elif layer_type:
-            where = f"layer {layer_index} ({layer_type}): "
-        else:
-            where = f"layer {layer_index}: "
-        super().__init__(where + reason)
-
-
 @dataclass(frozen=True)
 class AssembledModel:
     class_name: str
     source: str  # a complete Python module defining `class_name`
     output_shape: tuple[int, ...]  # without the batch dim
     layer_shapes: list[tuple[int, ...]]  # output of each layer, without the batch dim
-
-
-def fmt_shape(shape: tuple[int, ...]) -> str:
-    """(16, 6, 6) -> '(B, 16, 6, 6)'."""
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
 
 
 # ---- validation of plain values ----
@@ -244,27 +224,10 @@ def _bad_args(i: int, ltype: str, cls: type[nn.Module], e: TypeError, given: dic
 
 # ---- shape inference ----
 
-def _infer_token_kwargs(i: int, ltype: str, kwargs: dict, in_shape: tuple[int, ...], vocab_size: int) -> dict:
-    """An embedding's table size from vocab_size, and learned positions' count from L."""
-    given = kwargs.get("num_embeddings")
-    if given is not None and given != vocab_size:
-        raise ConfigError(f"num_embeddings={given!r} disagrees with vocab_size={vocab_size}; drop "
-                          "num_embeddings to have it inferred", i, ltype)
-    out = {"num_embeddings": vocab_size, **kwargs}
-    if ltype == "Embedding" and kwargs.get("positions") == "learned":
-        length = kwargs.get("max_length")
-        if length is None:
-            out["max_length"] = in_shape[0]
-        elif not isinstance(length, int) or length < in_shape[0]:
-            raise ConfigError(f"max_length={length!r} is shorter than the input's {in_shape[0]} tokens; drop "
-                              "max_length to have it inferred", i, ltype)
-    return out
-
-
 def _infer_kwargs(i: int, ltype: str, kwargs: dict, in_shape: tuple[int, ...], vocab_size: int | None) -> dict:
     """Fill in the argument that follows from the input (B, *in_shape), or check a given one."""
     if EXPECTS.get(ltype) == "ids" and vocab_size:
-        return _infer_token_kwargs(i, ltype, kwargs, in_shape, vocab_size)
+        return infer_token_kwargs(i, ltype, kwargs, in_shape, vocab_size)
     if ltype not in _INFERRED:
         return kwargs
     name, dim = _INFERRED[ltype]
@@ -307,32 +270,6 @@ def _shape_error(i: int, ltype: str, kwargs: dict, in_shape: tuple[int, ...],
                        "check its arguments and the layers before it", i, ltype)
 
 
-def _check_input(i: int, ltype: str, x: torch.Tensor, seq_len: int | None) -> None:
-    """Token ids reach only an embedding; a sequence layer needs (B, L, D) with the mask's L."""
-    shape = fmt_shape(tuple(x.shape[1:]))
-    ids = not x.is_floating_point()
-    expects = EXPECTS.get(ltype)
-    if expects == "ids" and not ids:
-        where = ("it must come first: the ids become vectors there" if seq_len else
-                 "add \"vocab_size\" (the tokenizer's vocabulary size) and input_shape [L] to the config")
-        raise ConfigError(f"takes token ids (B, L) int64 but gets float input {shape}; {where}", i, ltype)
-    if ids and expects != "ids":
-        raise ConfigError(f"the input here is still token ids {shape} int64; start the layers with "
-                          "Embedding (a vector per token) or EmbeddingBag (one pooled vector)", i, ltype)
-    if expects != "seq":
-        return
-    if seq_len is None:
-        raise ConfigError("needs the padding mask of token ids: add \"vocab_size\" and input_shape [L] to the "
-                          "config, and an Embedding before it", i, ltype)
-    if x.dim() != 3:
-        raise ConfigError(f"needs a sequence (B, L, D) but gets {shape}, which has no sequence axis; put "
-                          "it before SeqPool, EmbeddingBag or Flatten", i, ltype)
-    if x.shape[1] != seq_len:
-        raise ConfigError(f"gets {shape}, whose sequence axis no longer has the input's {seq_len} "
-                          "positions, so the padding mask does not fit; keep (B, L, D) up to here "
-                          "(SeqConv1d instead of Conv1d)", i, ltype)
-
-
 def _probe(config: Any, max_params: int) -> tuple[str, tuple[int, ...], list[tuple], list, bool]:
     """Validate and run the config on meta; return (class_name, input_shape, layers, shapes, text).
 
@@ -353,7 +290,7 @@ def _probe(config: Any, max_params: int) -> tuple[str, tuple[int, ...], list[tup
         seq_len = in_shape[0] if vocab_size else None
         for i, spec in enumerate(specs):
             ltype, cls, kwargs = _check_layer(i, spec)
-            _check_input(i, ltype, x, seq_len)
+            check_input(i, ltype, x, seq_len)
             kwargs = _ordered(cls, _infer_kwargs(i, ltype, kwargs, shape, vocab_size))
             try:
                 module = cls(**kwargs)
@@ -393,45 +330,6 @@ def infer_shapes(config: dict, *, max_params: int = DEFAULT_MAX_PARAMS) -> list[
 
 # ---- source emission ----
 
-def _render_text(name: str, in_shape: tuple[int, ...], layers: list, shapes: list) -> str:
-    """Token ids in: the sequence layers' source first (the container has no shared library), the
-    layers in a ModuleList, and a forward that builds the padding mask once and passes it on."""
-    used = [ltype for ltype, _ in layers if ltype in SEQ_LAYERS]
-    lines = [
-        '"""Generated by the pytorch-researcher assembler from a model_config."""',
-        "",
-        "import math",
-        "",
-        "import torch",
-        "from torch import nn",
-        "",
-        "",
-        seqlayers.source_of(used),
-        "",
-        f"class {name}(nn.Module):",
-        f'    """Input {fmt_shape(in_shape)} token ids (int64, 0 = padding) -> output {fmt_shape(shapes[-1])}."""',
-        "",
-        "    def __init__(self):",
-        "        super().__init__()",
-        "        self.layers = nn.ModuleList([",
-    ]
-    for (ltype, kwargs), shape in zip(layers, shapes):
-        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        prefix = "" if ltype in SEQ_LAYERS else "nn."
-        lines.append(f"            {prefix}{ltype}({args}),  # -> {fmt_shape(shape)}")
-    lines += [
-        "        ])",
-        "",
-        "    def forward(self, x):",
-        "        mask = x != 0  # (B, L): True at tokens, False at padding",
-        "        for layer in self.layers:",
-        '            x = layer(x, mask) if getattr(layer, "takes_mask", False) else layer(x)',
-        "        return x",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def _render(name: str, in_shape: tuple[int, ...], layers: list, shapes: list) -> str:
     lines = [
         '"""Generated by the pytorch-researcher assembler from a model_config."""',
@@ -463,6 +361,6 @@ def _render(name: str, in_shape: tuple[int, ...], layers: list, shapes: list) ->
 def assemble(config: dict, *, max_params: int = DEFAULT_MAX_PARAMS) -> AssembledModel:
     """Validate ``config`` and emit the module source. Raises ConfigError with what to fix."""
     name, in_shape, layers, shapes, text = _probe(config, max_params)
-    render = _render_text if text else _render
+    render = render_text if text else _render
     return AssembledModel(class_name=name, source=render(name, in_shape, layers, shapes),
                           output_shape=shapes[-1], layer_shapes=shapes)
