@@ -126,8 +126,10 @@ class _Recurrent(nn.Module):
                                   dropout=dropout, bidirectional=bidirectional)
 
     def forward(self, x, mask):
-        if x.is_meta:  # packing needs the lengths on the CPU: a shape check runs unpacked
-            return self.rnn(x)[0]
+        if x.is_meta:  # a shape check: on meta the recurrence runs step by step in Python (seconds
+            # for a long sequence) and packing needs the lengths on the CPU, so the shape is written out
+            directions = 2 if self.rnn.bidirectional else 1
+            return x.new_empty(x.shape[0], x.shape[1], self.rnn.hidden_size * directions)
         lengths = mask.long().sum(1).clamp(min=1).cpu()  # a row of only padding runs one step
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out = self.rnn(packed)[0]
