@@ -203,4 +203,4 @@ def source_of(names) -> str:
             if part not in wanted:
                 wanted.append(part)
     namespace = globals()
-    return "\n\n".join(inspect.getsource(namespace[part]) for part in wanted)
+    return "\n\n\n".join(inspect.getsource(namespace[part]).strip() for part in wanted)
