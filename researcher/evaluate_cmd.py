@@ -147,10 +147,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---- quick-evaluator: the library on a trusted model ----
-def reference_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A small, sensible baseline: a two-block CNN for images, a two-layer MLP for tables."""
+def reference_model(input_shape: tuple[int, ...], num_classes: int, vocab_size: int = 0) -> nn.Module:
+    """A small, sensible baseline: a two-block CNN for images, a two-layer MLP for tables, and for
+    token ids (a vocab_size) a text CNN, max pooled over the tokens."""
     import numpy as np
     from torch import nn
+
+    if vocab_size:
+        return _text_reference(input_shape, num_classes, vocab_size)
 
     if len(input_shape) == 3:
         channels, height, width = input_shape
@@ -162,6 +166,22 @@ def reference_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module
     features = int(np.prod(input_shape))
     return nn.Sequential(nn.Flatten(), nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
                          nn.Linear(64, num_classes))
+
+
+def _text_reference(input_shape: tuple[int, ...], num_classes: int, vocab_size: int) -> nn.Module:
+    """Built by the assembler, as a search's candidate is (its sequence layers take the padding
+    mask); its source is our own output, so it runs in this process."""
+    from shared.modelspec.assemble import assemble
+
+    model = assemble({"class_name": "TextCNN", "input_shape": list(input_shape), "vocab_size": vocab_size,
+                      "num_classes": num_classes,
+                      "layers": [{"type": "Embedding", "embedding_dim": 64},
+                                 {"type": "SeqConv1d", "out_channels": 64, "kernel_size": 3}, {"type": "ReLU"},
+                                 {"type": "SeqPool", "mode": "max"}, {"type": "Dropout", "p": 0.1},
+                                 {"type": "Linear", "out_features": num_classes}]})
+    namespace: dict = {}
+    exec(compile(model.source, "<assembled TextCNN>", "exec"), namespace)
+    return namespace[model.class_name]()
 
 
 def load_trusted_model(path: Path, class_name: str) -> nn.Module:
@@ -214,7 +234,7 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(args.dataset, data_dir=data_dir, download_missing=args.download, any_csv_path=True,
                                config=settings)
         model = (load_trusted_model(args.model_file, args.class_name) if args.model_file
-                 else reference_model(dataset.input_shape, dataset.num_classes))
+                 else reference_model(dataset.input_shape, dataset.num_classes, dataset.facts().vocab_size))
         config = QuickEvalConfig(dataset_name=args.dataset, num_seeds=args.num_seeds, epochs=args.epochs,
                                  batch_size=args.batch_size, subset_size=args.subset_size, lr=args.lr,
                                  optimizer=args.optimizer, weight_decay=args.weight_decay,

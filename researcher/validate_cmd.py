@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--class-name", required=True, help="the nn.Module class to instantiate")
     p.add_argument("--input-shape", required=True, help="comma-separated, batch first, e.g. 1,3,32,32")
     p.add_argument("--expected-output-shape", default=None, help="comma-separated; a different shape is a rejection")
+    p.add_argument("--vocab-size", type=int, default=0,
+                   help="the input is token ids (B, L) int64 in [1, N) with trailing padding 0 (a text model)")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default: sandbox.validate_timeout_s)")
     p.add_argument("--precheck", choices=["reject", "flag"], default=None,
                    help="what the pre-check does with dangerous constructs when validating directly")
@@ -65,7 +67,8 @@ def build_request(args: argparse.Namespace) -> ValidateRequest:
         raise UsageError(f"cannot read {args.file}: {exc}") from exc
     expected = parse_shape(args.expected_output_shape, "--expected-output-shape") if args.expected_output_shape else None
     return ValidateRequest(run_id="cli", iteration=0, source=source, class_name=args.class_name,
-                           input_shape=parse_shape(args.input_shape, "--input-shape"), expected_output_shape=expected)
+                           input_shape=parse_shape(args.input_shape, "--input-shape"), expected_output_shape=expected,
+                           input_dtype="int64" if args.vocab_size > 0 else "float32", vocab_size=max(args.vocab_size, 0))
 
 
 async def via_service(url: str, request: ValidateRequest, timeout_s: float) -> ValidationResult | None:

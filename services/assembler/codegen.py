@@ -15,6 +15,7 @@ import msgspec
 
 from shared.messaging.limits import MAX_SOURCE_BYTES
 from shared.modelspec.assemble import ConfigError, assemble
+from shared.modelspec.seqlayers import SEQ_LAYERS, source_of
 from shared.llm.client import LLMClient, ask_json
 from shared.messaging.messages import AssembleReply, AssembleRequest, Narrative, SummaryReply, SummaryRequest
 from shared.llm.prompts import render
@@ -44,6 +45,21 @@ def code_problem(source: str, class_name: str) -> str | None:
     return None
 
 
+def input_notes(config: dict) -> tuple[str, str]:
+    """(what the input batch holds, the sequence layers' reference source) for a token-id config;
+    empty for float inputs. The container has no library: the code must define those layers."""
+    if not config.get("vocab_size"):
+        return "", ""
+    note = (f", int64 token ids in [0, {config['vocab_size']}), padded at the end with 0 "
+            "(the padding mask is x != 0)")
+    used = [layer["type"] for layer in config["layers"] if layer.get("type") in SEQ_LAYERS]
+    reference = ("\nThe config's sequence layers are not torch.nn classes: they are defined below, each called "
+                 "as layer(x, mask) when its class has takes_mask = True, else layer(x). Copy these definitions "
+                 "into your module (or write equivalents that honour the padding mask the same way):\n\n"
+                 f"```python\n{source_of(dict.fromkeys(used))}\n```\n")
+    return note, reference
+
+
 async def assemble_code(request: AssembleRequest, tools: LLMClient | None) -> AssembleReply:
     try:
         model = await asyncio.to_thread(assemble, request.model_config)  # meta-device probing: off the loop
@@ -53,8 +69,10 @@ async def assemble_code(request: AssembleRequest, tools: LLMClient | None) -> As
     if tools is None or request.attempts_left < 1:
         return deterministic
     config = request.model_config
+    input_note, reference = input_notes(config)
     prompt = render("code_request", class_name=model.class_name, input_shape=", ".join(map(str, config["input_shape"])),
-                    num_classes=config.get("num_classes"), model_config=json.dumps(config, indent=1))
+                    num_classes=config.get("num_classes"), model_config=json.dumps(config, indent=1),
+                    input_note=input_note, reference=reference)
     messages = [{"role": "system", "content": render("code_system")}, {"role": "user", "content": prompt}]
     for earlier in request.feedback:  # the sandbox's verdicts on this iteration's earlier attempts
         messages += [{"role": "assistant", "content": json.dumps({"python": earlier.source})},

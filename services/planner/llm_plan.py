@@ -34,9 +34,10 @@ def complete_config(config: dict[str, Any], facts: DatasetFacts, max_epochs: int
     settings it left out take the recipe's defaults, so the record shows what really ran."""
     defaults = msgspec.structs.asdict(DEFAULT_RECIPE)
     defaults.pop("augment")  # not the LLM's to choose: the data kind decides (later)
-    chosen = {k: v for k, v in config.items() if k != "augment"}
+    chosen = {k: v for k, v in config.items() if k not in ("augment", "vocab_size")}
+    tokens = {"vocab_size": facts.vocab_size} if facts.kind == "text" else {}
     return {**defaults, "epochs": min(DEFAULT_RECIPE.epochs, max_epochs), **chosen,
-            "input_shape": list(facts.input_shape), "num_classes": facts.num_classes}
+            "input_shape": list(facts.input_shape), "num_classes": facts.num_classes, **tokens}
 
 
 def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
@@ -123,6 +124,19 @@ def _balance_lines(facts: DatasetFacts) -> list[str]:
             "accuracy alone misleads, and \"class_weights\": true weighs the loss towards the rare classes."]
 
 
+def _text_lines(facts: DatasetFacts) -> list[str]:
+    """What a text model's author needs: the ids' vocabulary, the lengths, whether pairs."""
+    text = facts.text
+    if text is None:
+        return []
+    pair = " Each sample is a sentence pair \"[CLS] a [SEP] b [SEP]\" (segments: Embedding's \"segments\": true)." \
+        if text.pair else ""
+    return [f"Inputs are token ids (batch, {text.max_length}) int64 from a vocabulary of {text.vocab_size:,} "
+            f"({text.tokenizer}), padded with 0. Lengths in tokens: mean {text.mean_length:.0f}, median "
+            f"{text.median_length:.0f}, 95th percentile {text.p95_length:.0f}, longest {text.longest}; "
+            f"{text.truncated_share:.0%} cut to {text.max_length}.{pair}"]
+
+
 def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[IterationRecord],
                  best_iteration: int | None, max_epochs: int, history_limit: int, *, spent: int = 0,
                  budget: int | None = None) -> str:
@@ -139,6 +153,7 @@ def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[
         f"{'<=' if goal.lower_is_better else '>='} {goal.target_value} ({'lower' if goal.lower_is_better else 'higher'} "
         "is better; every metric of each candidate is shown below)",
         f"Each configuration is trained for its own epochs (at most {max_epochs}) with {goal.num_seeds} seed(s).",
+        *_text_lines(facts),
         *_balance_lines(facts),
         *([f"Table columns (encoded on the trusted side: medians for blanks, one-hot categories): "
            f"{facts.columns_summary()}"] if facts.columns else []),
@@ -159,13 +174,18 @@ def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[
     return "\n".join(lines)
 
 
+def planning_system(facts: DatasetFacts) -> str:
+    """The planning LLM's system prompt; for text, with the sequence layers the format has."""
+    return render("planning_system") + ("\n\n" + render("planning_text") if facts.kind == "text" else "")
+
+
 async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epochs: int, *,
                    iteration: int | None, tokens_used: int) -> JSONAnswer:
     """The first proposal (iteration None) or the decision after `iteration`; one repair."""
     first = iteration is None
     prompt = render("planning_first", context=context) if first else render("planning_next", context=context,
                                                                             iteration=iteration)
-    messages = [{"role": "system", "content": render("planning_system")}, {"role": "user", "content": prompt}]
+    messages = [{"role": "system", "content": planning_system(facts)}, {"role": "user", "content": prompt}]
     answer = await ask_json(client, messages, PlanReply, "propose" if first else "decide",
                             check=lambda r: check_reply(r, facts, max_epochs, first), repairs=1, tokens_used=tokens_used)
     if answer.value is not None and answer.value.model_config:

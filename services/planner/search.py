@@ -1,5 +1,5 @@
-"""The built-in planner's search space: Optuna TPE over small CNNs and MLPs, and local moves
-from a run's best candidate.
+"""The built-in planner's search space: Optuna TPE over small CNNs and MLPs (and, for text, the
+families of search_text.py), and local moves from a run's best candidate.
 
 Pure logic, no I/O, and stateless: the planner may crash and resume with its history in the
 registry, so every call to ``propose`` rebuilds the study from that history (``add_trial`` per
@@ -29,6 +29,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution,
 from optuna.samplers import RandomSampler, TPESampler
 from optuna.trial import TrialState
 
+from services.planner.search_text import check_text, text_defaults, text_model_config, text_space
 from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts, Optimizer
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,8 +66,10 @@ def _check(facts: DatasetFacts, bounds: SearchBounds) -> None:
     if facts.kind == "tabular" and len(facts.input_shape) != 1:
         raise ValueError(f"tabular data needs input_shape (F,), got {facts.input_shape}; "
                          "use kind='image' for (C, H, W)")
-    if facts.kind not in ("image", "tabular"):
-        raise ValueError(f"unknown data kind {facts.kind!r}; known: image, tabular")
+    if facts.kind == "text":
+        check_text(facts)
+    if facts.kind not in ("image", "tabular", "text"):
+        raise ValueError(f"unknown data kind {facts.kind!r}; known: image, tabular, text")
     if facts.num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {facts.num_classes}")
     if not 1 <= bounds.min_epochs <= bounds.max_epochs:
@@ -95,6 +98,8 @@ def search_space(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()
             "kernel_size": CategoricalDistribution([3, 5]),
             "dense_units": CategoricalDistribution([0, 64, 128, 256]),  # 0: no hidden layer
         }
+    elif facts.kind == "text":
+        space |= text_space()
     else:
         space |= {
             "n_layers": IntDistribution(1, 3),
@@ -102,8 +107,9 @@ def search_space(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()
             # the trusted data pipeline's per-feature standardisation (training split statistics)
             "standardize": CategoricalDistribution([True, False]),
         }
+    if facts.kind != "text":  # no BatchNorm over token positions
+        space["batch_norm"] = CategoricalDistribution([False, True])
     space |= {
-        "batch_norm": CategoricalDistribution([False, True]),
         "activation": CategoricalDistribution(["ReLU", "GELU", "SiLU"]),
         "dropout": FloatDistribution(0.0, 0.5),
         "optimizer": CategoricalDistribution(list(get_args(Optimizer))),
@@ -133,6 +139,8 @@ def default_params(facts: DatasetFacts, bounds: SearchBounds = SearchBounds()) -
     if facts.kind == "image":
         return {"n_blocks": 2, "base_channels": 32, "kernel_size": 3, "dense_units": 128,
                 "batch_norm": True, **shared}
+    if facts.kind == "text":
+        return {**text_defaults(), **shared}
     # No BatchNorm1d by default: a last training batch of one sample would make it raise.
     return {"n_layers": 2, "hidden_1": 128, "hidden_2": 64, "hidden_3": 64,
             "standardize": True, "batch_norm": False, **shared}
@@ -182,13 +190,14 @@ def _dropout(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 def to_model_config(facts: DatasetFacts, params: dict[str, Any]) -> dict[str, Any]:
     """The seed-format model_config of one point of the space."""
+    model = text_model_config(facts, params) if facts.kind == "text" else None
     image = facts.kind == "image"
-    layers = _cnn_layers(facts, params) if image else _mlp_layers(facts, params)
+    if model is None:
+        layers = _cnn_layers(facts, params) if image else _mlp_layers(facts, params)
+        model = {"class_name": "SearchCNN" if image else "SearchMLP", "input_shape": list(facts.input_shape),
+                 "num_classes": facts.num_classes, "layers": layers}
     return {
-        "class_name": "SearchCNN" if image else "SearchMLP",
-        "input_shape": list(facts.input_shape),
-        "num_classes": facts.num_classes,
-        "layers": layers,
+        **model,
         "optimizer": params["optimizer"],
         "lr": params["lr"],
         "weight_decay": params["weight_decay"] if params["use_weight_decay"] else 0.0,

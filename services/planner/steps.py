@@ -125,7 +125,8 @@ class CandidateSteps:
         assert facts is not None  # a run whose data could not be read failed at its start
         request = ValidateRequest(run_id=run.run_id, iteration=it.iteration, source=source, class_name=it.class_name,
                                   input_shape=[PROBE_BATCH, *facts.input_shape],
-                                  expected_output_shape=[PROBE_BATCH, facts.num_classes])
+                                  expected_output_shape=[PROBE_BATCH, facts.num_classes],
+                                  input_dtype=facts.input_dtype, vocab_size=facts.vocab_size)
         result = await self._request(subjects.VALIDATE_SUBJECT, encode(request), ValidationResult, run, it)
         if result is None:
             return

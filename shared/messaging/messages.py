@@ -404,8 +404,12 @@ class ValidateRequest(msgspec.Struct, frozen=True, kw_only=True):
     iteration: int = 0
     source: str
     class_name: str
-    input_shape: list[int]  # including the batch dimension: (B, C, H, W) or (B, F)
+    input_shape: list[int]  # including the batch dimension: (B, C, H, W), (B, F) or (B, L)
     expected_output_shape: list[int] | None = None  # including the batch dimension
+    # the probe's inputs: "float32" (standard normal) or "int64" (token ids in [1, vocab_size) with
+    # trailing padding 0, as DatasetFacts.input_dtype and vocab_size say)
+    input_dtype: Literal["float32", "int64"] = "float32"
+    vocab_size: int = 0
 
 
 class ValidationResult(msgspec.Struct, frozen=True, kw_only=True):

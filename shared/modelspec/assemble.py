@@ -17,6 +17,16 @@ constructor. Training hyperparameters beside ``layers`` are ignored here, but fo
 and std) and ``class_weights`` (true or false: whether the loss weighs classes by their counts),
 whose types are checked here with the rest of a config, so that a proposal with a bad one is
 answered before ``TrainingRecipe.from_model_config`` meets it.
+
+Text: ``"vocab_size": 8000`` with ``"input_shape": [L]`` says the input is token ids (B, L) int64,
+padded with id 0. The layers then start with ``Embedding`` or ``EmbeddingBag`` and may use the
+sequence layers of ``seqlayers`` (``SeqConv1d``, ``LSTM``, ``GRU``, ``TransformerEncoder``,
+``SeqPool``), which take the padding mask the generated forward builds from the ids::
+
+    {"class_name": "TextCNN", "input_shape": [128], "vocab_size": 8000, "num_classes": 2,
+     "layers": [{"type": "Embedding", "embedding_dim": 64},
+                {"type": "SeqConv1d", "out_channels": 64, "kernel_size": 3}, {"type": "ReLU"},
+                {"type": "SeqPool", "mode": "max"}, {"type": "Linear", "out_features": 2}]}
 """
 
 from __future__ import annotations
@@ -30,6 +40,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from shared.modelspec.common import ConfigError, fmt_shape
+from shared.modelspec.seqlayers import EXPECTS, SEQ_LAYERS
+from shared.modelspec.textspec import check_input, infer_token_kwargs, render_text
 
 MAX_LAYERS = 200
 DEFAULT_MAX_PARAMS = 200_000_000
@@ -81,23 +95,11 @@ _INFERRED: dict[str, tuple[str, int]] = {
     "Linear": ("in_features", -1),
     "LayerNorm": ("normalized_shape", -1),
     "RMSNorm": ("normalized_shape", -1),
+    "SeqConv1d": ("in_channels", -1),
+    "LSTM": ("input_size", -1),
+    "GRU": ("input_size", -1),
+    "TransformerEncoder": ("d_model", -1),
 }
-
-
-class ConfigError(ValueError):
-    """A model_config that cannot become a module; ``layer_index`` is None for top-level keys."""
-
-    def __init__(self, reason: str, layer_index: int | None = None, layer_type: str | None = None):
-        self.reason = reason
-        self.layer_index = layer_index
-        self.layer_type = layer_type
-        if layer_index is None:
-            where = ""
-        elif layer_type:
-            where = f"layer {layer_index} ({layer_type}): "
-        else:
-            where = f"layer {layer_index}: "
-        super().__init__(where + reason)
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,6 @@ class AssembledModel:
     source: str  # a complete Python module defining `class_name`
     output_shape: tuple[int, ...]  # without the batch dim
     layer_shapes: list[tuple[int, ...]]  # output of each layer, without the batch dim
-
-
-def fmt_shape(shape: tuple[int, ...]) -> str:
-    """(16, 6, 6) -> '(B, 16, 6, 6)'."""
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
 
 
 # ---- validation of plain values ----
@@ -134,19 +131,27 @@ def _check_value(value: Any, path: str, depth: int = 0) -> Any:
                      "string, bool, null or a list of them")
 
 
-def _check_top(config: Any) -> tuple[str, tuple[int, ...], int | None, list]:
+def _check_top(config: Any) -> tuple[str, tuple[int, ...], int | None, int | None, list]:
     if not isinstance(config, dict):
         raise ConfigError(f"model_config must be an object, got {type(config).__name__}")
     name = config.get("class_name")
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) \
-            or name in ("torch", "nn"):
+            or name in ("torch", "nn", "math", *SEQ_LAYERS, "_Recurrent", "_masked_pool"):
         raise ConfigError(f"class_name must be a Python identifier such as 'DigitsCNN' "
-                          f"(not a keyword, 'torch' or 'nn'), got {name!r}")
+                          f"(not a keyword, 'torch', 'nn', 'math' or a layer's name), got {name!r}")
     shape = config.get("input_shape")
     if not (isinstance(shape, (list, tuple)) and 1 <= len(shape) <= 3
             and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
         raise ConfigError("input_shape must be a list of 1 to 3 positive ints without the batch "
                           f"dim, e.g. [1, 8, 8] or [30], got {shape!r}")
+    vocab_size = config.get("vocab_size")
+    if vocab_size is not None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ConfigError("vocab_size must be an int >= 2 (token ids are in [0, vocab_size), 0 the padding) "
+                              f"or absent for float inputs, got {vocab_size!r}")
+        if len(shape) != 1:
+            raise ConfigError(f"with vocab_size the input is token ids: input_shape must be [L] (the "
+                              f"sequence length, e.g. [128]), got {shape!r}")
     num_classes = config.get("num_classes")
     if num_classes is not None and (isinstance(num_classes, bool)
                                     or not isinstance(num_classes, int) or num_classes < 1):
@@ -165,7 +170,7 @@ def _check_top(config: Any) -> tuple[str, tuple[int, ...], int | None, list]:
                           "{\"type\": \"Linear\", \"out_features\": 10}")
     if len(layers) > MAX_LAYERS:
         raise ConfigError(f"{len(layers)} layers is more than the limit of {MAX_LAYERS}")
-    return name, tuple(shape), num_classes, layers
+    return name, tuple(shape), num_classes, vocab_size, layers
 
 
 def _check_layer(i: int, spec: Any) -> tuple[str, type[nn.Module], dict[str, Any]]:
@@ -175,8 +180,8 @@ def _check_layer(i: int, spec: Any) -> tuple[str, type[nn.Module], dict[str, Any
     ltype = spec.get("type")
     if not isinstance(ltype, str):
         raise ConfigError(f"'type' must be the name of a torch.nn layer, got {ltype!r}", i)
-    if ltype not in ALLOWED_LAYERS:
-        hint = difflib.get_close_matches(ltype, ALLOWED_LAYERS, n=3)
+    if ltype not in ALLOWED_LAYERS and ltype not in SEQ_LAYERS:
+        hint = difflib.get_close_matches(ltype, [*ALLOWED_LAYERS, *SEQ_LAYERS], n=3)
         tail = f"; did you mean {' or '.join(map(repr, hint))}?" if hint else \
             "; use a torch.nn layer class such as 'Conv2d', 'ReLU', 'Flatten' or 'Linear'"
         raise ConfigError(f"unknown layer type {ltype!r}{tail}", i)
@@ -193,7 +198,7 @@ def _check_layer(i: int, spec: Any) -> tuple[str, type[nn.Module], dict[str, Any
             kwargs[key] = _check_value(value, key)
         except ValueError as e:
             raise ConfigError(str(e), i, ltype) from None
-    return ltype, ALLOWED_LAYERS[ltype], kwargs
+    return ltype, SEQ_LAYERS.get(ltype) or ALLOWED_LAYERS[ltype], kwargs
 
 
 def _torch_message(e: BaseException) -> str:
@@ -213,13 +218,16 @@ def _bad_args(i: int, ltype: str, cls: type[nn.Module], e: TypeError, given: dic
         close = difflib.get_close_matches(k, params, n=1)
         hints.append(f"{k!r} is not an argument" + (f", did you mean {close[0]!r}?" if close else ""))
     detail = "; ".join(hints) if hints else _torch_message(e)
-    return ConfigError(f"{detail} (nn.{ltype} takes: {', '.join(params)})", i, ltype)
+    prefix = "" if ltype in SEQ_LAYERS else "nn."
+    return ConfigError(f"{detail} ({prefix}{ltype} takes: {', '.join(params)})", i, ltype)
 
 
 # ---- shape inference ----
 
-def _infer_kwargs(i: int, ltype: str, kwargs: dict, in_shape: tuple[int, ...]) -> dict:
+def _infer_kwargs(i: int, ltype: str, kwargs: dict, in_shape: tuple[int, ...], vocab_size: int | None) -> dict:
     """Fill in the argument that follows from the input (B, *in_shape), or check a given one."""
+    if EXPECTS.get(ltype) == "ids" and vocab_size:
+        return infer_token_kwargs(i, ltype, kwargs, in_shape, vocab_size)
     if ltype not in _INFERRED:
         return kwargs
     name, dim = _INFERRED[ltype]
@@ -262,22 +270,28 @@ def _shape_error(i: int, ltype: str, kwargs: dict, in_shape: tuple[int, ...],
                        "check its arguments and the layers before it", i, ltype)
 
 
-def _probe(config: Any, max_params: int) -> tuple[str, tuple[int, ...], list[tuple], list]:
-    """Validate and run the config on meta; return (class_name, input_shape, layers, shapes).
+def _probe(config: Any, max_params: int) -> tuple[str, tuple[int, ...], list[tuple], list, bool]:
+    """Validate and run the config on meta; return (class_name, input_shape, layers, shapes, text).
 
     ``layers`` holds (type, ordered kwargs including inferred ones) per layer.
     """
-    name, in_shape, num_classes, specs = _check_top(config)
+    name, in_shape, num_classes, vocab_size, specs = _check_top(config)
     layers: list[tuple[str, dict]] = []
     shapes: list[tuple[int, ...]] = []
     shape = in_shape
     total_params = 0
     # The `meta` device makes every parameter and activation a shape without storage.
     with torch.device("meta"), torch.no_grad():
-        x = torch.empty(_PROBE_BATCH, *in_shape)
+        if vocab_size:  # token ids and the mask the generated forward builds from them
+            x = torch.zeros(_PROBE_BATCH, *in_shape, dtype=torch.long)
+            mask = x != 0
+        else:
+            x, mask = torch.empty(_PROBE_BATCH, *in_shape), None
+        seq_len = in_shape[0] if vocab_size else None
         for i, spec in enumerate(specs):
             ltype, cls, kwargs = _check_layer(i, spec)
-            kwargs = _ordered(cls, _infer_kwargs(i, ltype, kwargs, shape))
+            check_input(i, ltype, x, seq_len)
+            kwargs = _ordered(cls, _infer_kwargs(i, ltype, kwargs, shape, vocab_size))
             try:
                 module = cls(**kwargs)
             except TypeError as e:
@@ -291,7 +305,7 @@ def _probe(config: Any, max_params: int) -> tuple[str, tuple[int, ...], list[tup
                 raise ConfigError(f"the model reaches {total_params:,} parameters here, over the "
                                   f"limit of {max_params:,}; use fewer or smaller layers", i, ltype)
             try:
-                y = module(x)
+                y = module(x, mask) if getattr(module, "takes_mask", False) else module(x)
             except Exception as e:
                 raise _shape_error(i, ltype, kwargs, shape, e) from None
             if not isinstance(y, torch.Tensor) or y.dim() < 2 or y.shape[0] != _PROBE_BATCH:
@@ -306,7 +320,7 @@ def _probe(config: Any, max_params: int) -> tuple[str, tuple[int, ...], list[tup
         raise ConfigError(f"the model outputs {fmt_shape(shape)} but num_classes={num_classes} "
                           f"needs (B, {num_classes}); end with Flatten and "
                           f"Linear(out_features={num_classes})")
-    return name, in_shape, layers, shapes
+    return name, in_shape, layers, shapes, vocab_size is not None
 
 
 def infer_shapes(config: dict, *, max_params: int = DEFAULT_MAX_PARAMS) -> list[tuple[int, ...]]:
@@ -346,6 +360,7 @@ def _render(name: str, in_shape: tuple[int, ...], layers: list, shapes: list) ->
 
 def assemble(config: dict, *, max_params: int = DEFAULT_MAX_PARAMS) -> AssembledModel:
     """Validate ``config`` and emit the module source. Raises ConfigError with what to fix."""
-    name, in_shape, layers, shapes = _probe(config, max_params)
-    return AssembledModel(class_name=name, source=_render(name, in_shape, layers, shapes),
+    name, in_shape, layers, shapes, text = _probe(config, max_params)
+    render = render_text if text else _render
+    return AssembledModel(class_name=name, source=render(name, in_shape, layers, shapes),
                           output_shape=shapes[-1], layer_shapes=shapes)

@@ -57,6 +57,10 @@ class ValidateJob(msgspec.Struct, frozen=True, kw_only=True, tag_field="mode", t
     class_name: str
     input_shape: list[int]  # including the batch dimension
     threads: int = 1  # torch threads; the runner sets it from its CPU limit
+    # the probe batch's dtype: "int64" asks for token ids in [1, vocab_size) with trailing padding;
+    # an image built before these keys ignores them and probes with floats
+    input_dtype: str = "float32"
+    vocab_size: int = 0
 
 
 class TrainJob(msgspec.Struct, frozen=True, kw_only=True, tag_field="mode", tag="train"):

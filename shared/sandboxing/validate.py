@@ -197,7 +197,8 @@ def validate(request: ValidateRequest, runner: Runner, timeout_s: float, memory:
     rejected, flags = precheck(request.source, request.class_name, policy)
     if rejected is not None:
         return msgspec.structs.replace(rejected, duration_s=round(time.monotonic() - started, 3))
-    job = ValidateJob(source=request.source, class_name=request.class_name, input_shape=list(request.input_shape))
+    job = ValidateJob(source=request.source, class_name=request.class_name, input_shape=list(request.input_shape),
+                      input_dtype=request.input_dtype, vocab_size=request.vocab_size)
     outcome = runner.run(job, b"", timeout_s, job_id=f"{request.run_id}-{request.iteration}-validate")
     result = outcome_to_result(outcome, timeout_s, memory, getattr(runner.limits, "pids", None))
     boundary = getattr(runner, "boundary", None)  # a container runner's: runsc or runc

@@ -85,3 +85,35 @@ def test_memory_bomb_is_oom_killed(runner):
     result = check(runner, source)
     assert not result.ok and result.reason == "oom"
     assert "512m memory cap" in result.error
+
+
+def test_text_model_is_probed_with_padded_token_ids(runner):
+    """Token ids in [1, vocab) with trailing padding reach the model (the custom layer refuses any
+    other input); the summary lists the sequence layers' modules, and the FLOPs include attention,
+    which torch's counter misses in the Transformer's fused inference path."""
+    config = {"class_name": "TextNet", "input_shape": [24], "vocab_size": 100, "num_classes": 3,
+              "layers": [{"type": "Embedding", "embedding_dim": 16, "positions": "learned"},
+                         {"type": "TransformerEncoder", "nhead": 2, "dim_feedforward": 32},
+                         {"type": "LSTM", "hidden_size": 8, "bidirectional": True},
+                         {"type": "SeqPool", "mode": "max"}, {"type": "Linear", "out_features": 3}]}
+    model = assemble(config)
+    guard = ("\n\nclass Checked(TextNet):\n    def forward(self, x):\n"
+             "        if x.dtype != torch.int64 or int(x.min()) != 0 or int(x.max()) >= 100 or bool((x[:, 0] == 0).any()):\n"
+             "            raise ValueError(f'not padded token ids: {x.dtype} {x.tolist()}')\n"
+             "        return super().forward(x)\n")
+    request = ValidateRequest(source=model.source + guard, class_name="Checked", input_shape=[2, 24],
+                              expected_output_shape=[2, 3], input_dtype="int64", vocab_size=100)
+    result = validate(request, runner, 60.0, "512m", "flag")
+    assert result.ok, result.error
+    types = [layer["type"] for layer in result.layers]
+    for leaf in ("Embedding", "NonDynamicallyQuantizableLinear", "LSTM", "SeqPool", "Linear"):
+        assert leaf in types, types
+    assert result.param_count == sum(p.numel() for p in _instance(model).parameters())
+    attention = 2 * 2 * 2 * 24 * 24 * (8 + 8)  # 2 * B * heads * L * L * (E + Ev)
+    assert result.flops is not None and result.flops > attention
+
+
+def _instance(model):
+    namespace: dict = {}
+    exec(compile(model.source, "<assembled>", "exec"), namespace)
+    return namespace[model.class_name]()

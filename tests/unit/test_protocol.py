@@ -35,7 +35,8 @@ def report(result, **extra) -> bytes:
 # ---- jobs ----
 def test_jobs_travel_as_the_dicts_the_harness_reads():
     assert msgspec.to_builtins(VALIDATE) == {"mode": "validate", "source": "", "class_name": "Net",
-                                             "input_shape": [2, 8], "threads": 1}
+                                             "input_shape": [2, 8], "threads": 1, "input_dtype": "float32",
+                                             "vocab_size": 0}
     wire = msgspec.to_builtins(TRAIN)
     assert wire["mode"] == "train" and wire["hparams"] == {"epochs": 2, "batch_size": 8, "lr": 0.1,
                                                            "optimizer": "adam", "weight_decay": 0.0}

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from torch import nn
 
 from researcher.evaluate_cmd import reference_model
@@ -126,3 +127,20 @@ def test_class_weights_find_the_rare_class_of_the_imbalanced_set_and_reach_a_pr_
     assert recall[True] > recall[False] + 0.15 and pr_auc[True] > pr_auc[False], (pr_auc, recall)
     assert pr_auc[True] >= 0.7 > pr_auc[False]  # a PR-AUC goal of 0.7 (mean over seeds): reached with weights only
     assert runs[True]["config"]["class_weights"] is True
+
+
+def test_reference_model_for_token_ids_trains_in_process():
+    """`researcher evaluate` on a text set without --model-file: a text CNN over the padded ids."""
+    import numpy as np
+
+    from shared.evaluation.trainloop import TrainSettings, train_model
+
+    model = reference_model((12,), 2, vocab_size=30)
+    rng = np.random.default_rng(0)
+    x = rng.integers(4, 30, size=(120, 12))
+    x[:, 8:] = 0
+    y = (x == 7).any(1).astype(np.int64)
+    out = train_model(model, x[:100], y[:100], x[100:], TrainSettings(epochs=2, batch_size=20, lr=1e-3, optimizer="adam",
+                                                                       weight_decay=0.0), torch.device("cpu"))
+    assert type(model).__name__ == "TextCNN"
+    assert out.failure is None and out.val_probs.shape == (20, 2)

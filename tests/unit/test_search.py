@@ -157,7 +157,7 @@ def test_bounds_and_tiny_training_sets():
 @pytest.mark.parametrize("facts, bounds, fragment", [
     (DatasetFacts(name="x", kind="image", input_shape=(30,), num_classes=2, num_samples=100), SearchBounds(), "needs input_shape (C, H, W)"),
     (DatasetFacts(name="x", kind="tabular", input_shape=(1, 8, 8), num_classes=2, num_samples=100), SearchBounds(), "needs input_shape (F,)"),
-    (DatasetFacts(name="x", kind="text", input_shape=(30,), num_classes=2, num_samples=100), SearchBounds(), "unknown data kind 'text'"),
+    (DatasetFacts(name="x", kind="text", input_shape=(30,), num_classes=2, num_samples=100), SearchBounds(), "text data needs input_shape (L,) and text facts with a vocab_size >= 2"),
     (DatasetFacts(name="x", kind="tabular", input_shape=(30,), num_classes=1, num_samples=100), SearchBounds(), "num_classes"),
     (CANCER, SearchBounds(min_epochs=9, max_epochs=3), "min_epochs <= max_epochs"),
 ])
