@@ -44,7 +44,9 @@ async def queue_seed_jobs(js, run: RunRecord, it: IterationRecord, source: str, 
                                   iteration=it.iteration, seed=seed, dataset=run.goal.dataset, class_name=it.class_name,
                                   source=source, subset_size=run.goal.subset_size, rung=rung,
                                   keep_weights=rung is None and split == "val", split=split,  # type: ignore[arg-type]
-                                  test_digest=facts.test_digest if facts else "")
+                                  test_digest=facts.test_digest if facts else "",
+                                  input_shape=list(facts.input_shape) if facts else [],
+                                  vocab_size=facts.vocab_size if facts else 0)
         await publish_to_stream(js, subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
 
 

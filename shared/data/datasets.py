@@ -30,7 +30,7 @@ import hashlib
 import gzip
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -87,6 +87,17 @@ class Dataset:
             h.update(str(len(self.y)).encode())
             _digests[key] = h.hexdigest()[:16]
         return _digests[key]
+
+    def planned(self, input_shape: list[int], vocab_size: int = 0) -> Dataset:
+        """This data set encoded to the inputs a job's model was built for (EvalJob.input_shape and
+        vocab_size, the planner's facts); ValueError saying how they differ where its encoding cannot
+        give them (another file, other data settings on this machine). [] checks nothing."""
+        if not input_shape or (list(self.input_shape) == list(input_shape) and vocab_size in (0, getattr(self.encoder, "vocab_size", 0))):
+            return self
+        resize = getattr(self.encoder, "sized", None)
+        if resize is None:
+            raise ValueError(f"its inputs here are {list(self.input_shape)}, the planner's {list(input_shape)}")
+        return replace(self, encoder=resize(list(input_shape), vocab_size))
 
     def facts(self) -> DatasetFacts:
         return DatasetFacts(name=self.name, kind=self.kind, input_shape=list(self.input_shape),

@@ -47,3 +47,10 @@ class Encoder(Protocol):
         """DatasetFacts fields this encoding adds (`text`, `columns`, `notes`, `input_dtype`): what
         the planner and the LLMs may know. Computed from the pool's inputs, never from labels."""
         ...
+
+# Two optional methods, for encoders whose shape is measured on the data (text: the pool's vocabulary and
+# longest sample) rather than fixed by its schema:
+#   for_pool(x_pool) -> Encoder: the same encoding measured on `x_pool`, the rows left once a test split
+#       is held out (shared.data.splits.with_test_split), so no test row shapes what a model takes;
+#   sized(input_shape, vocab_size) -> Encoder: the same encoding producing exactly the shape the planner's
+#       facts gave (EvalJob.input_shape), which another process's measurement might miss by a little.

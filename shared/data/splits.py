@@ -77,8 +77,9 @@ def with_test_split(ds: Dataset, test_fraction: float = DataConfig().test_fracti
                                "for a train/validation split; every class needs at least 3 samples, better 10 "
                                "(or set data.test_fraction)")
         pool.sort(), test.sort()  # in the data's own order: the seeds' splits shuffle anyway
+        encoder = ds.encoder.for_pool(ds.x[pool]) if hasattr(ds.encoder, "for_pool") else ds.encoder
         _tested[key] = ds, replace(ds, x=ds.x[pool], y=ds.y[pool], x_test=ds.x[test], y_test=ds.y[test],
-                                   test_source="held_out")
+                                   test_source="held_out", encoder=encoder)
     return _tested[key][1]
 
 

@@ -14,6 +14,7 @@ tokenizers are kept in memory, keyed by exactly what they were fitted on.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections import OrderedDict
@@ -152,6 +153,7 @@ class TextEncoder:
                  text_columns: tuple[str, ...], pool: np.ndarray, user_file: Path | None = None,
                  notes: tuple[str, ...] = ()) -> None:
         self.kind = tokenizer if user_file is None else "tokenizer.json"
+        self._asked = {"tokenizer": tokenizer, "vocab_size": vocab_size, "max_length": max_length}  # the settings
         self.vocab_size, self.max_length, self.pair = vocab_size, max_length, pair
         self.text_columns, self.user_file, self.notes = text_columns, user_file, notes
         self._pool = pool  # what the facts' lengths are counted on (never the labels, never a test split)
@@ -166,6 +168,26 @@ class TextEncoder:
                                        if len(pool) > _STATS_SAMPLE else pool)
         self.max_length = min(max_length, max(8, -(-int(self._lengths.max(initial=1)) // 8) * 8))
         self.output_shape = (self.max_length,)
+
+    def for_pool(self, pool: np.ndarray) -> TextEncoder:
+        """This encoding with its shape and facts taken from `pool` (the rows left once a test split is held
+        out of them: shared.data.splits.with_test_split), so no test text shapes the models' inputs."""
+        return TextEncoder(**self._asked, pair=self.pair, text_columns=self.text_columns, pool=pool,
+                           user_file=self.user_file, notes=self.notes)
+
+    def sized(self, input_shape: list[int], vocab_size: int) -> TextEncoder:
+        """This encoding producing exactly `input_shape` (L,) and ids below `vocab_size`: the planner's facts,
+        which a job carries (EvalJob.input_shape). A tokenizer fitted in another process may count the pool's
+        pieces and lengths a little differently (WordPiece breaks ties at random); the model was built for
+        the planner's."""
+        if list(input_shape) == [self.max_length] and vocab_size in (0, self.vocab_size):
+            return self
+        if len(input_shape) != 1 or input_shape[0] < 1:
+            raise ValueError(f"text inputs are (max_length,), not {input_shape}")
+        out = copy.copy(self)
+        out.max_length, out.output_shape = int(input_shape[0]), (int(input_shape[0]),)
+        out.vocab_size = vocab_size or self.vocab_size
+        return out
 
     def fit(self, x_train: np.ndarray, y_train: np.ndarray | None = None) -> FittedText:
         digest = hashlib.sha256(self.user_file.read_bytes()).hexdigest() if self.user_file else texts_digest(x_train)

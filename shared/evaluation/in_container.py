@@ -92,6 +92,12 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
             f"digest {ds.test_digest() or '-'}) is not the planner's (digest {job.test_digest}), so a test sample "
             "could be a training one here; give every machine the same files (the official test files too) and "
             "the same data.test_fraction and data.test_seed"))
+    try:
+        ds = ds.planned(job.input_shape, job.vocab_size)
+    except ValueError as exc:
+        raise DatasetUnavailableError(evaluator, job.dataset, (
+            f"{exc}: the candidate was built for the planner's; give every machine the same files and the same "
+            "data settings (data.max_categories, data.tokenizer, data.vocab_size, data.max_length)")) from exc
     recipe = job.recipe
     try:
         data = split(ds, job.seed, data_config.val_fraction, job.subset_size, standardize=recipe.standardize)

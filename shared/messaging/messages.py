@@ -466,6 +466,11 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     # the planner's test split (DatasetFacts.test_digest): an evaluator whose own differs (other files,
     # another data.test_fraction) refuses the job as a fault of its machine; "": not checked
     test_digest: str = ""
+    # the inputs the candidate was built for (the run's DatasetFacts.input_shape and vocab_size): an
+    # encoded data set is encoded to exactly these, or the job refused as a fault of the evaluator's
+    # machine when its own encoding cannot give them; [] and 0: not checked (a job of an older planner)
+    input_shape: list[int] = []
+    vocab_size: int = 0
 
     @classmethod
     def with_recipe(cls, recipe: TrainingRecipe, **fields: Any) -> "EvalJob":

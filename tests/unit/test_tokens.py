@@ -162,3 +162,24 @@ def test_a_text_models_ids_reach_it_as_int64_never_scaled():
     assert len(best.predict(ids)) == 3
     with pytest.raises(ValueError, match="int64 token ids"):
         best.prepare(np.array(CORPUS[:3], dtype=object))  # texts: tokenised first, as the message says
+
+
+def test_a_held_out_test_split_never_shapes_the_inputs_and_a_job_gets_the_planners_shape(tmp_path):
+    """No official test split: the held-out test texts count neither in the length nor in the vocabulary
+    the models are built for; and an evaluator encodes to the shape the planner's facts gave, which its
+    own measurement might miss (WordPiece breaks ties at random between processes)."""
+    root = tmp_path / "data"
+    (root / "s").mkdir(parents=True)
+    texts = [f"a {w} movie" for w in ("good", "bad")] * 30 + [" ".join(f"w{i}" for i in range(60))]
+    Dataset.from_dict({"text": texts, "label": [0, 1] * 30 + [0]}, features=FEATURES).save_to_disk(str(root / "s"))
+    loaded = load_dataset("hf:s", data_dir=root, config=DataConfig(max_length=128))
+    assert loaded.input_shape == (64,)  # all 61 texts: the 60-word one sets the length
+    ds = with_test_split(loaded, 0.2, seed=1)  # test_seed 1 holds the 60-word text out (seed 0 would not)
+    assert ds.test_source == "held_out" and any(len(str(t).split()) == 60 for t in ds.x_test)
+    assert ds.input_shape == (8,) and ds.facts().text.longest < 10 and ds.facts().text.vocab_size < loaded.encoder.vocab_size
+    planned = ds.planned([16], 40)
+    assert planned.input_shape == (16,) and split(planned, 0).x_train.shape[1] == 16
+    assert split(planned, 0).x_train.max() < 40 and ds.planned(list(ds.input_shape)) is ds
+    tables = with_test_split(load_dataset("iris"))
+    with pytest.raises(ValueError, match=r"its inputs here are \[4\], the planner's \[5\]"):
+        tables.planned([5])
