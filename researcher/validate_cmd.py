@@ -66,6 +66,9 @@ def build_request(args: argparse.Namespace) -> ValidateRequest:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {args.file}: {exc}") from exc
     expected = parse_shape(args.expected_output_shape, "--expected-output-shape") if args.expected_output_shape else None
+    if args.vocab_size < 0 or args.vocab_size == 1:  # 0: float inputs; ids need [PAD] and at least one more
+        raise UsageError(f"--vocab-size must be 0 (float inputs) or at least 2 (token ids 0..N-1, 0 the padding), "
+                         f"not {args.vocab_size}")
     return ValidateRequest(run_id="cli", iteration=0, source=source, class_name=args.class_name,
                            input_shape=parse_shape(args.input_shape, "--input-shape"), expected_output_shape=expected,
                            input_dtype="int64" if args.vocab_size > 0 else "float32", vocab_size=max(args.vocab_size, 0))

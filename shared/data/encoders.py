@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+MAX_CLASSES = 1000  # a label with more distinct values is no classification target (an identifier, a measurement)
+
 
 class Fitted(Protocol):
     """An encoder fitted on one seed's training split."""

@@ -18,12 +18,14 @@ arrives over NATS from any client and must never make a service read an arbitrar
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 from shared.errors import DatasetError, DatasetNotFoundError, OutsideDataDirError
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
+HUB_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one part of a Hub name (OWNER, NAME, CONFIG)
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes: a DatasetDict's, a Dataset's
 
 
@@ -44,7 +46,10 @@ def locate(name: str, root: Path) -> Location:
         if found:
             return found
     owner, repo, config = _repo(name)
-    for cache in _caches(root):
+    # the caches only for a Hub name (letters, digits, . _ -; no glob pattern, no "..", no path): a goal
+    # comes from anyone, and must not pick an arbitrary cached set or reach outside a cache's folder
+    hub_name = all(HUB_PART.fullmatch(part) and part.strip(".") for part in name.split("/"))
+    for cache in _caches(root) if hub_name else ():
         found = _snapshot(cache, owner, repo, config, looked) or _prepared(cache, owner, repo, config, looked)
         if found:
             return found

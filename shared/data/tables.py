@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from shared.data.catalog import parse_table_name
+from shared.data.encoders import MAX_CLASSES
 from shared.data.files import table_unreadable, target_column
 from shared.data.table_encoding import TableColumn, TableEncoder
 from shared.errors import DatasetError
 
 MISSING = ["?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", ""]  # read as blanks, beside pandas' own
-MAX_CLASSES = 1000  # a target with more distinct values is no classification target
 TEXT_LENGTH = 40  # characters: a column whose cells are this long on average is free text, not a category
 
 
@@ -79,7 +79,6 @@ def read_frame(path: Path, fmt: str) -> pd.DataFrame:
     except pd.errors.ParserWarning:
         raise DatasetError(f"{path}: a row has more fields than the header; every row needs as many fields as "
                            "the header (a trailing comma counts as one)") from None
-        raise DatasetError(f"{path}: needs a header row and at least one data row") from None
     except pd.errors.ParserError as exc:
         raise DatasetError(f"{path}: not a well-formed CSV table ({str(exc).strip()}); every row needs "
                            "as many fields as the header") from exc

@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from shared.data.catalog import HF_SYNTAX, parse_hf_name
+from shared.data.encoders import MAX_CLASSES
 from shared.data.hf_files import Location, locate
 from shared.data.tokens import TRAINED, TextEncoder
 from shared.errors import DatasetError, DatasetNotFoundError, OutsideDataDirError
@@ -37,11 +39,21 @@ TRAIN, TEST, VALIDATION = ("train",), ("test",), ("validation", "valid", "dev", 
 _OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
+_offline_lock = threading.RLock()  # the switches are the process's: one load at a time sets and restores them
+
+
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
     """The libraries' offline switches on for the call, then as they were: a machine without internet
     must not wait on retries, and nothing is fetched unless asked. Both read them at import as well as
-    from their config modules, so both places are set."""
+    from their config modules, so both places are set. An evaluator loads in threads: the switches are
+    held for one load at a time, so no thread's restore turns them off under another's."""
+    with _offline_lock, _offline_switches():
+        yield
+
+
+@contextlib.contextmanager
+def _offline_switches() -> Iterator[None]:
     import datasets
     import huggingface_hub.constants as hub
 
@@ -111,6 +123,9 @@ def roles(columns: dict[str, Any], text: tuple[str, ...], label: str, where: str
     for c in (*text, label):
         if c and c not in columns:
             raise DatasetError(f"{where}: no column {c!r}; its columns: {listing}")
+    if label and label in text:  # the model would read its own answer
+        raise DatasetError(f"{where}: column {label!r} cannot be both the text and the label; its columns: {listing}; "
+                           f"name them: {HF_SYNTAX}")
     if not label:
         classlabels = [c for c, f in columns.items() if isinstance(f, ClassLabel)]
         named = [c for c in LABEL_NAMES if c in columns]
@@ -125,7 +140,9 @@ def roles(columns: dict[str, Any], text: tuple[str, ...], label: str, where: str
         named = [c for c in TEXT_NAMES if c in strings]
         text = pair or (tuple(strings) if len(strings) == 1 else tuple(named[:1]))
         if not text:
-            why = "no string column" if not strings else f"{len(strings)} string columns ({', '.join(strings)})"
+            why = ("no string column" + (f" besides the label {label!r}" if label in columns and _kind(columns[label])
+                                         in ("string", "large_string") else "")
+                   if not strings else f"{len(strings)} string columns ({', '.join(strings)})")
             raise DatasetError(f"{where}: cannot tell the text column: {why}; its columns: {listing}; name it (two "
                                f"for a sentence pair): {HF_SYNTAX}")
     return text, label
@@ -173,6 +190,12 @@ def load_text(key: str, root: Path, config: DataConfig, download_missing: bool =
     if classes is None:  # class names: the labelled values of the splits used, in numeric order where they are numbers
         seen = {v for ok, raw in parts.values() for v in raw[ok]}
         classes = sorted(seen, key=lambda v: (0, float(v), v) if _number(v) else (1, 0.0, v))
+        fractional = [v for v in classes if _number(v) and float(v) != round(float(v))]
+        if fractional or len(classes) > MAX_CLASSES:  # a score (STS-B's similarity) or an identifier, not classes
+            why = (f"values such as {', '.join(fractional[:3])} are not whole numbers: a regression target"
+                   if fractional else f"{len(classes)} distinct values, more than {MAX_CLASSES} classes")
+            raise DatasetError(f"{where.path}: the label {label!r} is no classification target ({why}); name the class "
+                               f"column: {HF_SYNTAX}")
         index = {c: k for k, c in enumerate(classes)}
         parts = {s: (ok, np.array([index.get(v, -1) for v in raw], dtype=np.int64)) for s, (ok, raw) in parts.items()}
     notes, held = [], ""

@@ -131,8 +131,10 @@ class FittedText:
         return np.where(ids < self.id_limit, ids, SPECIALS.index("[UNK]")) if self.id_limit else ids
 
     def record(self) -> dict[str, Any]:
+        # vocab_size: this tokenizer's pieces; id_limit: the models' embedding rows (the facts' vocab_size),
+        # ids at or above it given as [UNK] (0: none, for the pool's own tokenizer)
         return {"kind": "text", "tokenizer": self.kind, "vocab_size": self.tok.get_vocab_size(with_added_tokens=True),
-                "max_length": self.max_length, "pad_id": 0, "special_ids": dict(zip(SPECIALS, range(4))),
+                "id_limit": self.id_limit, "max_length": self.max_length, "pad_id": 0, "special_ids": dict(zip(SPECIALS, range(4))),
                 "pair": self.pair, "text_columns": list(self.text_columns),
                 "template": "[CLS] a [SEP] (b [SEP]), cut longest-first to max_length, padded with 0",
                 "sha256": self.sha256, "remapped": self.perm is not None, "trained_on": self.trained_on}

@@ -23,6 +23,9 @@ from shared.messaging.messages import GOAL_LIMITS, MAX_GOAL_CHARS
 DEFAULT_FILE = Path("config/researcher.yaml")
 
 
+BPE_MIN_VOCAB = 300  # byte-level BPE's alphabet (256 bytes) and the 4 specials, and a few merges
+
+
 class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Read by the planner (a data set's facts), the evaluators (its samples) and the CLI."""
 
@@ -51,6 +54,9 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not 16 <= self.vocab_size <= 1_000_000:
             raise ValueError(f"data.vocab_size must be from 16 to 1000000 tokens (4 of them [PAD], [UNK], [CLS], "
                              f"[SEP]), not {self.vocab_size}; 8000 suits a few thousand to a few hundred thousand texts")
+        if self.tokenizer == "bpe" and self.vocab_size < BPE_MIN_VOCAB:
+            raise ValueError(f"data.vocab_size must be at least {BPE_MIN_VOCAB} with tokenizer bpe (byte-level: its "
+                             f"256 byte tokens and 4 specials come first), not {self.vocab_size}")
         if not 4 <= self.max_length <= 16_384:
             raise ValueError(f"data.max_length must be from 4 to 16384 tokens per sample, not {self.max_length}; "
                              "128 fits most sentences, 512 most reviews")

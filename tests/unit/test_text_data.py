@@ -177,12 +177,16 @@ def test_column_roles_given_in_the_name_override_the_inferred_ones(data):
     ({"a": ["x y"] * 10, "b": ["z w"] * 10, "label": [0, 1] * 5}, "hf:amb", r"2 string columns \(a, b\)"),
     ({"text": ["x y"] * 10, "score": [0, 1] * 5}, "hf:amb", "no label column"),
     ({"text": ["x y"] * 10, "label": [0, 1] * 5}, "hf:amb?text=body", "no column 'body'"),
+    ({"text": ["x y"] * 10, "label": [0, 1] * 5}, "hf:amb?text=label&label=label", "both the text and the label"),
+    ({"text": ["x y"] * 10, "label": [0, 1] * 5}, "hf:amb?label=text", "no string column besides the label 'text'"),
+    ({"a": ["x y"] * 10, "b": ["z"] * 10, "score": [0.5, 4.25] * 5}, "hf:amb?text=a,b&label=score",
+     "not whole numbers: a regression target"),
 ])
 def test_columns_that_cannot_be_told_are_named_with_the_syntax(data, rows, name, says):
     Dataset.from_dict(rows).save_to_disk(str(data / "amb"))
     with pytest.raises(DatasetError, match=says) as caught:
         load(name, data)
-    assert "its columns:" in str(caught.value)
+    assert "its columns:" in str(caught.value) or "regression" in says
     if "no column" not in says:
         assert "hf:NAME?text=COLUMN[,COLUMN2]&label=COLUMN" in str(caught.value)
 
@@ -209,6 +213,19 @@ def test_a_folder_outside_the_data_directory_is_refused(data, name):
     assert "hf:FOLDER" in str(caught.value)
 
 
+def test_a_name_that_is_no_hub_name_never_picks_a_cached_set(data, monkeypatch, tmp_path):
+    """A glob pattern or a path in a name: only the data directory is looked in, never a cache."""
+    snapshot = tmp_path / "hf_home" / "hub" / "datasets--someone--tiny" / "snapshots" / "rev"
+    snapshot.mkdir(parents=True)
+    Dataset.from_dict(reviews(10), features=SENTIMENT).to_parquet(str(snapshot / "train-00000-of-00001.parquet"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    assert len(load("hf:someone/tiny", data).y) == 10  # a Hub name finds it
+    for name in ("hf:*", "hf:some*/tiny", "hf:someone/[t]iny"):
+        with pytest.raises(DatasetError, match="not found") as caught:
+            load(name, data)
+        assert "hf_home" not in str(caught.value)
+
+
 def test_a_folder_with_no_usable_split_and_a_corrupt_parquet_file(data):
     DatasetDict(unsupervised=Dataset.from_dict(reviews(10), features=SENTIMENT),
                 other=Dataset.from_dict(reviews(10), features=SENTIMENT)).save_to_disk(str(data / "nosplit"))
@@ -223,6 +240,7 @@ def test_a_folder_with_no_usable_split_and_a_corrupt_parquet_file(data):
 
 def test_the_text_settings_are_checked():
     for kwargs, says in [({"tokenizer": "sentencepiece"}, "data.tokenizer"), ({"vocab_size": 4}, "data.vocab_size"),
+                         ({"tokenizer": "bpe", "vocab_size": 100}, "at least 300 with tokenizer bpe"),
                          ({"max_length": 2}, "data.max_length")]:
         with pytest.raises(ValueError, match=says):
             DataConfig(**kwargs)
