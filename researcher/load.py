@@ -6,8 +6,12 @@ predict with it:
     labels = best.predict(inputs)                        # class names, for inputs shaped (N, *input_shape)
     labels = best.predict(pandas.read_csv("new.csv"))    # a table's raw rows: its recorded encoding applied
 
-A text model takes int64 token ids (N, max_length), never scaled: preprocessing.json's `encoding`
-names the tokenizer its seed fitted on its own training split (kind, size, sha256).
+    labels = best.predict(["a fine film", "dull"])     # a text model: texts (pairs: [(a, b), ...]), tokenised
+                                                         # by the seed's own tokenizer, which its weights carry
+
+A text model takes texts or int64 token ids (N, max_length), never scaled: preprocessing.json's
+`encoding` describes the tokenizer its seed fitted on its own training split, and the seed's
+safetensors file holds it (its metadata: "tokenizer.json").
 
 Loading imports the generated code into this process, outside any sandbox: the user's choice,
 made by calling this. The weights are read by the safetensors library (no pickle)."""
@@ -32,6 +36,7 @@ class BestModel:
     # the encoding fitted on the seed's training split (a table's medians and categories, a text set's
     # tokenizer), None if none
     encoding: dict[str, Any] | None = None
+    tokenizer: Any = None  # a text seed's (shared.data.tokens.FittedText), from its weights' metadata
 
     def prepare(self, inputs) -> Any:
         """Samples -> the model's batch. For a text model (a text `encoding`): token ids
@@ -44,12 +49,13 @@ class BestModel:
 
         shape = f"(N, {', '.join(map(str, self.input_shape))})"
         if self.encoding is not None and self.encoding.get("kind") == "text":
-            x = np.asarray(inputs)
+            x = np.asarray(inputs, dtype=object if _texts(inputs) else None)
+            if x.dtype == object and self.tokenizer is not None:  # texts, or pairs of them
+                x = self.tokenizer.transform(x)
             if x.dtype.kind not in "iu" or list(x.shape[1:]) != self.input_shape:
                 raise ValueError(f"inputs {x.dtype} shaped {list(x.shape)}; this text model takes int64 token ids "
-                                 f"{shape}, tokenised as preprocessing.json's encoding says: a tokenizer fitted "
-                                 "on the seed's training split (Split.prepare of shared.data.splits.split(ds, seed) "
-                                 "makes them from texts)")
+                                 f"{shape}, or texts where its weights carry its tokenizer"
+                                 + ("" if self.tokenizer is not None else " (these do not: exported before they did)"))
             return torch.as_tensor(x, dtype=torch.int64)
         if self.encoding is not None:
             inputs = self.encode(inputs)
@@ -92,6 +98,7 @@ class BestModel:
 def load_best(folder: str | Path, seed: int | None = None) -> BestModel:
     """The model of `folder` (an export's best/) with the weights of `seed` (default: its best seed)."""
     import numpy as np
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -107,6 +114,19 @@ def load_best(folder: str | Path, seed: int | None = None) -> BestModel:
     model = getattr(code, info["class_name"])()
     model.load_state_dict(load_file(folder / entry["weights"]))
     model.eval()
+    encoding, tokenizer = entry.get("encoding"), None
+    with safe_open(folder / entry["weights"], "pt") as weights:
+        metadata = weights.metadata() or {}
+    if encoding and encoding.get("kind") == "text" and "tokenizer.json" in metadata:
+        from shared.data.tokens import FittedText
+
+        tokenizer = FittedText.from_artifact(metadata, encoding)
     return BestModel(model=model, seed=int(chosen), class_names=list(info["class_names"]),
                      input_shape=list(info["input_shape"]), mean=np.array(entry["mean"], dtype=np.float32),
-                     std=np.array(entry["std"], dtype=np.float32), encoding=entry.get("encoding"))
+                     std=np.array(entry["std"], dtype=np.float32), encoding=encoding, tokenizer=tokenizer)
+
+
+def _texts(inputs) -> bool:
+    """Whether `inputs` are texts (or pairs of them) rather than token ids."""
+    first = next(iter(inputs), None) if not hasattr(inputs, "dtype") else None
+    return isinstance(first, str) or (isinstance(first, (tuple, list)) and bool(first) and isinstance(first[0], str))

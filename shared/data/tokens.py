@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -112,7 +113,8 @@ class FittedText:
         self.tok, self.perm, self.kind, self.max_length, self.pair = tok, perm, kind, max_length, pair
         self.text_columns, self.trained_on = text_columns, trained_on
         self.id_limit = 0  # ids at or above it become [UNK] (TextEncoder.fit sets it; 0: no limit)
-        self.sha256 = hashlib.sha256(tok.to_str().encode()).hexdigest()  # before the cut and padding are set
+        self._json = tok.to_str()  # before the cut and padding are set: what the sha256 and the artifact hold
+        self.sha256 = hashlib.sha256(self._json.encode()).hexdigest()
         self._uncut = Tokenizer.from_str(tok.to_str())  # for lengths: a copy, so no call changes another's settings
         pad = tok.id_to_token(int(np.flatnonzero(perm == 0)[0])) if perm is not None else SPECIALS[0]
         tok.enable_truncation(max_length, strategy="longest_first")
@@ -129,6 +131,23 @@ class FittedText:
         # the models' embeddings hold id_limit rows (the facts' vocab_size, the pool's tokenizer's size): a
         # piece this seed's tokenizer has beyond them (rare: it saw fewer texts than the pool's) is unknown
         return np.where(ids < self.id_limit, ids, SPECIALS.index("[UNK]")) if self.id_limit else ids
+
+    def artifact(self) -> dict[str, str]:
+        """The tokenizer itself, for the trained weights of the seed that fitted it (their safetensors
+        metadata: shared.evaluation.weights.with_metadata), so an exported model tokenises new texts exactly
+        as it was trained: a retrained WordPiece tokenizer may differ. `from_artifact` reads it back."""
+        perm = json.dumps(self.perm.tolist()) if self.perm is not None else ""
+        return {"tokenizer.json": self._json, "id_permutation": perm}
+
+    @classmethod
+    def from_artifact(cls, metadata: dict[str, str], record: dict[str, Any]) -> FittedText:
+        """The tokenizer `artifact` wrote, set as `record` (its Preprocessing.encoding) says."""
+        perm = np.array(json.loads(metadata["id_permutation"]), dtype=np.int64) if metadata.get("id_permutation") else None
+        fitted = cls(Tokenizer.from_str(metadata["tokenizer.json"]), perm, kind=record["tokenizer"],
+                     max_length=int(record["max_length"]), pair=bool(record["pair"]),
+                     text_columns=tuple(record["text_columns"]), trained_on=record.get("trained_on", {}))
+        fitted.id_limit = int(record.get("id_limit", 0))
+        return fitted
 
     def record(self) -> dict[str, Any]:
         # vocab_size: this tokenizer's pieces; id_limit: the models' embedding rows (the facts' vocab_size),

@@ -27,7 +27,7 @@ from shared.errors import DatasetError, DatasetUnavailableError
 from shared.messaging.messages import EpochStats, EvalJob, SeedResult
 from shared.evaluation.metrics import score
 from shared.evaluation.quick_eval import epoch_curve
-from shared.evaluation.weights import kept_weights, preprocessing
+from shared.evaluation.weights import kept_weights, preprocessing, with_metadata
 from shared.runtime.config import DataConfig
 from shared.runtime.laps import Laps
 
@@ -137,6 +137,9 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
     if testing:
         metrics = {f"test_{name.removeprefix('val_')}": value for name, value in metrics.items()}
     weights, weights_error = kept_weights(result, container_job)
+    artifact = getattr(data.fitted, "artifact", None)  # a text seed's tokenizer travels with its weights
+    if weights is not None and artifact is not None:
+        weights = with_metadata(weights, artifact())
     laps.lap("score_s")
     return Trained(SeedResult(ok=True, metrics=finite(metrics), details=finite(details), learning_curve=curve,
                               train_time_s=result.train_time_s, samples_per_s=result.samples_per_s,

@@ -102,6 +102,14 @@ def kept_weights(result: TrainOutcome, job: TrainJob) -> tuple[bytes | None, str
     return data, None
 
 
+def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
+    """A checked safetensors file written again with `metadata` in its header (the trusted side's: a text
+    seed's tokenizer, so the exported weights carry what their inputs were made with)."""
+    from safetensors.torch import save
+
+    return save(load_safetensors(data), metadata=metadata)
+
+
 def preprocessing(mean: np.ndarray, std: np.ndarray, encoding: dict[str, Any] | None = None) -> Preprocessing:
     """A split's normalisation, (1, C, 1, 1) or (1, F), as the record keeps it: without the batch axis;
     with the encoding fitted before it, if any (Split.encoding)."""

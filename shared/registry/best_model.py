@@ -24,11 +24,12 @@ from shared.registry.store import Registry
 
 NORMALISE = ("x = (x - mean) / std, with mean and std of the seed's own training split: per channel for images "
              "(shape (C, 1, 1)), per feature for tables (shape (F,)); they broadcast over a batch")
-TOKENISE = ("text: int64 token ids (N, max_length), never normalised (mean 0, std 1): each seed's encoding names "
-            "the tokenizer fitted on its own training split (kind, vocab_size, max_length, sha256 of its JSON) and "
-            "the layout, [CLS] a [SEP] (b [SEP]) cut longest-first, padded with 0 ([PAD] 0, [UNK] 1, [CLS] 2, "
-            "[SEP] 3); shared.data.splits.split(load_dataset(dataset), seed).prepare(texts) makes them, and a "
-            "trained tokenizer's sha256 tells whether it is the same one")
+TOKENISE = ("text: int64 token ids (N, max_length), never normalised (mean 0, std 1), made by the tokenizer its seed "
+            "fitted on its own training split, which the seed's safetensors file holds in its metadata "
+            "(\"tokenizer.json\", and \"id_permutation\" for a user's tokenizer whose special ids were moved); "
+            "layout [CLS] a [SEP] (b [SEP]) cut longest-first, padded with 0 ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3), "
+            "ids at or above the encoding's id_limit read as [UNK]; researcher.load.load_best(folder).predict(texts) "
+            "applies it")
 
 
 def _seed_entry(result: SeedResult | None, row: SeedRow | None, seed: int, weights_written: bool) -> dict[str, Any]:

@@ -12,9 +12,12 @@ import asyncio
 
 import pytest
 
+from datasets import load_from_disk
+
 from benchmarks.sample_data import write_paraphrase, write_reviews
+from researcher.load import load_best
 from researcher.stack import LocalStack
-from shared.registry.report import load_report
+from shared.registry.report import export_run, load_report
 from tests.integration.test_end_to_end import _wait_terminal
 from tests.integration.test_resilience import FAST, goal, start_run
 from tests.table_files import titanic, write
@@ -51,6 +54,7 @@ async def test_a_text_goal_a_sentence_pair_goal_and_a_table_goal_run_the_whole_l
         runs = await asyncio.gather(*(_wait_terminal(registry, g.run_id, 500) for g in (text, pairs, table)))
         reports = [await load_report(registry, g.run_id) for g in (text, pairs, table)]
         encodings = [await _seed_encodings(registry, run) for run in runs]
+        await export_run(registry, text.run_id, tmp_path / "export")
         await nc.close()
     text_run, pair_run, table_run = runs
     text_report, pair_report, table_report = reports
@@ -71,6 +75,12 @@ async def test_a_text_goal_a_sentence_pair_goal_and_a_table_goal_run_the_whole_l
     assert all(e and e["vocab_size"] > 0 for e in encodings[0]), encodings[0]
     assert len({e["sha256"] for e in encodings[0]}) == 2  # each seed's own tokenizer, from its own training split
     assert any(e.kind == "validated" for e in text_events.events)
+    # the export: its best seed's weights carry the tokenizer that seed fitted, so new texts are read as in training
+    best = load_best(tmp_path / "export" / "experiments" / text.run_id / "best")
+    test = load_from_disk(str(data / "reviews"))["test"]
+    truth = [test.features["label"].names[y] for y in test["label"]]
+    assert best.tokenizer is not None and best.tokenizer.sha256 in {e["sha256"] for e in encodings[0]}
+    assert sum(p == t for p, t in zip(best.predict(test["text"]), truth)) / len(truth) > 0.8
 
     # pairs: two segments; GLUE's unlabelled test split is not a test split, the labelled validation one is
     facts = pair_run.dataset_facts
