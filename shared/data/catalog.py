@@ -101,13 +101,13 @@ def check_files(key: str, data_dir: str | os.PathLike[str]) -> None:
     """That the data set `key` (a dataset_key) can be read from `data_dir`, without reading it: a
     torchvision set's files exist; a table's file lies inside the data directory, exists, and its
     header row (a CSV file's) or schema (a Parquet file's) names the target; an hf: set's copy is
-    found (hf_files.locate: its columns are checked when it is loaded). DatasetError otherwise,
-    saying where it looked."""
+    found and its training split has the columns its roles name (text.check_columns: this one imports
+    the datasets library, so only an hf: name pays for it). DatasetError otherwise, saying where it looked."""
     root = Path(data_dir).expanduser()
     if key.startswith("hf:"):
-        from shared.data.hf_files import locate  # no numpy there either
+        from shared.data.text import check_columns
 
-        locate(parse_hf_name(key).path, root)
+        check_columns(key, root)
     elif key in FILES:
         image_files(key, root)
     elif table_format(key):

@@ -16,6 +16,9 @@ training rows (shared.data.tokens).
 from __future__ import annotations
 
 import contextlib
+import csv
+import gzip
+import json
 import os
 import tempfile
 import threading
@@ -26,7 +29,7 @@ import numpy as np
 
 from shared.data.catalog import HF_SYNTAX, parse_hf_name
 from shared.data.encoders import MAX_CLASSES
-from shared.data.hf_files import Location, locate
+from shared.data.hf_files import DATA_SUFFIXES, Location, locate
 from shared.data.tokens import TRAINED, TextEncoder
 from shared.errors import DatasetError, DatasetNotFoundError, OutsideDataDirError
 from shared.runtime.config import DataConfig
@@ -150,6 +153,45 @@ def roles(columns: dict[str, Any], text: tuple[str, ...], label: str, where: str
 
 def _kind(feature: Any) -> str:
     return getattr(feature, "dtype", None) or type(feature).__name__
+
+
+def check_columns(key: str, root: Path) -> None:
+    """The check at submission: the hf: set `key` is found under `root` and its training split has the
+    columns its roles name (or can be inferred from); DatasetError saying which otherwise, as loading it
+    would, in a second rather than after a stack has started. A saved or prepared set's features are
+    read memory-mapped; Parquet files' from their schema; JSON lines and CSV files are only checked for
+    the columns the name gives (their types are known once read)."""
+    import datasets
+
+    name = parse_hf_name(key)
+    where = locate(name.path, root)
+    if where.kind != "files":
+        splits = read_splits(where)  # memory-mapped: nothing is copied
+        train = _pick(splits, TRAIN) or next(iter(splits))
+        roles(dict(splits[train].features), name.text, name.label, f"{where.path} ({train})")
+        return
+    folder = where.path / where.config if where.config else where.path
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+    first = next((p for p in files if "train" in p.name), files[0] if files else None)
+    if first is None:
+        return
+    try:
+        if first.name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            features = dict(datasets.Features.from_arrow_schema(pq.read_schema(first)))
+            roles(features, name.text, name.label, str(first))
+            return
+        opener = gzip.open if first.suffix == ".gz" else open
+        with opener(first, "rt", encoding="utf-8") as handle:
+            line = handle.readline()
+        names = list(json.loads(line)) if ".json" in first.name else next(csv.reader([line]))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DatasetError(f"{first}: cannot read its columns ({type(exc).__name__}: {exc}); write it again, "
+                           "or put the Hub's Parquet/JSON lines/CSV files there") from exc
+    for column in (*name.text, name.label):
+        if column and column not in names:
+            raise DatasetError(f"{first}: no column {column!r}; its columns: {', '.join(names)}")
 
 
 def _labels(split: Any, label: str, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -245,3 +245,17 @@ def test_the_text_settings_are_checked():
         with pytest.raises(ValueError, match=says):
             DataConfig(**kwargs)
     assert DataConfig(tokenizer="tok/tokenizer.json").tokenizer == "tok/tokenizer.json"  # a path is one
+
+
+def test_the_check_at_submission_reads_the_columns(data):
+    """A wrong column role is refused when the goal is submitted (before any stack starts), from a saved
+    set's features or a Parquet file's schema, as loading it would refuse it."""
+    Dataset.from_dict(reviews(10), features=SENTIMENT).save_to_disk(str(data / "saved"))
+    (data / "files").mkdir()
+    Dataset.from_dict(reviews(10), features=SENTIMENT).to_parquet(str(data / "files" / "train-00000-of-00001.parquet"))
+    for folder in ("saved", "files"):
+        check_files(dataset_key(f"hf:{folder}"), data)
+        with pytest.raises(DatasetError, match="no column 'body'; its columns: text"):
+            check_files(dataset_key(f"hf:{folder}?text=body"), data)
+        with pytest.raises(DatasetError, match="cannot be both the text and the label"):
+            check_files(dataset_key(f"hf:{folder}?text=label&label=label"), data)
