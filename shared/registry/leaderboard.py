@@ -26,9 +26,18 @@ def latest(it: IterationRecord) -> Evaluation | None:
     return it.passed[-1].evaluation if it.passed else None
 
 
+# a text model's layers worth naming, in the words a reader uses (shared/modelspec/seqlayers.py's types)
+SEQUENCE_WORDS = {"EmbeddingBag": "embedding bag", "SeqConv1d": "conv", "LSTM": "LSTM", "GRU": "GRU",
+                  "TransformerEncoder": "transformer"}
+
+
 def layer_counts(config: dict[str, Any]) -> str:
-    """A config's layers as a reader first wants them: "2 conv, 2 linear" (the run's events say it too)."""
+    """A config's layers as a reader first wants them: "2 conv, 2 linear", a text model's by family
+    ("1 LSTM, 1 linear") (the run's events say it too)."""
     kinds = [layer.get("type", "?") for layer in config.get("layers", []) if isinstance(layer, dict)]
+    if "vocab_size" in config:
+        words = [SEQUENCE_WORDS[k] for k in kinds if k in SEQUENCE_WORDS] + ["linear"] * kinds.count("Linear")
+        return ", ".join(f"{words.count(w)} {w}" for w in dict.fromkeys(words)) or "embeddings only"
     return f"{kinds.count('Conv2d')} conv, {kinds.count('Linear')} linear"
 
 

@@ -255,3 +255,13 @@ def test_a_test_under_way_or_failed_says_so(test, state, says):
 def test_an_untested_run_says_why(report):
     assert report["test"] == {"state": "untested", "selected_on": "validation",
                               "why": "its data set has no test split (a run started before test splits)"}
+
+
+def test_a_text_models_layers_are_named_by_family():
+    from shared.registry.leaderboard import layer_counts
+
+    lstm = {"vocab_size": 100, "layers": [{"type": "Embedding"}, {"type": "LSTM"}, {"type": "SeqPool"}, {"type": "Linear"}]}
+    cnn = {"vocab_size": 100, "layers": [{"type": "Embedding"}, {"type": "SeqConv1d"}, {"type": "ReLU"},
+                                         {"type": "SeqConv1d"}, {"type": "SeqPool"}, {"type": "Linear"}]}
+    assert layer_counts(lstm) == "1 LSTM, 1 linear" and layer_counts(cnn) == "2 conv, 1 linear"
+    assert layer_counts({"layers": [{"type": "Conv2d"}, {"type": "Linear"}]}) == "1 conv, 1 linear"
