@@ -201,7 +201,7 @@ def load_trusted_model(path: Path, class_name: str) -> nn.Module:
 
 
 QUICK_HINT = ("or pass --data-dir DIR where the files are, or --download to fetch a torchvision set (needs "
-              "torchvision matching torch, and internet access)")
+              "torchvision matching torch) or an hf: set (through the datasets library), with internet access")
 
 
 def quick_evaluator_main(argv: list[str] | None = None) -> int:
