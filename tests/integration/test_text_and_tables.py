@@ -40,11 +40,12 @@ async def test_a_text_goal_a_sentence_pair_goal_and_a_table_goal_run_the_whole_l
     # fixed run ids: the built-in search seeds itself from the run id, so each run tries the same candidates
     # every time (a fresh stack's registry is empty) and the test's time does not depend on a draw
     # the reviews need word order (a bag of words reaches about 0.6): the search's first text model does
-    text = goal("text-1", goal="review sentiment", dataset="hf:reviews", target_accuracy=0.8, max_iterations=2,
+    # one candidate each (max_iterations 1: a budget of one full evaluation), the search's first for its kind
+    text = goal("text-1", goal="review sentiment", dataset="hf:reviews", target_accuracy=0.8, max_iterations=1,
                 num_seeds=2, subset_size=None, max_epochs=4)
     pairs = goal("pair-1", goal="paraphrase or not", dataset="hf:paraphrase", max_iterations=1, num_seeds=2,
                  subset_size=None, max_epochs=2)
-    table = goal("table-1", goal="who survived", dataset="csv:titanic.csv:Survived", max_iterations=2,
+    table = goal("table-1", goal="who survived", dataset="csv:titanic.csv:Survived", max_iterations=1,
                  num_seeds=2, subset_size=None, max_epochs=4)
     env = {**FAST, "RESEARCHER_DATA__DIR": str(data)}
     with LocalStack(log_dir=tmp_path / "logs", env=env) as stack:
