@@ -239,7 +239,8 @@ def quick_evaluator_main(argv: list[str] | None = None) -> int:
                                  batch_size=args.batch_size, subset_size=args.subset_size, lr=args.lr,
                                  optimizer=args.optimizer, weight_decay=args.weight_decay,
                                  target_accuracy=args.target_accuracy, goal_statistic=args.goal_statistic,
-                                 device=args.device, data_dir=data_dir, val_fraction=settings.val_fraction, augment=args.augment,
+                                 device=args.device, data_dir=data_dir, val_fraction=settings.val_fraction,
+                                 data_settings=settings, augment=args.augment,
                                  standardize=args.standardize, class_weights=args.class_weights,
                                  output_dir=str(args.output_dir) if args.output_dir else None,
                                  save_confusion_matrix_plot=bool(args.output_dir), export_learning_curves=bool(args.output_dir))

@@ -306,14 +306,16 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, down
     data set raises DatasetNotFoundError saying which files are expected where and how to get them.
     A table's path outside `data_dir` is refused unless `any_csv_path` is set, which only trusted
     local commands do (quick-evaluator, on its user's own files). `max_categories`:
-    data.max_categories, a category column's one-hot slots; `config`: how text becomes token ids
-    (data.tokenizer, vocab_size, max_length; the defaults without it)."""
+    data.max_categories, a category column's one-hot slots; `config`: the data settings, which then
+    give max_categories too, and how text becomes token ids (data.tokenizer, vocab_size, max_length;
+    the defaults without it)."""
     key = dataset_key(name)
     root = Path(data_dir or DEFAULT_DATA_DIR).expanduser()
     fmt = table_format(key)
     # a table's path is checked before the cache, so a load allowed anywhere never serves a confined one
     path = table_file(parse_table_name(key)[1], root, confine=not any_csv_path, fmt=fmt) if fmt else None
     text = config or DataConfig()
+    max_categories = config.max_categories if config is not None else max_categories  # the settings' own, when given
     # an encoded set's settings are part of it: one loaded per setting (the same object each time for
     # the same one, so with_test_split's and the digests' caches hold)
     settings = (max_categories,) if fmt else (text.tokenizer, text.vocab_size, text.max_length) if key.startswith("hf:") else ()

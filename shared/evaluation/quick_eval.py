@@ -66,6 +66,9 @@ class QuickEvalConfig:
     standardize: bool = DEFAULT_RECIPE.standardize  # inputs scaled by the training split's mean and std
     class_weights: bool = DEFAULT_RECIPE.class_weights  # the loss weighs classes by n / (n_classes * count)
     data_dir: str | None = None  # None: data.dir's default; a CSV path relative to it, or absolute anywhere
+    # the data settings that shape an encoded set (a table's data.max_categories, a text set's tokenizer,
+    # vocab_size and max_length); None: their defaults
+    data_settings: DataConfig | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics_to_track if m not in SCALAR_METRICS]
@@ -144,7 +147,7 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
     """Train and evaluate a trusted `model` over `config.num_seeds` seeds in this process."""
     config = config or QuickEvalConfig()
     # a trusted caller's own files, in its own process: a CSV path need not lie in the data directory
-    dataset = load_dataset(config.dataset_name, data_dir=config.data_dir, any_csv_path=True)
+    dataset = load_dataset(config.dataset_name, data_dir=config.data_dir, any_csv_path=True, config=config.data_settings)
     device = pick_device(config.device)
     seed_results = []
     started = time.perf_counter()
