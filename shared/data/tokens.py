@@ -241,7 +241,7 @@ class TextEncoder:
             from shared.messaging.messages import TextFacts
 
             n = self._lengths
-            where = (f"{self.kind} trained on each seed's training split, {self.vocab_size} tokens at most"
+            where = (f"{self.kind} trained on each seed's training split"
                      if self.user_file is None else f"{self.user_file.name} (the user's tokenizer.json)")
             text = TextFacts(tokenizer=where, vocab_size=self.vocab_size, max_length=self.max_length, pair=self.pair,
                              text_columns=list(self.text_columns), mean_length=round(float(n.mean()), 1),

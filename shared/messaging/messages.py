@@ -112,6 +112,15 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
         line = f"{len(self.columns)} columns -> {self.input_shape[0]} features; " + "; ".join(parts)
         return "; ".join([line, *self.notes])
 
+    def text_summary(self) -> str:
+        """A text set's tokens in one line, for the report ("" for other data)."""
+        t = self.text
+        if t is None:
+            return ""
+        return (f"{'sentence pairs' if t.pair else 'texts'} ({', '.join(t.text_columns)}) -> {t.max_length} token ids "
+                f"from {t.tokenizer}, vocabulary {t.vocab_size:,}; lengths mean {t.mean_length:g}, p95 {t.p95_length:g}, "
+                f"longest {t.longest}, {t.truncated_share:.1%} cut")
+
     def imbalance_ratio(self) -> float:
         """Largest over smallest class count (of the classes present); 1.0 when the counts are unknown."""
         present = [c for c in self.class_counts if c > 0]

@@ -210,6 +210,8 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
              f"{goal.goal_statistic} over seeds on the validation split (the split candidates are selected on)", ""]
     if run.dataset_facts is not None and run.dataset_facts.columns:  # a table read from a file: what became of it
         lines[-1:-1] = [f"table: {run.dataset_facts.columns_summary()}"]
+    if run.dataset_facts is not None and run.dataset_facts.text is not None:  # a text set: its tokens
+        lines[-1:-1] = [f"text: {run.dataset_facts.text_summary()}"]
     lines += format_held_out(run, iterations)  # first: the figures to report
     lines += format_leaderboard(leaderboard(run, iterations)) + [""]
     detailed = [it for it in iterations if (it.rung is None and it.evaluation is not None) or len(iterations) <= 12]

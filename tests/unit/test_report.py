@@ -265,3 +265,15 @@ def test_a_text_models_layers_are_named_by_family():
                                          {"type": "SeqConv1d"}, {"type": "SeqPool"}, {"type": "Linear"}]}
     assert layer_counts(lstm) == "1 LSTM, 1 linear" and layer_counts(cnn) == "2 conv, 1 linear"
     assert layer_counts({"layers": [{"type": "Conv2d"}, {"type": "Linear"}]}) == "1 conv, 1 linear"
+
+
+def test_a_text_sets_tokens_in_one_line():
+    from shared.messaging.messages import DatasetFacts, TextFacts
+
+    facts = DatasetFacts(name="hf:reviews", kind="text", input_shape=[32], num_classes=2, num_samples=100,
+                         input_dtype="int64", text=TextFacts(tokenizer="wordpiece trained on each seed's training split",
+                                                             vocab_size=278, max_length=32, text_columns=["text"],
+                                                             mean_length=17.7, p95_length=23.0, longest=26))
+    assert facts.text_summary() == ("texts (text) -> 32 token ids from wordpiece trained on each seed's training split, "
+                                    "vocabulary 278; lengths mean 17.7, p95 23, longest 26, 0.0% cut")
+    assert DatasetFacts(name="iris", kind="tabular", input_shape=[4], num_classes=3, num_samples=150).text_summary() == ""
