@@ -49,9 +49,7 @@ class BestModel:
 
         shape = f"(N, {', '.join(map(str, self.input_shape))})"
         if self.encoding is not None and self.encoding.get("kind") == "text":
-            x = np.asarray(inputs, dtype=object if _texts(inputs) else None)
-            if x.dtype == object and self.tokenizer is not None:  # texts, or pairs of them
-                x = self.tokenizer.transform(x)
+            x = self._text_ids(inputs)
             if x.dtype.kind not in "iu" or list(x.shape[1:]) != self.input_shape:
                 raise ValueError(f"inputs {x.dtype} shaped {list(x.shape)}; this text model takes int64 token ids "
                                  f"{shape}, or texts where its weights carry its tokenizer"
@@ -63,6 +61,35 @@ class BestModel:
         if list(x.shape[1:]) != self.input_shape:
             raise ValueError(f"inputs shaped {list(x.shape)}; this model takes {shape}")
         return torch.as_tensor((x - self.mean) / self.std, dtype=torch.float32)
+
+    def _text_ids(self, inputs) -> Any:
+        """A text model's inputs -> token ids: texts (a list, an array or a Series of str; pairs as (a, b)
+        rows) through the seed's tokenizer, ids as they are; ValueError for a mix, a str alone, or pairs
+        given to a model of single texts and the other way round."""
+        import numpy as np
+
+        if isinstance(inputs, (str, bytes)) or (iter(inputs) is inputs if hasattr(inputs, "__iter__") else False):
+            raise ValueError("pass a list of texts (or of (a, b) pairs), not a single string or an iterator")
+        x = np.asarray(inputs, dtype=object)
+        if x.ndim == 1 and len(x) and all(isinstance(c, (tuple, list, np.ndarray)) for c in x):  # a Series of rows
+            x = np.array([list(c) for c in x], dtype=object)
+        cells = list(x.ravel())
+        if not cells or not all(isinstance(c, (str, np.str_)) for c in cells):  # ids (or nothing): as integers
+            if any(isinstance(c, (str, np.str_)) for c in cells):
+                raise ValueError("inputs mix texts with other values; pass texts (or (a, b) pairs) or int64 token ids")
+            try:
+                return x.astype(np.int64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"inputs are neither texts nor token ids ({exc})") from None
+        if self.tokenizer is None:
+            raise ValueError("this export's weights carry no tokenizer (exported before they did): pass int64 token "
+                             f"ids (N, {', '.join(map(str, self.input_shape))})")
+        pair, columns = self.tokenizer.pair, ", ".join(self.encoding.get("text_columns", []))
+        if pair and not (x.ndim == 2 and x.shape[1] == 2):
+            raise ValueError(f"this model reads sentence pairs ({columns}): pass (a, b) rows, not {list(x.shape)}")
+        if not pair and x.ndim != 1:
+            raise ValueError(f"this model reads single texts ({columns}): pass a list of strings, not {list(x.shape)}")
+        return self.tokenizer.transform(x)
 
     def encode(self, rows) -> Any:
         """A table's raw rows (a DataFrame) -> its features, with the recorded encoding."""
@@ -125,8 +152,3 @@ def load_best(folder: str | Path, seed: int | None = None) -> BestModel:
                      input_shape=list(info["input_shape"]), mean=np.array(entry["mean"], dtype=np.float32),
                      std=np.array(entry["std"], dtype=np.float32), encoding=encoding, tokenizer=tokenizer)
 
-
-def _texts(inputs) -> bool:
-    """Whether `inputs` are texts (or pairs of them) rather than token ids."""
-    first = next(iter(inputs), None) if not hasattr(inputs, "dtype") else None
-    return isinstance(first, str) or (isinstance(first, (tuple, list)) and bool(first) and isinstance(first[0], str))

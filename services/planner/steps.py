@@ -46,7 +46,8 @@ async def queue_seed_jobs(js, run: RunRecord, it: IterationRecord, source: str, 
                                   keep_weights=rung is None and split == "val", split=split,  # type: ignore[arg-type]
                                   test_digest=facts.test_digest if facts else "",
                                   input_shape=list(facts.input_shape) if facts else [],
-                                  vocab_size=facts.vocab_size if facts else 0)
+                                  vocab_size=facts.vocab_size if facts else 0,
+                                  encoding_settings=facts.encoding_settings if facts else "")
         await publish_to_stream(js, subjects.EVAL_SUBJECT, encode(job), headers={"Nats-Msg-Id": job.job_id})
 
 

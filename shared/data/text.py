@@ -165,15 +165,20 @@ def check_columns(key: str, root: Path) -> None:
 
     name = parse_hf_name(key)
     where = locate(name.path, root)
-    if where.kind != "files":
-        splits = read_splits(where)  # memory-mapped: nothing is copied
+    if where.kind != "files":  # memory-mapped, nothing copied, no network: not under the loads' lock
+        try:
+            loaded = datasets.load_from_disk(str(where.path)) if where.kind == "saved" else _prepared(where.path)
+        except Exception as exc:  # noqa: BLE001 - the library's and the OS's errors for a bad folder are many
+            raise DatasetError(f"{where.path}: the datasets library cannot read it ({type(exc).__name__}: {exc}); "
+                               "write it again with save_to_disk") from exc
+        splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
         train = _pick(splits, TRAIN) or next(iter(splits))
         roles(dict(splits[train].features), name.text, name.label, f"{where.path} ({train})")
         return
     folder = where.path / where.config if where.config else where.path
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
-    first = next((p for p in files if "train" in p.name), files[0] if files else None)
-    if first is None:
+    first = next((p for p in files if "train" in p.relative_to(folder).as_posix()), files[0] if files else None)
+    if first is None or first.name.endswith((".json", ".json.gz")):  # a .json may be one array: known once read
         return
     try:
         if first.name.endswith(".parquet"):
@@ -183,12 +188,16 @@ def check_columns(key: str, root: Path) -> None:
             roles(features, name.text, name.label, str(first))
             return
         opener = gzip.open if first.suffix == ".gz" else open
-        with opener(first, "rt", encoding="utf-8") as handle:
+        with opener(first, "rt", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
             line = handle.readline()
-        names = list(json.loads(line)) if ".json" in first.name else next(csv.reader([line]))
+        row = json.loads(line) if ".jsonl" in first.name else next(csv.reader([line]), [])
+        names = [str(c).strip() for c in row] if isinstance(row, (dict, list)) else []
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise DatasetError(f"{first}: cannot read its columns ({type(exc).__name__}: {exc}); write it again, "
                            "or put the Hub's Parquet/JSON lines/CSV files there") from exc
+    if not names:
+        raise DatasetError(f"{first}: its first line names no columns (an empty file, or a blank first line); "
+                           "write a header row (CSV) or one JSON object per line")
     for column in (*name.text, name.label):
         if column and column not in names:
             raise DatasetError(f"{first}: no column {column!r}; its columns: {', '.join(names)}")

@@ -15,6 +15,7 @@ tokenizers are kept in memory, keyed by exactly what they were fitted on.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import threading
@@ -190,6 +191,14 @@ class TextEncoder:
         self.max_length = min(max_length, max(8, -(-int(self._lengths.max(initial=1)) // 8) * 8))
         self.output_shape = (self.max_length,)
 
+    @functools.cached_property
+    def settings(self) -> str:
+        """The settings this encoding follows (not what it measured): the planner's and an evaluator's must
+        match, or the evaluator would train with another tokenizer than the one the facts describe."""
+        which = (f"tokenizer.json sha256 {hashlib.sha256(self.user_file.read_bytes()).hexdigest()[:16]}"
+                 if self.user_file else self._asked["tokenizer"])
+        return f"{which}, vocab_size {self._asked['vocab_size']}, max_length {self._asked['max_length']}"
+
     def for_pool(self, pool: np.ndarray) -> TextEncoder:
         """This encoding with its shape and facts taken from `pool` (the rows left once a test split is held
         out of them: shared.data.splits.with_test_split), so no test text shapes the models' inputs."""
@@ -249,5 +258,6 @@ class TextEncoder:
                              longest=int(n.max()), truncated_share=round(float((n > self.max_length).mean()), 4))
             note = ("inputs are int64 token ids (N, max_length): 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP]; the mask is "
                     "ids != 0" + ("; two segments: [CLS] a [SEP] b [SEP]" if self.pair else ""))
-            self._facts = {"input_dtype": "int64", "text": text, "notes": [*self.notes, note]}
+            self._facts = {"input_dtype": "int64", "text": text, "notes": [*self.notes, note],
+                           "encoding_settings": self.settings}
         return self._facts

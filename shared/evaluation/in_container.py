@@ -92,6 +92,11 @@ def train_seed(job: EvalJob, runner, *, timeout_s: float, memory: str, data_conf
             f"digest {ds.test_digest() or '-'}) is not the planner's (digest {job.test_digest}), so a test sample "
             "could be a training one here; give every machine the same files (the official test files too) and "
             "the same data.test_fraction and data.test_seed"))
+    mine = getattr(ds.encoder, "settings", "")
+    if job.encoding_settings and mine != job.encoding_settings:
+        raise DatasetUnavailableError(evaluator, job.dataset, (
+            f"its data settings here ({mine or 'none'}) are not the planner's ({job.encoding_settings}): the "
+            "candidate's inputs would be made by another tokenizer; give every machine the same data settings"))
     try:
         ds = ds.planned(job.input_shape, job.vocab_size)
     except ValueError as exc:

@@ -174,7 +174,7 @@ def quick_evaluate_once(model: nn.Module, config: QuickEvalConfig | None = None)
     if not config.track_learning_curves:
         summary.pop("learning_curves")
     outcome = {
-        "config": asdict(config),
+        "config": {**asdict(config), "data_settings": msgspec.to_builtins(config.data_settings)},
         "model_name": type(model).__name__,
         "dataset": msgspec.to_builtins(dataset.facts()),
         **summary,

@@ -92,6 +92,9 @@ class DatasetFacts(msgspec.Struct, frozen=True, kw_only=True):
     text: TextFacts | None = None  # for kind "text"
     columns: list[ColumnFacts] = []  # for a table read from a file: each column and its encoding
     notes: list[str] = []  # what loading decided that a researcher should know (columns dropped, ...)
+    # the data settings an encoded set is encoded with (a text set's tokenizer, vocab_size and max_length):
+    # every job carries them, and an evaluator whose own differ refuses the job; "" for sets that need none
+    encoding_settings: str = ""
 
     @property
     def vocab_size(self) -> int:
@@ -480,6 +483,7 @@ class EvalJob(msgspec.Struct, frozen=True, kw_only=True):
     # machine when its own encoding cannot give them; [] and 0: not checked (a job of an older planner)
     input_shape: list[int] = []
     vocab_size: int = 0
+    encoding_settings: str = ""  # DatasetFacts.encoding_settings: checked against the evaluator's own; "": not checked
 
     @classmethod
     def with_recipe(cls, recipe: TrainingRecipe, **fields: Any) -> "EvalJob":

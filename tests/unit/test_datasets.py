@@ -42,7 +42,8 @@ def test_facts_describe_the_data_set():
     assert msgspec.to_builtins(load_dataset("iris").facts()) == {
         "name": "iris", "kind": "tabular", "input_shape": [4], "num_classes": 3, "num_samples": 150,
         "class_names": ["setosa", "versicolor", "virginica"], "test_source": "", "num_test": 0, "test_note": "", "test_digest": "",
-        "class_counts": [50, 50, 50], "input_dtype": "float32", "text": None, "columns": [], "notes": []}
+        "class_counts": [50, 50, 50], "input_dtype": "float32", "text": None, "columns": [], "notes": [],
+        "encoding_settings": ""}
     rare = load_dataset("imbalanced").facts()
     assert rare.class_counts == [4950, 50] and rare.imbalanced and rare.imbalance_ratio() == 99.0
 

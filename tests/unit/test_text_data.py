@@ -259,3 +259,14 @@ def test_the_check_at_submission_reads_the_columns(data):
             check_files(dataset_key(f"hf:{folder}?text=body"), data)
         with pytest.raises(DatasetError, match="cannot be both the text and the label"):
             check_files(dataset_key(f"hf:{folder}?text=label&label=label"), data)
+
+
+def test_the_check_at_submission_reads_a_spreadsheets_csv_and_leaves_a_json_array_to_the_load(data):
+    (data / "bom").mkdir()
+    (data / "bom" / "train.csv").write_text("\ufefftext,label\nhello world,0\nbad thing,1\n", encoding="utf-8")
+    check_files(dataset_key("hf:bom?text=text"), data)  # the byte-order mark is no part of the first column's name
+    with pytest.raises(DatasetError, match="no column 'body'; its columns: text, label"):
+        check_files(dataset_key("hf:bom?text=body"), data)
+    (data / "arr").mkdir()
+    (data / "arr" / "train.json").write_text('[{"text": "a", "label": 0}, {"text": "b", "label": 1}]')
+    check_files(dataset_key("hf:arr?text=text"), data)  # one JSON array: its columns are known once it is read

@@ -180,6 +180,33 @@ def test_a_held_out_test_split_never_shapes_the_inputs_and_a_job_gets_the_planne
     planned = ds.planned([16], 40)
     assert planned.input_shape == (16,) and split(planned, 0).x_train.shape[1] == 16
     assert split(planned, 0).x_train.max() < 40 and ds.planned(list(ds.input_shape)) is ds
+    # the settings, not the measurements, are what a job's evaluator must share with the planner
+    assert ds.facts().encoding_settings == "wordpiece, vocab_size 8000, max_length 128"
+    other = load_dataset("hf:s", data_dir=root, config=DataConfig(tokenizer="bpe", max_length=128))
+    assert other.facts().encoding_settings == "bpe, vocab_size 8000, max_length 128"
     tables = with_test_split(load_dataset("iris"))
     with pytest.raises(ValueError, match=r"its inputs here are \[4\], the planner's \[5\]"):
         tables.planned([5])
+
+
+def test_an_exported_text_model_takes_texts_pairs_or_ids_and_says_what_it_cannot(tmp_path):
+    """BestModel.prepare (researcher/load.py) with a seed's own tokenizer: texts as a list, an array or a
+    Series give the ids the seed trained on; ids pass as they are; the wrong shape of input is named."""
+    import pandas as pd
+
+    from researcher.load import BestModel
+
+    root = tmp_path / "data"
+    (root / "s").mkdir(parents=True)
+    Dataset.from_dict({"text": CORPUS, "label": [0, 1] * (len(CORPUS) // 2)}, features=FEATURES).save_to_disk(str(root / "s"))
+    ds = with_test_split(load_dataset("hf:s", data_dir=root))
+    data = split(ds, 0)
+    best = BestModel(model=None, seed=0, class_names=["neg", "pos"], input_shape=list(ds.input_shape), mean=None,
+                     std=None, encoding=data.encoding, tokenizer=data.fitted)
+    texts = [str(t) for t in ds.x_test[:3]]
+    want = data.prepare(np.array(texts, dtype=object))
+    for given in (texts, np.array(texts), pd.Series(texts), want, pd.Series(list(want))):
+        assert (best.prepare(given).numpy() == want).all(), type(given)
+    for bad, says in (("one text", "not a single string"), (["a", 3], "mix texts"), ([("a", "b")], "single texts")):
+        with pytest.raises(ValueError, match=says):
+            best.prepare(bad)
