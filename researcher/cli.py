@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from researcher import credentials_cmd, evaluate_cmd, interrupts, run_cmd, runs_cmd, validate_cmd
+from researcher import credentials_cmd, dashboard_cmd, evaluate_cmd, interrupts, run_cmd, runs_cmd, validate_cmd
 from researcher.goals import LLM_ROLES, DefaultsHelp, GoalRejected, check_locally, goal_args, llm_args, make_goal, submit_goal
 from researcher.home import HomeBusyError
 from shared.errors import NatsUnreachableError
@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--export", type=Path, default=None, metavar="DIR",
                      help="when the run ends, write its export (as `researcher export`) to DIR")
     runs_cmd.add_home_arg(run)
+    dashboard_cmd.add_run_arg(run)
     run.add_argument("--log-dir", type=Path, default=None,
                      help="service logs of the embedded stack (default: logs/<time>/ in its home)")
     submit = sub.add_parser("submit", formatter_class=DefaultsHelp, help="publish a goal to a running stack and print its run id")
@@ -59,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     validate_cmd.add_parser(sub)
     evaluate_cmd.add_parser(sub)
     credentials_cmd.add_parser(sub)
+    dashboard_cmd.add_parser(sub)
     return root
 
 
@@ -102,6 +104,8 @@ def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return run_cmd.run(args)
+        if args.command == "dashboard":
+            return dashboard_cmd.serve(args)
         handler = {"submit": _submit, "report": runs_cmd.report, "export": runs_cmd.export,
                    "runs": runs_cmd.runs, "stop": runs_cmd.stop_run}[args.command]
         return interrupts.run(handler(args))

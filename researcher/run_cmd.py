@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 
 import msgspec
 
-from researcher import interrupts, runs_cmd
+from researcher import dashboard_cmd, interrupts, runs_cmd
 from researcher.goals import LLM_ROLES, check_locally, flagged, llm_env, make_goal, submit_goal
 from researcher.stack import LocalStack
 from shared.errors import ConfigFileError
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     # before the stack starts; a running stack checks them itself when the goal is submitted
     config = None if args.nats_url else load_config()
     check_locally(goal, config and config.data.dir, config)
-    problem = _check_llm_flags(args)
+    problem = _check_llm_flags(args) or _dashboard_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -125,13 +125,18 @@ def run(args: argparse.Namespace) -> int:
         url, credential = args.nats_url, None
         if not url:
             home = runs_cmd.home_of(args)
-            print(f"starting an embedded stack (nats-server + planner, assembler, sandbox, evaluator) in {home.path}...",
+            services = dashboard_cmd.with_dashboard(args.dashboard)
+            print(f"starting an embedded stack (nats-server + {', '.join(services)}) in {home.path}...",
                   file=sys.stderr)
-            local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=llm_env(args), home=home))
+            env = {**llm_env(args), **(dashboard_cmd.stack_env(args.dashboard) if args.dashboard else {})}
+            local = stack.enter_context(LocalStack(log_dir=args.log_dir, env=env, home=home, services=services))
             # the command owns the stack it started: the admin's credential, to record a run it ends as stopped
             url, credential = local.url, local.credential("admin")
             print(f"service logs: {local.log_dir} (NATS on {url}: loopback only, TLS with this home's credentials)",
                   file=sys.stderr)
+            if args.dashboard:
+                print(f"dashboard: http://127.0.0.1:{args.dashboard}/runs/{goal.run_id} (while the run goes on; "
+                      "`researcher dashboard` serves this home's runs afterwards)", file=sys.stderr)
         try:
             records, exported = interrupts.run(_submit_and_follow(url, goal, args.export, embedded=not args.nats_url,
                                                                   credential=credential))
@@ -148,6 +153,15 @@ def run(args: argparse.Namespace) -> int:
             interrupts.ignore_signals("the run is over; stopping the embedded stack...")
     failed = records[0].status == "failed" or (args.export is not None and not exported)
     return 1 if failed else 0
+
+
+def _dashboard_problem(args: argparse.Namespace) -> str | None:
+    if args.dashboard is None:
+        return None
+    if args.nats_url:
+        return ("--dashboard serves an embedded stack's dashboard; the stack at --nats-url serves its own "
+                "(`make up`: http://127.0.0.1:8088/)")
+    return dashboard_cmd.port_problem(args.dashboard)
 
 
 async def _stop_orphans(nc) -> None:

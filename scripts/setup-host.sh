@@ -65,9 +65,16 @@ command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2
 # debootstrap makes the local base image where no registry is reachable (scripts/build-images.sh);
 # installed where apt-get can, never a reason to stop elsewhere.
 if ! command -v debootstrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then missing+=(debootstrap); fi
+# Chromium and its driver: the dashboard's browser test (tests/integration/test_dashboard_browser.py,
+# Selenium) drives Debian's build, since no browser can be downloaded here; like debootstrap, only
+# where apt-get can.
+if command -v apt-get >/dev/null 2>&1; then
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    phase_end "make, Python 3.11, docker, compose and debootstrap already installed"
+    phase_end "make, Python 3.11, docker, compose, debootstrap and chromium already installed"
 elif ! command -v apt-get >/dev/null 2>&1; then
     needs=()
     for pkg in "${missing[@]}"; do

@@ -154,3 +154,35 @@ def accuracy_vs_compute_png(points: Sequence[tuple[int, float, float]], *, metri
     ax.set_ylabel(f"mean {metric} over seeds")
     ax.set_title(title or f"{metric} against compute")
     return _png(fig)
+
+
+def score_over_time_png(points: Sequence[tuple[int, float, float, bool]], *, metric: str, lower: bool = False,
+                        title: str = "") -> bytes:
+    """Each measured candidate's mean `metric` against the minutes into the run it was measured
+    at, (iteration, minutes, score, at the full budget) points, and the best at the full budget
+    so far as a step line: how the search improved over time."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    full = [p for p in points if p[3]]
+    cheap = [p for p in points if not p[3]]
+    if cheap:
+        ax.scatter([p[1] for p in cheap], [p[2] for p in cheap], color="lightgray", edgecolors="gray",
+                   label="a cheap rung (fewer epochs or seeds)")
+    if full:
+        ax.scatter([p[1] for p in full], [p[2] for p in full], color=VAL_COLOR, label="full budget")
+        ordered, best, xs, ys = sorted(full, key=lambda p: p[1]), None, [], []
+        for _, minutes, value, _ in ordered:
+            best = value if best is None or (value < best if lower else value > best) else best
+            xs.append(minutes)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color=TRAIN_COLOR, linewidth=2, label="best so far")
+    for iteration, minutes, value, _ in points:
+        ax.annotate(f"#{iteration}", (minutes, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if points:
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no candidate measured yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("minutes into the run")
+    ax.set_ylabel(f"mean {metric} over seeds")
+    ax.set_title(title or f"{metric} over time")
+    return _png(fig)

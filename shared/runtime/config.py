@@ -218,6 +218,21 @@ def gpu_devices(setting: str) -> tuple[str, tuple[str, ...]]:
     return "ids", ids
 
 
+class DashboardConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The dashboard service (services/dashboard): where it listens, and what it keeps in memory."""
+
+    host: str = "127.0.0.1"  # compose sets 0.0.0.0 inside its container and publishes it on loopback
+    port: int = 8088
+    events_kept: int = 500  # the latest events of each run it has seen, for a page opened mid-run
+    runs_kept: int = 200  # runs whose events it keeps (the oldest forgotten first)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"dashboard.port must be 0..65535, not {self.port} (RESEARCHER_DASHBOARD__PORT)")
+        if self.events_kept < 1 or self.runs_kept < 1:
+            raise ValueError("dashboard.events_kept and dashboard.runs_kept must be >= 1")
+
+
 class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One role's OpenAI-compatible endpoint. A key left unset (null) takes its default, and for
     the tools role planning's value: configure planning alone and both roles use that model."""
@@ -286,6 +301,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     evaluator: EvaluatorConfig = msgspec.field(default_factory=EvaluatorConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)  # what one goal may ask
+    dashboard: DashboardConfig = msgspec.field(default_factory=DashboardConfig)
 
     def __post_init__(self) -> None:
         if self.stop_grace_s < 0:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_IMAGE = "pytorch-researcher/service:latest"
-SERVICES = ("nats", "dockerproxy", "planner", "assembler", "sandbox", "evaluator")
+SERVICES = ("nats", "dockerproxy", "planner", "assembler", "sandbox", "evaluator", "dashboard")
 
 
 def compose_binary(tmp: Path) -> str | None:
@@ -70,6 +71,8 @@ def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, credentials,
     # compose reads these from the environment of the commands testcontainers runs
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)
     monkeypatch.setenv("NATS_PORT", str(port))
+    dashboard = free_port()
+    monkeypatch.setenv("DASHBOARD_PORT", str(dashboard))
     monkeypatch.setenv("RESEARCHER_DATA_DIR", str(tmp_path / "data"))
     # every service on its own role's credential (make up's RESEARCHER_CREDENTIALS); the CLI below
     # finds the client's in the tests' home
@@ -86,6 +89,9 @@ def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, credentials,
             capture_output=True, text=True, timeout=600, env={**os.environ, "NATS_URL": ""})
         assert proc.returncode == 0, proc.stderr[-3000:] + stack.get_logs()[0][-3000:]
         report = json.loads(proc.stdout)
+        # the dashboard, from the same image, on its published port: the run, as the registry has it
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/runs/{report['run_id']}", timeout=30) as page:
+            run_page = page.read().decode()
 
         # `make scale EVALUATORS=2`: a second replica joins the same work queue
         scale = [*stack.compose_command_property, "up", "-d", "--no-recreate", "--scale", "evaluator=2", "evaluator"]
@@ -105,6 +111,7 @@ def test_the_compose_stack_runs_a_goal_to_its_report(docker_engine, credentials,
     assert {s["evaluator"] for s in it["evaluation"]["seed_results"]} == {f"{project}-evaluator-1"}  # the stack's replica
     assert evaluators == {f"{project}-evaluator-1", f"{project}-evaluator-2"}
     assert "planner_ready" in logs
+    assert report["goal"] in run_page and "max_iterations" in run_page
     # down --volumes: nothing of the project is left
     assert health(docker_engine, project) == {}
     assert not docker_engine.volumes.list(filters={"label": f"com.docker.compose.project={project}"})

@@ -1,0 +1,28 @@
+// Live pages without a build step: follow the page's server-sent events, list each new event, and
+// refresh the page's live part (server-rendered, escaped HTML) at most twice a second.
+(function () {
+  "use strict";
+  var live = document.getElementById("live");
+  if (!live || !window.EventSource || !window.fetch) { return; }
+  var list = document.getElementById("events");
+  var pending = null;
+  function refresh() {
+    pending = null;
+    fetch(live.dataset.src, { headers: { "Accept": "text/html" }, cache: "no-store" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) { if (html !== null) { live.innerHTML = html; } })
+      .catch(function () { /* the next event tries again */ });
+  }
+  var source = new EventSource(live.dataset.stream);
+  source.addEventListener("event", function (message) {
+    var event = JSON.parse(message.data);
+    if (list) {
+      var item = document.createElement("li");
+      item.className = "ev ev-" + event.kind.replace(/[^a-z_]/g, "");
+      item.textContent = event.at + " " + event.kind + ": " + event.message;  // text, never HTML
+      list.insertBefore(item, list.firstChild);
+    }
+    if (!pending) { pending = setTimeout(refresh, 500); }
+  });
+  document.body.dataset.live = "following";
+})();
