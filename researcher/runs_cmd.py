@@ -57,7 +57,7 @@ def add_parsers(sub, nats_arg) -> None:
         p.add_argument("run_id")
         if name == "queue":
             p.add_argument("config", help="a model_config as a JSON or YAML file (an export's "
-                                          "experiments/NNN/model_config.yaml as it is), or - for stdin")
+                                          "experiments/RUN/iteration_NN/model_config.yaml as it is), or - for stdin")
         nats_arg(p)
         add_home_arg(p)
     runs = sub.add_parser("runs", help="list the runs in the registry, oldest first")
