@@ -107,7 +107,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "dashboard":
             return dashboard_cmd.serve(args)
         handler = {"submit": _submit, "report": runs_cmd.report, "export": runs_cmd.export,
-                   "runs": runs_cmd.runs, "stop": runs_cmd.stop_run}[args.command]
+                   "runs": runs_cmd.runs, **dict.fromkeys(("stop", "pause", "resume", "queue"), runs_cmd.steer_run)}[args.command]
         return interrupts.run(handler(args))
     except GoalRejected as exc:
         print(f"error: {exc}", file=sys.stderr)

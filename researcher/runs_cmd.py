@@ -1,4 +1,4 @@
-"""`researcher report`, `export`, `runs` and `stop`: read the registry of a running stack (--nats-url), or
+"""`researcher report`, `export`, `runs`, and `stop`, `pause`, `resume`, `queue` (steering by hand): read the registry of a running stack (--nats-url), or
 else the embedded stack's home, which outlives `researcher run` (researcher/home.py): joined when
 its stack is running, otherwise opened with a nats-server of this command's own for as long as it
 reads. Light imports only: these commands start in well under a second."""
@@ -17,12 +17,12 @@ from typing import AsyncIterator
 
 from researcher.home import Home, HomeBusyError, default_home
 from researcher.stack import free_port, start_nats_server, stop
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+import yaml
 
-from shared.messaging import subjects
-from shared.messaging.bus import COMMAND_CONNECT_S, connect, decode, encode
-from shared.errors import MessageError
-from shared.messaging.messages import STOP_WAIT_S, TERMINAL_STATUSES, ErrorReply, StopAnswer, StopRequest
+from shared.errors import SteerError
+from shared.messaging.bus import COMMAND_CONNECT_S, connect
+from shared.messaging.messages import SteerRequest
+from shared.messaging.steering import steer
 from shared.registry.records import RunRecord
 from shared.registry.report import build_report, export_run, for_terminal, format_report, load_records
 from shared.registry.store import Registry
@@ -44,10 +44,22 @@ def add_parsers(sub, nats_arg) -> None:
     export.add_argument("directory", type=Path)
     nats_arg(export)
     add_home_arg(export)
-    stop = sub.add_parser("stop", help="stop a run: the planner driving it ends it as stopped, keeping what it measured")
-    stop.add_argument("run_id")
-    nats_arg(stop)
-    add_home_arg(stop)
+    steering = {
+        "stop": "stop a run: the planner driving it ends it as stopped, keeping what it measured",
+        "pause": "pause a run: no candidate starts or is promoted and it does not end by its own decisions until "
+                 "resumed; candidates in flight finish. A run has no wall-clock budget: its budgets are compute, "
+                 "which a paused run spends only on the candidates in flight",
+        "resume": "resume a paused run: the search carries on (configs queued by hand first)",
+        "queue": "queue a model_config as a run's next candidate, ahead of the search and the planning LLM; "
+                 "checked at once as a proposal is (refused with the reason)"}
+    for name, text in steering.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("run_id")
+        if name == "queue":
+            p.add_argument("config", help="a model_config as a JSON or YAML file (an export's "
+                                          "experiments/RUN/iteration_NN/model_config.yaml as it is), or - for stdin")
+        nats_arg(p)
+        add_home_arg(p)
     runs = sub.add_parser("runs", help="list the runs in the registry, oldest first")
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     nats_arg(runs)
@@ -168,7 +180,8 @@ def run_row(run: RunRecord) -> dict:
             "best_score": run.best_score, "best_iteration": run.best_iteration,
             "iterations": run.current_iteration, "max_iterations": run.goal.max_iterations,
             "candidates": run.current_iteration, "budget_seed_epochs": run.budget_epochs,
-            "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error}
+            "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error,
+            "paused": run.paused, "queued": len(run.queued)}
 
 
 def format_runs(found: list[RunRecord]) -> str:
@@ -177,7 +190,7 @@ def format_runs(found: list[RunRecord]) -> str:
     for run in found:
         best = "-" if run.best_score is None else f"{run.best_score:.4f}"
         target = f"{'<=' if run.goal.lower_is_better else '>='}{run.goal.target_value:.4f}"
-        rows.append((run.run_id, run.status, _cut(run.goal.dataset, 24), run.goal.goal_metric, best, target,
+        rows.append((run.run_id, "paused" if run.paused and run.status == "running" else run.status, _cut(run.goal.dataset, 24), run.goal.goal_metric, best, target,
                      str(run.current_iteration),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at)), _cut(run.goal.goal, 48)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -189,35 +202,51 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-async def stop_run(args: argparse.Namespace) -> int:
-    """`researcher stop`: ask the planner driving the run to stop it; -> 0 once it is stopped."""
+async def steer_run(args: argparse.Namespace) -> int:
+    """`researcher stop|pause|resume|queue`: ask the planner driving the run (shared.messaging.steering);
+    -> 0 once the action is taken, 1 with a one-line error otherwise."""
+    config = None
+    if args.command == "queue":
+        try:
+            config = read_config(args.config)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     home = home_of(args)
     url = args.nats_url or home.running_stack()
     if not url:
         raise NoRegistry("no running stack to ask: pass --nats-url (or NATS_URL) for a stack started with `make up`; "
                          f"no `researcher run` is running on {home.path} (one in progress stops with Ctrl-C)")
+    who = f"{getpass.getuser()}@{socket.gethostname()} with researcher {args.command}"
     nc = await client_connection(url, None if args.nats_url else home)
     try:
-        run = await (await Registry.read(nc.jetstream())).get_run(args.run_id)
-        if run is None or run.status in TERMINAL_STATUSES:  # nothing to ask a planner
-            print(f"error: no run {args.run_id!r} in the registry at {url}" if run is None
-                  else f"run {args.run_id} had already ended: {run.status}", file=sys.stderr)
-            return 1
-        who = f"{getpass.getuser()}@{socket.gethostname()} with researcher stop"
-        try:
-            reply = await nc.request(subjects.STOP_SUBJECT, encode(StopRequest(run_id=args.run_id, by=who)),
-                                     timeout=STOP_WAIT_S + 5)
-        except (NoRespondersError, NatsTimeoutError):  # running, and no replica drives it
-            print(f"error: no planner answered for run {args.run_id}, which is still running: is the stack's "
-                  "planner up (make ps)? A planner takes over a running run within seconds of starting",
-                  file=sys.stderr)
-            return 1
-        try:
-            answer = decode(reply.data, StopAnswer, subjects.STOP_SUBJECT)
-        except MessageError:
-            print(f"error: {decode(reply.data, ErrorReply, subjects.STOP_SUBJECT).error}", file=sys.stderr)
-            return 1
+        answer = await steer(nc, SteerRequest(run_id=args.run_id, action=args.command, by=who, config=config))
+    except SteerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         await nc.close()
+    if not answer.ok:
+        print(f"error: run {answer.run_id}: {answer.message}", file=sys.stderr)
+        return 1
     print(f"run {answer.run_id}: {answer.status}: {answer.message}", file=sys.stderr)
-    return 0 if answer.status == "stopped" or answer.testing else 1
+    return 0
+
+
+def read_config(path: str) -> dict:
+    """A model_config from a JSON or YAML file, or stdin ("-"); an export's model_config.yaml as it is.
+    ValueError with what is wrong."""
+    where = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        config = yaml.safe_load(text)  # JSON is YAML too
+    except OSError as exc:
+        raise ValueError(f"cannot read the config {where}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the config {where} is neither JSON nor YAML: {' '.join(str(exc).split())}") from None
+    if isinstance(config, dict) and isinstance(config.get("model_config"), dict):
+        config = config["model_config"]  # a file that wraps it, as a report's best does
+    if not isinstance(config, dict) or not config:
+        raise ValueError(f"the config {where} must be a model_config object (layers and recipe: README, the "
+                         f"model_config format), not {type(config).__name__}")
+    return config

@@ -110,3 +110,12 @@ class RefusedCall(ResearcherError):
     def __init__(self, method: str, path: str, why: str) -> None:
         self.method, self.path, self.why = method, path, why
         super().__init__(f"the Docker socket proxy refused {method} {path}: {why}")
+
+
+class SteerError(ResearcherError):
+    """A steering request (stop, pause, resume, queue) that got no usable answer: no such run, an
+    ended one, no planner driving it, or an answer that does not decode. The message is the user's."""
+
+    def __init__(self, run_id: str, action: str, detail: str) -> None:
+        self.run_id, self.action, self.detail = run_id, action, detail
+        super().__init__(detail)

@@ -23,6 +23,7 @@ from services.planner.final_test import FinalTest
 from services.planner.llm_plan import plan_context
 from services.planner.proposers import Abstained, Declined, Proposal, RunView, llm_turn
 from services.planner.records import drop_weights, store_calls
+from services.planner.steering import queued_proposal, taken_from_queue
 from services.planner.steps import CandidateSteps
 from shared.messaging import subjects
 from shared.messaging.bus import encode, through_outages
@@ -85,6 +86,11 @@ class RunDriver:
         self._results = asyncio.Condition()
         self._stop_asked: str | None = None  # `researcher stop`: why, until the next pass ends the run
         self._stop_asked_at = 0.0
+        # pause or resume taken by hand on this replica: it overrules the record a pass read before
+        # the write (None: the record says, as after a takeover)
+        self._held: bool | None = None
+        self._scheduled = asyncio.Event()  # set while no promotion or proposal is under way
+        self._scheduled.set()
         self.unaggregated = budgets.Unaggregated()  # costs of seed results not in an evaluation yet
 
     # ---- the cache, written through ----
@@ -103,6 +109,24 @@ class RunDriver:
         """End the run as stopped at its next pass (its own task: never beside a pass in progress)."""
         self._stop_asked, self._stop_asked_at = why, time.time()
         self._wake.set()
+
+    def hold(self, paused: bool) -> None:
+        """Paused or resumed by hand (steering.py), after the run record says so."""
+        self._held = paused
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def paused(self) -> bool:
+        return self._held if self._held is not None else bool(self.run and self.run.paused)
+
+    async def scheduled(self, timeout: float) -> None:
+        """Until no promotion or proposal is under way (a pause waits for the one it came during)."""
+        try:
+            await asyncio.wait_for(self._scheduled.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     def notify(self, result: SeedResult | None = None) -> None:
         """A seed result of this run was stored (Planner.on_result)."""
@@ -147,7 +171,7 @@ class RunDriver:
             await self.end("stopped", why)
             return True  # the next pass finds it ended (or testing), and closes
         if run.budget_epochs is None:  # fixed at the first step: the stack's epoch cap may change later
-            budget = fidelity.budget_epochs(run.goal, self._max_epochs(run))
+            budget = fidelity.budget_epochs(run.goal, self.max_epochs(run))
             run = self.run = await self.set_run(lambda r: replace(r, budget_epochs=r.budget_epochs or budget))
         guard = self.planner.guard
         if guard.pending(run):
@@ -158,6 +182,13 @@ class RunDriver:
             if it.in_flight and it.iteration not in self.tasks:
                 self.tasks[it.iteration] = asyncio.create_task(self._candidate(it.iteration),
                                                                name=f"run-{self.run_id}-{it.iteration}")
+        if self.paused():  # the candidates in flight go on; no verdict, promotion, proposal or end until resumed
+            for it in self.history():
+                if it.rung is not None and it.state == "evaluated":
+                    await self._park(it)  # a cheap rung's result, ranked: parking decides nothing
+            await self._report_progress()
+            await self._idle()
+            return True
         for it in self.history():
             if it.state in ("evaluated", "rejected") and not await self._verdict(self.run, it):
                 return True  # the run ended: the next pass closes it
@@ -243,26 +274,37 @@ class RunDriver:
                          "waits to earn the next rung", it.iteration, {"rung": it.rung, "score": score, "place": place})
 
     # ---- what to start ----
-    def _max_epochs(self, run: RunRecord) -> int:
+    def max_epochs(self, run: RunRecord) -> int:
         return min(self.settings.max_epochs, run.goal.max_epochs)
 
     def budget(self, run: RunRecord) -> int:
-        return run.budget_epochs or fidelity.budget_epochs(run.goal, self._max_epochs(run))
+        return run.budget_epochs or fidelity.budget_epochs(run.goal, self.max_epochs(run))
 
     def _ladder(self, run: RunRecord, epochs: int) -> list[fidelity.Rung]:
         return fidelity.ladder(epochs, run.goal.num_seeds, self.settings.lower_rungs, self.settings.reduction_factor)
 
     async def _schedule(self, run: RunRecord) -> bool:
         """Promote, propose, or end the run when nothing more fits its budget; -> False when it ended."""
-        biggest = self._ladder(run, self._max_epochs(run))
+        self._scheduled.clear()
+        try:
+            return await self._plan(run)
+        finally:
+            self._scheduled.set()
+
+    async def _plan(self, run: RunRecord) -> bool:
+        biggest = self._ladder(run, self.max_epochs(run))
         trials = [trial_of(h, run.goal) for h in self.history()]
         plan = fidelity.plan(trials, parallel=run.goal.parallel or self.settings.parallel, budget=self.budget(run),
                              new_cost=biggest[0].cost, reserve=biggest[-1].cost if len(biggest) > 1 else 0,
                              eta=self.settings.reduction_factor,
                              target=oriented(run.goal.target_value, run.goal.lower_is_better))
         for p in plan.promote:
+            if self.paused():  # by hand, since this pass began
+                return True
             await self._promote(self.candidates[p.trial.number], trials, p.to, plan.forced)
         for _ in range(plan.propose):
+            if self.paused():
+                return True
             if not await self._propose():
                 return False
         if not plan.promote and not plan.propose and not any(t.in_flight for t in trials):
@@ -323,11 +365,13 @@ class RunDriver:
         history = self.history()
         used = fidelity.spent([trial_of(h, run.goal) for h in history])
         context = plan_context(run.goal, run.dataset_facts, self.planner.num_train(run), history, run.best_iteration,
-                               self._max_epochs(run), self.config.llm.history_limit, spent=used, budget=self.budget(run))
-        view = RunView(run=run, history=history, number=n, max_epochs=self._max_epochs(run),
+                               self.max_epochs(run), self.config.llm.history_limit, spent=used, budget=self.budget(run))
+        view = RunView(run=run, history=history, number=n, max_epochs=self.max_epochs(run),
                        num_train=self.planner.num_train(run), context=context)
-        answer = None
-        if self.planner.planning_llm is not None and llm_turn(n, self.settings.llm_share):
+        answer, queued = None, queued_proposal(run)  # a config queued by hand goes first
+        if queued is not None:
+            answer = queued[0]
+        elif self.planner.planning_llm is not None and llm_turn(n, self.settings.llm_share):
             answer = await self.planner.planning_llm.propose(view)
         own_calls = []
         if isinstance(answer, Declined):
@@ -355,10 +399,12 @@ class RunDriver:
                                  ladder=[RungSpec(index=r.index, epochs=r.epochs, seeds=list(r.seeds)) for r in rungs],
                                  llm_calls=await store_calls(self.registry, run.run_id, n, own_calls))
         # the number first: a planner that dies before the record is written never reuses it
-        self.run = await self.set_run(lambda r: replace(r, current_iteration=max(r.current_iteration, n)))
+        taken = queued[1] if queued else None
+        self.run = await self.set_run(lambda r: replace(r, current_iteration=max(r.current_iteration, n),
+                                                        queued=taken_from_queue(r, taken)))
         await self.registry.put_iteration(record)
         self.candidates[n] = record
-        by = "the planning LLM" if proposal.proposer == "llm" else "the built-in search"
+        by = {"llm": "the planning LLM", "user": "the user"}.get(proposal.proposer, "the built-in search")
         why = f": {proposal.reasoning}" if proposal.reasoning else ""
         await self.event("proposed", f"candidate {n}: {by} proposed {proposal.describe()}, first at "
                          f"{first.describe()}{why}", n,
@@ -398,11 +444,13 @@ class RunDriver:
         flying = [h for h in self.history() if h.in_flight]
         used = fidelity.spent([trial_of(h, run.goal) for h in self.history()])
         parts = [f"#{h.iteration} {'full' if h.rung is None else f'rung {h.rung}'}" for h in flying]
-        line = f"in flight: {', '.join(parts) or 'none'}; compute {used}/{self.budget(run)} seed-epochs"
+        paused = self.paused()
+        line = (f"{'paused by hand; ' if paused else ''}in flight: {', '.join(parts) or 'none'}; "
+                f"compute {used}/{self.budget(run)} seed-epochs")
         if line != self._progress:
             self._progress = line
             await self.event("progress", line, data={"in_flight": [h.iteration for h in flying], "spent": used,
-                                                      "budget": self.budget(run)})
+                                                      "budget": self.budget(run), "paused": paused})
 
 
 def _ordinal(n: int | None) -> str:

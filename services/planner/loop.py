@@ -16,12 +16,12 @@ from services.planner.intake import new_run
 from services.planner.leases import RunLeases
 from services.planner.llm_guard import LLMGuard
 from services.planner.proposers import BuiltinSearch, PlanningLLM
+from services.planner.steering import Steering
 from services.planner.steps import job_id
 from shared.llm.client import LLMClient, llm_settings
 from shared.messaging import subjects
 from shared.messaging.bus import publish_event, through_outages
-from shared.messaging.messages import (STOP_WAIT_S, TERMINAL_STATUSES, EvalJob, Event, Goal, SeedResult, StopAnswer,
-                                      StopRequest)
+from shared.messaging.messages import EvalJob, Event, Goal, SeedResult
 from shared.registry.records import RunRecord, unless_ended
 from shared.registry.store import Registry
 from shared.runtime.config import Config
@@ -35,7 +35,8 @@ class Planner:
     def __init__(self, nc, js, registry: Registry, config: Config, leases: RunLeases) -> None:
         self.nc, self.js, self.registry, self.config, self.leases = nc, js, registry, config, leases
         self._tasks: dict[str, asyncio.Task] = {}
-        self._drivers: dict[str, RunDriver] = {}
+        self.drivers: dict[str, RunDriver] = {}
+        self.steering = Steering(self)  # stop, pause, resume, queue by hand
         planning, tools = llm_settings(config, "planning"), llm_settings(config, "tools")
         self.planning = LLMClient(planning) if planning else None
         self.planning_llm = PlanningLLM(self.planning) if self.planning else None
@@ -74,7 +75,7 @@ class Planner:
                          result.iteration, {"seed": result.seed, "ok": result.ok, "metrics": result.metrics,
                                             "rung": result.rung, "split": result.split, "started_at": result.started_at,
                                             "duration_s": result.duration_s, "evaluator": result.evaluator})
-        driver = self._drivers.get(result.run_id)
+        driver = self.drivers.get(result.run_id)
         if driver is not None:
             driver.notify(result)
 
@@ -99,30 +100,6 @@ class Planner:
         if it.state not in ("validated", "evaluating") or it.rung != result.rung or result.seed not in it.seeds:
             return f"candidate {it.iteration} is {it.state} at rung {it.rung} with seeds {it.seeds}"
         return None
-
-    async def stop_run(self, request: StopRequest) -> StopAnswer | None:
-        """`researcher stop`: the replica driving the run ends it as stopped (recording who asked)
-        and answers once it has; the others stay silent. None: not this replica's run."""
-        driver = self._drivers.get(request.run_id)
-        if driver is None:
-            return None
-        bind_run(request.run_id)
-        why = f"stopped by hand ({request.by or 'researcher stop'})"
-        log.info("stop_asked", by=request.by)
-        before = await self.registry.get_run(request.run_id)
-        testing = before is not None and before.test is not None  # then this stop ends it now, untested
-        driver.ask_stop(why)
-        deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline:
-            run = await self.registry.get_run(request.run_id)
-            if run is not None and run.status in TERMINAL_STATUSES:
-                return StopAnswer(run_id=run.run_id, status=run.status, message=run.reason or why)
-            if run is not None and run.test is not None and not testing:
-                return StopAnswer(run_id=run.run_id, status="running", testing=True, message=(
-                    f"stopping: its best candidate, {run.test.iteration}, is tested on the held-out test split "
-                    "first, then the run ends; stop it again to end it now, untested"))
-            await asyncio.sleep(0.1)
-        return StopAnswer(run_id=request.run_id, status="running", message="asked to stop; it stops at its next step")
 
     async def on_dead_job(self, job: EvalJob, deliveries: int) -> None:
         """A seed job JetStream gave up on: a failed seed carrying why, unless a result came after all."""
@@ -165,7 +142,7 @@ class Planner:
     # ---- driving a run ----
     async def _drive(self, run_id: str) -> None:
         bind_run(run_id)
-        driver = self._drivers[run_id] = RunDriver(self, run_id)
+        driver = self.drivers[run_id] = RunDriver(self, run_id)
         try:
             while True:
                 try:
@@ -184,8 +161,8 @@ class Planner:
                     return
         finally:
             await driver.close()
-            if self._drivers.get(run_id) is driver:
-                del self._drivers[run_id]
+            if self.drivers.get(run_id) is driver:
+                del self.drivers[run_id]
 
     # ---- helpers ----
     def num_train(self, run: RunRecord) -> int:

@@ -14,7 +14,7 @@ from shared.messaging import subjects
 from shared.messaging.consumer import Delivery
 from shared.errors import MessageError
 from shared.messaging.bus import decode, encode
-from shared.messaging.messages import ErrorReply, Goal, MaxDeliveriesAdvisory, SeedResult, StopRequest
+from shared.messaging.messages import ErrorReply, Goal, MaxDeliveriesAdvisory, SeedResult, SteerRequest, StopRequest
 from shared.registry.store import Registry
 from shared.runtime.config import Config, replica_name
 from shared.runtime.service import Service
@@ -34,26 +34,31 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
         await service.responder(settings.submit_concurrency).serve(
             subjects.GOAL_SUBMIT_SUBJECT, subjects.PLANNER_QUEUE, Goal, intake.submit, unanswered=intake.unanswered)
 
-        async def answer_stop(msg) -> None:  # every replica hears it; the one driving the run answers
-            try:
-                request = decode(msg.data, StopRequest, msg.subject)
-            except MessageError as exc:
-                log.warning("rejected_message", error=str(exc))
-                if msg.reply:
-                    await msg.respond(encode(ErrorReply(error=str(exc))))
-                return
-            answer = await planner.stop_run(request)
-            if answer is not None and msg.reply:
-                await msg.respond(encode(answer))
+        steering: set[asyncio.Task] = set()
 
-        stopping: set[asyncio.Task] = set()
+        def answering(type_, handle):
+            """A request every replica hears; the one driving the run answers (each in a task of its
+            own: a stop waits up to STOP_WAIT_S for its run to end)."""
+            async def answer(msg) -> None:
+                try:
+                    request = decode(msg.data, type_, msg.subject)
+                except MessageError as exc:
+                    log.warning("rejected_message", error=str(exc))
+                    if msg.reply:
+                        await msg.respond(encode(ErrorReply(error=str(exc))))
+                    return
+                reply = await handle(request)
+                if reply is not None and msg.reply:
+                    await msg.respond(encode(reply))
 
-        async def on_stop(msg) -> None:  # each in a task of its own: one waits up to STOP_WAIT_S for its run
-            task = asyncio.create_task(answer_stop(msg))
-            stopping.add(task)
-            task.add_done_callback(stopping.discard)
+            async def on_request(msg) -> None:
+                task = asyncio.create_task(answer(msg))
+                steering.add(task)
+                task.add_done_callback(steering.discard)
+            return on_request
 
-        await service.nc.subscribe(subjects.STOP_SUBJECT, cb=on_stop)
+        await service.nc.subscribe(subjects.STEER_SUBJECT, cb=answering(SteerRequest, planner.steering.answer))
+        await service.nc.subscribe(subjects.STOP_SUBJECT, cb=answering(StopRequest, planner.steering.answer_stop))
 
         async def on_result(result: SeedResult, delivery: Delivery) -> None:
             await planner.on_result(result)

@@ -20,9 +20,9 @@ import msgspec
 from shared.messaging import subjects
 from shared.messaging.messages import (
     AssembleReply, AssembleRequest, EpochStats, ErrorReply, EvalJob, Event, Goal, GoalAnswer, MaxDeliveriesAdvisory,
-    RunEnded, SeedResult, StopAnswer, StopRequest, SummaryReply, SummaryRequest, ValidateRequest, ValidationResult,
+    RunEnded, SeedResult, SteerAnswer, SteerRequest, StopAnswer, StopRequest, SummaryReply, SummaryRequest, ValidateRequest, ValidationResult,
 )
-from shared.registry.records import IterationRecord, RunRecord
+from shared.registry.records import MAX_QUEUED, MAX_STEERING, IterationRecord, RunRecord
 from shared.sandboxing.protocol import ESCAPE_FACTOR
 
 if TYPE_CHECKING:
@@ -103,8 +103,12 @@ LIMITS: dict[type, int] = {
     RunEnded: _limit(TEXT_BYTES),
     StopRequest: _limit(TEXT_BYTES),
     StopAnswer: _limit(TEXT_BYTES + MAX_ERROR_BYTES),
+    SteerRequest: _limit(MAX_CONFIG_BYTES + TEXT_BYTES),  # a config queued by hand
+    SteerAnswer: _limit(TEXT_BYTES + MAX_ERROR_BYTES),  # why a config was refused
     MaxDeliveriesAdvisory: _limit(TEXT_BYTES),  # written by the server
-    RunRecord: _limit(GOAL_BYTES + MAX_CLASSES * NAME_BYTES + 2 * LLM_CALL_BYTES + 4 * MAX_ERROR_BYTES),
+    # its steering: the configs queued by hand, and each action's who, when and a line
+    RunRecord: _limit(GOAL_BYTES + MAX_CLASSES * NAME_BYTES + 2 * LLM_CALL_BYTES + 4 * MAX_ERROR_BYTES
+                      + MAX_QUEUED * (MAX_CONFIG_BYTES + TEXT_BYTES) + MAX_STEERING * TEXT_BYTES),
     IterationRecord: _limit(ITERATION_BYTES),
 }
 

@@ -599,6 +599,36 @@ class StopAnswer(msgspec.Struct, frozen=True, kw_only=True):
     testing: bool = False  # the stop is taken: the run ends stopped once its best candidate is tested
 
 
+# ---- steering a run by hand: one request for every action (the CLI's and the dashboard's) ----
+SteerAction = Literal["stop", "pause", "resume", "queue"]
+
+
+class SteerRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """On STEER_SUBJECT, a request to the planner driving the run (shared.messaging.steering.steer).
+    `by` says who asked, as the asker gives it ("user@host with researcher pause", "NAME via
+    dashboard"): the credential's role is all the server vouches for. `config`: the model_config
+    of a "queue" (the seed format the assembler builds), None for the other actions."""
+
+    run_id: str
+    action: SteerAction
+    by: str = ""
+    config: dict[str, Any] | None = None
+
+
+class SteerAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The planner driving the run: whether it took the action (`ok`; False with why in `message`:
+    a paused run paused again, a config that cannot be built), and the run as it is now."""
+
+    run_id: str
+    action: SteerAction
+    ok: bool
+    status: str  # the run's status (RunStatus)
+    message: str
+    paused: bool = False
+    queued: int = 0  # configs queued by hand that wait for their turn
+    testing: bool = False  # a stop taken while (or by) testing the best candidate: it ends once tested
+
+
 # ---- progress events ----
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str

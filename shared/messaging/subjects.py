@@ -43,6 +43,9 @@ EVENTS_PREFIX = "research.events"
 RUN_ENDED_SUBJECT = "research.runs.ended"
 # stop a run by hand (`researcher stop`): a request every planner replica hears; the one driving it answers
 STOP_SUBJECT = "research.runs.stop"
+# steer a run by hand (stop, pause, resume, queue a config): SteerRequest, answered by the planner
+# replica driving the run; STOP_SUBJECT stays for older CLIs
+STEER_SUBJECT = "research.runs.steer"
 
 # ---- registry (JetStream KV + object store) ----
 RUNS_BUCKET = "research_runs"

@@ -19,8 +19,11 @@ from shared.messaging.messages import (TERMINAL_STATUSES, DatasetFacts, EpochSta
 IterationState = Literal["proposed", "assembled", "validated", "evaluating", "evaluated", "parked", "rejected",
                          "decided"]
 IN_FLIGHT: frozenset[str] = frozenset({"proposed", "assembled", "validated", "evaluating"})
-Proposer = Literal["builtin", "llm"]
+Proposer = Literal["builtin", "llm", "user"]  # user: a config queued by hand (`researcher queue`)
 DEFAULT_METRIC = "val_accuracy"
+MAX_QUEUED = 4  # configs queued by hand that may wait at once (each up to limits.MAX_CONFIG_BYTES)
+MAX_STEERING = 200  # steering records a run keeps, the latest (its events carry every one)
+MAX_BY_CHARS = 200  # who steered, as the asker said it
 
 
 # ---- the statistics of one metric over seeds ----
@@ -251,6 +254,25 @@ class TestEvaluation(msgspec.Struct, kw_only=True):
     finished_at: float | None = None
 
 
+# ---- steering by hand (services/planner/steering.py) ----
+class SteerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One action taken on a run by hand: stop, pause, resume, queue (SteerAction)."""
+
+    action: str
+    by: str  # as the asker gave it: "user@host with researcher pause", "NAME via dashboard"
+    at: float  # seconds since the epoch
+    detail: str = ""  # what it did, in a line (the stop's reason, the queued config's class)
+
+
+class QueuedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A model_config queued by hand, checked and completed as a proposal is: the run's next
+    candidate once its turn comes, ahead of the search and the planning LLM."""
+
+    model_config: dict[str, Any]
+    by: str
+    at: float  # when it was queued, seconds since the epoch: also its identity in the queue
+
+
 class RunRecord(msgspec.Struct, kw_only=True):
     run_id: str
     goal: Goal
@@ -264,6 +286,11 @@ class RunRecord(msgspec.Struct, kw_only=True):
     reason: str | None = None  # why the run ended, in a sentence (set by the planner when it ends it)
     budget_epochs: int | None = None  # its compute budget in seed-epochs, as the planner set it at its first step
     test: TestEvaluation | None = None  # its best candidate on the test split; None: not (yet) tested
+    # ---- steering by hand: paused, it starts and promotes no candidate and does not end by its own
+    # decisions (a stop still ends it); the configs queued by hand, oldest first; every action taken ----
+    paused: bool = False
+    queued: list[QueuedConfig] = []
+    steering: list[SteerRecord] = []
     created_at: float = msgspec.field(default_factory=time.time)
     finished_at: float | None = None
 

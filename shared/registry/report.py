@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,10 @@ def build_report(run: RunRecord, iterations: list[IterationRecord]) -> dict[str,
         "compute": compute(run, iterations, run.budget_epochs),
         "container_runtimes": container_runtimes(iterations),
         "reason": run.reason,
+        # steering by hand: paused now, the configs queued and waiting, every action taken with who
+        "paused": run.paused,
+        "queued": msgspec.to_builtins(run.queued),
+        "steering": msgspec.to_builtins(run.steering),
         "best": best,
         # its best candidate on the held-out test split beside its validation figures: what to report
         "test": held_out_section(run, iterations),
@@ -205,7 +210,8 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     """A human reading of a run for a terminal."""
     goal = run.goal
     lines = [f"run {run.run_id}: {goal.goal!r} on {goal.dataset}",
-             f"status: {run.status}" + (f" ({run.error})" if run.error else ""),
+             f"status: {run.status}" + (f" ({run.error})" if run.error else "")
+             + (" (paused by hand)" if run.paused and run.status == "running" else ""),
              f"target: {goal.goal_metric} {'<=' if goal.lower_is_better else '>='} {goal.target_value:.4f}, on its "
              f"{goal.goal_statistic} over seeds on the validation split (the split candidates are selected on)", ""]
     if run.dataset_facts is not None and run.dataset_facts.columns:  # a table read from a file: what became of it
@@ -251,6 +257,7 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     runtimes = container_runtimes(iterations)
     if runtimes:
         lines.append("containers: " + "; ".join(f"{count} under {RUNTIMES.get(name, name)}" for name, count in runtimes.items()))
+    lines += format_steering(run)
     if run.reason:
         lines.append(f"ended: {run.reason}")
     lines.append(f"compute measured: {format_cost(run_cost(iterations))}"
@@ -264,6 +271,17 @@ def format_report(run: RunRecord, iterations: list[IterationRecord]) -> str:
     if wall is not None:
         lines.append(f"wall time: {wall} s")
     return "\n".join(lines)
+
+
+def format_steering(run: RunRecord) -> list[str]:
+    """Every action taken on the run by hand, with who and when (UTC), and the configs still queued."""
+    lines = [f"steered by hand ({len(run.steering)}):"] if run.steering else []
+    for record in run.steering:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.at))
+        lines.append(f"  {when} {record.action} by {record.by}" + (f": {record.detail}" if record.detail else ""))
+    if run.queued:
+        lines.append(f"  queued, not started yet: {len(run.queued)} config(s)")
+    return lines
 
 
 def _cost_lines(it: IterationRecord) -> list[str]:

@@ -79,7 +79,7 @@ ROLES: dict[str, Role] = {
                  f"{JS}.CONSUMER.*.*.<stream>.>", "$JS.ACK.<stream>.>", "$JS.FC.<stream>.>", "$KV.<kv>.>",
                  "$O.<object>.>", f"{JS}.STREAM.PURGE.OBJ_<object>",  # an artifact replaced or deleted
                  f"{JS}.STREAM.MSG.DELETE.{s.EVAL_STREAM}"),  # a dead-lettered job out of the work queue
-        subscribe=(s.GOAL_SUBMIT_SUBJECT, s.STOP_SUBJECT),
+        subscribe=(s.GOAL_SUBMIT_SUBJECT, s.STOP_SUBJECT, s.STEER_SUBJECT),
         responds=True,
         notes=("only its own streams, buckets and stores, by name (<stream>: "
                + ", ".join(PLANNER_STREAMS) + "; <kv>, <object>: the buckets among them); none may be deleted "
@@ -99,14 +99,15 @@ ROLES: dict[str, Role] = {
                "writes weights under names never used before and reads their metadata, nothing else of the registry")),
     # the researcher's CLI (submit, run --nats-url, report, export, runs)
     "client": Role(
-        "submits goals, stops runs, follows them, reads reports and artifacts; validates a model file in the sandbox",
-        publish=(s.GOAL_SUBMIT_SUBJECT, s.GOALS_SUBJECT, s.STOP_SUBJECT, s.VALIDATE_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)),
+        "submits goals, steers runs (stop, pause, resume, queue a config), follows them, reads reports and artifacts; "
+        "validates a model file in the sandbox",
+        publish=(s.GOAL_SUBMIT_SUBJECT, s.GOALS_SUBJECT, s.STOP_SUBJECT, s.STEER_SUBJECT, s.VALIDATE_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)),
                  *_object_read(s.ARTIFACTS_BUCKET), *_object_read(s.WEIGHTS_BUCKET)),
         subscribe=(f"{s.EVENTS_PREFIX}.>",)),
-    # read-only views of the registry and the live events (the dashboard's, once it exists)
+    # views of the registry and the live events, and steering by hand (the dashboard's)
     "dashboard": Role(
-        "shows runs live: reads the registry and the events",
-        publish=(*(p for b in REGISTRY_KV for p in _kv_read(b)), *_object_read(s.ARTIFACTS_BUCKET),
+        "shows runs live: reads the registry and the events; steers runs (stop, pause, resume, queue a config)",
+        publish=(s.STEER_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)), *_object_read(s.ARTIFACTS_BUCKET),
                  *_object_read(s.WEIGHTS_BUCKET)),
         subscribe=(f"{s.EVENTS_PREFIX}.>",)),
     "admin": Role("the operator's: everything (maintenance with the `nats` CLI, tests' set-up)",

@@ -28,7 +28,7 @@ from services.planner.loop import Planner
 from services.planner.steps import job_id
 from shared.messaging import subjects as s
 from shared.messaging.bus import encode, ensure_streams, secured
-from shared.messaging.messages import EvalJob, Goal, SeedResult, StopRequest
+from shared.messaging.messages import EvalJob, Goal, SeedResult, SteerRequest, StopRequest
 from shared.registry.records import IterationRecord, RunRecord, TestEvaluation
 from shared.registry.store import Registry
 from shared.security import pki
@@ -128,6 +128,8 @@ async def test_every_role_is_refused_what_its_work_does_not_need(nats_url, stack
         *(p.request(s.GOAL_SUBMIT_SUBJECT, GOAL) for p in (ev, asm, sb, da)),
         # stopping a run: the client's (and the admin's) alone
         *(p.request(s.STOP_SUBJECT, encode(StopRequest(run_id=RUN))) for p in (ev, asm, sb, da)),
+        # steering a run (stop, pause, resume, queue): the client's and the dashboard's
+        *(p.request(s.STEER_SUBJECT, encode(SteerRequest(run_id=RUN, action="pause"))) for p in (ev, asm, sb)),
         # writing or deleting a registry key, from everyone but the planner
         *(p.publish(f"$KV.{s.RUNS_BUCKET}.{RUN}", b'{"status": "goal_achieved"}') for p in (ev, cl, da, asm, sb)),
         ev.publish(f"$KV.{s.ITERATIONS_BUCKET}.{RUN}.it0001", b"", **{"KV-Operation": "DEL"}),

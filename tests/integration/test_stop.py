@@ -19,9 +19,9 @@ from shared.registry.store import Registry
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "researcher.cli", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "NATS_URL": ""})
+                          timeout=120, env={**os.environ, "NATS_URL": ""}, input=input)
 
 
 async def test_a_running_run_is_stopped_by_hand_and_says_who_stopped_it(docker_engine, tmp_path):
