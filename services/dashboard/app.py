@@ -56,9 +56,9 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
     figures = Figures(records)
 
-    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
         started = time.perf_counter()
-        body = env.get_template(name).render(steering=steer is not None, **context)
+        body = env.get_template(template).render(steering=steer is not None, **context)
         rendered_ms = (time.perf_counter() - started) * 1000
         return HTMLResponse(body, status, headers={**SECURITY_HEADERS, "Server-Timing": f"render;dur={rendered_ms:.1f}"})
 
@@ -172,6 +172,11 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return page("error.html", exc.status_code, title=str(exc.status_code), message=exc.detail)
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("page_failed", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return page("error.html", 500, title="500", message=f"this page failed: {type(exc).__name__}: {exc} "
+                                                              "(the dashboard's log has the details)")
+
     routes = [
         Route("/", runs_page), Route("/fragments/runs", runs_fragment), Route("/stream", stream),
         Route("/healthz", health),
@@ -183,7 +188,7 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
         Route("/runs/{run_id}/candidates/{n:int}/llm/{k:int}", exchange_page),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
 def _png(data: bytes) -> Response:

@@ -107,7 +107,8 @@ def test_the_dashboard_serves_a_registry_and_shows_hostile_text_as_text(nats_url
             assert web.execute_script("return window.__pwned") is None
             shoot(web, "candidate")
             web.get(base + "/runs/hostile-run/candidates/11/llm/0")
-            assert HOSTILE in web.find_element("id", "reply").text and web.execute_script("return window.__pwned") is None
+            reply = web.find_element("id", "reply").text  # the reply as JSON: its quotes escaped
+            assert "<script>window.__pwned = 1</script>" in reply and web.execute_script("return window.__pwned") is None
             web.get(base + "/runs/no-such-run")
             assert "no run 'no-such-run' in the registry" in web.find_element("id", "problem").text
             web.get(base + "/")
