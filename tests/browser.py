@@ -60,4 +60,5 @@ def wait_for(web, condition: Callable, what: str, timeout: float = WAIT_S):
     except TimeoutException:
         shoot(web, "timed-out")
         raise AssertionError(f"{what}: not within {timeout:.0f} s; the page: {web.current_url}\n"
-                             f"{web.find_element('tag name', 'body').text[:3000]}") from None
+                             f"{web.find_element('tag name', 'body').text[:3000]}\nthe browser's log: "
+                             f"{web.get_log('browser')}") from None

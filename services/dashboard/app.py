@@ -72,6 +72,16 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
             raise HTTPException(404, f"no run {run_id!r} in the registry")
         return found
 
+    async def run_page_or_wait(request: Request) -> Response:
+        """A run not in the registry yet may be a goal just submitted: its page says so and waits for
+        the run's first event (live.js reloads it then)."""
+        run_id = request.path_params["run_id"]
+        if RUN_ID.match(run_id) and await records.get_run(run_id) is None:
+            return page("error.html", 404, title="404", waiting=run_id, message=(
+                f"no run {run_id!r} in the registry (yet: a goal just submitted appears once a planner takes "
+                "it; this page follows it and shows the run when it starts)"))
+        return await run_page(request)
+
     async def runs_page(request: Request) -> Response:
         return page("runs.html", title="runs", runs=[views.run_row(r) for r in reversed(await records.runs())])
 
@@ -180,7 +190,7 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
     routes = [
         Route("/", runs_page), Route("/fragments/runs", runs_fragment), Route("/stream", stream),
         Route("/healthz", health),
-        Route("/runs/{run_id}", run_page), Route("/runs/{run_id}/live", run_live),
+        Route("/runs/{run_id}", run_page_or_wait), Route("/runs/{run_id}/live", run_live),
         Route("/runs/{run_id}/stream", stream), Route("/runs/{run_id}/steer", steer_run, methods=["POST"]),
         Route("/runs/{run_id}/plots/{which}.png", run_plot),
         Route("/runs/{run_id}/candidates/{n:int}", candidate_page),

@@ -24,7 +24,7 @@ ARTIFACT_KEPT_BYTES = 2 * 1024 * 1024  # a larger artifact is read again each ti
 
 class Records:
     def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+        self.registry = registry  # read-only (Registry.read)
         self._final: dict[tuple[str, int], IterationRecord] = {}
         self._artifacts: OrderedDict[str, bytes] = OrderedDict()
         self._gate = asyncio.Semaphore(READS_AT_ONCE)
@@ -33,11 +33,21 @@ class Records:
         if event.iteration is not None:
             self._final.pop((event.run_id, event.iteration), None)
 
+    async def _opened(self) -> Registry:
+        """The registry, opened again while the planner has not made its buckets yet (a dashboard
+        started first, as compose may start it, would otherwise read an empty registry forever)."""
+        if self.registry.missing_buckets:
+            self.registry = await Registry.read(self.registry.js)
+        return self.registry
+
     async def runs(self) -> list[RunRecord]:
-        return await self.registry.list_runs()
+        return await (await self._opened()).list_runs()
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await (await self._opened()).get_run(run_id)
 
     async def run(self, run_id: str) -> tuple[RunRecord, list[IterationRecord]] | None:
-        run = await self.registry.get_run(run_id)
+        run = await self.get_run(run_id)
         if run is None:
             return None
         ended = run.status in TERMINAL_STATUSES
@@ -59,7 +69,7 @@ class Records:
         if kept is not None:
             self._artifacts.move_to_end(name)
             return kept
-        data = await self.registry.get_artifact(name)
+        data = await (await self._opened()).get_artifact(name)
         if data is not None and len(data) <= ARTIFACT_KEPT_BYTES:
             self._artifacts[name] = data
             while len(self._artifacts) > ARTIFACTS_KEPT:

@@ -117,6 +117,12 @@ class Registry:
         registry._read_only = True
         return registry
 
+    @property
+    def missing_buckets(self) -> bool:
+        """A reader opened before the planner made the registry's buckets reads them as empty: it
+        opens the registry again (`Registry.read`) until this is False."""
+        return any(b is None for b in (self._runs, self._iterations, self._artifacts))
+
     # ---- generic record access ----
     async def _get(self, kv, key: str, type_: type[R]) -> tuple[R, int] | None:
         if kv is None:  # read-only, and the bucket is not made yet

@@ -15,6 +15,7 @@
   }
   var source = new EventSource(live.dataset.stream);
   source.addEventListener("event", function (message) {
+    if (live.dataset.reload) { source.close(); window.location.reload(); return; }  // the awaited run started
     var event = JSON.parse(message.data);
     if (list) {
       var item = document.createElement("li");
