@@ -4,7 +4,8 @@ as slots free up, and ends the run on the numbers at the full budget or when its
 
 The candidates' records are read once, when a replica takes the run, and kept in memory: this
 driver is the only writer while it holds the run's lease, so a step costs the same at candidate 500
-as at candidate 5. Each pass reads the run record alone (a command may have stopped the run).
+as at candidate 5. Each pass reads the run record alone (a command may have stopped or paused the run:
+steering.py).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class Steering:
         """The driver ends the run as stopped at its next pass; answered once it has (or is testing
         its best candidate first), or after STOP_WAIT_S."""
         why = f"stopped by hand ({by})"
-        await self._record(run_id, "stop", by, why, lambda r: r)
+        await self._record(run_id, "stop", by, why, lambda r: r)  # the driver's pass ends it
         driver.ask_stop(why)
         deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline:
@@ -116,7 +116,11 @@ class Steering:
             return self._refused(run, action, f"run {run.run_id} is already paused; `researcher resume` carries it on"
                                  if pause else f"run {run.run_id} is not paused; there is nothing to resume")
         detail = "paused" if pause else "resumed"
-        run = await self._record(run.run_id, action, by, detail, lambda r: replace(r, paused=pause))
+        # decided again on the record written: of two pauses at once, one is taken
+        run, taken = await self._record(run.run_id, action, by, detail,
+                                        lambda r: replace(r, paused=pause) if r.paused != pause else None)
+        if not taken:
+            return self._refused(run, action, f"run {run.run_id} was {detail} by another request meanwhile")
         driver.hold(pause)
         if pause:  # a promotion or proposal under way when it came is finished first: say which
             await driver.scheduled(STOP_WAIT_S)
@@ -150,8 +154,12 @@ class Steering:
             return self._refused(run, "queue", f"config refused: {problem}")
         entry = QueuedConfig(model_config=completed, by=by, at=time.time())
         name = completed.get("class_name") or "a model"
-        run = await self._record(run.run_id, "queue", by, f"queued {name} as a next candidate",
-                                 lambda r: replace(r, queued=[*r.queued, entry]))
+        run, taken = await self._record(run.run_id, "queue", by, f"queued {name} as a next candidate",
+                                        lambda r: replace(r, queued=[*r.queued, entry]) if len(r.queued) < MAX_QUEUED
+                                        else None)
+        if not taken:
+            return self._refused(run, "queue", f"run {run.run_id} had {MAX_QUEUED} configs queued by hand meanwhile, "
+                                 "the most it holds")
         driver.wake()
         ahead = len(run.queued) - 1
         when = "once the run is resumed" if run.paused else "as soon as a slot is free"
@@ -161,12 +169,23 @@ class Steering:
 
     # ---- helpers ----
     async def _record(self, run_id: str, action: str, by: str, detail: str,
-                      change: Callable[[RunRecord], RunRecord]) -> RunRecord:
-        """`change` and the steering record in one write; then the "steered" event, with who."""
-        run = await self.registry.update_run(run_id, unless_ended(
-            lambda r: replace(change(r), steering=_steered(r, action, by, detail))))
-        await self.planner.event(run_id, "steered", f"{action} by {by}: {detail}", data={"action": action, "by": by})
-        return run
+                      change: Callable[[RunRecord], RunRecord | None]) -> tuple[RunRecord, bool]:
+        """`change` and the steering record in one compare-and-set write, then the "steered" event
+        with who; -> (the run, whether it was taken). `change` -> None: not taken on the record
+        as it is now (written meanwhile), and nothing is written."""
+        taken = True
+
+        def steered(r: RunRecord) -> RunRecord:
+            nonlocal taken
+            changed = change(r)
+            taken = changed is not None
+            return replace(changed, steering=_steered(r, action, by, detail)) if changed is not None else r
+
+        run = await self.registry.update_run(run_id, unless_ended(steered))
+        taken = taken and run.status not in TERMINAL_STATUSES  # an ended run is as it ended
+        if taken:
+            await self.planner.event(run_id, "steered", f"{action} by {by}: {detail}", data={"action": action, "by": by})
+        return run, taken
 
     @staticmethod
     def _refused(run: RunRecord, action, message: str) -> SteerAnswer:

@@ -632,7 +632,8 @@ class SteerAnswer(msgspec.Struct, frozen=True, kw_only=True):
 # ---- progress events ----
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
-    kind: str  # run_started, proposed, assembled, validated, evaluating, seed_done, evaluated, decided, run_finished, error
+    kind: str  # run_started, proposed, assembled, validated, evaluating, seed_done, evaluated, decided, run_finished,
+    # error, steered (by hand: data {action, by}), ...
     message: str
     iteration: int | None = None
     data: dict[str, Any] = {}

@@ -46,6 +46,7 @@ async def test_a_running_run_is_stopped_by_hand_and_says_who_stopped_it(docker_e
     assert stopped.returncode == 0, stopped.stderr
     assert f"run {run_id}: stopped: stopped by hand (" in stopped.stderr and "with researcher stop" in stopped.stderr
     assert run.status == "stopped" and "researcher stop" in run.reason
+    assert [(s.action, s.by.endswith("with researcher stop")) for s in run.steering] == [("stop", True)]
     assert again.returncode == 1 and f"run {run_id} had already ended: stopped" in again.stderr
     assert unknown.returncode == 1 and "no run 'no-such-run'" in unknown.stderr
     assert report.returncode == 0 and "status: stopped" in report.stdout
