@@ -53,7 +53,6 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
     """`steer(run_id, action, by, config) -> (ok, message)`; None: a read-only dashboard."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
-    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
     figures = Figures(records)
 
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -16,7 +16,7 @@ import msgspec
 
 from shared.messaging.messages import TERMINAL_STATUSES, Event
 from shared.registry.costs import candidate_cost, format_cost, run_cost
-from shared.registry.held_out import held_out_section
+from shared.registry.held_out import format_held_out
 from shared.registry.leaderboard import config_summary, fidelity, latest, leaderboard
 from shared.registry.records import IterationRecord, RunRecord
 from shared.registry.report import _validation, format_recipe, recipe_of
@@ -64,7 +64,7 @@ def run_view(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any
                            "since": when(it.started_at)} for it in iterations if it.in_flight],
             "leaderboard": board, "failed": failed, "spent": spent,
             "cost": format_cost(run_cost(iterations)),
-            "test": held_out_section(run, iterations),
+            "test": "\n".join(line for line in format_held_out(run, iterations) if line.strip()),
             "steering": [msgspec.to_builtins(s) for s in getattr(run, "steering", [])],
             "queued": [msgspec.to_builtins(q) for q in getattr(run, "queued", [])],
             "llm_check": [msgspec.to_builtins(c) for c in run.llm_check or []]}

@@ -85,7 +85,7 @@ def test_a_run_is_followed_live_and_steered_from_the_page(docker_engine, sequent
         refused = press(web, "queue", "refused")
         assert "NoSuchLayer" in refused, refused
         assert "resumed" in press(web, "resume", "resumed")
-        press(web, "stop", "stopped")
+        press(web, "stop", "stopp")  # stopped, or stopping once its best candidate is tested
         wait_for(web, lambda w: "stopped" in w.find_element("id", "status").text, "the run shown stopped", timeout=60)
         shoot(web, "stopped")
         run = asyncio.run(_record(stack.url, run_id))
