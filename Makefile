@@ -18,7 +18,7 @@ export TORCH_SPEC
 
 .DEFAULT_GOAL := help
 .PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search \
-        bench-tls bench-text gpu-check gpu-check-wheels
+        bench-tls bench-text bench-dashboard gpu-check gpu-check-wheels
 
 help:
 	@echo "Targets:"
@@ -63,6 +63,8 @@ help:
 	@echo "                 to the target, simulated wall time (BENCH_ARGS: --seeds, --budget, --goals, --replicas)"
 	@echo "  bench-text     tokenisation speed: texts/s and tokens/s training a WordPiece and a BPE tokenizer and encoding"
 	@echo "                 with it, on a generated corpus (BENCH_ARGS: --texts, --vocab-size, --max-length)"
+	@echo "  bench-dashboard  the dashboard's page loads on a run of 200 candidates: first and warm, over HTTP against"
+	@echo "                 /healthz, and in headless chromium (BENCH_ARGS: --candidates, --rounds)"
 	@echo "  bench-tls      what TLS and the roles' permissions cost: connect time, request/reply p50/p95, job queue"
 	@echo "                 throughput, plain against TLS in one run, and the ratios"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
@@ -132,6 +134,9 @@ bench-search: venv
 
 bench-text: venv
 	$(VENV)/bin/python -m benchmarks.bench_text $(BENCH_ARGS)
+
+bench-dashboard: venv
+	$(VENV)/bin/python -m benchmarks.bench_dashboard $(BENCH_ARGS)
 
 # Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
 bench-scale: venv images

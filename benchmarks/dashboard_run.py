@@ -11,7 +11,14 @@ goal text, an LLM reply, an error and the code, which a page must show as text.
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import msgspec
 import numpy as np
@@ -20,6 +27,7 @@ from shared.evaluation.aggregate import summarise
 from shared.evaluation.metrics import score
 from shared.messaging.messages import DatasetFacts, EpochStats, Goal, LLMCall, SeedResult, ValidationResult
 from shared.registry.records import Decision, IterationRecord, RunRecord
+from researcher.stack import free_port, spawn, stop
 from shared.registry.store import Registry
 
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold</b>'
@@ -113,3 +121,24 @@ async def write_run(registry: Registry, run_id: str, candidates: int = 200, *, h
                     reason=None if status == "running" else f"the search ended: {status}")
     await registry.create_run(run)
     return run
+
+
+@contextmanager
+def serve_dashboard(nats_url: str, credentials, log_path: Path, ready_s: float = 60.0) -> Iterator[str]:
+    """The dashboard service as its own process on a free port, connected as its role: -> its base URL."""
+    port = free_port()
+    env = {**os.environ, "NATS_URL": nats_url, "NATS_CREDENTIALS": str(credentials.role("dashboard").path),
+           "RESEARCHER_DASHBOARD__PORT": str(port)}
+    with open(log_path, "wb") as log:
+        proc = spawn([sys.executable, "-m", "services.dashboard.main"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + ready_s
+        while b'"dashboard_ready"' not in log_path.read_bytes():
+            if proc.poll() is not None:
+                raise RuntimeError(f"the dashboard exited at start:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the dashboard was not ready in {ready_s:.0f} s; its log: {log_path}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc, 15.0)

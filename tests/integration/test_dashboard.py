@@ -6,45 +6,18 @@ its goal, an LLM reply, an error and its code, which the pages must show as text
 from __future__ import annotations
 
 import asyncio
-import time
-import os
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
 
-from benchmarks.dashboard_run import HOSTILE, write_run
-from researcher.stack import free_port, spawn, stop
+from benchmarks.dashboard_run import HOSTILE, serve_dashboard, write_run
 from shared.messaging.bus import connect
 from shared.registry.store import Registry
 from tests.browser import chromium, shoot, wait_for
 
 pytestmark = [pytest.mark.slow]
-READY_S = 60.0
-
-
-@contextmanager
-def dashboard(nats_url: str, credentials, log_path) -> str:
-    """The dashboard service as its own process on a free port, connected as its role: -> its base URL."""
-    port = free_port()
-    env = {**os.environ, "NATS_URL": nats_url, "NATS_CREDENTIALS": str(credentials.role("dashboard").path),
-           "RESEARCHER_DASHBOARD__PORT": str(port)}
-    with open(log_path, "wb") as log:
-        proc = spawn([sys.executable, "-m", "services.dashboard.main"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + READY_S
-        while b'"dashboard_ready"' not in log_path.read_bytes():
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"the dashboard was not ready in {READY_S} s"
-            time.sleep(0.1)
-        yield base
-    finally:
-        stop(proc, 15.0)
 
 
 def get(url: str) -> tuple[int, str, dict]:
@@ -67,7 +40,7 @@ async def _write(nats_url: str) -> None:
 
 def test_the_dashboard_serves_a_registry_and_shows_hostile_text_as_text(nats_url, credentials, tmp_path):
     asyncio.run(_write(nats_url))
-    with dashboard(nats_url, credentials, tmp_path / "dashboard.log") as base:
+    with serve_dashboard(nats_url, credentials, tmp_path / "dashboard.log") as base:
         status, runs, headers = get(base + "/")
         assert status == 200 and "hostile-run" in runs and "live-run" in runs
         assert "script-src 'self'" in headers["content-security-policy"]
