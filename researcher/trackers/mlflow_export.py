@@ -53,11 +53,12 @@ def key(name: str) -> str:
     clean = _NOT_IN_KEY.sub("_", name).replace("..", "__")
     if len(clean) <= MAX_KEY:
         return clean
-    return clean[: MAX_KEY - 13] + "~" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return clean[: MAX_KEY - 13] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def _cut(value: str, limit: int, where: str) -> str:
-    return value if len(value) <= limit else value[: limit - 60] + f"… (cut at {limit} characters; whole in {where})"
+    note = f"… (cut at {limit} characters; whole in {where})"
+    return value if len(value) <= limit else value[: limit - len(note)] + note
 
 
 def export(view: RunView, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple[str, str]:
@@ -82,8 +83,7 @@ def export(view: RunView, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> tup
 
 def _candidate(client: Any, experiment_id: str, parent: str, c: CandidateView) -> None:
     run_id = _start(client, experiment_id, c.name, c.tags, c.started_at, parent)
-    params = {k: _cut(v, MAX_PARAM, "config.yaml") for k, v in c.params.items()}
-    _log(client, run_id, params, c.metrics, {}, c.started_at, step=c.iteration)
+    _log(client, run_id, c.params, c.metrics, {}, c.started_at, step=c.iteration)
     with tempfile.TemporaryDirectory(prefix="researcher-mlflow-") as tmp:
         folder = Path(tmp)
         (folder / "config.yaml").write_text(c.config_yaml)
@@ -126,7 +126,10 @@ def _log(client: Any, run_id: str, params: dict[str, str], scalars: dict[str, fl
     time_ms = _ms(at)
     metrics = [Metric(key(name), value, time_ms, step) for name, value in scalars.items()]
     metrics += [Metric(key(name), value, time_ms, epoch) for name, points in curves.items() for epoch, value in points]
-    entries = [Param(key(k), v) for k, v in params.items()]
+    cleaned: dict[str, str] = {}
+    for name, value in params.items():  # two names may clean to one key: MLflow refuses a parameter set twice
+        cleaned.setdefault(key(name), _cut(value, MAX_PARAM, "config.yaml or report.json"))
+    entries = [Param(k, v) for k, v in cleaned.items()]
     room = METRICS_PER_BATCH - PARAMS_PER_BATCH  # a batch holds 1,000 entries in all
     for metric_part, param_part in zip_longest([metrics[i: i + room] for i in range(0, len(metrics), room)],
                                                [entries[i: i + PARAMS_PER_BATCH]

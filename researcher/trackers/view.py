@@ -5,6 +5,7 @@ per-epoch curves. Pure: records and artifact bytes in, plain structs out; the tr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from shared.registry.store import Registry
 # the tracker-neutral status; MLflow's RunStatus is its upper case
 Status = Literal["running", "finished", "failed", "killed"]
 CURVE_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "grad_norm")
+ARTIFACT_READS = 16  # artifact reads in flight at once while a view is loaded
 TAG = "researcher."  # every tag this export sets starts so; researcher.run_id finds a run's export again
 
 
@@ -126,7 +128,7 @@ def _params(it: IterationRecord) -> dict[str, str]:
 def candidate_view(run: RunRecord, it: IterationRecord, code: bytes | None, plots: dict[str, bytes]) -> CandidateView:
     ev, v = it.evaluation, it.validation
     rows = ev.seed_results if ev else []
-    rejected = v is not None and not v.ok
+    rejected = (v is not None and not v.ok) or it.state == "rejected"
     status: Status = ("failed" if rejected or (ev is not None and not any(r.ok for r in rows))
                       else "running" if it.in_flight else "finished")
     tags = {f"{TAG}run_id": run.run_id, f"{TAG}role": "candidate", f"{TAG}iteration": str(it.iteration),
@@ -139,7 +141,7 @@ def candidate_view(run: RunRecord, it: IterationRecord, code: bytes | None, plot
             f"{TAG}validation_runtime": (v.runtime or "") if v else "",
             f"{TAG}best": "true" if it.iteration == run.best_iteration else ""}
     if rejected:
-        tags[f"{TAG}reason"] = f"{v.reason or 'rejected'}: {v.error or ''}".strip(": ")  # type: ignore[union-attr]
+        tags[f"{TAG}reason"] = f"{v.reason or 'rejected'}: {v.error or ''}".strip(": ") if v else "rejected"
     elif status == "failed":
         tags[f"{TAG}reason"] = "every seed failed: " + "; ".join(f"seed {f.seed} {f.reason or 'error'}"
                                                                 for f in (ev.failed_seeds if ev else []))
@@ -194,4 +196,9 @@ async def load_view(registry: Registry, run_id: str) -> RunView | None:
     run, iterations = records
     names = {it.code_artifact for it in iterations if it.code_artifact}
     names |= {n for it in iterations for n in (it.evaluation.plots.values() if it.evaluation else [])}
-    return run_view(run, iterations, {name: await registry.get_artifact(name) for name in sorted(names)})
+    ordered = sorted(names)
+    artifacts: dict[str, bytes | None] = {}
+    for i in range(0, len(ordered), ARTIFACT_READS):  # a few reads in flight at once, not hundreds
+        part = ordered[i: i + ARTIFACT_READS]
+        artifacts |= dict(zip(part, await asyncio.gather(*(registry.get_artifact(name) for name in part))))
+    return run_view(run, iterations, artifacts)

@@ -9,12 +9,12 @@ from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from researcher.trackers import mlflow_export, tensorboard_export
-from researcher.trackers.view import load_view
+from researcher.trackers.view import load_view, run_view
 from shared.errors import ExportTargetError
 from shared.evaluation.aggregate import summarise
 from shared.evaluation.plots import confusion_matrix_png
 from shared.messaging.messages import SeedResult
-from shared.registry.records import TestEvaluation
+from shared.registry.records import IterationRecord, RunRecord, TestEvaluation, upgrade_run
 from tests.integration.test_old_records import OLD, registry_with_old_records
 
 CODE = b"import torch.nn as nn\n\nclass SmallCNN(nn.Module):\n    pass\n"
@@ -110,3 +110,20 @@ async def test_a_run_in_tensorboard_reads_back_with_its_event_reader(nc, tmp_pat
     (tmp_path / "other" / "old-run").mkdir(parents=True)
     with pytest.raises(ExportTargetError, match="was not written by `researcher export`"):
         tensorboard_export.export(view, tmp_path / "other")
+
+
+def test_mlflow_takes_a_config_beyond_its_limits(tmp_path, monkeypatch):
+    """A proposal's config is free-form: a value over MLflow's 6,000 characters is cut with a note,
+    keys with characters MLflow refuses are cleaned, and the run is still written."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run = msgspec.convert(upgrade_run(OLD["runs"]["old-run"]), RunRecord)
+    it = msgspec.convert(OLD["iterations"]["old-run.it0001"], IterationRecord)
+    config = {**it.model_config, "notes": "x" * 7000, "odd key <1>": 1, "odd key <2>": 2, "k" * 300: "long"}
+    view = run_view(run, [msgspec.structs.replace(it, model_config=config)], {})
+    _, experiment = mlflow_export.export(view, str(tmp_path / "mlruns"))
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    params = next(r for r in client.search_runs([experiment]) if r.info.run_name == "c0001 SmallCNN").data.params
+    assert len(params["notes"]) <= 6000 and params["notes"].endswith("(cut at 6000 characters; whole in config.yaml "
+                                                                      "or report.json)")
+    assert params["odd key _1_"] == "1" and params["odd key _2_"] == "2"
+    assert params[mlflow_export.key("k" * 300)] == "long"
