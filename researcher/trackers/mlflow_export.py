@@ -16,6 +16,8 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from researcher.trackers import require
 from researcher.trackers.view import TAG, CandidateView, RunView, SeedView
 
@@ -24,6 +26,7 @@ DEFAULT_EXPERIMENT = "pytorch-researcher"
 # 8,000 per tag value; one log_batch holds 1,000 metrics, 100 parameters and 100 tags
 MAX_KEY, MAX_PARAM, MAX_TAG = 250, 6000, 8000
 METRICS_PER_BATCH, PARAMS_PER_BATCH = 1000, 100
+log = structlog.get_logger()
 _NOT_IN_KEY = re.compile(r"[^A-Za-z0-9_\-. /:]")  # the characters MLflow accepts in a key, and no others
 
 
@@ -78,6 +81,8 @@ def export(view: RunView, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> tup
     for candidate in view.candidates:
         _candidate(client, experiment_id, parent, candidate)
     client.set_terminated(parent, view.status.upper(), end_time=_ms(view.finished_at))
+    log.info("mlflow_export", run_id=view.run_id, experiment=experiment_id, parent=parent, replaced_runs=replaced,
+             candidates=len(view.candidates), seeds=sum(len(c.seeds) for c in view.candidates))
     return parent, experiment_id
 
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import structlog
+
 from researcher.trackers import require
 from researcher.trackers.view import CandidateView, RunView
 from shared.errors import ExportTargetError
 
+log = structlog.get_logger()
 MARKER = ".researcher-export"  # in DIR/<run_id>: the folder is this export's to replace
 
 
@@ -32,6 +35,7 @@ def export(view: RunView, root: Path) -> Path:
             raise ExportTargetError(str(folder), f"it exists and was not written by `researcher export` (no {MARKER} "
                                                  "in it); move it away or name another --tensorboard folder")
         shutil.rmtree(folder)
+        log.info("tensorboard_export_replaces", run_id=view.run_id, folder=str(folder))
     folder.mkdir(parents=True)
     (folder / MARKER).write_text(f"researcher export of run {view.run_id}; a later export replaces this folder\n")
     with SummaryWriter(str(folder)) as w:
@@ -44,6 +48,7 @@ def export(view: RunView, root: Path) -> Path:
         w.add_text("goal_settings", _table(view.params), 0, walltime=view.started_at)
     for candidate in view.candidates:
         _candidate(SummaryWriter, folder / f"c{candidate.iteration:04d}", candidate)
+    log.info("tensorboard_export", run_id=view.run_id, folder=str(folder), candidates=len(view.candidates))
     return folder
 
 

@@ -3,6 +3,9 @@ MlflowClient and TensorBoard's EventAccumulator. The records are the stored run 
 test_old_records.py (written by the code of a1a1ba2) in a real JetStream registry, with its code
 and a plot stored as artifacts and its final test aggregated by the evaluation code."""
 
+import subprocess
+import sys
+
 import msgspec
 import pytest
 from mlflow import MlflowClient
@@ -82,9 +85,14 @@ async def test_a_run_in_mlflow_reads_back_with_mlflows_client(nc, tmp_path, monk
     assert client.get_run(again).data.tags["researcher.replaced_runs"] == "5"
 
 
-async def test_a_run_in_tensorboard_reads_back_with_its_event_reader(nc, tmp_path):
+async def test_a_run_in_tensorboard_reads_back_with_its_event_reader(nc, nats_url, tmp_path):
     view = await old_run(nc)
-    folder = tensorboard_export.export(view, tmp_path / "tb")
+    # the command as a researcher runs it, on the registry of a running stack
+    done = subprocess.run([sys.executable, "-m", "researcher.cli", "export", "old-run", "--tensorboard",
+                           str(tmp_path / "tb"), "--nats-url", nats_url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "tb" / "old-run"
+    assert f"exported run old-run to TensorBoard event files in {folder} (open with: tensorboard --logdir" in done.stdout
     seed = EventAccumulator(str(folder / "c0001" / "seed0"))
     seed.Reload()
     curve = FIRST["learning_curves"]["0"]
