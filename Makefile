@@ -48,7 +48,8 @@ help:
 	@echo "          stack and follows it to the report (DATASET, TARGET, ITERATIONS, SEEDS)"
 	@echo "  submit  the same goal, not followed: prints its run id"
 	@echo "  report  RUN=<run id>: researcher report on the running stack; export RUN=<run id> [OUT=dir]: its"
-	@echo "          export (default build/runs/<run id>); runs: its runs. NATS_URL defaults to"
+	@echo "          export (default build/runs/<run id>; MLFLOW=<uri> TENSORBOARD=<dir> to the trackers too);"
+	@echo "          runs: its runs. NATS_URL defaults to"
 	@echo "          tls://127.0.0.1:\$$(NATS_PORT) (NATS_BIND's address when it names one), where up publishes it"
 	@echo "  scale   EVALUATORS=N: N evaluator replicas in the running stack (one JetStream work queue)"
 	@echo "  up-gpu  [GPUS=0,1] like up, with one evaluator per GPU pinned to it (scripts/gpu-compose.py"
@@ -253,7 +254,8 @@ submit: venv
 report export: venv
 	@test -n "$(RUN)" || { echo "error: which run? make $@ RUN=<run id> (make submit and make runs print them)" >&2; \
 	  exit 1; }
-	$(VENV)/bin/researcher $@ $(RUN) $(if $(filter export,$@),$(OUT)) --nats-url $(NATS_URL)
+	$(VENV)/bin/researcher $@ $(RUN) $(if $(filter export,$@),$(OUT) $(if $(MLFLOW),--mlflow $(MLFLOW)) \
+	  $(if $(TENSORBOARD),--tensorboard $(TENSORBOARD))) --nats-url $(NATS_URL)
 
 runs: venv
 	$(VENV)/bin/researcher runs --nats-url $(NATS_URL)
