@@ -78,13 +78,13 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
-def summary_metrics(evaluation: Evaluation | None, prefix: str = "") -> dict[str, float]:
+def summary_metrics(evaluation: Evaluation | None) -> dict[str, float]:
     """Each aggregated metric's mean, std and 95% interval over seeds, and how many seeds."""
     out: dict[str, float] = {}
     for metric, s in (evaluation.aggregated if evaluation else {}).items():
         parts = {"mean": s.mean, "std": s.std, "n": s.n,
                  "ci_low": s.ci_95[0] if s.ci_95 else None, "ci_high": s.ci_95[1] if s.ci_95 else None}
-        out |= {f"{prefix}{metric}/{k}": float(v) for k, v in parts.items() if _finite(v)}
+        out |= {f"{metric}/{k}": float(v) for k, v in parts.items() if _finite(v)}
     return out
 
 
@@ -149,6 +149,8 @@ def candidate_view(run: RunRecord, it: IterationRecord, code: bytes | None, plot
         tags[f"{TAG}decision"] = f"{it.decision.action}: {it.decision.reasoning}"
     metrics = summary_metrics(ev)
     metrics["compute_seed_epochs"] = float(it.compute())
+    if it.finished_at is not None:  # seconds from its proposal to its decision, every rung included
+        metrics["wall_time_s"] = round(it.finished_at - it.started_at, 3)
     if v is not None and v.param_count is not None:
         metrics["param_count"] = float(v.param_count)
     seed_tags = {f"{TAG}run_id": run.run_id, f"{TAG}iteration": str(it.iteration)}
