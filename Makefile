@@ -18,7 +18,7 @@ export TORCH_SPEC
 
 .DEFAULT_GOAL := help
 .PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search \
-        bench-tls bench-text bench-dashboard gpu-check gpu-check-wheels
+        bench-export bench-tls bench-text bench-dashboard gpu-check gpu-check-wheels
 
 help:
 	@echo "Targets:"
@@ -37,6 +37,7 @@ help:
 	@echo "  gpu-check-wheels  build/gpu-wheels: the wheels the check needs beyond torch, for the GPU machine's Python 3.12"
 	@echo "  bench-cli      start-up of researcher --help, report and validate: seconds and peak RSS against python -c pass"
 	@echo "                 and against the cold container"
+	@echo "  bench-export   researcher export --mlflow/--tensorboard of a run of 200 candidates: seconds, runs read back"
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
 	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:\$$(NATS_PORT), on"
 	@echo "          every interface with NATS_BIND=0.0.0.0 for evaluators elsewhere; EVALUATORS=N replicas)"
@@ -47,7 +48,8 @@ help:
 	@echo "          stack and follows it to the report (DATASET, TARGET, ITERATIONS, SEEDS)"
 	@echo "  submit  the same goal, not followed: prints its run id"
 	@echo "  report  RUN=<run id>: researcher report on the running stack; export RUN=<run id> [OUT=dir]: its"
-	@echo "          export (default build/runs/<run id>); runs: its runs. NATS_URL defaults to"
+	@echo "          export (default build/runs/<run id>; MLFLOW=<uri> TENSORBOARD=<dir> to the trackers too);"
+	@echo "          runs: its runs. NATS_URL defaults to"
 	@echo "          tls://127.0.0.1:\$$(NATS_PORT) (NATS_BIND's address when it names one), where up publishes it"
 	@echo "  scale   EVALUATORS=N: N evaluator replicas in the running stack (one JetStream work queue)"
 	@echo "  up-gpu  [GPUS=0,1] like up, with one evaluator per GPU pinned to it (scripts/gpu-compose.py"
@@ -118,6 +120,9 @@ bench-eval: venv
 
 bench-cli: venv images
 	$(VENV)/bin/python -m benchmarks.bench_cli $(BENCH_ARGS)
+
+bench-export: venv
+	$(VENV)/bin/python -m benchmarks.bench_export $(BENCH_ARGS)
 
 # Meant for a machine with CUDA torch and no venv: the working tree plus build/gpu-wheels (gpu-check-wheels, made
 # here) travel there, and the check uses its python3 (PYTHON=...).
@@ -254,7 +259,8 @@ submit: venv
 report export: venv
 	@test -n "$(RUN)" || { echo "error: which run? make $@ RUN=<run id> (make submit and make runs print them)" >&2; \
 	  exit 1; }
-	$(VENV)/bin/researcher $@ $(RUN) $(if $(filter export,$@),$(OUT)) --nats-url $(NATS_URL)
+	$(VENV)/bin/researcher $@ $(RUN) $(if $(filter export,$@),$(OUT) $(if $(MLFLOW),--mlflow $(MLFLOW)) \
+	  $(if $(TENSORBOARD),--tensorboard $(TENSORBOARD))) --nats-url $(NATS_URL)
 
 runs: venv
 	$(VENV)/bin/researcher runs --nats-url $(NATS_URL)

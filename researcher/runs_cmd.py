@@ -19,7 +19,7 @@ from researcher.home import Home, HomeBusyError, default_home
 from researcher.stack import free_port, start_nats_server, stop
 import yaml
 
-from shared.errors import SteerError
+from shared.errors import ExportTargetError, MissingExtraError, SteerError
 from shared.messaging.bus import COMMAND_CONNECT_S, connect
 from shared.messaging.messages import SteerRequest
 from shared.messaging.steering import steer
@@ -39,9 +39,16 @@ def add_parsers(sub, nats_arg) -> None:
     report.add_argument("--json", action="store_true", help="the machine-readable report")
     nats_arg(report)
     add_home_arg(report)
-    export = sub.add_parser("export", help="write a run's configs, code, results, plots and best model to a directory")
+    export = sub.add_parser("export", help="write a run's configs, code, results, plots and best model to a directory, "
+                            "and/or to MLflow (--mlflow) and TensorBoard (--tensorboard)")
     export.add_argument("run_id")
-    export.add_argument("directory", type=Path)
+    export.add_argument("directory", type=Path, nargs="?", help="the export folder (optional with a tracker)")
+    export.add_argument("--mlflow", metavar="URI", help="an MLflow tracking store: a path, file:///..., sqlite:///x.db "
+                        "or http://host:5000 (needs pytorch-researcher[mlflow]); a second export replaces the first")
+    export.add_argument("--mlflow-experiment", default="pytorch-researcher", metavar="NAME",
+                        help="the MLflow experiment to write to (default: %(default)s)")
+    export.add_argument("--tensorboard", type=Path, metavar="DIR",
+                        help="write TensorBoard event files to DIR/<run id> (needs pytorch-researcher[tensorboard])")
     nats_arg(export)
     add_home_arg(export)
     steering = {
@@ -145,12 +152,57 @@ async def report(args: argparse.Namespace) -> int:
 
 
 async def export(args: argparse.Namespace) -> int:
+    if not (args.directory or args.mlflow or args.tensorboard):
+        print("usage error: researcher export RUN needs where to write: a DIRECTORY, --mlflow URI or "
+              "--tensorboard DIR (or several)", file=sys.stderr)
+        return 2
+    from researcher.trackers import require
+
+    try:  # a missing extra is said before the registry is opened
+        for wanted, module, extra in ((args.mlflow, "mlflow", "mlflow"), (args.tensorboard, "tensorboard", "tensorboard")):
+            if wanted:
+                require(module, f"--{extra}", extra)
+    except MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from researcher.trackers.view import load_view
+
+    view = None
     async with open_registry(args.nats_url, home_of(args)) as (registry, where):
-        try:
-            out = await export_run(registry, args.run_id, args.directory)
-        except KeyError:
-            return _no_such_run(args, where)
-    print(f"exported run {args.run_id} to {out}")
+        if args.directory:
+            try:
+                out = await export_run(registry, args.run_id, args.directory)
+            except KeyError:
+                return _no_such_run(args, where)
+            print(f"exported run {args.run_id} to {out}")
+        if args.mlflow or args.tensorboard:
+            view = await load_view(registry, args.run_id)
+            if view is None:
+                return _no_such_run(args, where)
+    return to_trackers(view, args) if view else 0
+
+
+def to_trackers(view, args: argparse.Namespace) -> int:
+    """The trackers' part of `export`, once the registry is closed (they write for a while)."""
+    started = time.monotonic()
+    try:
+        if args.mlflow:
+            from researcher.trackers import mlflow_export
+
+            parent, experiment = mlflow_export.export(view, args.mlflow, args.mlflow_experiment)
+            print(f"exported run {view.run_id} to MLflow at {args.mlflow}: experiment {args.mlflow_experiment!r} "
+                  f"({experiment}), parent run {parent}, {len(view.candidates)} candidates "
+                  f"(open with: mlflow ui --backend-store-uri {mlflow_export.tracking_uri(args.mlflow)})")
+        if args.tensorboard:
+            from researcher.trackers import tensorboard_export
+
+            folder = tensorboard_export.export(view, args.tensorboard)
+            print(f"exported run {view.run_id} to TensorBoard event files in {folder} "
+                  f"(open with: tensorboard --logdir {args.tensorboard})")
+    except (MissingExtraError, ExportTargetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"tracker export took {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -119,3 +119,20 @@ class SteerError(ResearcherError):
     def __init__(self, run_id: str, action: str, detail: str) -> None:
         self.run_id, self.action, self.detail = run_id, action, detail
         super().__init__(detail)
+
+
+class MissingExtraError(ResearcherError):
+    """An optional part of the package (a tracker's client) that is not installed."""
+
+    def __init__(self, option: str, module: str, extra: str) -> None:
+        self.option, self.module, self.extra = option, module, extra
+        super().__init__(f"{option} needs the {module!r} package, which is not installed: "
+                         f"pip install 'pytorch-researcher[{extra}]'")
+
+
+class ExportTargetError(ResearcherError):
+    """A tracker export that would overwrite something it did not write."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        super().__init__(f"will not write the export to {path}: {why}")

@@ -79,6 +79,7 @@ class JobHandler:
         laps.lap("store_s")
         # its rung and when it started, on this side's clock (the report shows candidates overlapping)
         result = msgspec.structs.replace(result, rung=job.rung, started_at=started_at, runtime=self.runner.boundary.runtime,
+                                         image=self.runner.limits.image,
                                          timings={**result.timings, "queue_s": round(queued_s, 4),
                                                   "store_s": round(laps.seconds["store_s"], 4),
                                                   "job_s": round(laps.total(), 4)})

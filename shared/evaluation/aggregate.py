@@ -51,7 +51,7 @@ def final_scores(result: SeedResult) -> FinalScores:
 def seed_row(r: SeedResult) -> SeedRow:
     return SeedRow(seed=r.seed, ok=r.ok, error=r.error, reason=r.reason, metrics=r.metrics, train_time_s=r.train_time_s,
                    samples_per_s=r.samples_per_s, duration_s=r.duration_s, evaluator=r.evaluator, device=r.device,
-                   dynamics=dynamics(r) if r.ok else None, started_at=r.started_at, runtime=r.runtime,
+                   dynamics=dynamics(r) if r.ok else None, started_at=r.started_at, runtime=r.runtime, image=r.image,
                    cost=r.cost)
 
 

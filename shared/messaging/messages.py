@@ -559,6 +559,7 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float = 0.0
     evaluator: str = ""
     runtime: str | None = None  # the training container's OCI runtime: "runsc" (gVisor) or "runc"
+    image: str | None = None  # the sandbox image its container ran (the evaluator's sandbox.image); None: not recorded
     device: str = "cpu"
     # ---- what using the trained model takes (ok=True) ----
     preprocessing: Preprocessing | None = None

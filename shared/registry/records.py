@@ -166,6 +166,7 @@ class SeedRow(msgspec.Struct, frozen=True, kw_only=True):
     dynamics: LearningDynamics | None = None
     started_at: float = 0.0  # when an evaluator took its job (its clock); it ended duration_s later
     runtime: str | None = None  # its container's OCI runtime (runsc: gVisor; runc), None before it was recorded
+    image: str | None = None  # the sandbox image its container ran; None before it was recorded
     cost: SeedCost | None = None  # what its container used, measured from outside it; None: not measured
 
 

@@ -9,6 +9,8 @@ import time
 import uuid
 
 import pytest
+from mlflow import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from researcher.load import load_best
 from researcher.stack import SERVICES, LocalStack
@@ -28,7 +30,7 @@ def cli(*args: str, home, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, "RESEARCHER_HOME": str(home)})
 
 
-def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(docker_engine, tmp_path):
+def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(docker_engine, tmp_path, monkeypatch):
     home = tmp_path / "home"
     proc = cli("run", "small CNN for digits", "--dataset", "digits", "--target-accuracy", "0.90",
                "--max-iterations", "4", "--num-seeds", "2", "--json", "--export", str(tmp_path / "at-the-end"),
@@ -64,6 +66,21 @@ def test_researcher_run_reaches_the_goal_on_digits_and_its_results_outlive_it(do
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "later" / "experiments" / run_id / "results.json").is_file()
     assert (tmp_path / "later" / "experiments" / run_id / "accuracy_vs_compute.png").is_file()
+    # the same run in the trackers, read back with their own readers (tests/integration/test_trackers.py: the rest)
+    tracked = cli("export", run_id, "--mlflow", str(tmp_path / "mlruns"), "--tensorboard", str(tmp_path / "tb"),
+                  home=home, timeout=120)
+    assert tracked.returncode == 0, tracked.stderr
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("pytorch-researcher").experiment_id])
+    chosen = next(r for r in runs if r.data.tags.get("researcher.best") == "true")
+    assert chosen.data.tags["researcher.sandbox_image"] == "pytorch-researcher/sandbox:latest"
+    seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == chosen.info.run_id]
+    best_it = next(it for it in report["iterations"] if it["iteration"] == report["best"]["iteration"])
+    epochs = len(best_it["evaluation"]["learning_curves"]["0"])
+    assert len(seeds) == 2 and all(len(client.get_metric_history(s.info.run_id, "val_loss")) == epochs for s in seeds)
+    curve = EventAccumulator(str(tmp_path / "tb" / run_id / f"c{report['best']['iteration']:04d}" / "seed0"))
+    assert len(curve.Reload().Scalars("val_accuracy")) == epochs
     # the exported best model loads and predicts, with no retraining: near the accuracy its run recorded
     best = load_best(tmp_path / "later" / "experiments" / run_id / "best")
     digits = load_dataset("digits")
