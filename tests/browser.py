@@ -43,11 +43,19 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator:
         web.quit()
 
 
-def shoot(web, name: str) -> Path:
-    """A full-window screenshot, kept as a test artifact."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / f"{name}.png"
-    web.save_screenshot(str(path))
+def shoot(web, name: str, folder: Path = SHOTS, full: bool = False) -> Path:
+    """A screenshot of the window (full: of the whole page, up to 6000 pixels), kept as a test artifact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    size = web.get_window_size()
+    if full:
+        height = web.execute_script("return document.documentElement.scrollHeight")
+        web.set_window_size(size["width"], min(max(height, size["height"]), 6000))
+    try:
+        web.save_screenshot(str(path))
+    finally:
+        if full:
+            web.set_window_size(size["width"], size["height"])
     return path
 
 
