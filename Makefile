@@ -9,6 +9,9 @@ TARGET      ?= 0.95
 ITERATIONS  ?= 5
 SEEDS       ?= 5
 PYTEST_ARGS ?=
+# pytest-xdist workers, each taking whole test files (--dist loadfile: a file's module fixtures stay
+# in one worker); the integration tests spend a quarter of their time waiting on containers and NATS
+PYTEST_WORKERS ?= 2
 # Docker Compose: the v2 plugin where it exists, else docker-compose 1.29 (Debian's).
 # Evaluated only when used.
 COMPOSE     ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
@@ -26,7 +29,7 @@ help:
 	@echo "          with passwordless sudo) and a running engine; otherwise says what to type (scripts/setup-host.sh)"
 	@echo "  venv    create $(VENV) ($(PY)), install $(TORCH_SPEC), then -e '.[test]'"
 	@echo "  images  build the base image, the wheelhouse and the sandbox image (scripts/build-images.sh)"
-	@echo "  test    setup + venv + images, then $(VENV)/bin/pytest -q \$$(PYTEST_ARGS)"
+	@echo "  test    setup + venv + images, then $(VENV)/bin/pytest -q -n \$$(PYTEST_WORKERS) --dist loadfile \$$(PYTEST_ARGS)"
 	@echo "  run     setup + venv + images, then researcher run \"\$$(GOAL)\" (DATASET, TARGET, ITERATIONS, SEEDS)"
 	@echo "  clean   remove build/ and $(VENV)"
 	@echo "  bench-sandbox  validation latency of a small CNN, cold and pooled (p50, p95, ratio)"
@@ -101,7 +104,7 @@ images:
 test: setup
 	@$(MAKE) --no-print-directory venv images service-image
 	@mkdir -p build; rm -f build/pytest.rc
-	$(VENV)/bin/pytest -q --durations=25 $(PYTEST_ARGS); rc=$$?; echo $$rc > build/pytest.rc; exit $$rc
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS); rc=$$?; echo $$rc > build/pytest.rc; exit $$rc
 
 run: setup
 	@$(MAKE) --no-print-directory venv images
