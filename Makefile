@@ -44,6 +44,7 @@ help:
 	@echo "  service-image  build the image the compose stack runs from (scripts/build-images.sh service)"
 	@echo "  up      images + service-image, then $(COMPOSE) up -d (compose.yaml; NATS on 127.0.0.1:\$$(NATS_PORT), on"
 	@echo "          every interface with NATS_BIND=0.0.0.0 for evaluators elsewhere; EVALUATORS=N replicas)"
+	@echo "          the dashboard on http://127.0.0.1:\$$(DASHBOARD_PORT) (8088; DASHBOARD_BIND=0.0.0.0: every interface)"
 	@echo "  down    $(COMPOSE) down --remove-orphans (GPU evaluators too; the JetStream volume stays)"
 	@echo "  logs    $(COMPOSE) logs \$$(LOGS_ARGS) (default: -f --tail=200)"
 	@echo "  ps      $(COMPOSE) ps"
@@ -224,14 +225,16 @@ up: compose-check images venv
 	@$(MAKE) --no-print-directory service-image
 	@$(CREDENTIALS_READY) && { $(RESTART_NATS_IF_NEW); } && \
 	  echo "$(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))" && \
-	  $(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS))
+	  $(COMPOSE) up -d $(if $(EVALUATORS),--scale evaluator=$(EVALUATORS)) && \
+	  echo "dashboard: http://$(or $(DASHBOARD_BIND),127.0.0.1):$(or $(DASHBOARD_PORT),8088)/"
 
 # A GPU host: one evaluator per GPU (evaluator-gpu<i>, pinned to GPU <i>), no CPU evaluator.
 up-gpu: compose-check images venv
 	@$(MAKE) --no-print-directory service-image
 	GPUS="$(GPUS)" python3 scripts/gpu-compose.py --out $(GPU_COMPOSE)
 	@$(CREDENTIALS_READY) && { $(RESTART_NATS_IF_NEW); } && \
-	  $(COMPOSE) -f compose.yaml -f $(GPU_COMPOSE) up -d --scale evaluator=0
+	  $(COMPOSE) -f compose.yaml -f $(GPU_COMPOSE) up -d --scale evaluator=0 && \
+	  echo "dashboard: http://$(or $(DASHBOARD_BIND),127.0.0.1):$(or $(DASHBOARD_PORT),8088)/"
 
 # Stops and removes the containers, GPU evaluators included (--remove-orphans); the JetStream
 # volume stays (`$(COMPOSE) down -v` drops it).

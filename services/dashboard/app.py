@@ -11,6 +11,7 @@ does; `by` names the person (the name given on the page), the dashboard and the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ log = structlog.get_logger()
 HERE = Path(__file__).parent
 NAME_COOKIE = "researcher_name"
 MAX_CONFIG_CHARS = 64 * 1024  # a config typed into the page
+RUNS_SHOWN = 100  # runs on the runs page, the newest
 STEER_ACTIONS = ("stop", "pause", "resume", "queue")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -81,11 +83,18 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
                 "it; this page follows it and shows the run when it starts)"))
         return await run_page(request)
 
+    async def listed() -> dict[str, Any]:
+        """The newest RUNS_SHOWN runs, each with what it spent (finished candidates come from the cache)."""
+        runs = list(reversed(await records.runs()))
+        shown = await asyncio.gather(*(records.run(r.run_id) for r in runs[:RUNS_SHOWN]))
+        return {"runs": [views.run_row(*found) for found in shown if found is not None],
+                "older": max(0, len(runs) - RUNS_SHOWN)}
+
     async def runs_page(request: Request) -> Response:
-        return page("runs.html", title="runs", runs=[views.run_row(r) for r in reversed(await records.runs())])
+        return page("runs.html", title="runs", **await listed())
 
     async def runs_fragment(request: Request) -> Response:
-        return page("_runs.html", runs=[views.run_row(r) for r in reversed(await records.runs())])
+        return page("_runs.html", **await listed())
 
     async def run_page(request: Request) -> Response:
         run, iterations = await loaded(request)

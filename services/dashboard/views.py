@@ -32,9 +32,13 @@ def when(ts: float | None) -> str:
     return "" if not ts else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def run_row(run: RunRecord) -> dict[str, Any]:
+def run_row(run: RunRecord, iterations: list[IterationRecord] | None = None) -> dict[str, Any]:
+    """A run in a line; with its candidates, what it spent (seed-epochs, and the containers' measured cost)."""
     goal = run.goal
-    return {"run_id": run.run_id, "goal": goal.goal, "dataset": goal.dataset, "status": run.status,
+    spent = None if iterations is None else sum(it.compute() for it in iterations)
+    cost = None if iterations is None else run_cost(iterations)
+    return {"spent": spent, "cpu_s": f"{cost.cpu_s:.0f}" if cost and cost.seeds else "",
+            "gpu_s": f"{cost.gpu_s:.0f}" if cost and cost.gpu_s is not None else "","run_id": run.run_id, "goal": goal.goal, "dataset": goal.dataset, "status": run.status,
             "paused": bool(getattr(run, "paused", False)), "metric": goal.goal_metric,
             "target": fmt(goal.target_value), "best": fmt(run.best_score), "best_iteration": run.best_iteration,
             "candidates": run.current_iteration, "budget": run.budget_epochs, "created": when(run.created_at),
@@ -54,15 +58,14 @@ def run_view(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any
     board = leaderboard(run, iterations)
     for row in board:
         row["shown"] = _interval_of(row[row["metric"]])
-    spent = sum(it.compute() for it in iterations)
     failed = [{"iteration": it.iteration, "state": it.state, "why": why_failed(it), "config": config_summary(it)}
               for it in iterations if why_failed(it)]
-    return {**run_row(run), "ended": run.status in TERMINAL_STATUSES,
+    return {**run_row(run, iterations), "ended": run.status in TERMINAL_STATUSES,
             "facts": _facts(run), "goal_statistic": goal.goal_statistic,
             "in_flight": [{"iteration": it.iteration, "state": it.state, "fidelity": fidelity(it),
                            "config": config_summary(it), "proposer": it.proposer,
                            "since": when(it.started_at)} for it in iterations if it.in_flight],
-            "leaderboard": board, "failed": failed, "spent": spent,
+            "leaderboard": board, "failed": failed,
             "cost": format_cost(run_cost(iterations)),
             "test": "\n".join(line for line in format_held_out(run, iterations) if line.strip()),
             "steering": [msgspec.to_builtins(s) for s in getattr(run, "steering", [])],
