@@ -71,6 +71,9 @@ def serve(args: argparse.Namespace) -> int:
             local = stack.enter_context(LocalStack(services=("dashboard",), env=stack_env(args.port), home=home))
             proc = local.procs["dashboard"]
         print(f"the dashboard of the runs in {home.path}: http://127.0.0.1:{args.port}/ (Ctrl-C ends it)", file=sys.stderr)
+        print("it ends with the `researcher run` it joined" if running else
+              "it holds this home meanwhile: a `researcher run` here waits for it (use `researcher run --dashboard`)",
+              file=sys.stderr)
         proc.wait()
     return 0 if proc.returncode == 0 else 1
 

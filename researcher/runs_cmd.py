@@ -17,12 +17,11 @@ from typing import AsyncIterator
 
 from researcher.home import Home, HomeBusyError, default_home
 from researcher.stack import free_port, start_nats_server, stop
-import yaml
 
 from shared.errors import ExportTargetError, MissingExtraError, SteerError
 from shared.messaging.bus import COMMAND_CONNECT_S, connect
 from shared.messaging.messages import SteerRequest
-from shared.messaging.steering import steer
+from shared.messaging.steering import parse_config, steer
 from shared.registry.records import RunRecord
 from shared.registry.report import build_report, export_run, for_terminal, format_report, load_records
 from shared.registry.store import Registry
@@ -291,14 +290,6 @@ def read_config(path: str) -> dict:
     where = "stdin" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        config = yaml.safe_load(text)  # JSON is YAML too
-    except OSError as exc:
-        raise ValueError(f"cannot read the config {where}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"the config {where} is neither JSON nor YAML: {' '.join(str(exc).split())}") from None
-    if isinstance(config, dict) and isinstance(config.get("model_config"), dict):
-        config = config["model_config"]  # a file that wraps it, as a report's best does
-    if not isinstance(config, dict) or not config:
-        raise ValueError(f"the config {where} must be a model_config object (layers and recipe: README, the "
-                         f"model_config format), not {type(config).__name__}")
-    return config
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the config {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_config(text, where)

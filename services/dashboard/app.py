@@ -21,10 +21,11 @@ from urllib.parse import urlencode, urlsplit
 import jinja2
 import msgspec
 import structlog
-import yaml
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -35,12 +36,13 @@ from services.dashboard.figures import Figures
 from services.dashboard.live import ALL, Hub
 from services.dashboard.records import Records
 from shared.messaging.messages import RUN_ID
+from shared.messaging.steering import parse_config
 
 log = structlog.get_logger()
 HERE = Path(__file__).parent
 NAME_COOKIE = "researcher_name"
-MAX_CONFIG_CHARS = 64 * 1024  # a config typed into the page
 RUNS_SHOWN = 100  # runs on the runs page, the newest
+MAX_FOLLOWERS = 256  # open event streams (a page each)
 STEER_ACTIONS = ("stop", "pause", "resume", "queue")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -51,8 +53,9 @@ SECURITY_HEADERS = {
 Steer = Callable[[str, str, str, dict[str, Any] | None], Awaitable[tuple[bool, str]]]
 
 
-def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
-    """`steer(run_id, action, by, config) -> (ok, message)`; None: a read-only dashboard."""
+def make_app(records: Records, hub: Hub, steer: Steer | None, hosts: list[str] | None = None) -> Starlette:
+    """`steer(run_id, action, by, config) -> (ok, message)`; None: a read-only dashboard. `hosts`: the
+    names a request may give in its Host header (dashboard.allowed_hosts)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     figures = Figures(records)
@@ -109,6 +112,11 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
 
     async def stream(request: Request) -> Response:
         run_id = request.path_params.get("run_id", ALL)
+        if run_id != ALL and not RUN_ID.match(run_id):
+            raise HTTPException(404, f"no run {run_id!r} in the registry")
+        if hub.followers >= MAX_FOLLOWERS:
+            raise HTTPException(503, f"{hub.followers} pages follow the events already, the most this dashboard "
+                                     "serves; reload later")
 
         async def events():
             async for event in hub.follow(run_id):
@@ -206,7 +214,8 @@ def make_app(records: Records, hub: Hub, steer: Steer | None) -> Starlette:
         Route("/runs/{run_id}/candidates/{n:int}/llm/{k:int}", exchange_page),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error},
+                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or ["127.0.0.1", "localhost"])])
 
 
 def _png(data: bytes) -> Response:
@@ -232,15 +241,10 @@ def _exchange(raw: bytes | None) -> dict[str, Any]:
 def _config(text: str) -> tuple[dict[str, Any] | None, str | None]:
     if not text.strip():
         return None, "paste a model config (JSON or YAML) to queue"
-    if len(text) > MAX_CONFIG_CHARS:
-        return None, f"the config is {len(text):,} characters; at most {MAX_CONFIG_CHARS:,}"
     try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        return None, f"the config is neither JSON nor YAML: {exc}"
-    if not isinstance(config, dict):
-        return None, f"a model config is a mapping (layers, optimizer, ...), not {type(config).__name__}"
-    return config, None
+        return parse_config(text, "typed in"), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _same_origin(request: Request) -> bool:

@@ -19,7 +19,7 @@ from shared.registry.leaderboard import latest
 from shared.registry.records import IterationRecord, RunRecord
 from services.dashboard.records import Records
 
-KEPT = 64  # comparison figures kept (the latest drawn)
+KEPT = 128  # figures kept (the oldest drawn out first)
 
 
 class Figures:
@@ -54,10 +54,7 @@ class Figures:
     async def run_figure(self, which: str, run: RunRecord, iterations: list[IterationRecord]) -> bytes:
         key = (run.run_id, which, tuple((it.iteration, it.state, it.rung, it.finished_at) for it in iterations))
         if key not in self._kept:
-            data = await self._draw(self.run_plot(which, run, iterations))
-            if len(self._kept) >= KEPT:
-                self._kept.pop(next(iter(self._kept)))
-            self._kept[key] = data
+            self._keep(key, await self._draw(self.run_plot(which, run, iterations)))
         return self._kept[key]
 
     async def candidate_plot(self, name: str, run: RunRecord, it: IterationRecord) -> bytes | None:
@@ -69,6 +66,16 @@ class Figures:
             data = await self.records.artifact(stored)
             if data is not None:
                 return data
-        names = run.dataset_facts.class_names if run.dataset_facts else []
-        drawn = evaluation_plots(evaluation, names, f"candidate {it.iteration}").get(name)
-        return await self._draw(drawn) if drawn is not None else None
+        key = (run.run_id, it.iteration, name, it.state, it.rung, len(it.passed), it.finished_at)
+        if key not in self._kept:
+            names = run.dataset_facts.class_names if run.dataset_facts else []
+            drawn = evaluation_plots(evaluation, names, f"candidate {it.iteration}").get(name)
+            if drawn is None:
+                return None
+            self._keep(key, await self._draw(drawn))
+        return self._kept[key]
+
+    def _keep(self, key: tuple, data: bytes) -> None:
+        if len(self._kept) >= KEPT:
+            self._kept.pop(next(iter(self._kept)))
+        self._kept[key] = data

@@ -21,6 +21,7 @@ from services.dashboard.app import make_app
 from services.dashboard.live import Hub
 from services.dashboard.records import Records
 from shared.messaging.messages import SteerRequest
+from shared.errors import MessageError
 from shared.messaging.steering import SteerError, steer
 from shared.registry.store import Registry
 from shared.runtime.config import Config
@@ -42,7 +43,7 @@ def steering(nc):
     async def ask(run_id: str, action: str, by: str, config: dict[str, Any] | None) -> tuple[bool, str]:
         try:
             answer = await steer(nc, SteerRequest(run_id=run_id, action=action, by=by, config=config))
-        except SteerError as exc:
+        except (SteerError, MessageError) as exc:  # MessageError: a request over its size limit, say
             return False, str(exc)
         return answer.ok, answer.message or f"{action}: {answer.status}"
     return ask
@@ -52,11 +53,11 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
     async with Service("dashboard", config, stop=stop) as service:
         await service.connect(nc, jetstream=True)
         settings = service.config.dashboard
-        records = Records(await Registry.read(service.js))
+        records = Records(await Registry.read(service.js, weights=False))
         hub = Hub(settings.events_kept, settings.runs_kept)
         hub.on_event(records.forget)
         await hub.subscribe(service.nc)
-        app = make_app(records, hub, steering(service.nc))
+        app = make_app(records, hub, steering(service.nc), settings.hosts)
         server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                                         access_log=False, lifespan="off", timeout_graceful_shutdown=SHUTDOWN_S))
         serving = asyncio.create_task(server.serve())

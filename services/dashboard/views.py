@@ -19,7 +19,7 @@ from shared.registry.costs import candidate_cost, format_cost, run_cost
 from shared.registry.held_out import format_held_out
 from shared.registry.leaderboard import config_summary, fidelity, latest, leaderboard
 from shared.registry.records import IterationRecord, RunRecord
-from shared.registry.report import _validation, format_recipe, recipe_of
+from shared.registry.report import format_recipe, recipe_of, validation_report
 
 CLASSES_SHOWN = 50  # per-class rows of a candidate page; the report has them all
 
@@ -39,7 +39,7 @@ def run_row(run: RunRecord, iterations: list[IterationRecord] | None = None) -> 
     cost = None if iterations is None else run_cost(iterations)
     return {"spent": spent, "cpu_s": f"{cost.cpu_s:.0f}" if cost and cost.seeds else "",
             "gpu_s": f"{cost.gpu_s:.0f}" if cost and cost.gpu_s is not None else "","run_id": run.run_id, "goal": goal.goal, "dataset": goal.dataset, "status": run.status,
-            "paused": bool(getattr(run, "paused", False)), "metric": goal.goal_metric,
+            "paused": run.paused, "metric": goal.goal_metric,
             "target": fmt(goal.target_value), "best": fmt(run.best_score), "best_iteration": run.best_iteration,
             "candidates": run.current_iteration, "budget": run.budget_epochs, "created": when(run.created_at),
             "wall_s": round((run.finished_at or time.time()) - run.created_at), "error": run.error,
@@ -68,8 +68,8 @@ def run_view(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any
             "leaderboard": board, "failed": failed,
             "cost": format_cost(run_cost(iterations)),
             "test": "\n".join(line for line in format_held_out(run, iterations) if line.strip()),
-            "steering": [msgspec.to_builtins(s) for s in getattr(run, "steering", [])],
-            "queued": [msgspec.to_builtins(q) for q in getattr(run, "queued", [])],
+            "steering": [msgspec.to_builtins(s) for s in run.steering],
+            "queued": [msgspec.to_builtins(q) for q in run.queued],
             "llm_check": [msgspec.to_builtins(c) for c in run.llm_check or []]}
 
 
@@ -148,7 +148,7 @@ def candidate_view(run: RunRecord, iterations: list[IterationRecord], it: Iterat
             "config": json.dumps(it.model_config, indent=2, sort_keys=True),
             "recipe": format_recipe(recipe) if recipe else "settings that do not decode",
             "class_name": it.class_name, "assembler": it.assembler, "why_failed": why_failed(it),
-            "validation": _validation(it), "code_attempts": [msgspec.to_builtins(a) for a in it.code_attempts],
+            "validation": validation_report(it), "code_attempts": [msgspec.to_builtins(a) for a in it.code_attempts],
             "summary": msgspec.to_builtins(it.summary) if it.summary else None,
             "decision": msgspec.to_builtins(it.decision) if it.decision else None,
             "aggregated": aggregated, "seeds": seeds, "metric": metric,

@@ -427,6 +427,8 @@ class RunDriver:
         """End the run with `status`: first its best candidate is tested on the test split (the run
         stays running meanwhile: final_test.py), unless it failed or nothing was evaluated."""
         assert self.run is not None
+        if self.paused() and status not in ("stopped", "failed"):
+            return  # paused by hand during this pass: held; once resumed, the search's next pass decides again
         if not await self.final_test.start(self.run, status, reason):
             await self.finish(status, reason)
 

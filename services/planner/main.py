@@ -47,7 +47,12 @@ async def main(nc=None, config: Config | None = None, stop: asyncio.Event | None
                     if msg.reply:
                         await msg.respond(encode(ErrorReply(error=str(exc))))
                     return
-                reply = await handle(request)
+                try:
+                    reply = await handle(request)
+                except Exception as exc:  # noqa: BLE001 - said to the asker, who would otherwise hear "no planner"
+                    log.error("steer_failed", error=f"{type(exc).__name__}: {exc}", run_id=request.run_id)
+                    reply = ErrorReply(error=f"the planner driving run {request.run_id} could not do it: "
+                                             f"{type(exc).__name__}: {exc}")
                 if reply is not None and msg.reply:
                     await msg.respond(encode(reply))
 

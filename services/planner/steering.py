@@ -117,11 +117,13 @@ class Steering:
                                  if pause else f"run {run.run_id} is not paused; there is nothing to resume")
         detail = "paused" if pause else "resumed"
         # decided again on the record written: of two pauses at once, one is taken
+        # the driver is told in the order the writes happened, before the event's await: of a pause
+        # and a resume at once, the driver ends as the record does
         run, taken = await self._record(run.run_id, action, by, detail,
-                                        lambda r: replace(r, paused=pause) if r.paused != pause else None)
+                                        lambda r: replace(r, paused=pause) if r.paused != pause else None,
+                                        on_taken=lambda r: driver.hold(r.paused))
         if not taken:
             return self._refused(run, action, f"run {run.run_id} was {detail} by another request meanwhile")
-        driver.hold(pause)
         if pause:  # a promotion or proposal under way when it came is finished first: say which
             await driver.scheduled(STOP_WAIT_S)
         flying = [h.iteration for h in driver.history() if h.in_flight]
@@ -169,7 +171,8 @@ class Steering:
 
     # ---- helpers ----
     async def _record(self, run_id: str, action: str, by: str, detail: str,
-                      change: Callable[[RunRecord], RunRecord | None]) -> tuple[RunRecord, bool]:
+                      change: Callable[[RunRecord], RunRecord | None],
+                      on_taken: Callable[[RunRecord], None] | None = None) -> tuple[RunRecord, bool]:
         """`change` and the steering record in one compare-and-set write, then the "steered" event
         with who; -> (the run, whether it was taken). `change` -> None: not taken on the record
         as it is now (written meanwhile), and nothing is written."""
@@ -183,6 +186,8 @@ class Steering:
 
         run = await self.registry.update_run(run_id, unless_ended(steered))
         taken = taken and run.status not in TERMINAL_STATUSES  # an ended run is as it ended
+        if taken and on_taken is not None:
+            on_taken(run)
         if taken:
             await self.planner.event(run_id, "steered", f"{action} by {by}: {detail}", data={"action": action, "by": by})
         return run, taken

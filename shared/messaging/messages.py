@@ -607,7 +607,7 @@ SteerAction = Literal["stop", "pause", "resume", "queue"]
 class SteerRequest(msgspec.Struct, frozen=True, kw_only=True):
     """On STEER_SUBJECT, a request to the planner driving the run (shared.messaging.steering.steer).
     `by` says who asked, as the asker gives it ("user@host with researcher pause", "NAME via
-    dashboard"): the credential's role is all the server vouches for. `config`: the model_config
+    the dashboard from ADDRESS"): the credential's role is all the server vouches for. `config`: the model_config
     of a "queue" (the seed format the assembler builds), None for the other actions."""
 
     run_id: str

@@ -5,11 +5,14 @@ is a SteerError whose message says what to do."""
 
 from __future__ import annotations
 
+import msgspec
+import yaml
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from shared.errors import MessageError, SteerError
 from shared.messaging import subjects
 from shared.messaging.bus import decode, encode
+from shared.messaging.limits import MAX_CONFIG_BYTES
 from shared.messaging.messages import STOP_WAIT_S, TERMINAL_STATUSES, ErrorReply, SteerAnswer, SteerRequest
 from shared.registry.store import Registry
 
@@ -40,3 +43,37 @@ async def steer(nc, request: SteerRequest, timeout: float = STEER_TIMEOUT_S) -> 
         except MessageError:
             error = f"the planner's answer could not be read ({exc})"
         raise SteerError(run_id, action, f"run {run_id}: {error}") from None
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without anchors' aliases: a few hundred characters of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in a model_config")
+        return super().compose_node(parent, index)
+
+
+def parse_config(text: str, where: str) -> dict:
+    """A model_config queued by hand, from JSON or YAML text (`researcher queue`, the dashboard's form;
+    a file that wraps it under "model_config", as a report's best does, is unwrapped); ValueError
+    saying what is wrong. At most MAX_CONFIG_BYTES as JSON, as any proposal."""
+    if len(text.encode()) > 4 * MAX_CONFIG_BYTES:
+        raise ValueError(f"the config {where} is {len(text.encode()):,} bytes; a model_config is at most "
+                         f"{MAX_CONFIG_BYTES:,} as JSON")
+    try:
+        config = yaml.load(text, Loader=_NoAliases)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the config {where} is neither JSON nor YAML: {' '.join(str(exc).split())}") from None
+    if isinstance(config, dict) and isinstance(config.get("model_config"), dict):
+        config = config["model_config"]
+    if not isinstance(config, dict) or not config:
+        raise ValueError(f"the config {where} must be a model_config object (layers and recipe: README, the "
+                         f"model_config format), not {type(config).__name__}")
+    try:
+        size = len(msgspec.json.encode(config))
+    except (TypeError, msgspec.EncodeError) as exc:  # YAML dates, sets: not JSON
+        raise ValueError(f"the config {where} holds values JSON cannot carry: {exc}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"the config {where} is {size:,} bytes as JSON; a model_config is at most {MAX_CONFIG_BYTES:,}")
+    return config

@@ -260,7 +260,7 @@ class SteerRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One action taken on a run by hand: stop, pause, resume, queue (SteerAction)."""
 
     action: str
-    by: str  # as the asker gave it: "user@host with researcher pause", "NAME via dashboard"
+    by: str  # as the asker gave it: "user@host with researcher pause", "NAME via the dashboard from ADDRESS"
     at: float  # seconds since the epoch
     detail: str = ""  # what it did, in a line (the stop's reason, the queued config's class)
 

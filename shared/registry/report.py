@@ -22,7 +22,7 @@ from shared.registry.records import DEFAULT_METRIC, IterationRecord, RunRecord
 from shared.registry.store import Registry
 
 
-def _validation(it: IterationRecord) -> dict[str, Any]:
+def validation_report(it: IterationRecord) -> dict[str, Any]:
     """The sandbox's verdict with its shapes and FLOPs per sample (the probe pass ran PROBE_BATCH)."""
     v = it.validation
     if v is None:
@@ -65,7 +65,7 @@ def iteration_report(it: IterationRecord) -> dict[str, Any]:
         "class_name": it.class_name,
         "assembler": it.assembler,
         "code_attempts": msgspec.to_builtins(it.code_attempts),
-        "validation": _validation(it),
+        "validation": validation_report(it),
         "summary": msgspec.to_builtins(it.summary),
         "evaluation": msgspec.to_builtins(it.evaluation),
         "decision": msgspec.to_builtins(it.decision),
@@ -348,7 +348,7 @@ def _write_experiment(folder: Path, it: IterationRecord, code: bytes | None, run
         (folder / "model_code.py").write_bytes(code)
     recorded = msgspec.to_builtins(it.summary) if it.summary else {"facts": None, "narrative": None, "narrative_error": None}
     summary = {"run_id": run_id, "iteration": it.iteration, "class_name": it.class_name,
-               "assembler": it.assembler, **recorded, "validation": _validation(it)}
+               "assembler": it.assembler, **recorded, "validation": validation_report(it)}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     results = {"run_id": run_id, "iteration": it.iteration, "evaluation": msgspec.to_builtins(it.evaluation),
                "decision": msgspec.to_builtins(it.decision)}

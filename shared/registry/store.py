@@ -105,15 +105,16 @@ class Registry:
         return registry
 
     @classmethod
-    async def read(cls, js: JetStreamContext) -> "Registry":
+    async def read(cls, js: JetStreamContext, weights: bool = True) -> "Registry":
         """Read-only: the buckets that exist; the rest read as empty. Reads by message get and
         stream info alone, never through a consumer: a reader's credential may not create one (a
         push consumer's deliver subject is anyone's to choose: it would publish the registry's
-        messages wherever its creator pleased)."""
+        messages wherever its creator pleased). weights=False: without the trained weights (the
+        dashboard's credential may not read them)."""
         registry = cls(js, await _existing(js.key_value, subjects.RUNS_BUCKET),
                        await _existing(js.key_value, subjects.ITERATIONS_BUCKET),
                        await _existing(js.object_store, subjects.ARTIFACTS_BUCKET), None,
-                       await _existing(js.object_store, subjects.WEIGHTS_BUCKET))
+                       await _existing(js.object_store, subjects.WEIGHTS_BUCKET) if weights else None)
         registry._read_only = True
         return registry
 
@@ -175,14 +176,17 @@ class Registry:
             await self._running.delete(run_id)
         return updated
 
-    async def list_runs(self) -> list[RunRecord]:
+    async def run_ids(self) -> list[str]:
+        """Every run's id (one stream info); [] before the runs bucket exists."""
         if self._runs is None:
             return []
         try:
-            keys = await _keys(self.js, subjects.RUNS_BUCKET)
+            return await _keys(self.js, subjects.RUNS_BUCKET)
         except NoKeysError:
             return []
-        runs = [await self.get_run(key) for key in keys]
+
+    async def list_runs(self) -> list[RunRecord]:
+        runs = [await self.get_run(key) for key in await self.run_ids()]
         return sorted((r for r in runs if r), key=lambda r: r.created_at)
 
     # ---- the index of running runs ----

@@ -225,12 +225,22 @@ class DashboardConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int = 8088
     events_kept: int = 500  # the latest events of each run it has seen, for a page opened mid-run
     runs_kept: int = 200  # runs whose events it keeps (the oldest forgotten first)
+    # the names a browser may reach it by (the Host header, without the port), comma-separated; any
+    # other is refused, so a foreign page cannot rebind its own name to this address (DNS rebinding).
+    # Published beyond loopback (DASHBOARD_BIND), add the machine's name: "127.0.0.1,localhost,lab1"
+    allowed_hosts: str = "127.0.0.1,localhost"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"dashboard.port must be 0..65535, not {self.port} (RESEARCHER_DASHBOARD__PORT)")
         if self.events_kept < 1 or self.runs_kept < 1:
             raise ValueError("dashboard.events_kept and dashboard.runs_kept must be >= 1")
+        if not self.hosts:
+            raise ValueError("dashboard.allowed_hosts names no host (RESEARCHER_DASHBOARD__ALLOWED_HOSTS)")
+
+    @property
+    def hosts(self) -> list[str]:
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
 
 
 class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

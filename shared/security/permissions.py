@@ -106,9 +106,9 @@ ROLES: dict[str, Role] = {
         subscribe=(f"{s.EVENTS_PREFIX}.>",)),
     # views of the registry and the live events, and steering by hand (the dashboard's)
     "dashboard": Role(
-        "shows runs live: reads the registry and the events; steers runs (stop, pause, resume, queue a config)",
-        publish=(s.STEER_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)), *_object_read(s.ARTIFACTS_BUCKET),
-                 *_object_read(s.WEIGHTS_BUCKET)),
+        "shows runs live: reads the registry (not the trained weights) and the events; steers runs (stop, pause, "
+        "resume, queue a config)",
+        publish=(s.STEER_SUBJECT, *(p for b in REGISTRY_KV for p in _kv_read(b)), *_object_read(s.ARTIFACTS_BUCKET)),
         subscribe=(f"{s.EVENTS_PREFIX}.>",)),
     "admin": Role("the operator's: everything (maintenance with the `nats` CLI, tests' set-up)",
                   publish=(">",), subscribe=(">",), responds=True),

@@ -41,6 +41,16 @@ async def _write(nats_url: str) -> None:
 def test_the_dashboard_serves_a_registry_and_shows_hostile_text_as_text(nats_url, credentials, tmp_path):
     asyncio.run(_write(nats_url))
     with serve_dashboard(nats_url, credentials, tmp_path / "dashboard.log") as base:
+        # a foreign page that rebinds its own name to this address reaches nothing (DNS rebinding)
+        rebound = urllib.request.Request(base + "/runs/hostile-run", headers={"Host": "evil.example:8088"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=30)
+        assert refused.value.code == 400
+        forged = urllib.request.Request(base + "/runs/live-run/steer", data=b"action=stop", method="POST",
+                                        headers={"Origin": "http://evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=30)
+        assert refused.value.code == 403 and b"another site" in refused.value.read()
         status, runs, headers = get(base + "/")
         assert status == 200 and "hostile-run" in runs and "live-run" in runs
         assert "script-src 'self'" in headers["content-security-policy"]

@@ -77,10 +77,15 @@ def test_the_hub_keeps_each_runs_latest_events_and_feeds_its_followers():
 def test_a_config_typed_into_the_page():
     assert _config('{"layers": []}') == ({"layers": []}, None)
     assert _config("layers:\n  - type: Flatten\n") == ({"layers": [{"type": "Flatten"}]}, None)
+    assert _config('{"model_config": {"lr": 0.1}}') == ({"lr": 0.1}, None)  # a report's best, unwrapped
     assert "paste a model config" in _config("  ")[1]
-    assert "a mapping" in _config("[1, 2]")[1]
+    assert "must be a model_config object" in _config("[1, 2]")[1]
     assert "neither JSON nor YAML" in _config("{not: [closed")[1]
-    assert "at most" in _config("x" * 70_000)[1]
+    assert "a model_config is at most 65,536" in _config('{"a": "' + "x" * 70_000 + '"}')[1]
+    # a few hundred characters of nested aliases would expand to gigabytes: refused before they do
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    assert "aliases (*name) are not allowed" in _config(bomb)[1]
 
 
 class _Request:

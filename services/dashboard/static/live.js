@@ -5,6 +5,7 @@
   var live = document.getElementById("live");
   if (!live || !window.EventSource || !window.fetch) { return; }
   var list = document.getElementById("events");
+  var KEPT = 500;  // events listed; the registry keeps the record
   var pending = null;
   function refresh() {
     pending = null;
@@ -22,6 +23,7 @@
       item.className = "ev ev-" + event.kind.replace(/[^a-z_]/g, "");
       item.textContent = event.at + " " + event.kind + ": " + event.message;  // text, never HTML
       list.insertBefore(item, list.firstChild);
+      while (list.children.length > KEPT) { list.removeChild(list.lastChild); }
     }
     if (!pending) { pending = setTimeout(refresh, 500); }
   });
