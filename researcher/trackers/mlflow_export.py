@@ -71,7 +71,8 @@ def export(view: RunView, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> tup
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(
         experiment, artifact_location=_artifact_location(client.tracking_uri))
-    replaced = _delete_previous(client, experiment_id, view.run_id)
+    previous = _previous(client, experiment_id, view.run_id)  # deleted once the new export is whole
+    replaced = len(previous)
     parent = _start(client, experiment_id, view.name, view.tags | {f"{TAG}replaced_runs": str(replaced)},
                     view.started_at, None)
     _log(client, parent, view.params, view.metrics, view.series, view.started_at)
@@ -81,6 +82,8 @@ def export(view: RunView, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> tup
     for candidate in view.candidates:
         _candidate(client, experiment_id, parent, candidate)
     client.set_terminated(parent, view.status.upper(), end_time=_ms(view.finished_at))
+    for old in previous:
+        client.delete_run(old)
     log.info("mlflow_export", run_id=view.run_id, experiment=experiment_id, parent=parent, replaced_runs=replaced,
              candidates=len(view.candidates), seeds=sum(len(c.seeds) for c in view.candidates))
     return parent, experiment_id
@@ -142,8 +145,9 @@ def _log(client: Any, run_id: str, params: dict[str, str], scalars: dict[str, fl
         client.log_batch(run_id, metrics=metric_part, params=param_part)
 
 
-def _delete_previous(client: Any, experiment_id: str, run_id: str) -> int:
-    """Delete the runs an earlier export of `run_id` wrote here; -> how many."""
+def _previous(client: Any, experiment_id: str, run_id: str) -> list[str]:
+    """The runs an earlier export of `run_id` wrote here (the export deletes them once it is written
+    whole: one cut short leaves the earlier one in place)."""
     query = f"tags.`{TAG}run_id` = '{run_id}'"  # run ids are letters, digits, - and _ (Goal checks them)
     found, token = [], None
     while True:  # every page first: deleting while paging would shift the pages
@@ -152,9 +156,7 @@ def _delete_previous(client: Any, experiment_id: str, run_id: str) -> int:
         token = page.token
         if not token:
             break
-    for old in found:
-        client.delete_run(old)
-    return len(found)
+    return found
 
 
 def _ms(seconds: float) -> int:

@@ -29,13 +29,12 @@ def export(view: RunView, root: Path) -> Path:
     require("tensorboard", "--tensorboard", "tensorboard")  # torch's writer needs it, and says so less plainly
     from torch.utils.tensorboard import SummaryWriter
 
-    folder = root / view.run_id
-    if folder.exists():
-        if not (folder / MARKER).is_file():
-            raise ExportTargetError(str(folder), f"it exists and was not written by `researcher export` (no {MARKER} "
-                                                 "in it); move it away or name another --tensorboard folder")
-        shutil.rmtree(folder)
-        log.info("tensorboard_export_replaces", run_id=view.run_id, folder=str(folder))
+    final = root / view.run_id
+    if final.exists() and not (final / MARKER).is_file():
+        raise ExportTargetError(str(final), f"it exists and was not written by `researcher export` (no {MARKER} "
+                                            "in it); move it away or name another --tensorboard folder")
+    folder = root / f".{view.run_id}.writing"  # renamed into place once whole: one cut short leaves the last
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / MARKER).write_text(f"researcher export of run {view.run_id}; a later export replaces this folder\n")
     with SummaryWriter(str(folder)) as w:
@@ -48,8 +47,12 @@ def export(view: RunView, root: Path) -> Path:
         w.add_text("goal_settings", _table(view.params), 0, walltime=view.started_at)
     for candidate in view.candidates:
         _candidate(SummaryWriter, folder / f"c{candidate.iteration:04d}", candidate)
-    log.info("tensorboard_export", run_id=view.run_id, folder=str(folder), candidates=len(view.candidates))
-    return folder
+    if final.exists():
+        shutil.rmtree(final)
+        log.info("tensorboard_export_replaces", run_id=view.run_id, folder=str(final))
+    folder.rename(final)
+    log.info("tensorboard_export", run_id=view.run_id, folder=str(final), candidates=len(view.candidates))
+    return final
 
 
 def _candidate(SummaryWriter: type, folder: Path, c: CandidateView) -> None:
