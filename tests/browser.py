@@ -60,11 +60,12 @@ def shoot(web, name: str, folder: Path = SHOTS, full: bool = False) -> Path:
 
 
 def wait_for(web, condition: Callable, what: str, timeout: float = WAIT_S):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(web, timeout, poll_frequency=0.2).until(condition)
+    try:  # a live page replaces its live part as events come: an element found may be gone a moment later
+        return WebDriverWait(web, timeout, poll_frequency=0.2,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(condition)
     except TimeoutException:
         shoot(web, "timed-out")
         raise AssertionError(f"{what}: not within {timeout:.0f} s; the page: {web.current_url}\n"

@@ -8,6 +8,7 @@ import tempfile
 
 import docker
 import pytest
+import structlog
 
 from researcher.stack import free_port, start_nats_server
 from shared.messaging.bus import connect
@@ -91,3 +92,14 @@ def sequential_search(monkeypatch):
     """The services a test starts (LocalStack, the CLI's embedded stack) search sequentially."""
     for key, value in SEQUENTIAL.items():
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(autouse=True)
+def _logging_outlives_captured_streams():
+    """A command run in-process (cli.main) points structlog at the stream it was given: under capsys,
+    a capture closed when the test ends. The next test in the worker (whatever file it is in) would
+    then fail on its first log line, so the logging goes back to its defaults."""
+    yield
+    file = getattr(structlog.get_config()["logger_factory"], "_file", None)
+    if getattr(file, "closed", False):
+        structlog.reset_defaults()

@@ -24,7 +24,7 @@ async def steer(nc, request: SteerRequest, timeout: float = STEER_TIMEOUT_S) -> 
     not taken, with why: a paused run paused again, a config that cannot be built). The registry
     is read first, so an unknown or ended run is answered without asking anyone."""
     run_id, action = request.run_id, request.action
-    run = await (await Registry.read(nc.jetstream())).get_run(run_id)
+    run = await (await Registry.read(nc.jetstream(), weights=False)).get_run(run_id)  # the run record alone
     if run is None:
         raise SteerError(run_id, action, f"no run {run_id!r} in the registry; `researcher runs` lists those there")
     if run.status in TERMINAL_STATUSES:

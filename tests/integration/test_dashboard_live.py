@@ -70,7 +70,8 @@ def test_a_run_is_followed_live_and_steered_from_the_page(docker_engine, sequent
         assert "a long search on <b>digits</b>" in web.find_element("id", "goal").text
         shoot(web, "live-run")
 
-        web.find_element("css selector", "#leaderboard a").click()
+        web.get(wait_for(web, lambda w: w.find_element("css selector", "#leaderboard a").get_attribute("href"),
+                         "the measured candidate's address"))
         wait_for(web, lambda w: w.execute_script(
             "const imgs = [...document.querySelectorAll('#plots img')];"
             "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"), "its curves drawn")
@@ -80,7 +81,7 @@ def test_a_run_is_followed_live_and_steered_from_the_page(docker_engine, sequent
 
         web.find_element("css selector", "#steer-form input[name=name]").send_keys("Ada")
         assert "paused" in press(web, "pause", "paused")
-        assert "(paused)" in web.find_element("id", "status").text
+        wait_for(web, lambda w: "(paused)" in w.find_element("id", "status").text, "the run shown paused")
         web.find_element("css selector", "#queue-form textarea").send_keys(BROKEN)
         refused = press(web, "queue", "refused")
         assert "NoSuchLayer" in refused, refused
