@@ -42,13 +42,15 @@ class Figures:
             points, axis = compute_points(iterations, metric)
             return lambda: accuracy_vs_compute_png(points, metric=metric, axis=axis,
                                                    title=f"{metric} against compute, run {run.run_id}")
-        timed = []
+        timed = []  # every rung each candidate finished, at the time its last seed came in
         for it in iterations:
-            evaluation = latest(it)
-            mean = evaluation.summary(metric).mean if evaluation else None
-            if mean is not None and it.finished_at:
-                full = it.rung is None and it.evaluation is not None
-                timed.append((it.iteration, (it.finished_at - run.created_at) / 60, mean, full))
+            measured = [(p.evaluation, p.finished_at, False) for p in it.passed if p.evaluation is not None]
+            if it.evaluation is not None:
+                measured.append((it.evaluation, it.finished_at or _last_seed(it.evaluation), it.rung is None))
+            for evaluation, at, full in measured:
+                mean = evaluation.summary(metric).mean
+                if mean is not None and at:
+                    timed.append((it.iteration, (at - run.created_at) / 60, mean, full))
         return lambda: score_over_time_png(timed, metric=metric, lower=lower, title=f"{metric} over time, run {run.run_id}")
 
     async def run_figure(self, which: str, run: RunRecord, iterations: list[IterationRecord]) -> bytes:
@@ -79,3 +81,9 @@ class Figures:
         if len(self._kept) >= KEPT:
             self._kept.pop(next(iter(self._kept)))
         self._kept[key] = data
+
+
+def _last_seed(evaluation) -> float | None:
+    """When an evaluation's last seed finished (its evaluator's clock), for a rung not closed yet."""
+    ends = [row.started_at + row.duration_s for row in evaluation.seed_results if row.started_at]
+    return max(ends) if ends else None

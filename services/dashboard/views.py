@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import time
+import zlib
 from typing import Any
 
 import msgspec
@@ -60,7 +61,9 @@ def run_view(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any
         row["shown"] = _interval_of(row[row["metric"]])
     failed = [{"iteration": it.iteration, "state": it.state, "why": why_failed(it), "config": config_summary(it)}
               for it in iterations if why_failed(it)]
-    return {**run_row(run, iterations), "ended": run.status in TERMINAL_STATUSES,
+    # changes with any candidate's progress: the comparison plots' address, so a browser reloads them then
+    version = zlib.crc32(repr([(it.iteration, it.state, it.rung, len(it.passed)) for it in iterations]).encode())
+    return {**run_row(run, iterations), "ended": run.status in TERMINAL_STATUSES, "version": version,
             "facts": _facts(run), "goal_statistic": goal.goal_statistic,
             "in_flight": [{"iteration": it.iteration, "state": it.state, "fidelity": fidelity(it),
                            "config": config_summary(it), "proposer": it.proposer,

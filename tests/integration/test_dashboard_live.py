@@ -82,7 +82,7 @@ def test_a_run_is_followed_live_and_steered_from_the_page(docker_engine, sequent
         web.find_element("css selector", "#steer-form input[name=name]").send_keys("Ada")
         assert "paused" in press(web, "pause", "paused")
         wait_for(web, lambda w: "(paused)" in w.find_element("id", "status").text, "the run shown paused")
-        web.find_element("css selector", "#queue-form textarea").send_keys(BROKEN)
+        web.find_element("css selector", "#steer-form textarea").send_keys(BROKEN)
         refused = press(web, "queue", "refused")
         assert "NoSuchLayer" in refused, refused
         assert "resumed" in press(web, "resume", "resumed")
