@@ -201,6 +201,11 @@ def to_trackers(view, args: argparse.Namespace) -> int:
     except (MissingExtraError, ExportTargetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - the tracker's own failure (no server, a bad URI, a folder it cannot write)
+        which = "--tensorboard" if isinstance(exc, OSError) else "--mlflow"
+        print(f"error: the export to {which} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
+              file=sys.stderr)
+        return 1
     print(f"tracker export took {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 
@@ -278,7 +283,7 @@ async def steer_run(args: argparse.Namespace) -> int:
     finally:
         await nc.close()
     if not answer.ok:
-        print(f"error: run {answer.run_id}: {answer.message}", file=sys.stderr)
+        print(f"error: {answer.message}", file=sys.stderr)
         return 1
     print(f"run {answer.run_id}: {answer.status}: {answer.message}", file=sys.stderr)
     return 0

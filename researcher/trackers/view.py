@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from shared.messaging.messages import TERMINAL_STATUSES
 from shared.registry.leaderboard import fidelity
 from shared.registry.records import Evaluation, IterationRecord, RunRecord, SeedRow
 from shared.registry.report import build_report, load_records, recipe_of
@@ -130,7 +131,8 @@ def candidate_view(run: RunRecord, it: IterationRecord, code: bytes | None, plot
     rows = ev.seed_results if ev else []
     rejected = (v is not None and not v.ok) or it.state == "rejected"
     status: Status = ("failed" if rejected or (ev is not None and not any(r.ok for r in rows))
-                      else "running" if it.in_flight else "finished")
+                      else ("running" if run.status not in TERMINAL_STATUSES else "killed") if it.in_flight
+                      else "finished")
     tags = {f"{TAG}run_id": run.run_id, f"{TAG}role": "candidate", f"{TAG}iteration": str(it.iteration),
             f"{TAG}state": it.state, f"{TAG}proposer": it.proposer, f"{TAG}assembler": it.assembler,
             f"{TAG}class_name": it.class_name or str(it.model_config.get("class_name", "")),

@@ -205,7 +205,7 @@ def make_app(records: Records, hub: Hub, steer: Steer | None, hosts: list[str] |
 
     routes = [
         Route("/", runs_page), Route("/fragments/runs", runs_fragment), Route("/stream", stream),
-        Route("/healthz", health),
+        Route("/healthz", health), Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/runs/{run_id}", run_page_or_wait), Route("/runs/{run_id}/live", run_live),
         Route("/runs/{run_id}/stream", stream), Route("/runs/{run_id}/steer", steer_run, methods=["POST"]),
         Route("/runs/{run_id}/plots/{which}.png", run_plot),

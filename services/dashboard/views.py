@@ -65,9 +65,11 @@ def run_view(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any
     version = zlib.crc32(repr([(it.iteration, it.state, it.rung, len(it.passed)) for it in iterations]).encode())
     return {**run_row(run, iterations), "ended": run.status in TERMINAL_STATUSES, "version": version,
             "facts": _facts(run), "goal_statistic": goal.goal_statistic,
+            # an ended run's unfinished candidates were abandoned with it: none is in flight
             "in_flight": [{"iteration": it.iteration, "state": it.state, "fidelity": fidelity(it),
-                           "config": config_summary(it), "proposer": it.proposer,
-                           "since": when(it.started_at)} for it in iterations if it.in_flight],
+                           "config": config_summary(it), "proposer": it.proposer, "since": when(it.started_at)}
+                          for it in iterations if it.in_flight and run.status not in TERMINAL_STATUSES],
+            "abandoned": [it.iteration for it in iterations if it.in_flight and run.status in TERMINAL_STATUSES],
             "leaderboard": board, "failed": failed,
             "cost": format_cost(run_cost(iterations)),
             "test": "\n".join(line for line in format_held_out(run, iterations) if line.strip()),
@@ -146,7 +148,9 @@ def candidate_view(run: RunRecord, iterations: list[IterationRecord], it: Iterat
                       "convergence": row.dynamics.convergence.status if row.dynamics else ""})
     aggregated = [{"metric": name, "shown": _interval(s), "std": fmt(s.std), "n": s.n}
                   for name, s in (evaluation.aggregated.items() if evaluation else [])]
-    return {"iteration": it.iteration, "state": it.state, "proposer": it.proposer, "reasoning": it.reasoning,
+    state = f"abandoned: the run ended {run.status} while it was {it.state}" if (
+        it.in_flight and run.status in TERMINAL_STATUSES) else it.state
+    return {"iteration": it.iteration, "state": state, "proposer": it.proposer, "reasoning": it.reasoning,
             "fidelity": fidelity(it), "config_summary": config_summary(it),
             "config": json.dumps(it.model_config, indent=2, sort_keys=True),
             "recipe": format_recipe(recipe) if recipe else "settings that do not decode",

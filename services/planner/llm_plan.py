@@ -29,6 +29,9 @@ class PlanReply(msgspec.Struct, kw_only=True):
     model_config: dict[str, Any] | None = None
 
 
+DEFAULT_CLASS_NAME = "CustomModel"  # a config that names no class (one written by hand, say)
+
+
 def complete_config(config: dict[str, Any], facts: DatasetFacts, max_epochs: int) -> dict[str, Any]:
     """The data fixes the input shape and the class count, whatever the model wrote; training
     settings it left out take the recipe's defaults, so the record shows what really ran."""
@@ -36,7 +39,7 @@ def complete_config(config: dict[str, Any], facts: DatasetFacts, max_epochs: int
     defaults.pop("augment")  # not the LLM's to choose: the data kind decides (later)
     chosen = {k: v for k, v in config.items() if k not in ("augment", "vocab_size")}
     tokens = {"vocab_size": facts.vocab_size} if facts.kind == "text" else {}
-    return {**defaults, "epochs": min(DEFAULT_RECIPE.epochs, max_epochs), **chosen,
+    return {**defaults, "epochs": min(DEFAULT_RECIPE.epochs, max_epochs), "class_name": DEFAULT_CLASS_NAME, **chosen,
             "input_shape": list(facts.input_shape), "num_classes": facts.num_classes, **tokens}
 
 

@@ -134,3 +134,10 @@ def test_the_context_names_class_weights_where_the_classes_are_imbalanced():
     assert "imbalanced" not in plan_context(GOAL, FACTS, 1400, [], best_iteration=None, max_epochs=20, history_limit=3)
     weighted = complete_config({**MLP, "class_weights": True}, rare, 20)
     assert weighted["class_weights"] is True and complete_config(MLP, rare, 20)["class_weights"] is False
+
+
+def test_a_config_that_names_no_class_gets_one():
+    """A config written by hand (researcher queue, the dashboard) may leave the class name out."""
+    unnamed = {k: v for k, v in MLP.items() if k != "class_name"}
+    assert complete_config(unnamed, FACTS, 20)["class_name"] == "CustomModel"
+    assert complete_config(MLP, FACTS, 20)["class_name"] == "Net"

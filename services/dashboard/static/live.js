@@ -15,6 +15,9 @@
       .catch(function () { /* the next event tries again */ });
   }
   var source = new EventSource(live.dataset.stream);
+  // a browser keeps at most 6 connections to one host: a stream left open by each page visited
+  // would stall the seventh page
+  window.addEventListener("pagehide", function () { source.close(); });
   source.addEventListener("event", function (message) {
     if (live.dataset.reload) { source.close(); window.location.reload(); return; }  // the awaited run started
     var event = JSON.parse(message.data);
