@@ -66,9 +66,6 @@ def make_app(records: Records, hub: Hub, steer: Steer | None, hosts: list[str] |
         rendered_ms = (time.perf_counter() - started) * 1000
         return HTMLResponse(body, status, headers={**SECURITY_HEADERS, "Server-Timing": f"render;dur={rendered_ms:.1f}"})
 
-    def not_found(message: str) -> HTMLResponse:
-        return page("error.html", 404, title="not found", message=message)
-
     async def loaded(request: Request):
         run_id = request.path_params["run_id"]
         found = await records.run(run_id) if RUN_ID.match(run_id) else None
@@ -76,21 +73,12 @@ def make_app(records: Records, hub: Hub, steer: Steer | None, hosts: list[str] |
             raise HTTPException(404, f"no run {run_id!r} in the registry")
         return found
 
-    async def run_page_or_wait(request: Request) -> Response:
-        """A run not in the registry yet may be a goal just submitted: its page says so and waits for
-        the run's first event (live.js reloads it then)."""
-        run_id = request.path_params["run_id"]
-        if RUN_ID.match(run_id) and await records.get_run(run_id) is None:
-            return page("error.html", 404, title="404", waiting=run_id, message=(
-                f"no run {run_id!r} in the registry (yet: a goal just submitted appears once a planner takes "
-                "it; this page follows it and shows the run when it starts)"))
-        return await run_page(request)
-
     async def listed() -> dict[str, Any]:
         """The newest RUNS_SHOWN runs, each with what it spent (finished candidates come from the cache)."""
         runs = list(reversed(await records.runs()))
-        shown = await asyncio.gather(*(records.run(r.run_id) for r in runs[:RUNS_SHOWN]))
-        return {"runs": [views.run_row(*found) for found in shown if found is not None],
+        shown = runs[:RUNS_SHOWN]
+        candidates = await asyncio.gather(*(records.iterations(run) for run in shown))
+        return {"runs": [views.run_row(run, its) for run, its in zip(shown, candidates)],
                 "older": max(0, len(runs) - RUNS_SHOWN)}
 
     async def runs_page(request: Request) -> Response:
@@ -100,7 +88,17 @@ def make_app(records: Records, hub: Hub, steer: Steer | None, hosts: list[str] |
         return page("_runs.html", **await listed())
 
     async def run_page(request: Request) -> Response:
-        run, iterations = await loaded(request)
+        """A run not in the registry yet may be a goal just submitted: its page says so and waits for
+        the run's first event (live.js reloads it then)."""
+        run_id = request.path_params["run_id"]
+        found = await records.run(run_id) if RUN_ID.match(run_id) else None
+        if found is None and RUN_ID.match(run_id):
+            return page("error.html", 404, title="404", waiting=run_id, message=(
+                f"no run {run_id!r} in the registry (yet: a goal just submitted appears once a planner takes "
+                "it; this page follows it and shows the run when it starts)"))
+        if found is None:
+            raise HTTPException(404, f"no run {run_id!r} in the registry")
+        run, iterations = found
         return page("run.html", title=f"run {run.run_id}", run=views.run_view(run, iterations),
                     events=[views.event_row(e) for e in reversed(hub.recent(run.run_id))],
                     said=request.query_params.get("said"), ok=request.query_params.get("ok") == "1",
@@ -108,7 +106,7 @@ def make_app(records: Records, hub: Hub, steer: Steer | None, hosts: list[str] |
 
     async def run_live(request: Request) -> Response:
         run, iterations = await loaded(request)
-        return page("_live.html", run=views.run_view(run, iterations), stamp=int(time.time()))
+        return page("_live.html", run=views.run_view(run, iterations))
 
     async def stream(request: Request) -> Response:
         run_id = request.path_params.get("run_id", ALL)
@@ -206,7 +204,7 @@ def make_app(records: Records, hub: Hub, steer: Steer | None, hosts: list[str] |
     routes = [
         Route("/", runs_page), Route("/fragments/runs", runs_fragment), Route("/stream", stream),
         Route("/healthz", health), Route("/favicon.ico", lambda request: Response(status_code=204)),
-        Route("/runs/{run_id}", run_page_or_wait), Route("/runs/{run_id}/live", run_live),
+        Route("/runs/{run_id}", run_page), Route("/runs/{run_id}/live", run_live),
         Route("/runs/{run_id}/stream", stream), Route("/runs/{run_id}/steer", steer_run, methods=["POST"]),
         Route("/runs/{run_id}/plots/{which}.png", run_plot),
         Route("/runs/{run_id}/candidates/{n:int}", candidate_page),

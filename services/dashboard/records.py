@@ -87,11 +87,14 @@ class Records:
 
     async def run(self, run_id: str) -> tuple[RunRecord, list[IterationRecord]] | None:
         run = await self.get_run(run_id)
-        if run is None:
-            return None
+        return None if run is None else (run, await self.iterations(run))
+
+    async def iterations(self, run: RunRecord) -> list[IterationRecord]:
+        """`run`'s candidates, those that can no longer change from memory."""
         ended = run.status in TERMINAL_STATUSES
-        found = await asyncio.gather(*(self._iteration(run_id, n, ended) for n in range(1, run.current_iteration + 1)))
-        return run, [it for it in found if it is not None]
+        found = await asyncio.gather(*(self._iteration(run.run_id, n, ended)
+                                       for n in range(1, run.current_iteration + 1)))
+        return [it for it in found if it is not None]
 
     async def _iteration(self, run_id: str, n: int, ended: bool) -> IterationRecord | None:
         kept = self._candidates.fetch((run_id, n))

@@ -36,31 +36,35 @@ def when(ts: float | None) -> str:
 def run_row(run: RunRecord, iterations: list[IterationRecord] | None = None) -> dict[str, Any]:
     """A run in a line; with its candidates, what it spent (seed-epochs, and the containers' measured cost)."""
     goal = run.goal
-    spent = None if iterations is None else sum(it.compute() for it in iterations)
     cost = None if iterations is None else run_cost(iterations)
-    return {"spent": spent, "cpu_s": f"{cost.cpu_s:.0f}" if cost and cost.seeds else "",
-            "gpu_s": f"{cost.gpu_s:.0f}" if cost and cost.gpu_s is not None else "","run_id": run.run_id, "goal": goal.goal, "dataset": goal.dataset, "status": run.status,
+    return {"run_id": run.run_id, "goal": goal.goal, "dataset": goal.dataset, "status": run.status,
             "paused": run.paused, "metric": goal.goal_metric,
             "target": fmt(goal.target_value), "best": fmt(run.best_score), "best_iteration": run.best_iteration,
             "candidates": run.current_iteration, "budget": run.budget_epochs, "created": when(run.created_at),
             "wall_s": round((run.finished_at or time.time()) - run.created_at), "error": run.error,
-            "reason": run.reason}
+            "reason": run.reason,
+            "spent": None if iterations is None else sum(it.compute() for it in iterations),
+            "cost": format_cost(cost) if cost else "",
+            "cpu_s": f"{cost.cpu_s:.0f}" if cost and cost.seeds else "",
+            "gpu_s": f"{cost.gpu_s:.0f}" if cost and cost.gpu_s is not None else ""}
 
 
-def _interval(summary) -> str:
-    if summary.mean is None:
+def _interval(mean: float | None, ci_95) -> str:
+    if mean is None:
         return "n/a"
-    ci = f" [{summary.ci_95[0]:.4f}, {summary.ci_95[1]:.4f}]" if summary.ci_95 else ""
-    return f"{summary.mean:.4f}{ci}"
+    ci = f" [{ci_95[0]:.4f}, {ci_95[1]:.4f}]" if ci_95 else ""
+    return f"{mean:.4f}{ci}"
 
 
 def run_view(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any]:
     goal = run.goal
     board = leaderboard(run, iterations)
     for row in board:
-        row["shown"] = _interval_of(row[row["metric"]])
-    failed = [{"iteration": it.iteration, "state": it.state, "why": why_failed(it), "config": config_summary(it)}
-              for it in iterations if why_failed(it)]
+        stats = row[row["metric"]]
+        row["shown"] = f"{_interval(stats['mean'], stats['ci_95'])} (n={stats['n']})"
+    reasons = {it.iteration: why_failed(it) for it in iterations}
+    failed = [{"iteration": it.iteration, "state": it.state, "why": reasons[it.iteration], "config": config_summary(it)}
+              for it in iterations if reasons[it.iteration]]
     # changes with any candidate's progress: the comparison plots' address, so a browser reloads them then
     version = zlib.crc32(repr([(it.iteration, it.state, it.rung, len(it.passed)) for it in iterations]).encode())
     return {**run_row(run, iterations), "ended": run.status in TERMINAL_STATUSES, "version": version,
@@ -71,18 +75,9 @@ def run_view(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, Any
                           for it in iterations if it.in_flight and run.status not in TERMINAL_STATUSES],
             "abandoned": [it.iteration for it in iterations if it.in_flight and run.status in TERMINAL_STATUSES],
             "leaderboard": board, "failed": failed,
-            "cost": format_cost(run_cost(iterations)),
             "test": "\n".join(line for line in format_held_out(run, iterations) if line.strip()),
             "steering": [msgspec.to_builtins(s) for s in run.steering],
-            "queued": [msgspec.to_builtins(q) for q in run.queued],
-            "llm_check": [msgspec.to_builtins(c) for c in run.llm_check or []]}
-
-
-def _interval_of(stats: dict[str, Any]) -> str:
-    if stats["mean"] is None:
-        return "n/a"
-    ci = f" [{stats['ci_95'][0]:.4f}, {stats['ci_95'][1]:.4f}]" if stats["ci_95"] else ""
-    return f"{stats['mean']:.4f}{ci} (n={stats['n']})"
+            "queued": [msgspec.to_builtins(q) for q in run.queued]}
 
 
 def _facts(run: RunRecord) -> str:
@@ -146,7 +141,12 @@ def candidate_view(run: RunRecord, iterations: list[IterationRecord], it: Iterat
                       "runtime": row.runtime or "", "cpu_s": fmt(cost.cpu_s, 1) if cost else "n/a",
                       "overfitting": row.dynamics.overfitting.severity if row.dynamics else "",
                       "convergence": row.dynamics.convergence.status if row.dynamics else ""})
-    aggregated = [{"metric": name, "shown": _interval(s), "std": fmt(s.std), "n": s.n}
+    passed = []
+    for p in it.passed:
+        summary = p.evaluation.summary(metric) if p.evaluation else None
+        passed.append({"index": p.index, "epochs": p.epochs, "seeds": len(p.seeds),
+                       "shown": _interval(summary.mean, summary.ci_95) if summary else "n/a"})
+    aggregated = [{"metric": name, "shown": _interval(s.mean, s.ci_95), "std": fmt(s.std), "n": s.n}
                   for name, s in (evaluation.aggregated.items() if evaluation else [])]
     state = f"abandoned: the run ended {run.status} while it was {it.state}" if (
         it.in_flight and run.status in TERMINAL_STATUSES) else it.state
@@ -164,8 +164,7 @@ def candidate_view(run: RunRecord, iterations: list[IterationRecord], it: Iterat
             "class_names": [c.class_name for c in final.per_class] if final else [],
             "plots": sorted(evaluation.plots) if evaluation else [],
             "has_curves": bool(evaluation and evaluation.learning_curves),
-            "passed": [{"index": p.index, "epochs": p.epochs, "seeds": len(p.seeds),
-                        "shown": _interval(p.evaluation.summary(metric)) if p.evaluation else "n/a"} for p in it.passed],
+            "passed": passed,
             "cost": format_cost(candidate_cost(it)), "compute": it.compute(),
             "llm_calls": [msgspec.to_builtins(c) for c in it.llm_calls],
             "started": when(it.started_at), "finished": when(it.finished_at)}
