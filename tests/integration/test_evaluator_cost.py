@@ -18,7 +18,7 @@ from shared.messaging.messages import EvalJob, TrainingRecipe
 from shared.sandboxing.containers import ContainerRunner, Limits
 from tests.conftest import SANDBOX_IMAGE
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.docker, pytest.mark.alone]  # CPU seconds: a test beside it adds to them
 
 BALLAST_BYTES = 400 * 2**20  # a float32 tensor of 100 Mi elements, written so that every page is resident
 BUSY_S = 5.0  # CPU seconds of one thread's busy loop (the control's own CPU time varies by ~0.4 s)
