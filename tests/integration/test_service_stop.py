@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from researcher.stack import free_port, start_nats_server
 from shared.messaging import subjects
@@ -24,6 +25,9 @@ from shared.messaging.bus import connect
 from shared.runtime.config import Config
 from shared.runtime.service import CLOSE_S, Service
 from tests.integration.test_service import capture_logs
+
+# stop times within a grace period: a test in the other worker stretches them (make test runs these alone)
+pytestmark = [pytest.mark.alone]
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 2.0
