@@ -50,6 +50,7 @@ class ScriptedLLM:
     def __init__(self) -> None:
         self._queues: dict[str, deque[Reply]] = {}
         self._fallbacks: dict[str, Callable[[dict], Reply]] = {}
+        self._refused: dict[str, Reply] = {}  # response_format type -> the error it gets
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -71,6 +72,12 @@ class ScriptedLLM:
         """How `model` answers once its queue is empty: a function of the request body."""
         self._fallbacks[model] = answer
 
+    def refuse(self, *formats: str, status: int = 400, message: str = "") -> None:
+        """Refuse every request whose response_format has one of these types, as servers that do
+        not support them do, without taking a scripted reply."""
+        for kind in formats:
+            self._refused[kind] = Reply(status=status, content=message or f"response_format type {kind!r} is not supported")
+
     def seen(self, model: str) -> list[Seen]:
         with self._lock:
             return [s for s in self.requests if s.model == model]
@@ -85,6 +92,9 @@ class ScriptedLLM:
 
     def _next(self, body: dict) -> Reply:
         model = str(body.get("model", ""))
+        form = body.get("response_format")
+        if isinstance(form, dict) and form.get("type") in self._refused:
+            return self._refused[form["type"]]
         with self._lock:
             queue = self._queues.get(model)
             if queue:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+from typing import Annotated
 
 import msgspec
 
@@ -23,6 +24,18 @@ from shared.llm.prompts import render
 
 class CodeReply(msgspec.Struct):
     python: str
+
+
+_Point = Annotated[str, msgspec.Meta(max_length=300)]
+
+
+class NarrativeReply(msgspec.Struct, kw_only=True):
+    """A Narrative as the tools LLM writes it, bounded so that a constrained decoder stops where a
+    reading should (a small model that loops would run to the reply cap)."""
+
+    architecture: Annotated[str, msgspec.Meta(max_length=1000)]
+    strengths: Annotated[list[_Point], msgspec.Meta(max_length=8)]
+    weaknesses: Annotated[list[_Point], msgspec.Meta(max_length=8)]
 
 
 def code_problem(source: str, class_name: str) -> str | None:
@@ -92,5 +105,6 @@ async def summarise_code(request: SummaryRequest, tools: LLMClient | None) -> Su
     prompt = render("summary_request", class_name=request.class_name, facts=json.dumps(msgspec.to_builtins(request.facts), indent=1),
                     source=request.source)
     messages = [{"role": "system", "content": render("summary_system")}, {"role": "user", "content": prompt}]
-    answer = await ask_json(tools, messages, Narrative, "summary", repairs=1, tokens_used=request.tokens_used)
-    return SummaryReply(ok=answer.value is not None, narrative=answer.value, error=answer.error, llm_calls=answer.calls)
+    answer = await ask_json(tools, messages, NarrativeReply, "summary", repairs=1, tokens_used=request.tokens_used)
+    narrative = Narrative(**msgspec.structs.asdict(answer.value)) if answer.value is not None else None
+    return SummaryReply(ok=narrative is not None, narrative=narrative, error=answer.error, llm_calls=answer.calls)

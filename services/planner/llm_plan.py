@@ -9,7 +9,7 @@ do not support is kept in the decision as a disagreement.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -23,10 +23,38 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 MAX_BATCH_SIZE = 4096
 
 
+# Bounds a constrained decoder keeps to (a small model that loops stops there, not at the reply cap).
+Reasoning = Annotated[str, msgspec.Meta(max_length=1000)]
+MAX_LAYERS = 48
+
+
+class ProposedConfig(msgspec.Struct, kw_only=True):
+    """A model config: its layers and the training settings chosen (the others take the defaults)."""
+
+    layers: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=MAX_LAYERS)]
+    class_name: str | msgspec.UnsetType = msgspec.UNSET
+    optimizer: Optimizer | msgspec.UnsetType = msgspec.UNSET
+    lr: float | msgspec.UnsetType = msgspec.UNSET
+    weight_decay: float | msgspec.UnsetType = msgspec.UNSET
+    epochs: int | msgspec.UnsetType = msgspec.UNSET
+    batch_size: int | msgspec.UnsetType = msgspec.UNSET
+    standardize: bool | msgspec.UnsetType = msgspec.UNSET
+    class_weights: bool | msgspec.UnsetType = msgspec.UNSET
+
+
 class PlanReply(msgspec.Struct, kw_only=True):
     action: Literal["iterate", "goal_achieved", "stop"]
-    reasoning: str
-    model_config: dict[str, Any] | None = None
+    reasoning: Reasoning
+    # decoded as a ProposedConfig; `ask_plan` hands it on as the completed config's dict
+    model_config: ProposedConfig | None = None
+
+
+class FirstPlanReply(msgspec.Struct, kw_only=True):
+    """The first proposal, which must try a config: its schema says so to a constrained decoder."""
+
+    action: Literal["iterate"]
+    reasoning: Reasoning
+    model_config: ProposedConfig
 
 
 DEFAULT_CLASS_NAME = "CustomModel"  # a config that names no class (one written by hand, say)
@@ -64,14 +92,14 @@ def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
     return "; ".join(problems) or None
 
 
-def check_reply(reply: PlanReply, facts: DatasetFacts, max_epochs: int, first: bool) -> str | None:
+def check_reply(reply: PlanReply | FirstPlanReply, facts: DatasetFacts, max_epochs: int, first: bool) -> str | None:
     if first and reply.action != "iterate":
         return 'the first proposal must have action "iterate" and a model_config'
     if reply.action != "iterate":
         return None
     if not reply.model_config:
         return 'action "iterate" needs a model_config object'
-    return config_problem(complete_config(reply.model_config, facts, max_epochs), max_epochs)
+    return config_problem(complete_config(msgspec.to_builtins(reply.model_config), facts, max_epochs), max_epochs)
 
 
 # ---- what the LLM is shown ----
@@ -189,10 +217,12 @@ async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epo
     prompt = render("planning_first", context=context) if first else render("planning_next", context=context,
                                                                             iteration=iteration)
     messages = [{"role": "system", "content": planning_system(facts)}, {"role": "user", "content": prompt}]
-    answer = await ask_json(client, messages, PlanReply, "propose" if first else "decide",
+    answer = await ask_json(client, messages, FirstPlanReply if first else PlanReply, "propose" if first else "decide",
                             check=lambda r: check_reply(r, facts, max_epochs, first), repairs=1, tokens_used=tokens_used)
+    if isinstance(answer.value, FirstPlanReply):
+        answer.value = PlanReply(action="iterate", reasoning=answer.value.reasoning, model_config=answer.value.model_config)
     if answer.value is not None and answer.value.model_config:
-        answer.value.model_config = complete_config(answer.value.model_config, facts, max_epochs)
+        answer.value.model_config = complete_config(msgspec.to_builtins(answer.value.model_config), facts, max_epochs)
     return answer
 
 

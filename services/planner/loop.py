@@ -42,9 +42,10 @@ class Planner:
         self.planning_llm = PlanningLLM(self.planning) if self.planning else None
         self.builtin = BuiltinSearch(config)
         self.guard = LLMGuard(registry, self.event, [s for s in (planning, tools) if s], config.llm.check_timeout_s)
-        # the assembler's LLM work can outlast an ordinary step: its attempts, each with retries
-        self.llm_step_timeout_s = max(config.planner.step_timeout_s, tools.timeout_s * (tools.max_retries + 1)
-                                      * config.llm.code_attempts + 30) if tools else config.planner.step_timeout_s
+        # the assembler's LLM work can outlast an ordinary step: its calls have llm.step_seconds.code
+        # (the summary's are less), and the assembly itself a few seconds
+        self.llm_step_timeout_s = max(config.planner.step_timeout_s, config.llm.step_seconds.code + 30) if tools \
+            else config.planner.step_timeout_s
 
     # ---- inputs ----
     async def on_goal(self, goal: Goal) -> None:

@@ -323,7 +323,10 @@ class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
     role: str  # planning | tools
     purpose: str  # propose, decide, code, summary
     model: str
-    outcome: str  # ok, malformed, refused, empty, timeout, unreachable, http_<status>, budget
+    # ok, malformed (a cut-off reply too), refused, empty, timeout, unreachable, http_<status>, budget,
+    # over_time (the step's seconds for LLM calls were spent), format_refused (the server refused the
+    # response_format: the next call asked in the next mode), truncated (cut off at the cap, not yet judged)
+    outcome: str
     error: str | None = None
     latency_s: float = 0.0
     tokens_in: int | None = None  # as the server reports them
@@ -332,6 +335,7 @@ class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
     messages: list[dict[str, Any]] = []
     reply: str | None = None
     exchange: str | None = None
+    response_format: str | None = None  # json_schema, json_object or text: how the reply was asked for
 
     @property
     def tokens(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import yaml
@@ -256,13 +256,46 @@ class LLMRoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token_budget: int | None = None  # tokens in + out per run for this role; past it the built-in step runs
     max_reply_tokens: int | None = None  # cap on one reply's length, tokens
     temperature: float | None = None  # sampling temperature of every request
-    json_mode: bool | None = None  # ask for response_format json_object (Ollama, vLLM, llama.cpp and OpenAI have it)
+    # what each request asks the server for: "json_schema" (the reply's JSON schema, OpenAI's form, which
+    # vLLM, llama.cpp's server and Ollama also take), "json_object" (JSON, with the schema beside it for the
+    # servers that read it there: llama-cpp-python's) or "text". A server that refuses one gets the next,
+    # and the endpoint's accepted mode is kept for the rest of the process
+    response_format: Literal["json_schema", "json_object", "text"] | None = None
+    json_mode: bool | None = None  # older key: false is response_format "text"
 
 
 # What an unset key of a role means (after the tools role has taken planning's values).
 LLM_ROLE_DEFAULTS: dict[str, Any] = {"enabled": True, "api_key_env": "OPENAI_API_KEY", "timeout_s": 120.0, "max_retries": 2,
                                      "token_budget": 200_000, "max_reply_tokens": 4096, "temperature": 0.2,
-                                     "json_mode": True}
+                                     "response_format": None, "json_mode": None}
+
+
+class ReplyTokens(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The cap on one reply's tokens per kind of request (below the role's max_reply_tokens): a plan
+    or a decision is a few hundred tokens, a module a few thousand. A reply cut off at its cap is
+    malformed at once: a small model that loops runs to the cap, and a bigger cap only costs time."""
+
+    plan: int = 1024  # a proposal or a decision
+    code: int = 3072  # a module's source, JSON-escaped
+    summary: int = 512  # a reading of validated code
+
+    def __post_init__(self) -> None:
+        if min(self.plan, self.code, self.summary) < 16:
+            raise ValueError("llm.reply_tokens: every cap must be at least 16 tokens")
+
+
+class StepSeconds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Wall-clock seconds for all the LLM calls of one step (the request, its retries and repairs);
+    when they are spent the step falls back (the built-in search, the deterministic assembler, no
+    summary) with that reason."""
+
+    plan: float = 180.0
+    code: float = 300.0
+    summary: float = 90.0
+
+    def __post_init__(self) -> None:
+        if min(self.plan, self.code, self.summary) <= 0:
+            raise ValueError("llm.step_seconds: every budget must be positive")
 
 
 class LLMConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -273,6 +306,8 @@ class LLMConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the check of each endpoint when a run starts (its model list, no retries), seconds: short, as
     # it only asks whether the server is there; trouble is an event, or a failed run with require_llm
     check_timeout_s: float = 10.0
+    reply_tokens: ReplyTokens = msgspec.field(default_factory=ReplyTokens)
+    step_seconds: StepSeconds = msgspec.field(default_factory=StepSeconds)
 
     def __post_init__(self) -> None:
         if self.code_attempts < 1 or self.history_limit < 1:

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from shared.runtime.config import load_config
-from shared.llm.client import LLMClient, ask_json, llm_settings
+from shared.llm.client import LLMClient, accepted_mode, ask_json, llm_settings
 from shared.llm.usage import usage_by_role
 from tests.llm_server import Reply, ScriptedLLM
 
@@ -42,9 +42,82 @@ async def test_a_reply_is_decoded_and_its_tokens_and_latency_recorded(server):
     assert call.outcome == "ok" and call.model == "planner" and call.role == "planning"
     assert call.tokens_in == 4 and call.tokens_out == 4 and call.latency_s > 0
     assert call.messages == MESSAGES and '"value": 3' in call.reply
-    # JSON mode is asked for, and the reply budget passed on
-    assert server.seen("planner")[0].body["response_format"] == {"type": "json_object"}
-    assert server.seen("planner")[0].body["max_tokens"] == 4096
+    # the reply's JSON schema is asked for (generated from the type that decodes it), with the cap of a plan
+    schema = {"title": "Answer", "type": "object", "properties": {"action": {"type": "string"}, "value": {"type": "integer"}},
+              "required": ["action", "value"]}
+    assert server.seen("planner")[0].body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "Answer", "schema": schema, "strict": False}}
+    assert server.seen("planner")[0].body["max_tokens"] == 1024 and call.response_format == "json_schema"
+
+
+async def test_a_server_refusing_json_schema_gets_json_object_with_the_schema_and_it_is_remembered(server):
+    server.refuse("json_schema", status=422, message="Input should be 'text' or 'json_object'")
+    server.script("planner", {"action": "iterate", "value": 1}, {"action": "stop", "value": 2})
+    client = client_for(server)
+    first = await ask_json(client, MESSAGES, Answer, "propose")
+    assert first.value == Answer(action="iterate", value=1)
+    assert [(c.outcome, c.response_format) for c in first.calls] == [("format_refused", "json_schema"), ("ok", "json_object")]
+    assert "refused response_format json_schema: HTTP 422" in first.calls[0].error and "json_object" in first.calls[0].error
+    asked = server.seen("planner")[1].body["response_format"]
+    assert asked["type"] == "json_object" and asked["schema"]["title"] == "Answer"  # where llama-cpp-python reads it
+    # the endpoint's mode is kept: the next request (another client of it too) goes straight to json_object
+    second = await ask_json(client_for(server, model="planner"), MESSAGES, Answer, "decide")
+    assert [c.response_format for c in second.calls] == ["json_object"] and len(server.requests) == 3
+    assert accepted_mode(server.url) == "json_object"
+
+
+async def test_a_server_refusing_response_format_altogether_is_asked_in_plain_text(server):
+    server.refuse("json_schema", "json_object", status=400, message="Unrecognized request argument: response_format")
+    server.script("planner", 'Sure! {"action": "iterate", "value": 5}')
+    answer = await ask_json(client_for(server), MESSAGES, Answer, "propose")
+    assert answer.value == Answer(action="iterate", value=5)
+    assert [(c.outcome, c.response_format) for c in answer.calls] == [
+        ("format_refused", "json_schema"), ("format_refused", "json_object"), ("ok", "text")]
+    assert "response_format" not in server.requests[-1].body
+    assert accepted_mode(server.url) == "text"
+
+
+async def test_a_server_refusing_every_request_is_no_format_refusal(server):
+    server.fallback("planner", lambda body: Reply(status=400, content="the prompt exceeds the context window"))
+    answer = await ask_json(client_for(server), MESSAGES, Answer, "propose")
+    assert answer.value is None and "context window" in answer.error
+    assert [c.outcome for c in answer.calls] == ["http_400"] * 3  # each mode tried, none blamed
+    assert accepted_mode(server.url) is None
+
+
+async def test_json_mode_false_asks_in_plain_text(server):
+    server.script("planner", {"action": "stop", "value": 0})
+    answer = await ask_json(client_for(server, json_mode="false"), MESSAGES, Answer, "propose")
+    assert answer.value is not None and "response_format" not in server.requests[0].body
+
+
+async def test_a_reply_cut_off_at_its_cap_is_malformed_at_once_and_asked_again_shorter(server):
+    # a complete object inside a cut-off reply is not taken: the reply did not end
+    server.script("planner", Reply(content='{"action": "iterate", "value": 1} {"action": "iterate", "value":',
+                                   finish_reason="length"), {"action": "stop", "value": 2})
+    answer = await ask_json(client_for(server), MESSAGES, Answer, "code")
+    assert answer.value == Answer(action="stop", value=2)
+    assert [c.outcome for c in answer.calls] == ["malformed", "ok"]
+    assert "cut off at the 3,072-token cap for code replies" in answer.calls[0].error
+    assert server.requests[0].body["max_tokens"] == 3072 and "shorter" in server.requests[1].messages[-1]["content"]
+
+
+async def test_a_step_whose_time_budget_is_spent_falls_back_with_that_reason(server):
+    server.script("planner", '{"action": "iterate"}')  # malformed at once (no value): a repair is asked for
+    server.fallback("planner", lambda body: Reply(content='{"action": "iterate", "value": 1}', delay_s=3))
+    client = client_for(server, timeout_s=30, max_retries=2)
+    client.settings.step_seconds["plan"] = 1.5
+    answer = await ask_json(client, MESSAGES, Answer, "propose", repairs=3)
+    assert answer.value is None
+    assert [c.outcome for c in answer.calls] == ["malformed", "timeout"]  # the repair cut short, not retried
+    assert "within what was left of the propose step's 1.5 s for LLM calls" in answer.error
+    assert len(server.requests) == 2
+    # a step with less than a second left asks for no repair, and says why
+    server.script("planner", Reply(content='{"action": "iterate"}', delay_s=0.6))
+    client.settings.step_seconds["plan"] = 1.2
+    late = await ask_json(client, MESSAGES, Answer, "propose", repairs=3)
+    assert [c.outcome for c in late.calls] == ["malformed"] and "no time left for a repair" in late.error
+    await client.close()
 
 
 async def test_fenced_json_with_prose_is_accepted(server):

@@ -23,7 +23,22 @@ def test_the_tools_role_inherits_each_unset_key_from_planning():
     planning, tools = settings(env, "planning"), settings(env, "tools")
     assert (planning.base_url, planning.model, planning.timeout_s) == ("http://gpu:8000/v1", "qwen", 30.0)
     assert (tools.base_url, tools.model, tools.timeout_s) == ("http://gpu:8000/v1", "coder", 30.0)
-    assert tools.api_key_env == "OPENAI_API_KEY" and tools.max_retries == 2 and tools.json_mode is True
+    assert tools.api_key_env == "OPENAI_API_KEY" and tools.max_retries == 2
+    assert tools.response_format == "json_schema" and tools.cap("code") == 3072 and tools.cap("decide") == 1024
+    assert tools.step_budget("code") == 300.0 and tools.step_budget("check") is None
+
+
+def test_the_response_format_and_the_older_json_mode_key():
+    base = {"RESEARCHER_LLM__PLANNING__BASE_URL": "http://x/v1", "RESEARCHER_LLM__PLANNING__MODEL": "m"}
+    assert settings({**base, "RESEARCHER_LLM__PLANNING__JSON_MODE": "false"}, "planning").response_format == "text"
+    assert settings({**base, "RESEARCHER_LLM__PLANNING__RESPONSE_FORMAT": "json_object"},
+                    "tools").response_format == "json_object"
+    assert settings({**base, "RESEARCHER_LLM__REPLY_TOKENS__PLAN": "300",
+                     "RESEARCHER_LLM__PLANNING__MAX_REPLY_TOKENS": "200"}, "planning").cap("propose") == 200
+    with pytest.raises(ConfigFileError, match="response_format"):
+        settings({**base, "RESEARCHER_LLM__PLANNING__RESPONSE_FORMAT": "yaml"}, "planning")
+    with pytest.raises(ConfigFileError, match="reply_tokens"):
+        settings({**base, "RESEARCHER_LLM__REPLY_TOKENS__CODE": "3"}, "planning")
 
 
 def test_the_tools_role_can_be_switched_off_alone():
