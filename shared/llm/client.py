@@ -41,8 +41,13 @@ _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
 # The response formats, most constrained first: a server that refuses one is asked in the next.
 MODES = ("json_schema", "json_object", "text")
 # The statuses with which servers refuse a request they cannot parse or do not support: the
-# response_format is the first suspect. (5xx are the server's trouble, retried by the client.)
+# response_format is the first suspect. A 500 is the server's trouble (retried by the client),
+# unless it names the response_format: llama-cpp-python's server answers a json_schema type so.
 _REFUSALS = frozenset({"http_400", "http_415", "http_422", "http_501"})
+
+
+def _refused(call: LLMCall) -> bool:
+    return call.outcome in _REFUSALS or (call.outcome == "http_500" and "response_format" in (call.error or ""))
 # What each endpoint (base URL) took: its most constrained mode that was answered.
 _accepted: dict[str, str] = {}
 # The kind of request each purpose is, for its reply cap and its step's time budget.
@@ -64,6 +69,7 @@ class LLMSettings:
     response_format: str = "json_schema"  # the mode asked for first (MODES)
     reply_tokens: dict[str, int] = field(default_factory=dict)  # per kind of request (KINDS): its cap
     step_seconds: dict[str, float] = field(default_factory=dict)  # per kind: the budget of a step's calls
+    schema_beside_json_object: bool = True  # json_object carries the schema too (`make bench-llm` compares without)
 
     def cap(self, purpose: str) -> int:
         return min(self.max_reply_tokens, self.reply_tokens.get(KINDS.get(purpose, ""), self.max_reply_tokens))
@@ -98,12 +104,12 @@ def reply_schema(type_: Any) -> dict[str, Any]:
     return {**root, **({"$defs": others} if others else {})}
 
 
-def response_format(mode: str, schema: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
-    """The request's response_format in `mode`: None for plain text."""
+def response_format(mode: str, schema: dict[str, Any] | None, name: str, beside: bool = True) -> dict[str, Any] | None:
+    """The request's response_format in `mode` (json_object with the schema `beside` it): None for plain text."""
     if mode == "json_schema" and schema is not None:
         return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
     if mode in ("json_schema", "json_object"):
-        return {"type": "json_object", **({"schema": schema} if schema is not None else {})}
+        return {"type": "json_object", **({"schema": schema} if schema is not None and beside else {})}
     return None
 
 
@@ -144,10 +150,10 @@ class LLMClient:
         while True:
             call = await self._once(messages, purpose, tokens_used, mode, schema, schema_name, deadline)
             calls.append(call)
-            if call.outcome not in _REFUSALS or mode == "text":
+            if not _refused(call) or mode == "text":
                 break
             mode = MODES[MODES.index(mode) + 1]
-        if len(calls) > 1 and calls[-1].outcome not in _REFUSALS and not calls[-1].outcome.startswith("http_"):
+        if len(calls) > 1 and not calls[-1].outcome.startswith("http_"):
             # a lesser mode was answered: the server refused the others, for this endpoint from now on
             _accepted[self.settings.base_url] = mode
             log.warning("llm_response_format_refused", role=self.settings.role, base_url=self.settings.base_url,
@@ -173,7 +179,7 @@ class LLMClient:
                            error=f"the {purpose} step's {budget or 0:g} s for LLM calls are spent")
         cap = s.cap(purpose)
         kwargs: dict[str, Any] = {"model": s.model, "messages": messages, "max_tokens": cap, "temperature": s.temperature}
-        form = response_format(mode, schema, schema_name)
+        form = response_format(mode, schema, schema_name, s.schema_beside_json_object)
         if form is not None:
             kwargs["response_format"] = form
         if left is not None:
