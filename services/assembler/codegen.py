@@ -84,7 +84,7 @@ async def assemble_code(request: AssembleRequest, tools: LLMClient | None) -> As
     config = request.model_config
     input_note, reference = input_notes(config)
     prompt = render("code_request", class_name=model.class_name, input_shape=", ".join(map(str, config["input_shape"])),
-                    num_classes=config.get("num_classes"), model_config=json.dumps(config, indent=1),
+                    num_classes=config.get("num_classes"), model_config=json.dumps(config),
                     input_note=input_note, reference=reference)
     messages = [{"role": "system", "content": render("code_system")}, {"role": "user", "content": prompt}]
     for earlier in request.feedback:  # the sandbox's verdicts on this iteration's earlier attempts

@@ -205,9 +205,26 @@ def plan_context(goal: Goal, facts: DatasetFacts, num_train: int, history: list[
     return "\n".join(lines)
 
 
-def planning_system(facts: DatasetFacts) -> str:
-    """The planning LLM's system prompt; for text, with the sequence layers the format has."""
-    return render("planning_system") + ("\n\n" + render("planning_text") if facts.kind == "text" else "")
+KIND_NOTES = {"image": "Inputs are images (channels, height, width): Flatten before the first Linear.",
+              "tabular": "Inputs are feature vectors: Linear layers (no Conv2d; no Flatten needed)."}
+
+
+def example_reply(facts: DatasetFacts, max_epochs: int) -> str:
+    """One reply for this data set, as the prompt's example: the built-in search's first config (a
+    config that builds), without what the system fills in."""
+    from services.planner.search import default_params, to_model_config  # optuna: only where asked
+    config = {k: v for k, v in to_model_config(facts, default_params(facts)).items()
+              if k not in ("class_name", "input_shape", "num_classes", "vocab_size")}
+    config["epochs"] = min(config["epochs"], max_epochs)
+    return json.dumps({"action": "iterate", "reasoning": "A small baseline to measure first.", "model_config": config})
+
+
+def planning_system(facts: DatasetFacts, max_epochs: int = 20) -> str:
+    """The planning LLM's system prompt: short, with one example reply for the data set; for
+    text, with the sequence layers the format has."""
+    note = render("planning_text") if facts.kind == "text" else KIND_NOTES.get(facts.kind, "")
+    return render("planning_system", example=example_reply(facts, max_epochs), num_classes=facts.num_classes,
+                  max_epochs=max_epochs, kind_note=note)
 
 
 async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epochs: int, *,
@@ -216,7 +233,7 @@ async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epo
     first = iteration is None
     prompt = render("planning_first", context=context) if first else render("planning_next", context=context,
                                                                             iteration=iteration)
-    messages = [{"role": "system", "content": planning_system(facts)}, {"role": "user", "content": prompt}]
+    messages = [{"role": "system", "content": planning_system(facts, max_epochs)}, {"role": "user", "content": prompt}]
     answer = await ask_json(client, messages, FirstPlanReply if first else PlanReply, "propose" if first else "decide",
                             check=lambda r: check_reply(r, facts, max_epochs, first), repairs=1, tokens_used=tokens_used)
     if isinstance(answer.value, FirstPlanReply):

@@ -5,10 +5,12 @@ import json
 import math
 import re
 
+import msgspec
 import torch
 
 from services.assembler.codegen import input_notes
-from services.planner.llm_plan import complete_config, config_problem, plan_context, planning_system
+from services.planner.llm_plan import (FirstPlanReply, check_reply, complete_config, config_problem, plan_context,
+                                       planning_system)
 from shared.messaging.messages import DatasetFacts, Goal, TextFacts
 from shared.modelspec.assemble import assemble
 
@@ -34,10 +36,21 @@ def test_system_prompt_for_text_names_the_sequence_layers_and_its_example_builds
     for name in ("Embedding", "EmbeddingBag", "SeqConv1d", "LSTM", "GRU", "TransformerEncoder", "SeqPool"):
         assert f'"type": "{name}"' in system or f'"{name}"' in system
     assert "SeqConv1d" not in planning_system(IMAGES)
-    example = json.loads(re.search(r'^\{"class_name": "TextCNN".*?\}$', system, re.S | re.M).group(0))
-    config = complete_config(example, TEXT, 10)
+    example = json.loads(re.search(r'^\{"action": "iterate".*\}$', system, re.M).group(0))
+    config = complete_config(example["model_config"], TEXT, 10)
     assert config["vocab_size"] == 8000 and config["input_shape"] == [128]
     assert config_problem(config, 10) is None
+
+
+def test_each_system_prompt_has_one_example_reply_that_passes_the_checks():
+    """The one example a small model copies from must itself be a usable reply, for every kind of data."""
+    tabular = DatasetFacts(name="wine", kind="tabular", input_shape=[13], num_classes=3, num_samples=178)
+    for facts in (TEXT, IMAGES, tabular):
+        system = planning_system(facts, max_epochs=6)
+        [line] = [line for line in system.splitlines() if line.startswith("{")]
+        reply = msgspec.json.decode(line, type=FirstPlanReply)
+        assert check_reply(reply, facts, max_epochs=6, first=True) is None
+        assert reply.model_config.epochs <= 6 and f"out_features {facts.num_classes}" in system
 
 
 def test_the_data_fixes_vocab_size():
