@@ -28,7 +28,27 @@ def llm_sources(run: RunRecord, iterations: list[IterationRecord]) -> dict[str, 
     built-in step stood in after an LLM failed. Read from the LLMCall records the iterations keep."""
     return {"check": [{"role": c.role, "model": c.model, "outcome": c.outcome, "error": c.error}
                       for c in run.llm_check or []],
-            "proposals": _proposals(iterations), "code": _code(iterations)}
+            "proposals": _proposals(iterations), "code": _code(iterations), "formats": _formats(iterations)}
+
+
+def _formats(iterations: list[IterationRecord]) -> dict[str, Any]:
+    """Per role, the response formats its calls were made in (how many each) and what the server
+    refused, with its words: the mode the client settled on for the endpoint."""
+    out: dict[str, Any] = {}
+    for call in (c for it in iterations for c in it.llm_calls):
+        if not call.response_format:  # a record from before the modes, or a check
+            continue
+        row = out.setdefault(call.role, {"used": {}, "refused": {}})
+        if call.outcome == "format_refused":
+            row["refused"].setdefault(call.response_format, call.error)
+        else:
+            row["used"][call.response_format] = row["used"].get(call.response_format, 0) + 1
+    return out
+
+
+def _oneline(text: str | None, limit: int = 240) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def _failure(call: LLMCall) -> str:
@@ -92,4 +112,8 @@ def format_sources(sources: dict[str, Any]) -> list[str]:
     lines.append(f"code: {code['llm']} by the tools LLM ({code['llm_generations']} generations), {code['deterministic']} "
                  f"by the deterministic assembler ({code['fell_back']} after the LLM failed)")
     lines += [f"  iteration {f['iteration']}: {f['reason']}" for f in code["fallbacks"]]
+    for role, row in sources.get("formats", {}).items():
+        used = ", ".join(f"{mode} ({count} call{'s' if count != 1 else ''})" for mode, count in row["used"].items())
+        lines.append(f"response format of the {role} LLM: {used or 'none answered'}")
+        lines += [f"  {_oneline(error)}" for error in row["refused"].values()]
     return lines

@@ -18,6 +18,7 @@ from shared.messaging import subjects
 from shared.messaging.bus import connect, decode, encode
 from shared.messaging.messages import Event, Goal
 from shared.registry.store import Registry
+from shared.llm.usage import format_sources
 from shared.registry.report import export_run, load_report
 from tests.integration.test_end_to_end import _wait_terminal
 from tests.llm_server import Reply, ScriptedLLM
@@ -215,3 +216,38 @@ async def test_the_planning_llm_iterates_with_a_changed_config_then_stops(docker
     prompts = "\n".join(request.text for request in planner_requests)
     assert planner_requests and "test_" not in prompts and "test split" not in prompts
     assert json.dumps(digits.y_test[:40].tolist())[1:-1] not in prompts  # the labels, as a list would print them
+
+
+def test_a_server_refusing_response_format_is_asked_in_plain_text_and_the_report_says_so(docker_engine, tmp_path):
+    """A server that takes no response_format at all (HTTP 400 to json_schema and to json_object):
+    the first proposal is asked again in json_object, then in plain text, which is answered; the
+    planner keeps that for the endpoint, so the decision is asked in text at once; the report says
+    which mode the planning LLM's calls were made in and what the server refused."""
+    with ScriptedLLM() as llm:
+        llm.refuse("json_schema", "json_object", status=400, message="Unrecognized request argument supplied: response_format")
+        llm.script(PLANNER, "Here is my plan:\n" + json.dumps(plan("iterate", "a small MLP baseline", LLM_NET)),
+                   plan("stop", "good enough for a first look"))
+        env = {**os.environ, "RESEARCHER_LLM__TOOLS__ENABLED": "false"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "researcher.cli", "run", "a small net for digits", "--dataset", "digits",
+             "--target-accuracy", "0.999", "--max-iterations", "3", "--num-seeds", "1", "--max-epochs", "3",
+             "--subset-size", "400", "--json", "--log-dir", str(tmp_path / "logs"),
+             "--llm-base-url", llm.url, "--llm-model", PLANNER],
+            capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        asked = [r.body.get("response_format", {}).get("type") for r in llm.seen(PLANNER)]
+
+    report = json.loads(proc.stdout)
+    assert report["status"] == "stopped"
+    [first] = report["iterations"]
+    assert first["proposer"] == "llm" and first["class_name"] == "LLMDigitsNet"
+    assert [(c["purpose"], c["outcome"], c["response_format"]) for c in first["llm_calls"]] == [
+        ("propose", "format_refused", "json_schema"), ("propose", "format_refused", "json_object"),
+        ("propose", "ok", "text"), ("decide", "ok", "text")]
+    assert asked == ["json_schema", "json_object", None, None]
+    formats = report["llm_sources"]["formats"]["planning"]
+    assert formats["used"] == {"text": 2} and list(formats["refused"]) == ["json_schema", "json_object"]
+    assert "Unrecognized request argument" in formats["refused"]["json_schema"]
+    lines = format_sources(report["llm_sources"])
+    assert "response format of the planning LLM: text (2 calls)" in lines
+    assert any(line.strip().startswith("the server refused response_format json_object: HTTP 400") for line in lines)
