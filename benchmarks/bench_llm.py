@@ -157,7 +157,8 @@ async def run_mode(mode: str, url: str, model: str, args: argparse.Namespace, ta
                     answer = await ask_plan(planning, context, facts, 20, iteration=iteration, tokens_used=0)
                     kind = "plan (first)" if iteration is None else "plan (decide)"
                     fate = tally.add(mode, kind, answer, answer.calls, answer.value is not None)
-                    print(f"  {mode:<11} {kind:<13} {facts.name:<13} {fate}", file=sys.stderr)
+                    why = f": {_gist(answer.error or '')}" if answer.value is None else ""
+                    print(f"  {mode:<11} {kind:<13} {facts.name:<13} {fate}{why}", file=sys.stderr)
                 if repeat or not args.code:  # code and summaries: once per data set
                     continue
                 reply = await assemble_code(AssembleRequest(run_id="bench", iteration=1, model_config=base,

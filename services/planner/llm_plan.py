@@ -9,7 +9,7 @@ do not support is kept in the decision as a disagreement.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, get_args
 
 import msgspec
 
@@ -18,43 +18,10 @@ from shared.llm.client import JSONAnswer, LLMClient, ask_json
 from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts, Goal, Optimizer
 from shared.llm.prompts import render
 from shared.registry.records import Decision, IterationRecord
+from services.planner.reply_types import KIND_LAYERS, LAYER_TYPES, PlanReply, as_plan, reply_types
 
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 MAX_BATCH_SIZE = 4096
-
-
-# Bounds a constrained decoder keeps to (a small model that loops stops there, not at the reply cap).
-Reasoning = Annotated[str, msgspec.Meta(max_length=1000)]
-MAX_LAYERS = 48
-
-
-class ProposedConfig(msgspec.Struct, kw_only=True):
-    """A model config: its layers and the training settings chosen (the others take the defaults)."""
-
-    layers: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=MAX_LAYERS)]
-    class_name: str | msgspec.UnsetType = msgspec.UNSET
-    optimizer: Optimizer | msgspec.UnsetType = msgspec.UNSET
-    lr: float | msgspec.UnsetType = msgspec.UNSET
-    weight_decay: float | msgspec.UnsetType = msgspec.UNSET
-    epochs: int | msgspec.UnsetType = msgspec.UNSET
-    batch_size: int | msgspec.UnsetType = msgspec.UNSET
-    standardize: bool | msgspec.UnsetType = msgspec.UNSET
-    class_weights: bool | msgspec.UnsetType = msgspec.UNSET
-
-
-class PlanReply(msgspec.Struct, kw_only=True):
-    action: Literal["iterate", "goal_achieved", "stop"]
-    reasoning: Reasoning
-    # decoded as a ProposedConfig; `ask_plan` hands it on as the completed config's dict
-    model_config: ProposedConfig | None = None
-
-
-class FirstPlanReply(msgspec.Struct, kw_only=True):
-    """The first proposal, which must try a config: its schema says so to a constrained decoder."""
-
-    action: Literal["iterate"]
-    reasoning: Reasoning
-    model_config: ProposedConfig
 
 
 DEFAULT_CLASS_NAME = "CustomModel"  # a config that names no class (one written by hand, say)
@@ -69,6 +36,30 @@ def complete_config(config: dict[str, Any], facts: DatasetFacts, max_epochs: int
     tokens = {"vocab_size": facts.vocab_size} if facts.kind == "text" else {}
     return {**defaults, "epochs": min(DEFAULT_RECIPE.epochs, max_epochs), "class_name": DEFAULT_CLASS_NAME, **chosen,
             "input_shape": list(facts.input_shape), "num_classes": facts.num_classes, **tokens}
+
+
+def with_head(config: dict[str, Any]) -> dict[str, Any]:
+    """A planning LLM's completed config with the classifier the class count needs: the data fixes
+    the class count (as it fixes the input shape), so a last Linear with another out_features gets
+    num_classes, and layers that end before a classifier get one (Flatten where the output has more
+    than one dimension, then Linear(num_classes)). Small models often stop the layer list early.
+    A config that does not build is left as it is, for the check to name its fault."""
+    classes, layers = config.get("num_classes"), config.get("layers")
+    if not isinstance(classes, int) or not isinstance(layers, list) or not layers:
+        return config
+    try:
+        shape = assemble({**config, "num_classes": None}).output_shape
+    except ConfigError:
+        return config
+    if tuple(shape) == (classes,):
+        return config
+    last = layers[-1]
+    if isinstance(last, dict) and last.get("type") == "Linear" and len(shape) == 1:
+        return {**config, "layers": [*layers[:-1], {**last, "out_features": classes}]}
+    if config.get("vocab_size") and len(shape) != 1:  # (B, L, D): which pooling is the model's choice
+        return config
+    head = [{"type": "Flatten"}] if len(shape) > 1 else []
+    return {**config, "layers": [*layers, *head, {"type": "Linear", "out_features": classes}]}
 
 
 def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
@@ -92,14 +83,16 @@ def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
     return "; ".join(problems) or None
 
 
-def check_reply(reply: PlanReply | FirstPlanReply, facts: DatasetFacts, max_epochs: int, first: bool) -> str | None:
+def check_reply(reply: Any, facts: DatasetFacts, max_epochs: int, first: bool) -> str | None:
+    """What is wrong with a decoded reply (a PlanReply or one of reply_types'), None when usable."""
+    reply = as_plan(reply)
     if first and reply.action != "iterate":
         return 'the first proposal must have action "iterate" and a model_config'
     if reply.action != "iterate":
         return None
     if not reply.model_config:
         return 'action "iterate" needs a model_config object'
-    return config_problem(complete_config(msgspec.to_builtins(reply.model_config), facts, max_epochs), max_epochs)
+    return config_problem(with_head(complete_config(reply.model_config, facts, max_epochs)), max_epochs)
 
 
 # ---- what the LLM is shown ----
@@ -216,6 +209,7 @@ def example_reply(facts: DatasetFacts, max_epochs: int) -> str:
     config = {k: v for k, v in to_model_config(facts, default_params(facts)).items()
               if k not in ("class_name", "input_shape", "num_classes", "vocab_size")}
     config["epochs"] = min(config["epochs"], max_epochs)
+    config["lr"] = 0.01 if config["optimizer"] == "sgd" else 0.005  # a value small models copy whole (0.001 came back 0.0)
     return json.dumps({"action": "iterate", "reasoning": "A small baseline to measure first.", "model_config": config})
 
 
@@ -223,8 +217,10 @@ def planning_system(facts: DatasetFacts, max_epochs: int = 20) -> str:
     """The planning LLM's system prompt: short, with one example reply for the data set; for
     text, with the sequence layers the format has."""
     note = render("planning_text") if facts.kind == "text" else KIND_NOTES.get(facts.kind, "")
+    kinds = KIND_LAYERS.get(facts.kind)
+    types = [t for t in LAYER_TYPES if kinds is None or t in {k.__struct_config__.tag for k in kinds}]
     return render("planning_system", example=example_reply(facts, max_epochs), num_classes=facts.num_classes,
-                  max_epochs=max_epochs, kind_note=note)
+                  max_epochs=max_epochs, kind_note=note, layer_types=", ".join(types))
 
 
 async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epochs: int, *,
@@ -234,12 +230,13 @@ async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epo
     prompt = render("planning_first", context=context) if first else render("planning_next", context=context,
                                                                             iteration=iteration)
     messages = [{"role": "system", "content": planning_system(facts, max_epochs)}, {"role": "user", "content": prompt}]
-    answer = await ask_json(client, messages, FirstPlanReply if first else PlanReply, "propose" if first else "decide",
+    first_type, decided_type = reply_types(facts.kind)
+    answer = await ask_json(client, messages, first_type if first else decided_type, "propose" if first else "decide",
                             check=lambda r: check_reply(r, facts, max_epochs, first), repairs=1, tokens_used=tokens_used)
-    if isinstance(answer.value, FirstPlanReply):
-        answer.value = PlanReply(action="iterate", reasoning=answer.value.reasoning, model_config=answer.value.model_config)
-    if answer.value is not None and answer.value.model_config:
-        answer.value.model_config = complete_config(msgspec.to_builtins(answer.value.model_config), facts, max_epochs)
+    if answer.value is not None:
+        answer.value = as_plan(answer.value)
+        if answer.value.model_config:
+            answer.value.model_config = with_head(complete_config(answer.value.model_config, facts, max_epochs))
     return answer
 
 

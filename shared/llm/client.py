@@ -53,6 +53,9 @@ _accepted: dict[str, str] = {}
 # The kind of request each purpose is, for its reply cap and its step's time budget.
 KINDS = {"propose": "plan", "decide": "plan", "code": "code", "summary": "summary"}
 _ECHO_CHARS = 1500  # of a reply cut off at its cap, what goes back with the repair request
+# A repair is sampled at least this warm: a small model that cannot act on the error otherwise
+# repeats its reply word for word at a low temperature (measured with `make bench-llm`).
+REPAIR_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
@@ -141,14 +144,14 @@ class LLMClient:
 
     async def complete(self, messages: list[dict[str, Any]], purpose: str, tokens_used: int = 0, *,
                        schema: dict[str, Any] | None = None, schema_name: str = "reply",
-                       deadline: float | None = None) -> list[LLMCall]:
+                       deadline: float | None = None, temperature: float | None = None) -> list[LLMCall]:
         """One chat completion, asked again in the next mode while the server refuses the
         response_format. -> the calls made, the last the answer ("ok" with the reply, or what went
         wrong); those before it, when it was answered, are "format_refused"."""
         mode = self.mode(schema)
         calls: list[LLMCall] = []
         while True:
-            call = await self._once(messages, purpose, tokens_used, mode, schema, schema_name, deadline)
+            call = await self._once(messages, purpose, tokens_used, mode, schema, schema_name, deadline, temperature)
             calls.append(call)
             if not _refused(call) or mode == "text":
                 break
@@ -164,7 +167,8 @@ class LLMClient:
         return calls
 
     async def _once(self, messages: list[dict[str, Any]], purpose: str, tokens_used: int, mode: str,
-                    schema: dict[str, Any] | None, schema_name: str, deadline: float | None) -> LLMCall:
+                    schema: dict[str, Any] | None, schema_name: str, deadline: float | None,
+                    temperature: float | None = None) -> LLMCall:
         s = self.settings
         started = time.time()
         record = dict(role=s.role, purpose=purpose, model=s.model, started_at=started, messages=messages,
@@ -178,7 +182,8 @@ class LLMClient:
             return LLMCall(**record, outcome="over_time",
                            error=f"the {purpose} step's {budget or 0:g} s for LLM calls are spent")
         cap = s.cap(purpose)
-        kwargs: dict[str, Any] = {"model": s.model, "messages": messages, "max_tokens": cap, "temperature": s.temperature}
+        kwargs: dict[str, Any] = {"model": s.model, "messages": messages, "max_tokens": cap,
+                                  "temperature": s.temperature if temperature is None else temperature}
         form = response_format(mode, schema, schema_name, s.schema_beside_json_object)
         if form is not None:
             kwargs["response_format"] = form
@@ -317,7 +322,8 @@ async def ask_json(client: LLMClient, messages: list[dict[str, Any]], type_: typ
     deadline = None if budget is None else time.monotonic() + budget
     for attempt in range(repairs + 1):
         calls = await client.complete(messages, purpose, tokens_used + answer.tokens, schema=schema, schema_name=name,
-                                      deadline=deadline)
+                                      deadline=deadline,
+                                      temperature=max(client.settings.temperature, REPAIR_TEMPERATURE) if attempt else None)
         answer.calls += calls[:-1]
         call = calls[-1]
         echo = call.reply or ""

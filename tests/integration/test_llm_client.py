@@ -133,6 +133,8 @@ async def test_malformed_json_is_sent_back_once_for_a_repair(server):
     assert [c.outcome for c in answer.calls] == ["malformed", "ok"]
     assert "not one valid JSON object" in answer.calls[0].error
     repair = server.seen("planner")[1].messages
+    # sampled warmer than the first try (0.2): a small model would repeat its reply word for word
+    assert [s.body["temperature"] for s in server.seen("planner")] == [0.2, 0.7]
     assert repair[-2] == {"role": "assistant", "content": '{"action": "iterate", "value": '}
     assert "could not be used" in repair[-1]["content"] and "not one valid JSON object" in repair[-1]["content"]
 

@@ -3,10 +3,10 @@ the statistics. Pure functions, no server."""
 
 from services.assembler.codegen import code_problem
 from services.planner.decide import decide
-from services.planner.llm_plan import PlanReply, check_reply, complete_config, merge_decision, plan_context
+from services.planner.llm_plan import PlanReply, check_reply, complete_config, merge_decision, plan_context, with_head
 from shared.evaluation.aggregate import summarise
 from shared.evaluation.metrics import SCALAR_METRICS
-from shared.messaging.messages import DatasetFacts, Goal, SeedResult, ValidationResult
+from shared.messaging.messages import DatasetFacts, Goal, SeedResult, TextFacts, ValidationResult
 from shared.registry.records import (Convergence, Decision, Evaluation, IterationRecord, LearningDynamics, MetricSummary,
                                      Overfitting, SeedRow)
 
@@ -35,9 +35,54 @@ def test_a_config_that_cannot_be_built_names_the_layer():
     assert "model_config cannot be built: layer 0" in problem and "Conv2d" in problem  # the close match is suggested
 
 
-def test_the_wrong_number_of_outputs_is_caught_before_any_code_is_written():
-    bad = {**MLP, "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 7}]}
-    assert "outputs (B, 7) but num_classes=10 needs (B, 10)" in check_reply(reply(config=bad), FACTS, 20, first=True)
+def test_the_data_fixes_the_classifier_head_as_it_fixes_the_shapes():
+    """A last Linear with the wrong class count gets num_classes; layers that stop before a
+    classifier get one (Flatten first where needed); a sequence output is left to the check."""
+    def completed(layers, facts=FACTS):
+        return with_head(complete_config({**MLP, "layers": layers}, facts, 20))["layers"]
+
+    assert completed([{"type": "Flatten"}, {"type": "Linear", "out_features": 7}])[-1] == {"type": "Linear", "out_features": 10}
+    assert completed([{"type": "Flatten"}, {"type": "Linear", "out_features": 32}, {"type": "ReLU"}])[-1] == {
+        "type": "Linear", "out_features": 10}
+    conv = completed([{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}])
+    assert conv[-2:] == [{"type": "Flatten"}, {"type": "Linear", "out_features": 10}]
+    assert check_reply(reply(config={**MLP, "layers": [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}]}),
+                       FACTS, 20, first=True) is None
+    assert completed(MLP["layers"]) == MLP["layers"]  # a complete config is left as it is
+    text = DatasetFacts(name="t", kind="text", input_shape=[16], num_classes=2, num_samples=100, input_dtype="int64",
+                        text=TextFacts(tokenizer="w", vocab_size=50, max_length=16))
+    sequence = [{"type": "Embedding", "embedding_dim": 8}]
+    assert completed(sequence, text) == sequence  # (B, L, D): which pooling is the model's choice
+    problem = check_reply(reply(config={**MLP, "layers": sequence}), text, 20, first=True)
+    assert "outputs (B, 16, 8) but num_classes=2 needs (B, 2)" in problem
+
+
+def test_typed_replies_name_what_is_wrong_and_drop_nothing_silently():
+    import msgspec
+    import pytest
+    from services.planner.reply_types import Decided, Iterate, as_plan, reply_types
+
+    ok = msgspec.json.decode(b'{"action": "iterate", "reasoning": "r", "model_config": {"layers": '
+                             b'[{"type": "Linear", "out_features": 10}], "lr": 1}}', type=Decided)
+    assert as_plan(ok).model_config == {"layers": [{"type": "Linear", "out_features": 10}], "lr": 1.0}
+    for body, error in (
+            (b'{"action": "iterate", "reasoning": "r", "model_config": null}', "Expected `object`, got `null`"),
+            (b'{"action": "iterate", "reasoning": "r", "model_config": {"layers": [{"type": "Conv2d"}]}}',
+             "missing required field `out_channels`"),
+            (b'{"action": "iterate", "reasoning": "r", "model_config": {"layers": [{"type": "Linear", '
+             b'"out_features": 3, "in_featurs": 4}]}}', "unknown field `in_featurs`"),
+            (b'{"action": "iterate", "reasoning": "r", "model_config": {"layers": [{"type": "Conv3d"}]}}',
+             "Invalid value 'Conv3d'"),
+            (b'{"action": "fly", "reasoning": "r"}', "Invalid value 'fly'")):
+        with pytest.raises(msgspec.ValidationError, match=error):
+            msgspec.json.decode(body, type=Decided)
+    with pytest.raises(msgspec.ValidationError, match="Invalid value 'stop'"):
+        msgspec.json.decode(b'{"action": "stop", "reasoning": "r"}', type=Iterate)  # the first proposal must iterate
+    # each kind of data gets the layers that build for it: no convolution of a table's rows
+    tabular, _ = reply_types("tabular")
+    with pytest.raises(msgspec.ValidationError, match="Invalid value 'Conv2d'"):
+        msgspec.json.decode(b'{"action": "iterate", "reasoning": "r", "model_config": {"layers": [{"type": "Conv2d", '
+                            b'"out_channels": 4, "kernel_size": 3}]}}', type=tabular)
 
 
 def test_training_settings_out_of_range_are_each_named():

@@ -9,8 +9,8 @@ import msgspec
 import torch
 
 from services.assembler.codegen import input_notes
-from services.planner.llm_plan import (FirstPlanReply, check_reply, complete_config, config_problem, plan_context,
-                                       planning_system)
+from services.planner.llm_plan import check_reply, complete_config, config_problem, plan_context, planning_system
+from services.planner.reply_types import reply_types
 from shared.messaging.messages import DatasetFacts, Goal, TextFacts
 from shared.modelspec.assemble import assemble
 
@@ -48,7 +48,7 @@ def test_each_system_prompt_has_one_example_reply_that_passes_the_checks():
     for facts in (TEXT, IMAGES, tabular):
         system = planning_system(facts, max_epochs=6)
         [line] = [line for line in system.splitlines() if line.startswith("{")]
-        reply = msgspec.json.decode(line, type=FirstPlanReply)
+        reply = msgspec.json.decode(line, type=reply_types(facts.kind)[0])
         assert check_reply(reply, facts, max_epochs=6, first=True) is None
         assert reply.model_config.epochs <= 6 and f"out_features {facts.num_classes}" in system
 
