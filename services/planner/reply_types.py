@@ -47,18 +47,16 @@ class MaxPool2d(_Layer, tag="MaxPool2d"):
     padding: Size | U = UNSET
 
 
-class AvgPool2d(_Layer, tag="AvgPool2d"):
-    kernel_size: Size
-    stride: Size | U = UNSET
-    padding: Size | U = UNSET
+class AvgPool2d(MaxPool2d, tag="AvgPool2d"):  # the same arguments (subclasses here share fields, not meaning)
+    pass
 
 
 class AdaptiveAvgPool2d(_Layer, tag="AdaptiveAvgPool2d"):
     output_size: Size
 
 
-class AdaptiveMaxPool2d(_Layer, tag="AdaptiveMaxPool2d"):
-    output_size: Size
+class AdaptiveMaxPool2d(AdaptiveAvgPool2d, tag="AdaptiveMaxPool2d"):
+    pass
 
 
 class BatchNorm1d(_Layer, tag="BatchNorm1d"):
@@ -66,9 +64,8 @@ class BatchNorm1d(_Layer, tag="BatchNorm1d"):
     momentum: float | U = UNSET
 
 
-class BatchNorm2d(_Layer, tag="BatchNorm2d"):
-    eps: float | U = UNSET
-    momentum: float | U = UNSET
+class BatchNorm2d(BatchNorm1d, tag="BatchNorm2d"):
+    pass
 
 
 class LayerNorm(_Layer, tag="LayerNorm"):
@@ -79,8 +76,8 @@ class Dropout(_Layer, tag="Dropout"):
     p: float | U = UNSET
 
 
-class Dropout2d(_Layer, tag="Dropout2d"):
-    p: float | U = UNSET
+class Dropout2d(Dropout, tag="Dropout2d"):
+    pass
 
 
 class Flatten(_Layer, tag="Flatten"):
@@ -145,11 +142,8 @@ class LSTM(_Layer, tag="LSTM"):
     dropout: float | U = UNSET
 
 
-class GRU(_Layer, tag="GRU"):
-    hidden_size: int
-    num_layers: int | U = UNSET
-    bidirectional: bool | U = UNSET
-    dropout: float | U = UNSET
+class GRU(LSTM, tag="GRU"):
+    pass
 
 
 class TransformerEncoder(_Layer, tag="TransformerEncoder"):
