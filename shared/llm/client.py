@@ -7,7 +7,7 @@ that does not decode back with the error for a repair, a bounded number of times
 
 Structured outputs: each request for JSON carries the reply's JSON schema, generated from the
 msgspec type that decodes it (`reply_schema`), as `response_format` of type `json_schema`. A
-server that refuses that (HTTP 400/415/422/501) is asked again with `json_object` (the schema
+server that refuses that (HTTP 400/415/422/501, or a 500 naming response_format) is asked again with `json_object` (the schema
 beside it, where llama-cpp-python's server reads it), then in plain text; the mode an endpoint
 took is kept for the rest of the process, and each call records the mode it was made in.
 
@@ -44,18 +44,18 @@ MODES = ("json_schema", "json_object", "text")
 # response_format is the first suspect. A 500 is the server's trouble (retried by the client),
 # unless it names the response_format: llama-cpp-python's server answers a json_schema type so.
 _REFUSALS = frozenset({"http_400", "http_415", "http_422", "http_501"})
-
-
-def _refused(call: LLMCall) -> bool:
-    return call.outcome in _REFUSALS or (call.outcome == "http_500" and "response_format" in (call.error or ""))
 # What each endpoint (base URL) took: its most constrained mode that was answered.
 _accepted: dict[str, str] = {}
 # The kind of request each purpose is, for its reply cap and its step's time budget.
 KINDS = {"propose": "plan", "decide": "plan", "code": "code", "summary": "summary"}
 _ECHO_CHARS = 1500  # of a reply cut off at its cap, what goes back with the repair request
-# A repair is sampled at least this warm: a small model that cannot act on the error otherwise
-# repeats its reply word for word at a low temperature (measured with `make bench-llm`).
+# A repair is sampled at least this warm: at the default 0.2, SmolLM2-135M repeated its rejected
+# reply word for word (whether warmer helps much is for `make bench-llm` to say).
 REPAIR_TEMPERATURE = 0.7
+
+
+def _refused(call: LLMCall) -> bool:
+    return call.outcome in _REFUSALS or (call.outcome == "http_500" and "response_format" in (call.error or ""))
 
 
 @dataclass(frozen=True)
