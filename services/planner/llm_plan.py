@@ -56,10 +56,24 @@ def with_head(config: dict[str, Any]) -> dict[str, Any]:
     last = layers[-1]
     if isinstance(last, dict) and last.get("type") == "Linear" and len(shape) == 1:
         return {**config, "layers": [*layers[:-1], {**last, "out_features": classes}]}
-    if config.get("vocab_size") and len(shape) != 1:  # (B, L, D): which pooling is the model's choice
-        return config
-    head = [{"type": "Flatten"}] if len(shape) > 1 else []
+    if config.get("vocab_size"):  # token ids: a sequence (B, L, D) is pooled over its real tokens
+        if len(shape) not in (1, 2):
+            return config
+        head = [{"type": "SeqPool", "mode": "mean"}] if len(shape) == 2 else []
+    else:
+        head = [{"type": "Flatten"}] if len(shape) > 1 else []
     return {**config, "layers": [*layers, *head, {"type": "Linear", "out_features": classes}]}
+
+
+def llm_config(config: dict[str, Any], facts: DatasetFacts, max_epochs: int) -> dict[str, Any]:
+    """A planning LLM's config as the run trains it: completed from the data (`complete_config`,
+    `with_head`), its epochs within the run's limit (candidates train fewer at the cheap rungs
+    anyway; a config is only ever trained up to the limit)."""
+    completed = with_head(complete_config(config, facts, max_epochs))
+    epochs = completed.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > max_epochs:
+        completed["epochs"] = max_epochs
+    return completed
 
 
 def config_problem(config: dict[str, Any], max_epochs: int) -> str | None:
@@ -92,7 +106,7 @@ def check_reply(reply: Any, facts: DatasetFacts, max_epochs: int, first: bool) -
         return None
     if not reply.model_config:
         return 'action "iterate" needs a model_config object'
-    return config_problem(with_head(complete_config(reply.model_config, facts, max_epochs)), max_epochs)
+    return config_problem(llm_config(reply.model_config, facts, max_epochs), max_epochs)
 
 
 # ---- what the LLM is shown ----
@@ -236,7 +250,7 @@ async def ask_plan(client: LLMClient, context: str, facts: DatasetFacts, max_epo
     if answer.value is not None:
         answer.value = as_plan(answer.value)
         if answer.value.model_config:
-            answer.value.model_config = with_head(complete_config(answer.value.model_config, facts, max_epochs))
+            answer.value.model_config = llm_config(answer.value.model_config, facts, max_epochs)
     return answer
 
 

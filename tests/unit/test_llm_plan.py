@@ -3,7 +3,8 @@ the statistics. Pure functions, no server."""
 
 from services.assembler.codegen import code_problem
 from services.planner.decide import decide
-from services.planner.llm_plan import PlanReply, check_reply, complete_config, merge_decision, plan_context, with_head
+from services.planner.llm_plan import (PlanReply, check_reply, complete_config, llm_config, merge_decision,
+                                       plan_context, with_head)
 from shared.evaluation.aggregate import summarise
 from shared.evaluation.metrics import SCALAR_METRICS
 from shared.messaging.messages import DatasetFacts, Goal, SeedResult, TextFacts, ValidationResult
@@ -52,9 +53,15 @@ def test_the_data_fixes_the_classifier_head_as_it_fixes_the_shapes():
     text = DatasetFacts(name="t", kind="text", input_shape=[16], num_classes=2, num_samples=100, input_dtype="int64",
                         text=TextFacts(tokenizer="w", vocab_size=50, max_length=16))
     sequence = [{"type": "Embedding", "embedding_dim": 8}]
-    assert completed(sequence, text) == sequence  # (B, L, D): which pooling is the model's choice
-    problem = check_reply(reply(config={**MLP, "layers": sequence}), text, 20, first=True)
-    assert "outputs (B, 16, 8) but num_classes=2 needs (B, 2)" in problem
+    assert completed(sequence, text)[-2:] == [{"type": "SeqPool", "mode": "mean"}, {"type": "Linear", "out_features": 2}]
+    assert check_reply(reply(config={**MLP, "layers": sequence}), text, 20, first=True) is None
+
+
+def test_the_runs_epoch_limit_bounds_an_llm_config_but_a_bad_value_is_still_an_error():
+    assert llm_config({**MLP, "epochs": 36}, FACTS, 20)["epochs"] == 20
+    assert check_reply(reply(config={**MLP, "epochs": 36}), FACTS, 20, first=True) is None
+    assert "epochs must be an integer from 1 to 20, not 0" in check_reply(reply(config={**MLP, "epochs": 0}), FACTS, 20,
+                                                                        first=True)
 
 
 def test_typed_replies_name_what_is_wrong_and_drop_nothing_silently():
@@ -89,7 +96,7 @@ def test_training_settings_out_of_range_are_each_named():
     bad = {**MLP, "optimizer": "lion", "lr": 5, "epochs": 50, "batch_size": 0}
     problem = check_reply(reply(config=bad), FACTS, 20, first=True)
     for part in ("optimizer must be one of adam, adamw, sgd", "lr must be a number in (0, 1]",
-                 "epochs must be an integer from 1 to 20", "batch_size must be an integer from 1 to 4096"):
+                 "batch_size must be an integer from 1 to 4096"):
         assert part in problem
 
 
