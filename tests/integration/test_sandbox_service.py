@@ -55,6 +55,9 @@ async def test_a_killed_service_leaves_strays_that_its_restart_removes(docker_en
     second = None
     try:
         assert await asyncio.to_thread(wait_for, lambda: len(containers(docker_engine)) >= 2), log_path.read_text()[-2000:]
+        # the pool starts before the service subscribes: on a loaded machine a request between the two
+        # found no responder (CI); ready is logged once it serves
+        assert await asyncio.to_thread(wait_for, lambda: len(ready_lines(log_path)) == 1), log_path.read_text()[-2000:]
         model = assemble(CNN)
         nc = await connect(nats_url, "tests", role="admin")
         request = ValidateRequest(source=model.source, class_name="Net", input_shape=[2, 1, 8, 8])
