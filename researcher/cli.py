@@ -11,7 +11,7 @@ from pathlib import Path
 from researcher import credentials_cmd, dashboard_cmd, evaluate_cmd, interrupts, run_cmd, runs_cmd, validate_cmd
 from researcher.goals import LLM_ROLES, DefaultsHelp, GoalRejected, check_locally, goal_args, llm_args, make_goal, submit_goal
 from researcher.home import HomeBusyError
-from shared.errors import NatsUnreachableError
+from shared.errors import ConfigFileError, NatsUnreachableError
 from shared.messaging.bus import COMMAND_CONNECT_S, connect
 from shared.security.credentials import CredentialsError
 from shared.runtime.log import configure_logging
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     with interrupts.signals_as_exceptions():
         try:
             return _command(args)
+        except ConfigFileError as exc:  # a bad key in the file or the environment: its line, not a traceback
+            print(f"researcher: {exc}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 128 + signal.SIGINT

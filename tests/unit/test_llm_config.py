@@ -85,3 +85,13 @@ def test_cli_flags_become_the_embedded_stack_environment_and_the_key_its_own_var
     config = load_config(path="/dev/null", environ=env)
     assert llm_settings(config, "tools").api_key_env == "RESEARCHER_PLANNING_LLM_API_KEY"  # inherited
     assert "sk-1" not in repr(config)  # the settings never hold the key
+
+
+def test_a_bad_key_in_the_environment_is_one_line_from_the_cli(monkeypatch, capsys):
+    from researcher.cli import main
+
+    monkeypatch.setenv("RESEARCHER_LLM__PLANNING__RESPONSE_FORMAT", "yaml")
+    assert main(["run", "a goal", "--dataset", "wine"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("researcher: configuration environment") and "$.llm.planning.response_format" in err
+    assert "Traceback" not in err
