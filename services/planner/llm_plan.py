@@ -18,10 +18,9 @@ from shared.llm.client import JSONAnswer, LLMClient, ask_json
 from shared.messaging.messages import DEFAULT_RECIPE, DatasetFacts, Goal, Optimizer
 from shared.llm.prompts import render
 from shared.registry.records import Decision, IterationRecord
-from services.planner.reply_types import KIND_LAYERS, LAYER_TYPES, PlanReply, as_plan, reply_types
+from services.planner.reply_types import KIND_LAYERS, LAYER_TYPES, MAX_BATCH_SIZE, PlanReply, as_plan, reply_types
 
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
-MAX_BATCH_SIZE = 4096
 
 
 DEFAULT_CLASS_NAME = "CustomModel"  # a config that names no class (one written by hand, say)

@@ -4,7 +4,16 @@ small model cannot write a layer without its required arguments, an unknown laye
 "iterate" without a model_config. Keys a type does not name are errors a repair can act on.
 
 The layer vocabulary is the search's and the text format's, with the common torch.nn extras; each
-layer's keys are its constructor's (input sizes are inferred, so never named)."""
+layer's keys are its constructor's (input sizes are inferred, so never named).
+
+Numbers carry their bounds (an lr above 0, a kernel of at least 1): the decoder enforces them, so a
+reply past one fails with the path and the bound for its repair. The schema also offers the usual
+values of the settings small models get wrong (learning rates, weight decays, batch sizes, kernel
+sizes, dropout) as an `enum`: a server that constrains decoding to the schema then writes one of
+them, where SmolLM2-135M, free, wrote an lr of 0.0 (its digits cut short) and a kernel of 16 on
+8x8 digits. Servers that constrain (llama.cpp's grammars, vLLM, Ollama) honour `enum`;
+llama-cpp-python 0.3.36's grammars ignore minimum and maximum. The decoder accepts any value
+within the bounds, so a model that is not constrained may still choose another."""
 
 from __future__ import annotations
 
@@ -16,9 +25,36 @@ from shared.messaging.messages import Optimizer
 
 U = msgspec.UnsetType
 UNSET = msgspec.UNSET
-Size = Union[int, list[int]]
 Reasoning = Annotated[str, msgspec.Meta(max_length=1000)]  # a constrained decoder stops there
 MAX_LAYERS = 48
+MAX_BATCH_SIZE = 4096
+MAX_WIDTH = 65_536  # features, channels, hidden sizes: the assembler's parameter cap binds first
+
+
+def offered(kind: type, values: tuple[Any, ...], **bounds: Any) -> Any:
+    """A number the decoder accepts within `bounds`, whose schema offers `values` (see above)."""
+    return Annotated[kind, msgspec.Meta(**bounds, extra_json_schema={"enum": list(values)})]
+
+
+def _size(one: Any) -> Any:
+    """A layer's size argument: one number, or one per spatial dimension (height, width)."""
+    return Union[one, Annotated[list[one], msgspec.Meta(min_length=2, max_length=2)]]
+
+
+Width = Annotated[int, msgspec.Meta(ge=1, le=MAX_WIDTH)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=64)]  # layers of a stack, attention heads
+Share = Annotated[float, msgspec.Meta(ge=0, lt=1)]  # a probability, a momentum
+Positive = Annotated[float, msgspec.Meta(gt=0, lt=1)]  # an epsilon
+Kernel = _size(offered(int, (1, 3, 5, 7), ge=1, le=64))
+PoolKernel = _size(offered(int, (2, 3), ge=1, le=64))
+Stride = _size(offered(int, (1, 2), ge=1, le=64))
+Padding = _size(offered(int, (0, 1, 2, 3), ge=0, le=64))
+Dilation = _size(Annotated[int, msgspec.Meta(ge=1, le=64)])
+DropoutP = offered(float, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5), ge=0, lt=1)
+LR = offered(float, (0.0001, 0.0003, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1), gt=0, le=1)
+WeightDecay = offered(float, (0.0, 0.00001, 0.0001, 0.0005, 0.001, 0.01), ge=0, lt=1)
+BatchSize = offered(int, (8, 16, 32, 64, 128, 256, 512), ge=1, le=MAX_BATCH_SIZE)
+Epochs = Annotated[int, msgspec.Meta(ge=1, le=1000)]  # the run's limit is applied after (llm_config)
 
 
 # A model config's layers, each a torch.nn layer (or one of the text format's) with its arguments.
@@ -27,24 +63,24 @@ class _Layer(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fiel
 
 
 class Linear(_Layer, tag="Linear"):
-    out_features: int
+    out_features: Width
     bias: bool | U = UNSET
 
 
 class Conv2d(_Layer, tag="Conv2d"):
-    out_channels: int
-    kernel_size: Size
-    stride: Size | U = UNSET
-    padding: Size | U = UNSET
-    dilation: Size | U = UNSET
-    groups: int | U = UNSET
+    out_channels: Width
+    kernel_size: Kernel
+    stride: Stride | U = UNSET
+    padding: Padding | U = UNSET
+    dilation: Dilation | U = UNSET
+    groups: Width | U = UNSET
     bias: bool | U = UNSET
 
 
 class MaxPool2d(_Layer, tag="MaxPool2d"):
-    kernel_size: Size
-    stride: Size | U = UNSET
-    padding: Size | U = UNSET
+    kernel_size: PoolKernel
+    stride: Stride | U = UNSET
+    padding: Padding | U = UNSET
 
 
 class AvgPool2d(MaxPool2d, tag="AvgPool2d"):  # the same arguments (subclasses here share fields, not meaning)
@@ -52,7 +88,7 @@ class AvgPool2d(MaxPool2d, tag="AvgPool2d"):  # the same arguments (subclasses h
 
 
 class AdaptiveAvgPool2d(_Layer, tag="AdaptiveAvgPool2d"):
-    output_size: Size
+    output_size: _size(Width)
 
 
 class AdaptiveMaxPool2d(AdaptiveAvgPool2d, tag="AdaptiveMaxPool2d"):
@@ -60,8 +96,8 @@ class AdaptiveMaxPool2d(AdaptiveAvgPool2d, tag="AdaptiveMaxPool2d"):
 
 
 class BatchNorm1d(_Layer, tag="BatchNorm1d"):
-    eps: float | U = UNSET
-    momentum: float | U = UNSET
+    eps: Positive | U = UNSET
+    momentum: Share | U = UNSET
 
 
 class BatchNorm2d(BatchNorm1d, tag="BatchNorm2d"):
@@ -69,11 +105,11 @@ class BatchNorm2d(BatchNorm1d, tag="BatchNorm2d"):
 
 
 class LayerNorm(_Layer, tag="LayerNorm"):
-    eps: float | U = UNSET
+    eps: Positive | U = UNSET
 
 
 class Dropout(_Layer, tag="Dropout"):
-    p: float | U = UNSET
+    p: DropoutP | U = UNSET
 
 
 class Dropout2d(Dropout, tag="Dropout2d"):
@@ -97,11 +133,11 @@ class SiLU(_Layer, tag="SiLU"):
 
 
 class ELU(_Layer, tag="ELU"):
-    alpha: float | U = UNSET
+    alpha: Annotated[float, msgspec.Meta(gt=0, le=10)] | U = UNSET
 
 
 class LeakyReLU(_Layer, tag="LeakyReLU"):
-    negative_slope: float | U = UNSET
+    negative_slope: Share | U = UNSET
 
 
 class Tanh(_Layer, tag="Tanh"):
@@ -118,28 +154,28 @@ class Identity(_Layer, tag="Identity"):
 
 # the text format's sequence layers (shared/modelspec/seqlayers.py)
 class Embedding(_Layer, tag="Embedding"):
-    embedding_dim: int
+    embedding_dim: Width
     positions: Literal["learned", "sinusoidal"] | None | U = UNSET
     segments: bool | U = UNSET
-    dropout: float | U = UNSET
+    dropout: DropoutP | U = UNSET
 
 
 class EmbeddingBag(_Layer, tag="EmbeddingBag"):
-    embedding_dim: int
+    embedding_dim: Width
     mode: Literal["mean", "sum", "max"] | U = UNSET
 
 
 class SeqConv1d(_Layer, tag="SeqConv1d"):
-    out_channels: int
-    kernel_size: int
-    dilation: int | U = UNSET
+    out_channels: Width
+    kernel_size: offered(int, (1, 3, 5, 7), ge=1, le=64)
+    dilation: Annotated[int, msgspec.Meta(ge=1, le=64)] | U = UNSET
 
 
 class LSTM(_Layer, tag="LSTM"):
-    hidden_size: int
-    num_layers: int | U = UNSET
+    hidden_size: Width
+    num_layers: Count | U = UNSET
     bidirectional: bool | U = UNSET
-    dropout: float | U = UNSET
+    dropout: DropoutP | U = UNSET
 
 
 class GRU(LSTM, tag="GRU"):
@@ -147,10 +183,10 @@ class GRU(LSTM, tag="GRU"):
 
 
 class TransformerEncoder(_Layer, tag="TransformerEncoder"):
-    nhead: int
-    num_layers: int | U = UNSET
-    dim_feedforward: int | U = UNSET
-    dropout: float | U = UNSET
+    nhead: Count
+    num_layers: Count | U = UNSET
+    dim_feedforward: Width | U = UNSET
+    dropout: DropoutP | U = UNSET
     activation: Literal["relu", "gelu"] | U = UNSET
     norm_first: bool | U = UNSET
 
@@ -182,8 +218,8 @@ def _config_type(name: str, layers: tuple[type, ...]) -> type:
     return msgspec.defstruct(name, [
         ("layers", Annotated[list[Union[layers]], msgspec.Meta(min_length=1, max_length=MAX_LAYERS)]),
         ("class_name", Union[str, U], UNSET), ("optimizer", Union[Optimizer, U], UNSET),
-        ("lr", Union[float, U], UNSET), ("weight_decay", Union[float, U], UNSET), ("epochs", Union[int, U], UNSET),
-        ("batch_size", Union[int, U], UNSET), ("standardize", Union[bool, U], UNSET),
+        ("lr", Union[LR, U], UNSET), ("weight_decay", Union[WeightDecay, U], UNSET), ("epochs", Union[Epochs, U], UNSET),
+        ("batch_size", Union[BatchSize, U], UNSET), ("standardize", Union[bool, U], UNSET),
         ("class_weights", Union[bool, U], UNSET)], kw_only=True)
 
 

@@ -92,6 +92,49 @@ def test_typed_replies_name_what_is_wrong_and_drop_nothing_silently():
                             b'"out_channels": 4, "kernel_size": 3}]}}', type=tabular)
 
 
+def test_numbers_carry_their_bounds_and_the_schema_offers_the_usual_values():
+    """A reply past a bound fails with its path for the repair; a server that constrains decoding
+    to the schema is offered the usual values, and the prompt's example is among them."""
+    import json
+
+    import msgspec
+    import pytest
+    from services.planner.llm_plan import example_reply
+    from services.planner.reply_types import reply_types
+    from shared.llm.client import reply_schema
+
+    images, _ = reply_types("image")
+
+    def config(**settings):
+        layers = settings.pop("layers", [{"type": "Flatten"}, {"type": "Linear", "out_features": 10}])
+        return json.dumps({"action": "iterate", "reasoning": "r", "model_config": {"layers": layers, **settings}})
+
+    for settings, error in (({"lr": 0.0}, r"Expected `float` > 0.0 - at `\$.model_config.lr`"),
+                            ({"lr": -0.5}, "> 0.0"), ({"weight_decay": 25.0}, r"< 1.0 - at `\$.model_config.weight_decay`"),
+                            ({"batch_size": 0}, ">= 1"), ({"epochs": 0}, ">= 1"),
+                            ({"layers": [{"type": "Conv2d", "out_channels": 8, "kernel_size": 0}]}, "kernel_size"),
+                            ({"layers": [{"type": "Conv2d", "out_channels": 8, "kernel_size": [3, 3, 3]}]}, "length <= 2"),
+                            ({"layers": [{"type": "Dropout", "p": 1.5}]}, r"layers\[0\].p"),
+                            ({"layers": [{"type": "Linear", "out_features": 0}]}, "out_features")):
+        with pytest.raises(msgspec.ValidationError, match=error):
+            msgspec.json.decode(config(**settings), type=images)
+    # within the bounds, a value the schema does not offer is still a model's to choose
+    assert msgspec.json.decode(config(lr=0.0007, batch_size=100), type=images).model_config.lr == 0.0007
+
+    schema = reply_schema(images)
+    settings = schema["$defs"]["ImageConfig"]["properties"]
+    assert 0.001 in settings["lr"]["enum"] and settings["lr"]["exclusiveMinimum"] == 0
+    assert settings["batch_size"]["enum"] == [8, 16, 32, 64, 128, 256, 512]
+    assert schema["$defs"]["Conv2d"]["properties"]["kernel_size"]["anyOf"][0]["enum"] == [1, 3, 5, 7]
+    for facts in (FACTS, DatasetFacts(name="wine", kind="tabular", input_shape=[13], num_classes=3, num_samples=178),
+                  DatasetFacts(name="cifar10", kind="image", input_shape=[3, 32, 32], num_classes=10, num_samples=50000)):
+        first, _ = reply_types(facts.kind)
+        example = msgspec.json.decode(example_reply(facts, 20), type=first).model_config  # the example decodes
+        offered = reply_schema(first)["$defs"][f"{facts.kind.capitalize()}Config"]["properties"]
+        for key in ("lr", "weight_decay", "batch_size"):
+            assert getattr(example, key) in offered[key]["enum"], (facts.name, key)
+
+
 def test_training_settings_out_of_range_are_each_named():
     bad = {**MLP, "optimizer": "lion", "lr": 5, "epochs": 50, "batch_size": 0}
     problem = check_reply(reply(config=bad), FACTS, 20, first=True)
