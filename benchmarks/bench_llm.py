@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ from typing import Any
 import msgspec
 
 from services.assembler.codegen import assemble_code, summarise_code
-from services.planner.llm_plan import ask_plan, plan_context
+from services.planner.llm_plan import PlanReply, ask_plan, example_reply, llm_config, plan_context
 from services.planner.search import default_params, to_model_config
 from shared.llm.client import JSONAnswer, LLMClient, LLMSettings, accepted_mode
 from shared.messaging.messages import (AssembleRequest, DatasetFacts, Goal, ModelFacts, SummaryRequest, TextFacts,
@@ -96,6 +97,7 @@ class Tally:
         self.errors: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
         self.refused: dict[str, set[str]] = collections.defaultdict(set)
         self.asked_in: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
+        self.said: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
 
     def add(self, mode: str, kind: str, answer: JSONAnswer | None, calls: list, usable: bool) -> str:
         key = (mode, kind)
@@ -115,6 +117,24 @@ class Tally:
             reason = (answer.error if answer and answer.error else last.error if last else "no call") or "?"
             self.errors[key][_gist(reason)] += 1
         return fate
+
+
+SETTINGS = ("layers", "optimizer", "lr", "weight_decay", "batch_size", "epochs")
+
+
+def _essence(config: dict[str, Any]) -> str:
+    """A config's layers and training settings, to tell a copy from a config of the model's own."""
+    return json.dumps({k: config.get(k) for k in SETTINGS}, sort_keys=True)
+
+
+def what_it_said(plan: PlanReply, facts: DatasetFacts, shown: list[dict[str, Any]]) -> str:
+    """What a usable plan proposed: a stop, a config already shown to it (the prompt's example or
+    the history's), or one of its own."""
+    if plan.action != "iterate" or plan.model_config is None:
+        return plan.action
+    example = json.loads(example_reply(facts, 20))["model_config"]
+    seen = {_essence(llm_config(c, facts, 20)) for c in [example, *shown]}
+    return "a config shown to it" if _essence(plan.model_config) in seen else "a config of its own"
 
 
 def _gist(error: str) -> str:
@@ -157,6 +177,8 @@ async def run_mode(mode: str, url: str, model: str, args: argparse.Namespace, ta
                     answer = await ask_plan(planning, context, facts, 20, iteration=iteration, tokens_used=0)
                     kind = "plan (first)" if iteration is None else "plan (decide)"
                     fate = tally.add(mode, kind, answer, answer.calls, answer.value is not None)
+                    if answer.value is not None:
+                        tally.said[(mode, kind)][what_it_said(answer.value, facts, [h.model_config for h in shown])] += 1
                     why = f": {_gist(answer.error or '')}" if answer.value is None else ""
                     print(f"  {mode:<11} {kind:<13} {facts.name:<13} {fate}{why}", file=sys.stderr)
                 if repeat or not args.code:  # code and summaries: once per data set
@@ -210,6 +232,20 @@ def table(tally: Tally, modes: list[str]) -> list[str]:
     return lines
 
 
+def said_table(tally: Tally, modes: list[str]) -> list[str]:
+    """What the usable plans proposed: a usable copy of the example decodes and builds, and says
+    nothing of the model's own."""
+    said = ["a config of its own", "a config shown to it", "stop", "goal_achieved"]
+    lines = ["| mode | request | usable | " + " | ".join(said) + " |", "|---|---|---|" + "---|" * len(said)]
+    for mode in modes:
+        for kind in ("plan (first)", "plan (decide)"):
+            counts = tally.said[(mode, kind)]
+            n = sum(counts.values())
+            if n:
+                lines.append(f"| {mode} | {kind} | {n} | " + " | ".join(str(counts[s]) for s in said) + " |")
+    return lines
+
+
 def start_server() -> str:
     """The local model server's base URL, started (and built, the first time) by the script."""
     done = subprocess.run(["bash", str(ROOT / "scripts" / "local-llm.sh"), "start"], capture_output=True, text=True)
@@ -257,6 +293,8 @@ def main() -> int:
         if runner is not None:
             runner.close()
     print("\n".join(table(tally, modes)))
+    print("\nWhat the usable plans proposed:")
+    print("\n".join(said_table(tally, modes)))
     for mode in modes:
         if tally.refused[mode]:
             print(f"{mode}: the server refused " + "; ".join(sorted(tally.refused[mode])))
