@@ -42,14 +42,15 @@ def _size(one: Any) -> Any:
 
 
 Width = Annotated[int, msgspec.Meta(ge=1, le=MAX_WIDTH)]
-Count = Annotated[int, msgspec.Meta(ge=1, le=64)]  # layers of a stack, attention heads
+Count = Annotated[int, msgspec.Meta(ge=1, le=64)]  # layers of a stack, attention heads, a dilation
 Share = Annotated[float, msgspec.Meta(ge=0, lt=1)]  # a probability, a momentum
 Positive = Annotated[float, msgspec.Meta(gt=0, lt=1)]  # an epsilon
-Kernel = _size(offered(int, (1, 3, 5, 7), ge=1, le=64))
+KernelSize = offered(int, (1, 3, 5, 7), ge=1, le=64)
+Kernel = _size(KernelSize)
 PoolKernel = _size(offered(int, (2, 3), ge=1, le=64))
 Stride = _size(offered(int, (1, 2), ge=1, le=64))
 Padding = _size(offered(int, (0, 1, 2, 3), ge=0, le=64))
-Dilation = _size(Annotated[int, msgspec.Meta(ge=1, le=64)])
+Dilation = _size(Count)
 DropoutP = offered(float, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5), ge=0, lt=1)
 LR = offered(float, (0.0001, 0.0003, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1), gt=0, le=1)
 WeightDecay = offered(float, (0.0, 0.00001, 0.0001, 0.0005, 0.001, 0.01), ge=0, lt=1)
@@ -167,8 +168,8 @@ class EmbeddingBag(_Layer, tag="EmbeddingBag"):
 
 class SeqConv1d(_Layer, tag="SeqConv1d"):
     out_channels: Width
-    kernel_size: offered(int, (1, 3, 5, 7), ge=1, le=64)
-    dilation: Annotated[int, msgspec.Meta(ge=1, le=64)] | U = UNSET
+    kernel_size: KernelSize
+    dilation: Count | U = UNSET
 
 
 class LSTM(_Layer, tag="LSTM"):
